@@ -1,0 +1,258 @@
+"""Image classification data for Lightning: procedural shapes, any ImageFolder, or CIFAR-10.
+
+``source`` picks the dataset: ``"procedural"`` (default, offline), ``"cifar10"``
+(downloaded once from its official address, checked by MD5), or a directory laid
+out as ``root/<class>/*.jpg`` (with ``train/`` and ``val/``/``test/`` under it, or
+split here deterministically by ``seed``).
+"""
+import hashlib
+import logging
+import os
+import pickle
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from functools import cached_property
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .procedural import ProceduralShapes
+from .transforms import EvalTransform, InputSpec, TrainTransform
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be used as given; the message says what to do."""
+
+
+def read_image(path: str | Path) -> np.ndarray | None:
+    """Decode to uint8 RGB HWC, or ``None`` when the file is unreadable or corrupt."""
+    data = np.fromfile(path, np.uint8) if os.path.isfile(path) else np.empty(0, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class FileImages(Dataset):
+    """Labelled image files; a corrupt file is skipped (the next one is used) and counted in the log."""
+
+    skipped = 0  # per process: each DataLoader worker counts its own
+
+    def __init__(self, samples: list[tuple[str, int]], transform=None) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            image = read_image(path)
+            if image is not None:
+                return (self.transform(image) if self.transform else image), label
+            FileImages.skipped += 1
+            log.warning("skipped unreadable image %s (%d skipped so far in this process)", path, FileImages.skipped)
+        raise DataError("no readable image in the dataset")
+
+
+class ArrayImages(Dataset):
+    """Images held in memory as a uint8 NHWC array (CIFAR-10's pickles)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform=None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+def folder_classes(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def folder_samples(root: Path, classes: list[str]) -> list[tuple[str, int]]:
+    return [
+        (entry.path, label)
+        for label, name in enumerate(classes) if (root / name).is_dir()
+        for entry in sorted(os.scandir(root / name), key=lambda e: e.name)
+        if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """CIFAR-10 ships pickles; allow only the numpy types they contain, nothing executable."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name} in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def download(url: str, dest: Path, md5: str) -> None:
+    """Fetch ``url`` to ``dest`` with a progress bar; only a file with the right MD5 lands."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.md5()
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response, tqdm(
+                total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
+                desc=f"downloading {dest.name}",
+            ) as bar:
+                while chunk := response.read(1 << 20):
+                    tmp.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        except (urllib.error.URLError, OSError) as e:
+            os.unlink(tmp.name)
+            raise DataError(
+                f"cannot download CIFAR-10 from {url} ({e}); offline? use DATA=<ImageFolder dir> "
+                "(root/<class>/*.jpg) or leave DATA empty for the built-in procedural dataset") from None
+    if digest.hexdigest() != md5:
+        os.unlink(tmp.name)
+        raise DataError(f"{url} downloaded with MD5 {digest.hexdigest()}, expected {md5}; try again")
+    os.replace(tmp.name, dest)
+
+
+def load_cifar10(cache_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> dict[str, tuple]:
+    """Train and test arrays of CIFAR-10, downloading the archive once into ``cache_dir``."""
+    archive = cache_dir / "cifar-10-python.tar.gz"
+    if not archive.is_file():
+        download(url, archive, md5)
+    splits: dict[str, list] = {"train": [], "test": []}
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            name = Path(member.name).name
+            if name.startswith("data_batch") or name == "test_batch":
+                batch = _NumpyOnlyUnpickler(tar.extractfile(member), encoding="bytes").load()
+                splits["train" if name.startswith("data") else "test"].append(batch)
+    if not splits["train"] or not splits["test"]:
+        raise DataError(f"{archive} is not the CIFAR-10 python archive; delete it and run again")
+
+    def stack(batches: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        images = np.concatenate([b[b"data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(images), np.concatenate([b[b"labels"] for b in batches])
+
+    return {split: stack(batches) for split, batches in splits.items()}
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/val loaders plus what the bundle needs: ``labels`` and the eval ``input_spec``."""
+
+    def __init__(
+        self,
+        source: str = "procedural",
+        resolution: int = 96,
+        crop_fraction: float = 0.875,
+        min_scale: float = 0.25,
+        batch_size: int = 64,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        procedural_train_size: int = 4000,
+        procedural_val_size: int = 800,
+        cache_dir: str = "~/.cache/mobilenet-edge",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.input_spec = InputSpec.for_resolution(resolution, crop_fraction)
+        self._generator = torch.Generator().manual_seed(seed)
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    @cached_property
+    def root(self) -> Path | None:
+        """The ImageFolder directory, or ``None`` for the built-in sources."""
+        if self.hparams.source in ("procedural", "cifar10"):
+            return None
+        root = Path(self.hparams.source).expanduser()
+        if not root.is_dir():
+            raise DataError(f"dataset directory {root} does not exist; give DATA=<dir with one folder per class>")
+        return root
+
+    @cached_property
+    def splits(self) -> tuple[Path, Path | None]:
+        """(train dir, val dir) of an ImageFolder; val is ``None`` when it must be split off."""
+        for val in ("val", "test"):
+            if (self.root / "train").is_dir() and (self.root / val).is_dir():
+                return self.root / "train", self.root / val
+        return self.root, None
+
+    @cached_property
+    def labels(self) -> list[str]:
+        if self.hparams.source == "procedural":
+            return list(ProceduralShapes.classes)
+        if self.hparams.source == "cifar10":
+            return list(CIFAR10_CLASSES)
+        classes = folder_classes(self.splits[0])
+        if not classes:
+            raise DataError(f"{self.splits[0]} has no class folders; expected <dir>/<class>/*.jpg")
+        return classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train_tf = TrainTransform(self.input_spec, scale=(self.hparams.min_scale, 1.0))
+        eval_tf = EvalTransform(self.input_spec)
+        if self.hparams.source == "procedural":
+            size = max(96, self.input_spec.resize)
+            self.train_set = ProceduralShapes(self.hparams.procedural_train_size, self.hparams.seed, "train", size, train_tf)
+            self.val_set = ProceduralShapes(self.hparams.procedural_val_size, self.hparams.seed, "val", size, eval_tf)
+        elif self.hparams.source == "cifar10":
+            arrays = load_cifar10(Path(self.hparams.cache_dir).expanduser() / "cifar10")
+            self.train_set = ArrayImages(*arrays["train"], transform=train_tf)
+            self.val_set = ArrayImages(*arrays["test"], transform=eval_tf)
+        else:
+            train_dir, val_dir = self.splits
+            train = folder_samples(train_dir, self.labels)
+            if not train:
+                raise DataError(f"no images (*.jpg, *.png, ...) under {train_dir}/<class>/")
+            if val_dir is None:
+                order = np.random.default_rng(self.hparams.seed).permutation(len(train))
+                n_val = max(1, int(len(train) * self.hparams.val_fraction))
+                val = [train[i] for i in sorted(order[:n_val])]
+                train = [train[i] for i in sorted(order[n_val:])]
+            else:
+                val = folder_samples(val_dir, self.labels)
+            self.train_set, self.val_set = FileImages(train, train_tf), FileImages(val, eval_tf)
+
+    def _loader(self, dataset: Dataset, shuffle: bool, generator: torch.Generator) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, drop_last=shuffle,
+            num_workers=self.hparams.num_workers, generator=generator,
+            persistent_workers=False,  # fresh workers each epoch, seeded from the saved generator
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, True, self._generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False, torch.Generator().manual_seed(self.hparams.seed))
+
+    def state_dict(self) -> dict:
+        """The shuffling/worker-seed generator, so a resumed run draws the same batches."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._generator.set_state(state_dict["generator"])

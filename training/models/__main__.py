@@ -1,0 +1,37 @@
+"""Print a model's parameter and multiply-accumulate counts as one JSON line.
+
+    python -m training.models v1 --width 0.75 --resolution 160
+"""
+import argparse
+import json
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import MODELS, create_model
+
+
+def count(name: str, width_mult: float = 1.0, resolution: int = 224, num_classes: int = 1000) -> dict[str, int]:
+    """MACs as counted by torch's FlopCounterMode (which reports 2 FLOPs per MAC)."""
+    model = create_model(name, num_classes=num_classes, width_mult=width_mult).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, resolution, resolution))
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": counter.get_total_flops() // 2,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.models", description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=list(MODELS))
+    parser.add_argument("--width", type=float, default=1.0, help="width multiplier alpha")
+    parser.add_argument("--resolution", type=int, default=224, help="input size in pixels (rho * 224)")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    args = parser.parse_args()
+    print(json.dumps(count(args.model, args.width, args.resolution, args.num_classes)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The LightningModule for float classification training."""
+import torch
+import lightning as L
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from .models import create_model
+
+
+class ImageClassifier(L.LightningModule):
+    """Cross-entropy with label smoothing, SGD or AdamW, linear warm-up then cosine decay per step.
+
+    Checkpoints also carry what the exporter needs (``checkpoint["data"]``: labels
+    and the eval input spec) and the global RNG state, so resuming is exact.
+    """
+
+    def __init__(
+        self,
+        arch: str = "v3_small",
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        dropout: float = 0.2,
+        weights: str | None = None,
+        label_smoothing: float = 0.1,
+        optimizer: str = "adamw",
+        lr: float = 2e-3,
+        weight_decay: float = 0.02,
+        momentum: float = 0.9,
+        warmup_epochs: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {optimizer!r}")
+        self.save_hyperparameters()
+        self.model = create_model(arch, num_classes, width_mult, dropout, weights)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1)
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1)
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self.criterion(logits, labels)
+        self.train_top1(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images, labels = batch
+        logits = self(images)
+        self.val_top1(logits, labels)
+        self.val_top5(logits, labels)
+        self.log("val/loss", self.criterion(logits, labels), sync_dist=True)
+        self.log("val/top1", self.val_top1, prog_bar=True)
+        self.log("val/top5", self.val_top5)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        # No weight decay on BN and biases (torchvision's MobileNet recipe).
+        decay = [p for p in self.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        total = max(1, self.trainer.estimated_stepping_batches)
+        warmup = min(total - 1, int(hp.warmup_epochs * total / max(1, self.trainer.max_epochs)))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
+        scheduler = cosine if warmup <= 0 else torch.optim.lr_scheduler.SequentialLR(
+            optimizer, [torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, warmup), cosine], [warmup])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = torch.get_rng_state()
+        datamodule = self.trainer.datamodule
+        if datamodule is not None:
+            checkpoint["data"] = {"labels": list(datamodule.labels), "input": datamodule.input_spec.to_json()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_state" in checkpoint and self._trainer is not None:
+            torch.set_rng_state(checkpoint["rng_state"])

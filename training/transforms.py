@@ -1,0 +1,96 @@
+"""Train and eval transforms, on uint8 RGB HWC arrays, written once.
+
+The eval transform is fully described by :class:`InputSpec`, which is what the
+bundle's ``model.json`` carries to the device; the edge app re-implements it
+from those numbers with OpenCV, so both sides use the same resize kernels.
+Randomness comes from torch's RNG so DataLoader worker seeding and checkpoint
+RNG restore make augmentation reproducible.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The eval preprocessing as plain numbers: resize shorter side, center crop, normalise."""
+
+    size: int
+    resize: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop: str = "center"
+    interpolation: str = "area_down_linear_up"
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    @classmethod
+    def for_resolution(cls, size: int, crop_fraction: float = 0.875) -> "InputSpec":
+        return cls(size=size, resize=int(math.floor(size / crop_fraction)))
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """OpenCV area filter when shrinking (no aliasing), bilinear when enlarging."""
+    shrinking = width * height < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def to_tensor(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+class EvalTransform:
+    """Resize the shorter side to ``spec.resize``, then take the central ``spec.size`` square."""
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        """The geometric part, kept separate so parity tests can compare uint8 pixels."""
+        h, w = image.shape[:2]
+        scale = self.spec.resize / min(h, w)
+        new_w, new_h = max(self.spec.resize, int(w * scale)), max(self.spec.resize, int(h * scale))
+        image = resize(image, new_w, new_h)
+        top, left = (new_h - self.spec.size) // 2, (new_w - self.spec.size) // 2
+        return image[top:top + self.spec.size, left:left + self.spec.size]
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return to_tensor(self.crop(image), self.spec.mean, self.spec.std)
+
+
+class TrainTransform:
+    """Random-resized crop (scale and aspect jitter) and horizontal flip, as in the MobileNet papers."""
+
+    def __init__(
+        self, spec: InputSpec, scale: tuple[float, float] = (0.25, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
+    ) -> None:
+        self.spec, self.scale, self.log_ratio, self.hflip = spec, scale, (math.log(ratio[0]), math.log(ratio[1])), hflip
+
+    def crop_box(self, h: int, w: int) -> tuple[int, int, int, int]:
+        for _ in range(10):
+            u = torch.rand(4).tolist()
+            area = h * w * (self.scale[0] + u[0] * (self.scale[1] - self.scale[0]))
+            aspect = math.exp(self.log_ratio[0] + u[1] * (self.log_ratio[1] - self.log_ratio[0]))
+            cw, ch = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return int(u[2] * (h - ch + 1)), int(u[3] * (w - cw + 1)), ch, cw
+        side = min(h, w)
+        return (h - side) // 2, (w - side) // 2, side, side
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        top, left, ch, cw = self.crop_box(*image.shape[:2])
+        image = resize(image[top:top + ch, left:left + cw], self.spec.size, self.spec.size)
+        if self.hflip and torch.rand(1).item() < 0.5:
+            image = image[:, ::-1]
+        return to_tensor(image, self.spec.mean, self.spec.std)
