@@ -8,22 +8,37 @@ DATA ?=
 EPOCHS ?= 10
 RES ?= 96
 WIDTH ?= 1.0
+QAT_EPOCHS ?= 3
+# QAT starting point: CKPT= a float checkpoint, WEIGHTS= torchvision-format weights, else a float run first.
+CKPT ?=
+WEIGHTS ?=
+PRECISION ?= int8
+OUT ?= artifacts/$(MODEL)
 RUN ?= runs/$(MODEL)
+# Extra LightningCLI arguments, e.g. ARGS="--data.batch_size=64 --model.init_args.lr=0.01"
+ARGS ?=
 
 VENV := .venv
 PY := $(VENV)/bin/python
 # On a Raspberry Pi, picamera2 comes from apt, so the venv must see system packages.
 ON_PI := $(shell grep -qs "Raspberry Pi" /proc/device-tree/model && echo 1)
 VENV_FLAGS := $(if $(ON_PI),--system-site-packages,)
-EXTRAS := $(if $(ON_PI),edge,rpi,train,export,edge,dev)
+HOST_EXTRAS := train,export,edge,dev
+PI_EXTRAS := edge,rpi,dev
+EXTRAS := $(if $(ON_PI),$(PI_EXTRAS),$(HOST_EXTRAS))
 # DATA empty: built-in procedural shapes; DATA=cifar10: the official archive; else an ImageFolder dir.
 DATA_CONFIG := configs/data/$(if $(DATA),$(if $(filter cifar10,$(DATA)),cifar10,folder),procedural).yaml
 DATA_ARGS := --config $(DATA_CONFIG) $(if $(DATA),--data.source=$(DATA),)
-FIT_ARGS := --config configs/train.yaml --config configs/model/$(MODEL).yaml $(DATA_ARGS) \
-	--trainer.max_epochs=$(EPOCHS) --data.resolution=$(RES) --model.init_args.width_mult=$(WIDTH) \
-	--trainer.logger.init_args.save_dir=$(RUN) --checkpoint.dirpath=$(RUN)/checkpoints
+COMMON_ARGS := $(DATA_ARGS) --data.resolution=$(RES) --model.init_args.arch=$(MODEL) --model.init_args.width_mult=$(WIDTH)
+FIT_ARGS := --config configs/train.yaml --config configs/model/$(MODEL).yaml $(COMMON_ARGS) \
+	--trainer.max_epochs=$(EPOCHS) $(if $(WEIGHTS),--model.init_args.weights=$(WEIGHTS),) \
+	--trainer.logger.init_args.save_dir=$(RUN) --checkpoint.dirpath=$(RUN)/checkpoints $(ARGS)
+FLOAT_CKPT := $(or $(CKPT),$(RUN)/checkpoints/best.ckpt)
+QAT_ARGS := --config configs/train.yaml --config configs/qat.yaml $(COMMON_ARGS) --trainer.max_epochs=$(QAT_EPOCHS) \
+	$(if $(WEIGHTS),--model.init_args.weights=$(WEIGHTS),--model.init_args.float_checkpoint=$(FLOAT_CKPT)) \
+	--trainer.logger.init_args.save_dir=$(RUN)/qat --checkpoint.dirpath=$(RUN)/qat/checkpoints $(ARGS)
 
-.PHONY: help setup train qat test bench-train clean
+.PHONY: help setup train qat export test bench-train clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,7 +54,14 @@ setup: $(VENV)/.installed  ## create .venv and install the project with its extr
 train: setup  ## float training: make train MODEL=v3_small DATA=<dir|cifar10> EPOCHS=10 RES=96 WIDTH=1.0
 	$(PY) -m training fit $(FIT_ARGS)
 
-qat: train  ## float training then QAT, export and verify (QAT stage: see issue 3)
+qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, verify, print the table
+	$(if $(CKPT)$(WEIGHTS),,$(PY) -m training fit $(FIT_ARGS))
+	$(PY) -m training fit $(QAT_ARGS)
+	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT)
+
+export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=]
+	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
+	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT)
 
 test: setup  ## host tests
 	$(PY) -m pytest -q

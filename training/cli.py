@@ -12,10 +12,16 @@ from .module import ImageClassifier
 class TrainingCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.resolution", "model.init_args.resolution")
+        # Two callbacks, because ModelCheckpoint(save_last=True) only refreshes last.ckpt on epochs
+        # that improve the monitored metric: "best" by val/top1, "last" after every epoch (for resume).
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
         parser.set_defaults({
-            "checkpoint.monitor": "val/top1", "checkpoint.mode": "max",
-            "checkpoint.filename": "best", "checkpoint.save_last": True,
+            "checkpoint.monitor": "val/top1", "checkpoint.mode": "max", "checkpoint.filename": "best",
+            "checkpoint.enable_version_counter": False,
+            "last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False,
         })
 
 

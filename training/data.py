@@ -5,6 +5,7 @@
 out as ``root/<class>/*.jpg`` (with ``train/`` and ``val/``/``test/`` under it, or
 split here deterministically by ``seed``).
 """
+import copy
 import hashlib
 import logging
 import os
@@ -20,7 +21,7 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from .procedural import ProceduralShapes
@@ -249,6 +250,14 @@ class ImageDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False, torch.Generator().manual_seed(self.hparams.seed))
+
+    def calibration_dataloader(self, images: int) -> DataLoader:
+        """A seeded random subset of training images under the eval transform, for PTQ observers."""
+        dataset = copy.copy(self.train_set)
+        dataset.transform = EvalTransform(self.input_spec)
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        subset = Subset(dataset, torch.randperm(len(dataset), generator=generator)[:images].tolist())
+        return DataLoader(subset, batch_size=self.hparams.batch_size, num_workers=self.hparams.num_workers)
 
     def state_dict(self) -> dict:
         """The shuffling/worker-seed generator, so a resumed run draws the same batches."""

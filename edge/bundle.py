@@ -1,0 +1,60 @@
+"""Loading a bundle: model.json, the sha256-checked model.pte, and the ExecuTorch method."""
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REQUIRED = ("labels", "input", "pte", "pte_sha256")
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be used; the message says what is wrong."""
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict
+    method: object  # executorch.runtime.Method
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta["labels"]
+
+    @property
+    def input(self) -> dict:
+        return self.meta["input"]
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Run one preprocessed (1, 3, H, W) float32 input."""
+        return self.method.execute([torch.from_numpy(batch)])[0].numpy()
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    path = Path(path)
+    meta_path = path / "model.json"
+    if not meta_path.is_file():
+        raise BundleError(f"{path} is not a bundle: no model.json (build one with `make qat` or `make export`)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{meta_path} is not valid JSON ({e})") from None
+    missing = [key for key in REQUIRED if key not in meta]
+    if missing:
+        raise BundleError(f"{meta_path} lacks {', '.join(missing)}; re-export the bundle")
+    pte_path = path / meta["pte"]
+    if not pte_path.is_file():
+        raise BundleError(f"{pte_path} is missing; copy the whole bundle directory")
+    data = pte_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta["pte_sha256"]:
+        raise BundleError(f"{pte_path} does not match pte_sha256 in model.json: corrupt or mixed-up copy")
+    from executorch.runtime import Runtime  # deferred: loading the runtime is slow and not needed for errors above
+
+    try:
+        method = Runtime.get().load_program(data).load_method("forward")
+    except Exception as e:  # the runtime raises RuntimeError/ValueError subtypes depending on the failure
+        raise BundleError(f"ExecuTorch cannot load {pte_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return Bundle(path, meta, method)

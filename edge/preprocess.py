@@ -1,0 +1,33 @@
+"""The training eval transform, rebuilt with OpenCV from the bundle's ``input`` numbers."""
+import cv2
+import numpy as np
+
+
+class Preprocessor:
+    """uint8 RGB HWC frame -> (1, 3, size, size) float32: resize shorter side, center crop, normalise.
+
+    Built once per bundle; mean/std are folded into one scale and offset per channel.
+    """
+
+    def __init__(self, spec: dict) -> None:
+        if spec.get("crop") != "center" or spec.get("layout") != "NCHW" or spec.get("channel_order") != "RGB":
+            raise ValueError(f"unsupported input spec {spec}")
+        if spec.get("interpolation") != "area_down_linear_up":
+            raise ValueError(f"unsupported interpolation {spec.get('interpolation')!r}")
+        self.size, self.resize = int(spec["size"]), int(spec["resize"])
+        std = np.asarray(spec["std"], np.float32)
+        self.scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
+        self.offset = (-np.asarray(spec["mean"], np.float32) / std).reshape(3, 1, 1)
+
+    def crop(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        scale = self.resize / min(h, w)
+        new_w, new_h = max(self.resize, int(w * scale)), max(self.resize, int(h * scale))
+        shrinking = new_w * new_h < h * w
+        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
+        return rgb[top:top + self.size, left:left + self.size]
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        chw = self.crop(rgb).transpose(2, 0, 1).astype(np.float32)
+        return (chw * self.scale + self.offset)[None]

@@ -1,0 +1,1 @@
+"""Checkpoint -> verified ExecuTorch bundle (``model.pte`` + ``model.json`` + report)."""

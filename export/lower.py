@@ -1,0 +1,46 @@
+"""Lowering to an ExecuTorch program with XNNPACK, and what got delegated."""
+from dataclasses import dataclass
+
+import torch
+from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+from executorch.devtools.backend_debug import get_delegation_info
+from executorch.exir import to_edge_transform_and_lower
+
+# Ops that carry the network's weights: all of them must run inside XNNPACK.
+WEIGHTED_OPS = ("convolution", "linear", "addmm", "_mm")
+
+
+@dataclass
+class Delegation:
+    subgraphs: int
+    by_op: dict[str, tuple[int, int]]  # op -> (delegated, not delegated)
+
+    @property
+    def undelegated_weighted_ops(self) -> dict[str, int]:
+        return {op: n for op, (_, n) in self.by_op.items() if n and any(w in op for w in WEIGHTED_OPS)}
+
+    def table(self) -> str:
+        rows = [f"{'op':<52} {'delegated':>9} {'not':>5}"] + [
+            f"{op:<52} {d:>9} {n:>5}" for op, (d, n) in sorted(self.by_op.items())]
+        return "\n".join(rows + [f"delegated subgraphs: {self.subgraphs}"])
+
+    def to_json(self) -> dict:
+        return {"subgraphs": self.subgraphs,
+                "by_op": {op: {"delegated": d, "not_delegated": n} for op, (d, n) in self.by_op.items()}}
+
+
+def to_pte(model: torch.nn.Module | torch.fx.GraphModule, resolution: int) -> tuple[bytes, Delegation]:
+    """Export at batch 1 (one camera frame per call) and lower with XNNPACK.
+
+    A static batch keeps the final flatten a static view, which XNNPACK takes:
+    a dynamic batch leaves it outside and splits the program in two.
+    """
+    example = (torch.randn(1, 3, resolution, resolution),)
+    program = torch.export.export(model, example)
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    info = get_delegation_info(edge.exported_program().graph_module)
+    delegation = Delegation(
+        info.num_delegated_subgraphs,
+        {op: (b.delegated, b.non_delegated) for op, b in info.delegation_by_operator.items()},
+    )
+    return edge.to_executorch().buffer, delegation

@@ -1,0 +1,48 @@
+"""Turning a checkpoint into the PyTorch models the exporter compares: float, QAT, converted int8, PTQ."""
+import copy
+
+import torch
+from torchao.quantization.pt2e import move_exported_model_to_eval
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+from training.checkpoint import CheckpointError, read_checkpoint
+from training.module import ImageClassifier
+from training.qat import QATClassifier, prepare_ptq
+
+CLASSES = {"training.module.ImageClassifier": ImageClassifier, "training.qat.QATClassifier": QATClassifier}
+
+
+def load_module(path: str) -> tuple[ImageClassifier, dict]:
+    """Rebuild the LightningModule a checkpoint was written by, in eval mode, with its weights."""
+    checkpoint = read_checkpoint(path)
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    cls = CLASSES.get(checkpoint["hyper_parameters"].get("_class_path"), ImageClassifier)
+    if "data" not in checkpoint:
+        raise CheckpointError(f"{path} has no data description (labels, input); re-train with `make train`")
+    if cls is QATClassifier:
+        hparams.update(float_checkpoint=None, weights=None)  # the state dict below has the trained weights
+    else:
+        hparams.update(weights=None)
+    module = cls(**hparams)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval(), checkpoint
+
+
+def convert_qat(module: QATClassifier) -> torch.fx.GraphModule:
+    """Fold fake-quant into real int8 quantize/dequantize ops; the QAT module itself is left untouched."""
+    graph = copy.deepcopy(module.model)
+    move_exported_model_to_eval(graph)
+    return convert_pt2e(graph)
+
+
+@torch.no_grad()
+def ptq(model: torch.nn.Module, resolution: int, loader, images: int) -> torch.fx.GraphModule:
+    """Post-training quantization with the same quantizer, calibrated on ``images`` training images."""
+    prepared = prepare_ptq(copy.deepcopy(model), resolution)
+    seen = 0
+    for batch, _ in loader:
+        prepared(batch)
+        seen += len(batch)
+        if seen >= images:
+            break
+    return convert_pt2e(prepared)

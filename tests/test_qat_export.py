@@ -1,0 +1,192 @@
+"""QAT in Lightning, conversion, export to a verified bundle, PTQ, and `edge eval` on the bundle."""
+import hashlib
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edge.bundle import BundleError, load_bundle
+from export.__main__ import main as export_main
+from training.cli import main as train_main
+from training.qat import QATClassifier
+
+DATA = ["--config", "configs/data/procedural.yaml", "--data.resolution=32", "--data.batch_size=16",
+        "--data.procedural_train_size=96", "--data.procedural_val_size=64", "--data.num_workers=0"]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """A tiny float run and a QAT run started from it (v3_small at width 0.5, 32 px)."""
+    root = tmp_path_factory.mktemp("runs")
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v3_small.yaml", *DATA, *QUIET,
+                "--model.init_args.width_mult=0.5", "--model.init_args.bn_momentum=0.1", "--trainer.max_epochs=2",
+                f"--trainer.logger.init_args.save_dir={root / 'float'}", f"--checkpoint.dirpath={root / 'float'}"])
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *DATA, *QUIET,
+                "--model.init_args.arch=v3_small", "--model.init_args.width_mult=0.5", "--trainer.max_epochs=2",
+                "--model.init_args.freeze_bn_epoch=1", "--model.init_args.freeze_observer_epoch=1",
+                f"--model.init_args.float_checkpoint={root / 'float' / 'best.ckpt'}",
+                f"--trainer.logger.init_args.save_dir={root / 'qat'}", f"--checkpoint.dirpath={root / 'qat'}"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle(runs):
+    out = runs / "bundle"
+    export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
+    return out
+
+
+def batchnorm_nodes(module: QATClassifier):
+    return [n for n in module.model.graph.nodes if n.target == torch.ops.aten.batch_norm.default]
+
+
+def test_qat_graph_keeps_the_float_models_batchnorm_settings_across_mode_switches():
+    module = QATClassifier("v3_small", num_classes=4, width_mult=0.5, resolution=32)
+    for mode in (True, False, True):
+        module.train(mode)
+        nodes = batchnorm_nodes(module)
+        assert nodes and {(n.args[5], n.args[6], n.args[7]) for n in nodes} == {(mode, 0.01, 0.001)}
+    eps_adds = [n for n in module.model.graph.nodes if n.target == torch.ops.aten.add.Tensor
+                and getattr(n.args[0], "op", None) == "get_attr" and n.args[0].target.endswith("running_var")]
+    assert eps_adds and {n.args[1] for n in eps_adds} == {0.001}
+
+
+def test_qat_eval_mode_is_deterministic_and_train_mode_uses_dropout():
+    module = QATClassifier("v3_small", num_classes=4, width_mult=0.5, resolution=32, dropout=0.5)
+    x = torch.randn(3, 3, 32, 32)
+    module.eval()
+    with torch.no_grad():
+        assert torch.equal(module(x), module(x))
+    module.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert not torch.equal(module(x), module(x))
+
+
+def test_qat_run_freezes_observers_and_bn_and_inherits_float_settings(runs):
+    checkpoint = torch.load(runs / "qat" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["bn_momentum"] == 0.1
+    observers = [v for k, v in checkpoint["state_dict"].items() if k.endswith("observer_enabled")]
+    assert observers and all(int(v) == 0 for v in observers)
+    module = QATClassifier("v3_small", num_classes=8, width_mult=0.5, resolution=32,
+                           float_checkpoint=str(runs / "float" / "best.ckpt"))
+    assert {(n.args[6], n.args[7]) for n in batchnorm_nodes(module)} == {(0.1, 0.001)}
+
+
+def test_qat_checkpoint_of_another_architecture_is_refused(runs):
+    with pytest.raises(ValueError, match="arch='v3_small' but 'v2' was asked for"):
+        QATClassifier("v2", num_classes=8, width_mult=0.5, float_checkpoint=str(runs / "float" / "best.ckpt"))
+
+
+def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
+    meta = json.loads((bundle / "model.json").read_text())
+    report = json.loads((bundle / "report.json").read_text())
+    assert meta["quantization"]["scheme"] == "qat-int8" and meta["arch"] == "v3_small"
+    assert meta["num_classes"] == len(meta["labels"]) == 8
+    assert meta["input"]["size"] == 32 and meta["input"]["mean"] == [0.485, 0.456, 0.406]
+    pte = (bundle / "model.pte").read_bytes()
+    assert hashlib.sha256(pte).hexdigest() == meta["pte_sha256"]
+    assert set(meta["versions"]) == {"torch", "executorch", "torchao"}
+    assert report["parity"]["top1_agreement"] >= 0.99
+    assert report["delegation"]["subgraphs"] == 1
+    assert {"float", "qat", "ptq", "pte", "fp32_pte"} <= set(report["accuracy"])
+    assert report["programs"]["pte"]["bytes"] < report["programs"]["fp32_pte"]["bytes"]
+
+    from executorch.runtime import Runtime
+    method = Runtime.get().load_program(str(bundle / "model.pte")).load_method("forward")
+    golden = np.load(bundle / "golden.npz")
+    for x, expected in zip(golden["inputs"], golden["logits"]):
+        out = method.execute([torch.from_numpy(x[None])])[0]
+        np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-4)
+
+
+def test_ptq_and_fp32_exports_of_a_float_checkpoint(runs, tmp_path):
+    export_main([str(runs / "float" / "best.ckpt"), "--out", str(tmp_path / "ptq"), "--min-agreement", "0.95"])
+    assert json.loads((tmp_path / "ptq" / "model.json").read_text())["quantization"]["scheme"] == "ptq-int8"
+    export_main([str(runs / "float" / "best.ckpt"), "--precision", "fp32", "--out", str(tmp_path / "fp32")])
+    report = json.loads((tmp_path / "fp32" / "report.json").read_text())
+    assert report["quantization"]["scheme"] == "fp32"
+    assert report["parity"]["top1_agreement"] == 1.0
+
+
+def run_export(*args):
+    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], capture_output=True, text=True)
+
+
+def test_export_errors_are_one_line(runs, tmp_path):
+    result = run_export(tmp_path / "missing.ckpt")
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1] == f"error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    result = run_export(tmp_path / "junk.ckpt")
+    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: cannot read checkpoint")
+    result = run_export(runs / "qat" / "last.ckpt", "--precision", "fp32")
+    assert result.returncode != 0 and "QAT checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_failed_verification_leaves_the_previous_bundle(runs, bundle, tmp_path, monkeypatch):
+    import export.__main__ as export_cli
+    out = tmp_path / "kept"
+    export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(export_cli, "run_pte", lambda method, x: torch.randn(len(x), 8) * 100)
+    with pytest.raises(SystemExit, match="runtime disagrees with PyTorch"):
+        export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+
+
+def write_folder(root, labels, per_class=3):
+    from training.procedural import ProceduralShapes
+    shapes = ProceduralShapes(200, seed=5, split="test")
+    counts = {label: 0 for label in range(len(labels))}
+    for i in range(200):
+        image, label = shapes.image(i)
+        if counts[label] < per_class:
+            (root / labels[label]).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / labels[label] / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            counts[label] += 1
+    return root
+
+
+def run_edge(*args):
+    return subprocess.run([sys.executable, "-m", "edge", *map(str, args)], capture_output=True, text=True)
+
+
+def test_edge_eval_prints_one_json_line(bundle, tmp_path):
+    labels = json.loads((bundle / "model.json").read_text())["labels"]
+    folder = write_folder(tmp_path / "folder", labels)
+    result = run_edge("eval", bundle, folder, "--json")
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip())
+    assert set(line) == {"top1", "top5", "n"} and line["n"] == 3 * len(labels)
+    assert 0 <= line["top1"] <= line["top5"] <= 1
+
+
+def test_edge_eval_errors(bundle, tmp_path):
+    labels = json.loads((bundle / "model.json").read_text())["labels"]
+    folder = write_folder(tmp_path / "folder", labels[:-1] + ["zebra"])
+    result = run_edge("eval", bundle, folder, "--json")
+    assert result.returncode != 0 and "differ from the bundle's labels" in result.stderr.strip().splitlines()[-1]
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in bundle.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    pte = bytearray((broken / "model.pte").read_bytes())
+    pte[len(pte) // 2] ^= 0xFF
+    (broken / "model.pte").write_bytes(bytes(pte))
+    with pytest.raises(BundleError, match="does not match pte_sha256"):
+        load_bundle(broken)
+    meta = json.loads((broken / "model.json").read_text())
+    meta["pte_sha256"] = hashlib.sha256(b"garbage").hexdigest()
+    (broken / "model.json").write_text(json.dumps(meta))
+    (broken / "model.pte").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="ExecuTorch cannot load"):
+        load_bundle(broken)
+    with pytest.raises(BundleError, match="not a bundle"):
+        load_bundle(tmp_path)

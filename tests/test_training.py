@@ -1,0 +1,65 @@
+"""Float training through LightningCLI: a short fit, checkpoint contents, exact resume, DDP on CPU."""
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from training.cli import main
+
+
+class StopAfterFirstEpoch(L.Callback):
+    """Interrupts a run after its first epoch, as a crash or Ctrl-C would."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        trainer.should_stop = True
+
+TINY = [
+    "--config", "configs/train.yaml", "--config", "configs/model/v3_small.yaml",
+    "--config", "configs/data/procedural.yaml",
+    "--model.init_args.width_mult=0.5", "--data.resolution=32", "--data.batch_size=8",
+    "--data.procedural_train_size=48", "--data.procedural_val_size=16",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+]
+
+
+def fit(tmp_path, name, *extra):
+    main(["fit", *TINY, f"--trainer.logger.init_args.save_dir={tmp_path / name}",
+          f"--checkpoint.dirpath={tmp_path / name / 'ckpt'}", *extra])
+    return tmp_path / name / "ckpt"
+
+
+def test_two_step_fit_writes_checkpoints_that_describe_the_data(tmp_path):
+    ckpt = fit(tmp_path, "run", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2")
+    state = torch.load(ckpt / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 2
+    assert (ckpt / "best.ckpt").is_file()
+    assert state["data"]["labels"][0] == "circle" and state["data"]["input"]["size"] == 32
+    assert state["hyper_parameters"]["arch"] == "v3_small" and state["hyper_parameters"]["num_classes"] == 8
+    assert (tmp_path / "run" / "version_0" / "metrics.csv").read_text().count("val/top1") == 1
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_is_exact(tmp_path, workers):
+    common = ["--trainer.limit_train_batches=3", f"--data.num_workers={workers}"]
+    straight = fit(tmp_path, "straight", "--trainer.max_epochs=2", *common)
+    first = fit(tmp_path, "resumed", "--trainer.max_epochs=2", "--trainer.callbacks+=test_training.StopAfterFirstEpoch",
+                *common)
+    assert torch.load(first / "last.ckpt", weights_only=False)["global_step"] == 3
+    fit(tmp_path, "resumed", "--trainer.max_epochs=2", f"--ckpt_path={first / 'last.ckpt'}", *common)
+    a = torch.load(straight / "last.ckpt", weights_only=False)
+    b = torch.load(first / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 6
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "fit", *TINY, "--trainer.strategy=ddp", "--trainer.devices=2",
+         "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--data.num_workers=0",
+         f"--trainer.logger.init_args.save_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 2
