@@ -6,7 +6,7 @@ SHELL := /bin/bash
 MODEL ?= v3_small
 DATA ?=
 EPOCHS ?= 10
-RES ?= 96
+RES ?= 64
 WIDTH ?= 1.0
 QAT_EPOCHS ?= 3
 # QAT starting point: CKPT= a float checkpoint, WEIGHTS= torchvision-format weights, else a float run first.
@@ -38,7 +38,7 @@ QAT_ARGS := --config configs/train.yaml --config configs/qat.yaml $(COMMON_ARGS)
 	$(if $(WEIGHTS),--model.init_args.weights=$(WEIGHTS),--model.init_args.float_checkpoint=$(FLOAT_CKPT)) \
 	--trainer.logger.init_args.save_dir=$(RUN)/qat --checkpoint.dirpath=$(RUN)/qat/checkpoints $(ARGS)
 
-.PHONY: help setup train qat export test bench-train clean
+.PHONY: help setup train qat export test bench-train bench-qat clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +68,13 @@ test: setup  ## host tests
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 	$(PY) -m training.bench
+
+# CIFAR-10 as JPEG folders if present (the team's shared copy), else the official archive.
+BENCH_DATA ?= $(if $(wildcard ../shared/data/cifar10/train),../shared/data/cifar10/train,cifar10)
+bench-qat: setup  ## float -> QAT -> int8 .pte on CIFAR-10 (long: about an hour on 2 cores)
+	$(MAKE) qat MODEL=v3_small DATA=$(BENCH_DATA) RES=64 EPOCHS=8 QAT_EPOCHS=2 RUN=runs/bench-qat \
+		OUT=artifacts/bench-qat-v3_small ARGS="--data.crop_fraction=1.0 --data.min_scale=0.35 \
+		--model.init_args.bn_momentum=0.01 --trainer.enable_progress_bar=false $(ARGS)"
 
 clean:  ## remove runs and artifacts (keeps .venv)
 	rm -rf runs artifacts

@@ -29,8 +29,8 @@ class Bundle:
         return self.meta["input"]
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Run one preprocessed (1, 3, H, W) float32 input."""
-        return self.method.execute([torch.from_numpy(batch)])[0].numpy()
+        """Run one preprocessed (1, 3, H, W) float32 input (made C-contiguous: the runtime ignores strides)."""
+        return self.method.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
 
 
 def load_bundle(path: str | Path) -> Bundle:

@@ -29,5 +29,6 @@ class Preprocessor:
         return rgb[top:top + self.size, left:left + self.size]
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        chw = self.crop(rgb).transpose(2, 0, 1).astype(np.float32)
+        # C-contiguous: the ExecuTorch runtime reads the raw buffer and ignores numpy strides.
+        chw = np.ascontiguousarray(self.crop(rgb).transpose(2, 0, 1), dtype=np.float32)
         return (chw * self.scale + self.offset)[None]

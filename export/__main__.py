@@ -25,7 +25,7 @@ from training.qat import QATClassifier
 
 from .bundle import file_sha256, sha256, write_bundle
 from .lower import to_pte
-from .quantize import convert_qat, load_module, ptq
+from .quantize import load_module, ptq
 from .report import evaluate, table
 from .verify import VerificationError, check_delegation, check_parity, latency_ms, load_method, run_pte
 
@@ -38,8 +38,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["int8", "fp32"], default="int8")
     parser.add_argument("--out", type=Path, help="bundle directory (default: artifacts/<arch>)")
     parser.add_argument("--calibration-images", type=int, default=512, help="training images for PTQ")
-    parser.add_argument("--parity-images", type=int, default=256, help="held-out images for runtime parity")
+    parser.add_argument("--parity-images", type=int, default=1000, help="held-out images for runtime parity")
     parser.add_argument("--min-agreement", type=float, default=0.99, help="runtime/PyTorch top-1 agreement")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip the float, PTQ and fp32 comparisons (faster; the report has only this program)")
     return parser.parse_args(argv)
 
 
@@ -69,13 +71,13 @@ def build(args: argparse.Namespace) -> tuple[dict[str, bytes], dict, dict]:
     size = checkpoint["data"]["input"]["size"]
 
     models = {}  # name -> PyTorch model evaluated on the validation set
-    float_module = float_module_of(module, checkpoint)
-    if float_module is not None:
+    float_module = float_module_of(module, checkpoint) if args.baselines or not is_qat else None
+    if float_module is not None and (args.baselines or scheme == "fp32"):
         models["float"] = float_module
     if is_qat:
         models["qat"] = module
-        models["converted"] = convert_qat(module)
-    if float_module is not None and scheme != "fp32":
+        models["converted"] = module.convert()
+    if float_module is not None and (scheme == "ptq-int8" or args.baselines and scheme != "fp32"):
         print(f"PTQ: calibrating on {args.calibration_images} training images", file=sys.stderr)
         loader = data.calibration_dataloader(args.calibration_images)
         models["ptq"] = ptq(float_module.model, size, loader, args.calibration_images)
@@ -87,7 +89,7 @@ def build(args: argparse.Namespace) -> tuple[dict[str, bytes], dict, dict]:
     check_delegation(delegation)
     methods = {"pte": load_method(pte_bytes)}
     programs = {"pte": {"bytes": len(pte_bytes)}}
-    if scheme != "fp32" and float_module is not None:
+    if args.baselines and scheme != "fp32" and float_module is not None:
         print("lowering fp32 for comparison", file=sys.stderr)
         fp32_bytes, _ = to_pte(float_module.model, size)
         methods["fp32_pte"] = load_method(fp32_bytes)

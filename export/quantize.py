@@ -2,7 +2,6 @@
 import copy
 
 import torch
-from torchao.quantization.pt2e import move_exported_model_to_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
 from training.checkpoint import CheckpointError, read_checkpoint
@@ -26,13 +25,6 @@ def load_module(path: str) -> tuple[ImageClassifier, dict]:
     module = cls(**hparams)
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval(), checkpoint
-
-
-def convert_qat(module: QATClassifier) -> torch.fx.GraphModule:
-    """Fold fake-quant into real int8 quantize/dequantize ops; the QAT module itself is left untouched."""
-    graph = copy.deepcopy(module.model)
-    move_exported_model_to_eval(graph)
-    return convert_pt2e(graph)
 
 
 @torch.no_grad()

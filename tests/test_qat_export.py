@@ -1,32 +1,34 @@
 """QAT in Lightning, conversion, export to a verified bundle, PTQ, and `edge eval` on the bundle."""
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from edge.bundle import BundleError, load_bundle
 from export.__main__ import main as export_main
+from conftest import write_colour_images
 from training.cli import main as train_main
 from training.qat import QATClassifier
 
-DATA = ["--config", "configs/data/procedural.yaml", "--data.resolution=32", "--data.batch_size=16",
-        "--data.procedural_train_size=96", "--data.procedural_val_size=64", "--data.num_workers=0"]
+DATA = ["--config", "configs/data/folder.yaml", "--data.resolution=32", "--data.batch_size=8",
+        "--data.val_fraction=0.25", "--data.num_workers=0"]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-    """A tiny float run and a QAT run started from it (v3_small at width 0.5, 32 px)."""
+def runs(tmp_path_factory, colour_folder):
+    """A tiny float run that learns the colours, and a QAT run started from it (v3_small, width 0.5, 32 px)."""
     root = tmp_path_factory.mktemp("runs")
-    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v3_small.yaml", *DATA, *QUIET,
-                "--model.init_args.width_mult=0.5", "--model.init_args.bn_momentum=0.1", "--trainer.max_epochs=2",
+    data = [*DATA, f"--data.source={colour_folder}"]
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v3_small.yaml", *data, *QUIET,
+                "--model.init_args.width_mult=0.5", "--model.init_args.lr=0.001", "--trainer.max_epochs=6",
                 f"--trainer.logger.init_args.save_dir={root / 'float'}", f"--checkpoint.dirpath={root / 'float'}"])
-    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *DATA, *QUIET,
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *data, *QUIET,
                 "--model.init_args.arch=v3_small", "--model.init_args.width_mult=0.5", "--trainer.max_epochs=2",
                 "--model.init_args.freeze_bn_epoch=1", "--model.init_args.freeze_observer_epoch=1",
                 f"--model.init_args.float_checkpoint={root / 'float' / 'best.ckpt'}",
@@ -56,6 +58,18 @@ def test_qat_graph_keeps_the_float_models_batchnorm_settings_across_mode_switche
     assert eps_adds and {n.args[1] for n in eps_adds} == {0.001}
 
 
+def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs):
+    from export.quantize import load_module
+    module, _ = load_module(str(runs / "qat" / "last.ckpt"))
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    x = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        fake_quant, converted = module(x), module.convert()(x)
+    assert (converted - fake_quant).abs().max() <= 0.1 * fake_quant.abs().max()
+    assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
+    assert not any(n.target == torch.ops.aten.batch_norm.default for n in module.convert().graph.nodes)
+
+
 def test_qat_eval_mode_is_deterministic_and_train_mode_uses_dropout():
     module = QATClassifier("v3_small", num_classes=4, width_mult=0.5, resolution=32, dropout=0.5)
     x = torch.randn(3, 3, 32, 32)
@@ -70,24 +84,25 @@ def test_qat_eval_mode_is_deterministic_and_train_mode_uses_dropout():
 
 def test_qat_run_freezes_observers_and_bn_and_inherits_float_settings(runs):
     checkpoint = torch.load(runs / "qat" / "last.ckpt", weights_only=True)
-    assert checkpoint["hyper_parameters"]["bn_momentum"] == 0.1
+    assert checkpoint["hyper_parameters"]["bn_momentum"] == 0.1  # from configs/model/v3_small.yaml
     observers = [v for k, v in checkpoint["state_dict"].items() if k.endswith("observer_enabled")]
     assert observers and all(int(v) == 0 for v in observers)
-    module = QATClassifier("v3_small", num_classes=8, width_mult=0.5, resolution=32,
+    module = QATClassifier("v3_small", num_classes=3, width_mult=0.5, resolution=32,
                            float_checkpoint=str(runs / "float" / "best.ckpt"))
     assert {(n.args[6], n.args[7]) for n in batchnorm_nodes(module)} == {(0.1, 0.001)}
 
 
 def test_qat_checkpoint_of_another_architecture_is_refused(runs):
     with pytest.raises(ValueError, match="arch='v3_small' but 'v2' was asked for"):
-        QATClassifier("v2", num_classes=8, width_mult=0.5, float_checkpoint=str(runs / "float" / "best.ckpt"))
+        QATClassifier("v2", num_classes=3, width_mult=0.5, float_checkpoint=str(runs / "float" / "best.ckpt"))
 
 
 def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
     meta = json.loads((bundle / "model.json").read_text())
     report = json.loads((bundle / "report.json").read_text())
     assert meta["quantization"]["scheme"] == "qat-int8" and meta["arch"] == "v3_small"
-    assert meta["num_classes"] == len(meta["labels"]) == 8
+    assert meta["labels"] == ["blue", "green", "red"] and meta["num_classes"] == 3
+    assert report["accuracy"]["pte"]["top1"] >= 0.9, "the fixture model should have learnt the colours"
     assert meta["input"]["size"] == 32 and meta["input"]["mean"] == [0.485, 0.456, 0.406]
     pte = (bundle / "model.pte").read_bytes()
     assert hashlib.sha256(pte).hexdigest() == meta["pte_sha256"]
@@ -106,8 +121,10 @@ def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
 
 
 def test_ptq_and_fp32_exports_of_a_float_checkpoint(runs, tmp_path):
-    export_main([str(runs / "float" / "best.ckpt"), "--out", str(tmp_path / "ptq"), "--min-agreement", "0.95"])
-    assert json.loads((tmp_path / "ptq" / "model.json").read_text())["quantization"]["scheme"] == "ptq-int8"
+    export_main([str(runs / "float" / "best.ckpt"), "--out", str(tmp_path / "ptq"), "--no-baselines"])
+    report = json.loads((tmp_path / "ptq" / "report.json").read_text())
+    assert report["quantization"]["scheme"] == "ptq-int8" and set(report["accuracy"]) == {"ptq", "pte"}
+    assert report["parity"]["top1_agreement"] >= 0.99
     export_main([str(runs / "float" / "best.ckpt"), "--precision", "fp32", "--out", str(tmp_path / "fp32")])
     report = json.loads((tmp_path / "fp32" / "report.json").read_text())
     assert report["quantization"]["scheme"] == "fp32"
@@ -131,26 +148,13 @@ def test_export_errors_are_one_line(runs, tmp_path):
 def test_failed_verification_leaves_the_previous_bundle(runs, bundle, tmp_path, monkeypatch):
     import export.__main__ as export_cli
     out = tmp_path / "kept"
-    export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
+    shutil.copytree(bundle, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(export_cli, "run_pte", lambda method, x: torch.randn(len(x), 8) * 100)
+    monkeypatch.setattr(export_cli, "run_pte", lambda method, x: torch.randn(len(x), 3) * 100)
     with pytest.raises(SystemExit, match="runtime disagrees with PyTorch"):
-        export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
+        export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out), "--no-baselines"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
-
-
-def write_folder(root, labels, per_class=3):
-    from training.procedural import ProceduralShapes
-    shapes = ProceduralShapes(200, seed=5, split="test")
-    counts = {label: 0 for label in range(len(labels))}
-    for i in range(200):
-        image, label = shapes.image(i)
-        if counts[label] < per_class:
-            (root / labels[label]).mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(root / labels[label] / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            counts[label] += 1
-    return root
 
 
 def run_edge(*args):
@@ -158,18 +162,17 @@ def run_edge(*args):
 
 
 def test_edge_eval_prints_one_json_line(bundle, tmp_path):
-    labels = json.loads((bundle / "model.json").read_text())["labels"]
-    folder = write_folder(tmp_path / "folder", labels)
+    folder = write_colour_images(tmp_path / "unseen", per_class=5, seed=7)
     result = run_edge("eval", bundle, folder, "--json")
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout.strip())
-    assert set(line) == {"top1", "top5", "n"} and line["n"] == 3 * len(labels)
-    assert 0 <= line["top1"] <= line["top5"] <= 1
+    assert set(line) == {"top1", "top5", "n"} and line["n"] == 15
+    assert 0.8 <= line["top1"] <= line["top5"] == 1.0
 
 
 def test_edge_eval_errors(bundle, tmp_path):
-    labels = json.loads((bundle / "model.json").read_text())["labels"]
-    folder = write_folder(tmp_path / "folder", labels[:-1] + ["zebra"])
+    folder = write_colour_images(tmp_path / "folder", per_class=2)
+    (folder / "red").rename(folder / "zebra")
     result = run_edge("eval", bundle, folder, "--json")
     assert result.returncode != 0 and "differ from the bundle's labels" in result.stderr.strip().splitlines()[-1]
 

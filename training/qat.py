@@ -4,12 +4,17 @@ The float model is exported with a dynamic batch, prepared with ExecuTorch's
 XNNPACKQuantizer (symmetric int8, per-channel weights) and trained with fake
 quantization; ``export`` later calls ``convert_pt2e`` and lowers it.
 
-Two things torchao 0.18 gets wrong for MobileNetV3 are repaired here after
-every graph rewrite: its QAT conv-BN pattern and its train/eval switch rebuild
-``batch_norm`` with eps=1e-5 and momentum=0.1 (V3 uses 0.001 and 0.01), and the
-exported graph ignores ``.train()``/``.eval()``, so :meth:`QATClassifier.train`
-routes Lightning's mode switches to ``move_exported_model_to_train/eval``.
+Three things torchao 0.18 gets wrong for MobileNetV3 are repaired here: its QAT
+conv-BN pattern and its train/eval switch rebuild ``batch_norm`` with eps=1e-5 and
+momentum=0.1 (V3 uses 0.001 and 0.01), so the float model's values are written
+back after every graph rewrite; ``convert_pt2e`` folds BN into the conv with
+eps=1e-5 too (see :meth:`QATClassifier.convert`); and the exported graph ignores
+``.train()``/``.eval()``, so :meth:`QATClassifier.train` routes Lightning's mode
+switches to ``move_exported_model_to_train/eval``.
 """
+import copy
+from functools import reduce
+
 import torch
 from torch import nn
 from torch.export import Dim
@@ -18,7 +23,7 @@ from torchao.quantization.pt2e import (
     move_exported_model_to_eval,
     move_exported_model_to_train,
 )
-from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     XNNPACKQuantizer,
     get_symmetric_quantization_config,
@@ -28,6 +33,8 @@ from .checkpoint import check_architecture, read_checkpoint
 from .module import ImageClassifier
 
 BATCH = Dim("batch", min=1, max=4096)
+# The eps torchao's convert_pt2e folds BN with, whatever the model's BN uses.
+CONVERT_FOLD_EPS = 1e-5
 
 
 def xnnpack_quantizer(qat: bool) -> XNNPACKQuantizer:
@@ -130,6 +137,21 @@ class QATClassifier(ImageClassifier):
                 child.train(mode)
         self._sync_graph_mode(mode)
         return self
+
+    def convert(self) -> torch.fx.GraphModule:
+        """The int8 model (``convert_pt2e``), with BN folded exactly; this module is left untouched.
+
+        convert_pt2e folds with ``gamma / sqrt(running_var + 1e-5)``; shifting running_var by
+        ``eps - 1e-5`` first makes that ``gamma / sqrt(running_var + eps)``, what QAT trained with.
+        """
+        graph = copy.deepcopy(self.model)
+        move_exported_model_to_eval(graph)
+        for node in graph.graph.nodes:
+            if node.target == torch.ops.aten.batch_norm.default:
+                running_var = reduce(getattr, node.args[4].target.split("."), graph)
+                running_var.add_(self._bn_eps - CONVERT_FOLD_EPS)
+        set_batchnorm_args(graph, CONVERT_FOLD_EPS, self._bn_momentum, frozen=True)
+        return convert_pt2e(graph)
 
     def on_train_epoch_start(self) -> None:
         self._sync_graph_mode(training=True)
