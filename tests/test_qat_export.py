@@ -92,9 +92,29 @@ def test_qat_run_freezes_observers_and_bn_and_inherits_float_settings(runs):
     assert {(n.args[6], n.args[7]) for n in batchnorm_nodes(module)} == {(0.1, 0.001)}
 
 
-def test_qat_checkpoint_of_another_architecture_is_refused(runs):
-    with pytest.raises(ValueError, match="arch='v3_small' but 'v2' was asked for"):
-        QATClassifier("v2", num_classes=3, width_mult=0.5, float_checkpoint=str(runs / "float" / "best.ckpt"))
+def test_qat_from_a_checkpoint_of_another_architecture_is_one_error_line(runs, colour_folder, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml",
+         *DATA, f"--data.source={colour_folder}", "--model.init_args.arch=v2", "--model.init_args.width_mult=0.5",
+         f"--model.init_args.float_checkpoint={runs / 'float' / 'best.ckpt'}",
+         f"--trainer.logger.init_args.save_dir={tmp_path}"], capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "has arch='v3_small' but 'v2' was asked for" in result.stderr.strip().splitlines()[-1]
+
+
+def test_qat_run_resumes_from_its_checkpoint(runs, colour_folder, tmp_path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(runs / "qat", resumed)
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *DATA, *QUIET,
+                f"--data.source={colour_folder}", "--model.init_args.arch=v3_small",
+                "--model.init_args.width_mult=0.5", "--trainer.max_epochs=3",
+                f"--model.init_args.float_checkpoint={runs / 'float' / 'best.ckpt'}",
+                f"--ckpt_path={resumed / 'last.ckpt'}",
+                f"--trainer.logger.init_args.save_dir={tmp_path}", f"--checkpoint.dirpath={resumed}"])
+    before = torch.load(runs / "qat" / "last.ckpt", weights_only=True)
+    after = torch.load(resumed / "last.ckpt", weights_only=True)
+    assert after["epoch"] == before["epoch"] + 1 and after["global_step"] > before["global_step"]
+    assert set(after["state_dict"]) == set(before["state_dict"])
 
 
 def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):

@@ -4,6 +4,7 @@ import sys
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from .checkpoint import CheckpointError
 from .data import DataError, ImageDataModule
 from .models import WeightsError
 from .module import ImageClassifier
@@ -25,14 +26,26 @@ class TrainingCLI(LightningCLI):
         })
 
 
+USER_ERRORS = (CheckpointError, DataError, WeightsError)
+
+
+def user_error(error: BaseException | None) -> Exception | None:
+    """Our own error behind ``error``: jsonargparse wraps what a subclass-mode model raises."""
+    while error is not None and not isinstance(error, USER_ERRORS):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         TrainingCLI(
             ImageClassifier, ImageDataModule, subclass_mode_model=True,
             save_config_kwargs={"overwrite": True}, args=args,
         )
-    except (DataError, WeightsError) as e:
-        sys.exit(f"error: {e}")
+    except Exception as e:
+        if user_error(e) is None:
+            raise
+        sys.exit(f"error: {user_error(e)}")
 
 
 if __name__ == "__main__":
