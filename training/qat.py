@@ -83,6 +83,8 @@ class QATClassifier(ImageClassifier):
     torchvision-format ``weights``, or from scratch. Observers are frozen from
     epoch ``freeze_observer_epoch`` and BN statistics from ``freeze_bn_epoch``
     (by default 40% and 30% into the run, torchvision's 4-of-10 and 3-of-10).
+    Other arguments are :class:`ImageClassifier`'s; ``configs/qat.yaml`` sets
+    QAT's optimiser (SGD, small learning rate, no warm-up).
     """
 
     def __init__(
@@ -94,23 +96,16 @@ class QATClassifier(ImageClassifier):
         float_checkpoint: str | None = None,
         freeze_observer_epoch: int | None = None,
         freeze_bn_epoch: int | None = None,
-        dropout: float = 0.2,
-        weights: str | None = None,
         bn_momentum: float | None = None,
-        label_smoothing: float = 0.1,
-        optimizer: str = "sgd",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-5,
-        momentum: float = 0.9,
-        warmup_epochs: float = 0.0,
+        **kwargs,
     ) -> None:
         checkpoint = read_checkpoint(float_checkpoint) if float_checkpoint else None
         if checkpoint is not None:
             check_architecture(checkpoint, float_checkpoint, arch=arch, width_mult=width_mult, num_classes=num_classes)
             if bn_momentum is None:  # keep what the float run trained with
                 bn_momentum = checkpoint["hyper_parameters"].get("bn_momentum")
-        super().__init__(arch, num_classes, width_mult, resolution, dropout, weights, bn_momentum, label_smoothing,
-                         optimizer, lr, weight_decay, momentum, warmup_epochs)
+        super().__init__(arch=arch, num_classes=num_classes, width_mult=width_mult, resolution=resolution,
+                         bn_momentum=bn_momentum, **kwargs)
         self.hparams.bn_momentum = bn_momentum  # LightningCLI records the config's value, not the inherited one
         if checkpoint is not None:
             self.model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
