@@ -54,9 +54,13 @@ def float_module_of(module, checkpoint: dict):
 
 
 def logit_tolerance(reference: torch.Tensor, scheme: str) -> float:
-    """int8 kernels may round differently from PyTorch's reference ops; fp32 must match closely."""
+    """fp32 must match closely. int8: 8% of the logit range, about 20 steps of the int8 output.
+
+    Measured on V3-Small: each op is within 2 output steps of PyTorch's reference, and the
+    difference accumulates to ~14 steps at the logits (CIFAR-10 QAT model).
+    """
     spread = (reference.max() - reference.min()).item()
-    return (1e-3 if scheme == "fp32" else 0.05) * spread + 1e-5
+    return (1e-3 if scheme == "fp32" else 0.08) * spread + 1e-5
 
 
 def build(args: argparse.Namespace) -> tuple[dict[str, bytes], dict, dict]:
@@ -142,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     except (CheckpointError, DataError, WeightsError, VerificationError) as e:
         sys.exit(f"error: {e}")
     parity = report["parity"]
-    print(f"\n{meta['name']} on {report['val_images']} validation images "
-          f"(runtime/PyTorch top-1 agreement {100 * parity['top1_agreement']:.1f}% on {parity['images']})")
+    print(f"\n{meta['name']} on {report['val_images']} validation images; runtime vs PyTorch on "
+          f"{parity['images']}: top-1 agreement {100 * parity['top1_agreement']:.1f}% "
+          f"({100 * parity['top1_agreement_within_tolerance']:.1f}% within tolerance), "
+          f"max logit difference {parity['max_abs_logit_diff']:.3f}")
     print(table(report))
     print(f"bundle: {out}/ (model.pte, model.json, report.json, golden.npz)")
 

@@ -11,6 +11,7 @@ import torch
 
 from edge.bundle import BundleError, load_bundle
 from export.__main__ import main as export_main
+from export.verify import VerificationError, check_parity
 from conftest import write_colour_images
 from training.cli import main as train_main
 from training.qat import QATClassifier
@@ -213,3 +214,16 @@ def test_edge_eval_errors(bundle, tmp_path):
         load_bundle(broken)
     with pytest.raises(BundleError, match="not a bundle"):
         load_bundle(tmp_path)
+
+
+def test_parity_tolerates_near_ties_but_not_real_disagreement():
+    reference = torch.tensor([[2.0, 1.98, 0.0], [3.0, 0.0, 0.0]])
+    near_tie_flipped = torch.tensor([[1.97, 1.99, 0.0], [3.0, 0.01, 0.0]])
+    result = check_parity(near_tie_flipped, reference, min_agreement=0.99, atol=0.05)
+    assert result["top1_agreement"] == 0.5 and result["top1_agreement_within_tolerance"] == 1.0
+    wrong = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]])
+    with pytest.raises(VerificationError, match="runtime disagrees"):
+        check_parity(wrong, reference, min_agreement=0.99, atol=0.05)
+    shifted = reference + torch.tensor([[0.0, 0.0, 0.2], [0.0, 0.0, 0.0]])
+    with pytest.raises(VerificationError, match="max logit difference"):
+        check_parity(shifted, reference, min_agreement=0.99, atol=0.05)
