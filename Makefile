@@ -51,7 +51,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its extras
 
-train: setup  ## float training: make train MODEL=v3_small DATA=<dir|cifar10> EPOCHS=10 RES=96 WIDTH=1.0
+train: setup  ## float training: make train MODEL=v3_small DATA=<dir|cifar10> EPOCHS=10 RES=64 WIDTH=1.0
 	$(PY) -m training fit $(FIT_ARGS)
 
 qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, verify, print the table

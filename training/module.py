@@ -45,9 +45,10 @@ class ImageClassifier(L.LightningModule):
                     m.momentum = bn_momentum
         self.example_input_array = torch.zeros(2, 3, resolution, resolution)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1)
-        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1)
-        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes))
+        # micro: the fraction of images right, the usual meaning of top-1 (torchmetrics defaults to macro)
+        self.train_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
