@@ -83,8 +83,7 @@ def build(args: argparse.Namespace) -> tuple[dict[str, bytes], dict, dict]:
         models["converted"] = module.convert()
     if float_module is not None and (scheme == "ptq-int8" or args.baselines and scheme != "fp32"):
         print(f"PTQ: calibrating on {args.calibration_images} training images", file=sys.stderr)
-        loader = data.calibration_dataloader(args.calibration_images)
-        models["ptq"] = ptq(float_module.model, size, loader, args.calibration_images)
+        models["ptq"] = ptq(float_module.model, size, data.calibration_dataloader(args.calibration_images))
     reference = {"qat-int8": "converted", "ptq-int8": "ptq", "fp32": "float"}[scheme]
 
     print(f"lowering {scheme} to ExecuTorch/XNNPACK", file=sys.stderr)
@@ -104,7 +103,6 @@ def build(args: argparse.Namespace) -> tuple[dict[str, bytes], dict, dict]:
 
     accuracy, kept = evaluate(models, data.val_dataloader(), len(data.labels),
                               keep={reference: args.parity_images, "pte": args.parity_images})
-    accuracy.pop("converted", None)
     parity = check_parity(kept["pte"], kept[reference], args.min_agreement, logit_tolerance(kept[reference], scheme))
 
     meta = {

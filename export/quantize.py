@@ -28,13 +28,9 @@ def load_module(path: str) -> tuple[ImageClassifier, dict]:
 
 
 @torch.no_grad()
-def ptq(model: torch.nn.Module, resolution: int, loader, images: int) -> torch.fx.GraphModule:
-    """Post-training quantization with the same quantizer, calibrated on ``images`` training images."""
+def ptq(model: torch.nn.Module, resolution: int, loader) -> torch.fx.GraphModule:
+    """Post-training quantization with the same quantizer, its observers calibrated on ``loader``."""
     prepared = prepare_ptq(copy.deepcopy(model), resolution)
-    seen = 0
     for batch, _ in loader:
         prepared(batch)
-        seen += len(batch)
-        if seen >= images:
-            break
     return convert_pt2e(prepared)

@@ -38,6 +38,7 @@ def evaluate(models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader, 
 ROWS = [  # (report key, label)
     ("float", "float (PyTorch)"),
     ("qat", "QAT fake-quant (PyTorch)"),
+    ("converted", "QAT int8 converted (PyTorch)"),
     ("ptq", "PTQ int8 (PyTorch)"),
     ("pte", "bundle .pte (ExecuTorch)"),
     ("fp32_pte", "fp32 .pte (ExecuTorch)"),
