@@ -38,7 +38,15 @@ QAT_ARGS := --config configs/train.yaml --config configs/qat.yaml $(COMMON_ARGS)
 	$(if $(WEIGHTS),--model.init_args.weights=$(WEIGHTS),--model.init_args.float_checkpoint=$(FLOAT_CKPT)) \
 	--trainer.logger.init_args.save_dir=$(RUN)/qat --checkpoint.dirpath=$(RUN)/qat/checkpoints $(ARGS)
 
-.PHONY: help setup train qat export test bench-train bench-qat clean
+# The edge app: BUNDLE to run, SOURCE (empty: a generated video of the procedural shapes; picamera; 0; a file/URL).
+BUNDLE ?= artifacts/$(MODEL)
+SOURCE ?=
+SERVE ?= 127.0.0.1:8080
+DEMO_VIDEO := artifacts/demo.mp4
+BENCH_SECONDS ?= 120
+THREADS ?=
+
+.PHONY: help setup train qat export test test-deps demo bench-edge bench-train bench-qat clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,8 +71,25 @@ export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoint
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
 	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT)
 
-test: setup  ## host tests
+test: setup test-deps  ## host tests (browser and SSH tests need test-deps)
 	$(PY) -m pytest -q
+
+test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
+	@.ci/debian-test-deps
+
+$(BUNDLE)/model.json:
+	$(if $(filter artifacts/$(MODEL),$(BUNDLE)),$(MAKE) qat MODEL=$(MODEL),$(error no bundle at $(BUNDLE): build one with make qat or make export))
+
+$(DEMO_VIDEO): | setup
+	$(PY) -m training.demo_video $@ --seconds 30
+
+demo: setup $(BUNDLE)/model.json $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo: window if there is a display, page on SERVE=127.0.0.1:8080
+	$(PY) -m edge run $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO) --loop) --serve $(SERVE) \
+		$(if $(DISPLAY),,--headless) $(if $(THREADS),--threads $(THREADS),) $(ARGS)
+
+bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS=120)
+	$(PY) -m edge.bench $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO)) --seconds $(BENCH_SECONDS) \
+		$(if $(THREADS),--threads $(THREADS),) --json $(BUNDLE)/bench-edge.json
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 	$(PY) -m training.bench

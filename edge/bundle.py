@@ -1,6 +1,7 @@
 """Loading a bundle: model.json, the sha256-checked model.pte, and the ExecuTorch method."""
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ class Bundle:
     path: Path
     meta: dict
     method: object  # executorch.runtime.Method
+    program: object  # executorch.runtime.Program: owns the .pte bytes the method runs from; must outlive it
 
     @property
     def labels(self) -> list[str]:
@@ -51,10 +53,15 @@ def load_bundle(path: str | Path) -> Bundle:
     data = pte_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta["pte_sha256"]:
         raise BundleError(f"{pte_path} does not match pte_sha256 in model.json: corrupt or mixed-up copy")
-    from executorch.runtime import Runtime  # deferred: loading the runtime is slow and not needed for errors above
+    # Deferred: the import is slow (it pulls in executorch.exir and torchao) and not needed for the errors above.
+    # Those packages warn about GPU kernels and tracing details that mean nothing on a device: keep them quiet.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from executorch.runtime import Runtime
 
     try:
-        method = Runtime.get().load_program(data).load_method("forward")
+        program = Runtime.get().load_program(data)
+        method = program.load_method("forward")
     except Exception as e:  # the runtime raises RuntimeError/ValueError subtypes depending on the failure
         raise BundleError(f"ExecuTorch cannot load {pte_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return Bundle(path, meta, method)
+    return Bundle(path, meta, method, program)

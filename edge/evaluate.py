@@ -8,9 +8,9 @@ from tqdm import tqdm
 
 from .bundle import Bundle, BundleError
 from .preprocess import Preprocessor
+from .sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def folder_images(root: Path, labels: list[str]) -> list[tuple[Path, int]]:

@@ -4,7 +4,7 @@ import numpy as np
 
 
 class Preprocessor:
-    """uint8 RGB HWC frame -> (1, 3, size, size) float32: resize shorter side, center crop, normalise.
+    """uint8 HWC frame -> (1, 3, size, size) float32 RGB: resize shorter side, center crop, normalise.
 
     Built once per bundle; mean/std are folded into one scale and offset per channel.
     """
@@ -28,7 +28,13 @@ class Preprocessor:
         top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
         return rgb[top:top + self.size, left:left + self.size]
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, order: str = "RGB") -> np.ndarray:
+        """``order="BGR"`` for OpenCV/Picamera2 frames: channels are swapped after the crop, where it is cheap."""
+        crop = self.crop(image)
+        if order == "BGR":
+            crop = crop[..., ::-1]
+        elif order != "RGB":
+            raise ValueError(f"order must be RGB or BGR, got {order!r}")
         # C-contiguous: the ExecuTorch runtime reads the raw buffer and ignores numpy strides.
-        chw = np.ascontiguousarray(self.crop(rgb).transpose(2, 0, 1), dtype=np.float32)
+        chw = np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32)
         return (chw * self.scale + self.offset)[None]

@@ -2,6 +2,9 @@ import cv2
 import numpy as np
 import pytest
 
+from export.__main__ import main as export_main
+from training.cli import main as train_main
+
 
 COLOURS = {"blue": (255, 0, 0), "green": (0, 255, 0), "red": (0, 0, 255)}  # BGR on disk
 
@@ -28,3 +31,31 @@ def image_folder(tmp_path):
     root = write_colour_images(tmp_path / "folder", per_class=8)
     (root / "red" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return root
+
+
+DATA = ["--config", "configs/data/folder.yaml", "--data.resolution=32", "--data.batch_size=8",
+        "--data.val_fraction=0.25", "--data.num_workers=0"]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, colour_folder):
+    """A tiny float run that learns the colours, and a QAT run started from it (v3_small, width 0.5, 32 px)."""
+    root = tmp_path_factory.mktemp("runs")
+    data = [*DATA, f"--data.source={colour_folder}"]
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v3_small.yaml", *data, *QUIET,
+                "--model.init_args.width_mult=0.5", "--model.init_args.lr=0.001", "--trainer.max_epochs=6",
+                f"--trainer.logger.init_args.save_dir={root / 'float'}", f"--checkpoint.dirpath={root / 'float'}"])
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *data, *QUIET,
+                "--model.init_args.arch=v3_small", "--model.init_args.width_mult=0.5", "--trainer.max_epochs=2",
+                "--model.init_args.freeze_bn_epoch=1", "--model.init_args.freeze_observer_epoch=1",
+                f"--model.init_args.float_checkpoint={root / 'float' / 'best.ckpt'}",
+                f"--trainer.logger.init_args.save_dir={root / 'qat'}", f"--checkpoint.dirpath={root / 'qat'}"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def bundle(runs):
+    out = runs / "bundle"
+    export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
+    return out

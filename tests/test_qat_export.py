@@ -9,39 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import DATA, QUIET, write_colour_images
 from edge.bundle import BundleError, load_bundle
 from export.__main__ import main as export_main
 from export.verify import VerificationError, check_parity
-from conftest import write_colour_images
 from training.cli import main as train_main
 from training.qat import QATClassifier
-
-DATA = ["--config", "configs/data/folder.yaml", "--data.resolution=32", "--data.batch_size=8",
-        "--data.val_fraction=0.25", "--data.num_workers=0"]
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
-
-
-@pytest.fixture(scope="session")
-def runs(tmp_path_factory, colour_folder):
-    """A tiny float run that learns the colours, and a QAT run started from it (v3_small, width 0.5, 32 px)."""
-    root = tmp_path_factory.mktemp("runs")
-    data = [*DATA, f"--data.source={colour_folder}"]
-    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v3_small.yaml", *data, *QUIET,
-                "--model.init_args.width_mult=0.5", "--model.init_args.lr=0.001", "--trainer.max_epochs=6",
-                f"--trainer.logger.init_args.save_dir={root / 'float'}", f"--checkpoint.dirpath={root / 'float'}"])
-    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *data, *QUIET,
-                "--model.init_args.arch=v3_small", "--model.init_args.width_mult=0.5", "--trainer.max_epochs=2",
-                "--model.init_args.freeze_bn_epoch=1", "--model.init_args.freeze_observer_epoch=1",
-                f"--model.init_args.float_checkpoint={root / 'float' / 'best.ckpt'}",
-                f"--trainer.logger.init_args.save_dir={root / 'qat'}", f"--checkpoint.dirpath={root / 'qat'}"])
-    return root
-
-
-@pytest.fixture(scope="session")
-def bundle(runs):
-    out = runs / "bundle"
-    export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
-    return out
 
 
 def batchnorm_nodes(module: QATClassifier):

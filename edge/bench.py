@@ -1,0 +1,119 @@
+"""Whole-pipeline throughput against inference alone, capture-to-result latency and memory over a long run.
+
+    python -m edge.bench BUNDLE --source VIDEO [--seconds 120] [--threads N] [--json OUT]
+
+The pipeline run replays the source as fast as it decodes (a camera that never waits), so its
+frame rate shows whether capture, decode and preprocessing hide behind inference. RSS is sampled
+every second; growth after the warm-up would be a leak.
+"""
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .bundle import BundleError, load_bundle
+from .classify import Classifier, set_threads
+from .run import RunConfig, RunError, run
+from .sources import SourceError, open_source
+from .stats import percentiles
+
+
+def rss_mb() -> float:
+    """Resident set size of this process (Linux /proc)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def inference_only(bundle_dir: Path, source: str, seconds: float) -> dict:
+    """Results/s of inference (and softmax/top-k) alone, on one prepared frame from the source."""
+    classifier = Classifier(load_bundle(bundle_dir))
+    src = open_source(source)
+    src.open()
+    x = classifier.prepare(src.read().image)
+    src.close()
+    latencies, start = [], time.monotonic()
+    with tqdm(total=int(seconds), desc="inference only", unit="s", leave=False) as bar:
+        while (elapsed := time.monotonic() - start) < seconds:
+            probs, ms = classifier.classify(x)
+            classifier.top(probs)
+            latencies.append(ms)
+            if int(elapsed) > bar.n:
+                bar.update(int(elapsed) - bar.n)
+    return {"fps": round(len(latencies) / (time.monotonic() - start), 1), "latency_ms": percentiles(latencies)}
+
+
+def pipeline(bundle_dir: Path, source: str, seconds: float, threads: int | None) -> dict:
+    """The live loop on the looping source, unpaced, with RSS sampled every second from another thread."""
+    samples, done = [], threading.Event()
+
+    def sample() -> None:
+        start = time.monotonic()
+        with tqdm(total=int(seconds), desc="pipeline", unit="s", leave=False) as bar:
+            while not done.wait(1.0):
+                samples.append((round(time.monotonic() - start, 1), round(rss_mb(), 1)))
+                bar.update(1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    summary = run(RunConfig(bundle_dir, source, loop=True, fps=0, threads=threads, headless=True, duration=seconds))
+    done.set()
+    sampler.join()
+    return {"summary": summary, "rss_mb": samples}
+
+
+def rss_figures(samples: list[tuple[float, float]], warmup_s: float) -> dict:
+    after = [mb for t, mb in samples if t >= warmup_s]
+    return {"after_warmup_mb": after[0], "end_mb": after[-1], "peak_mb": max(mb for _, mb in samples),
+            "growth_mb": round(after[-1] - after[0], 1)} if after else {}
+
+
+def table(result: dict) -> str:
+    inf, pipe, rss = result["inference_only"], result["pipeline"], result["rss"]
+    ms = pipe["capture_to_result_ms"]
+    rows = [("inference only", f"{inf['fps']:.1f}", f"{inf['latency_ms']['p50']:.2f}", "-"),
+            ("whole pipeline", f"{pipe['fps']:.1f}", f"{pipe['latency_ms']['p50']:.2f}",
+             f"{ms['p50']:.2f} / {ms['p90']:.2f}")]
+    lines = ["| run | frames/s | inference p50 ms | capture-to-result p50 / p90 ms |", "|---|---:|---:|---:|"]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    return "\n".join(lines) + (
+        f"\n\npipeline keeps {100 * result['pipeline_share']:.1f}% of the inference-only rate "
+        f"({pipe['frames']} frames in {result['seconds']:.0f} s, {pipe['dropped']} dropped); "
+        f"RSS {rss.get('after_warmup_mb', 0):.1f} MB after warm-up, {rss.get('end_mb', 0):.1f} MB at the end, "
+        f"peak {rss.get('peak_mb', 0):.1f} MB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m edge.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--source", required=True, help="a video file or directory (replayed in a loop)")
+    parser.add_argument("--seconds", type=float, default=120, help="pipeline run length (default 120)")
+    parser.add_argument("--warmup", type=float, default=10, help="seconds before RSS growth is measured")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    args = parser.parse_args(argv)
+    try:
+        if args.threads:
+            set_threads(args.threads)
+        inference = inference_only(args.bundle, args.source, min(20.0, args.seconds / 4))
+        piped = pipeline(args.bundle, args.source, args.seconds, args.threads)
+    except (BundleError, SourceError, RunError) as e:
+        sys.exit(f"error: {e}")
+    summary = piped["summary"]
+    result = {"bundle": str(args.bundle), "model": summary["model"], "source": args.source, "seconds": args.seconds,
+              "threads": args.threads, "cpus": os.cpu_count(), "inference_only": inference, "pipeline": summary,
+              "pipeline_share": round(summary["fps"] / inference["fps"], 4),
+              "rss": rss_figures(piped["rss_mb"], args.warmup), "rss_samples_mb": piped["rss_mb"]}
+    print(table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(args.json)
+
+
+if __name__ == "__main__":
+    main()

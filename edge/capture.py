@@ -1,0 +1,125 @@
+"""Capture in its own thread, keeping only the newest frame.
+
+The consumer (inference) takes whatever is newest; a frame replaced before it was taken is
+dropped and counted. So when inference is slower than the camera, latency stays one frame
+deep instead of growing with a queue. Preprocessing runs here too, hidden behind inference.
+A live source that stops is reopened with exponential back-off; the gap is counted.
+"""
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .sources import Frame, SourceError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Captured:
+    frame: Frame
+    prepared: Any  # prepare(frame.image), e.g. the model input
+
+
+@dataclass
+class CaptureStats:
+    captured: int = 0
+    dropped: int = 0  # frames replaced by a newer one before the consumer took them
+    reconnects: int = 0
+    gap_s: float = 0.0  # time without frames while reconnecting
+
+
+class Capture(threading.Thread):
+    """Reads ``source`` until stopped or (for a non-live source) until it ends.
+
+    ``fps`` paces non-live sources like a camera would (None: the source's own rate if it has one,
+    0: as fast as they read). ``backoff`` is the first and the longest wait between reconnects.
+    """
+
+    def __init__(self, source, prepare: Callable[[Any], Any] = lambda image: None, fps: float | None = None,
+                 backoff: tuple[float, float] = (0.25, 8.0)) -> None:
+        super().__init__(name="capture", daemon=True)
+        self.source, self.prepare, self.backoff = source, prepare, backoff
+        rate = fps if fps is not None else source.fps
+        self.interval = 1.0 / rate if rate and not source.live else 0.0
+        self.stats = CaptureStats()
+        self.error: BaseException | None = None
+        self._newest: Captured | None = None
+        self._ended = False
+        self._stopping = threading.Event()
+        self._changed = threading.Condition()
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # handed to the consumer, which reports it
+            self.error = e
+        finally:
+            self.source.close()
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
+
+    def _loop(self) -> None:
+        next_due = time.monotonic()
+        while not self._stopping.is_set():
+            if self.interval:
+                next_due = max(next_due + self.interval, time.monotonic())  # late: no catch-up burst
+                self._stopping.wait(next_due - time.monotonic())
+            frame = self._read()
+            if frame is None:
+                if not self.source.live or not self._reconnect():
+                    return
+                continue
+            item = Captured(frame, self.prepare(frame.image))
+            with self._changed:
+                self.stats.captured += 1
+                self.stats.dropped += self._newest is not None
+                self._newest = item
+                self._changed.notify_all()
+
+    def _read(self) -> Frame | None:
+        try:
+            return self.source.read()
+        except Exception as e:  # a camera/stream failing mid-run is a gap, not the end
+            if not self.source.live:
+                raise
+            log.warning("%s failed: %s", self.source.name, e)
+            return None
+
+    def _reconnect(self) -> bool:
+        """Reopen the live source, waiting longer after each failure; False only when stopped."""
+        started, delay = time.monotonic(), self.backoff[0]
+        self.source.close()
+        while not self._stopping.wait(delay):
+            log.warning("%s stopped delivering frames; reconnecting", self.source.name)
+            try:
+                self.source.open()
+            except SourceError as e:
+                log.warning("%s; retrying in %.1f s", e, min(2 * delay, self.backoff[1]))
+                delay = min(2 * delay, self.backoff[1])
+                continue
+            with self._changed:
+                self.stats.reconnects += 1
+                self.stats.gap_s += time.monotonic() - started
+            return True
+        return False
+
+    def get(self, timeout: float | None = None) -> Captured | None:
+        """The newest frame not yet taken, waiting for one; None when the source has ended (or on timeout)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._newest is not None or self._ended, timeout)
+            item, self._newest = self._newest, None
+        if item is None and self.error is not None:
+            raise self.error
+        return item
+
+    @property
+    def ended(self) -> bool:
+        with self._changed:
+            return self._ended
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)

@@ -1,0 +1,45 @@
+"""Bundle + preprocessing + softmax/top-k/smoothing: what the live loop calls per frame."""
+import time
+
+import numpy as np
+
+from .bundle import Bundle
+from .preprocess import Preprocessor
+
+
+def set_threads(threads: int) -> None:
+    """Size the runtime's threadpool (XNNPACK runs on it): on small boards fewer threads can be faster."""
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+    _unsafe_reset_threadpool(threads)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+class Classifier:
+    """``classify(x)`` -> (probabilities, inference ms); ``smooth`` in [0, 1) weighs the previous frames' average."""
+
+    def __init__(self, bundle: Bundle, top_k: int = 3, smooth: float = 0.0) -> None:
+        self.bundle, self.top_k, self.smooth = bundle, min(top_k, len(bundle.labels)), smooth
+        self.preprocess = Preprocessor(bundle.input)
+        self.average: np.ndarray | None = None
+
+    def prepare(self, bgr: np.ndarray) -> np.ndarray:
+        return self.preprocess(bgr, order="BGR")
+
+    def classify(self, x: np.ndarray) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        logits = self.bundle.logits(x)[0]
+        latency_ms = 1000 * (time.perf_counter() - start)
+        probs = softmax(logits.astype(np.float64))
+        if self.smooth:
+            self.average = probs if self.average is None else self.smooth * self.average + (1 - self.smooth) * probs
+            probs = self.average
+        return probs, latency_ms
+
+    def top(self, probs: np.ndarray) -> list[dict]:
+        best = np.argsort(-probs)[:self.top_k]
+        return [{"label": self.bundle.labels[i], "score": round(float(probs[i]), 4)} for i in best]

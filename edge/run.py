@@ -1,0 +1,137 @@
+"""The live loop: newest frame -> inference -> window / JSON lines / web page, and a summary at the end."""
+import json
+import math
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import cv2
+
+from .bundle import load_bundle
+from .capture import Capture
+from .classify import Classifier, set_threads
+from .overlay import annotate
+from .serve import Broadcast, Server, parse_address
+from .sources import open_source
+from .stats import RunStats
+
+WINDOW = "edge"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start as asked; the message says what to do instead."""
+
+
+@dataclass
+class RunConfig:
+    bundle: Path
+    source: str
+    loop: bool = False
+    fps: float | None = None  # pace files/directories (None: a video's own rate); cameras set their own
+    threads: int | None = None
+    top_k: int = 3
+    smooth: float = 0.0
+    headless: bool = False
+    jsonl: str | None = None  # a path, or "-" for stdout
+    max_frames: int | None = None
+    duration: float | None = None  # seconds
+    serve: str | None = None  # HOST:PORT
+    camera_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.smooth < 1.0:
+            raise RunError(f"--smooth must be in [0, 1), got {self.smooth}")
+        for name in ("threads", "top_k", "max_frames"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise RunError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+def default_camera_size(resize: int) -> tuple[int, int]:
+    """640x480, or larger 4:3 when the model's resize step needs more: never the full sensor (picamera2 #426)."""
+    height = max(480, resize)
+    return math.ceil(height * 4 / 3 / 2) * 2, height
+
+
+def _open_window() -> None:
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error:
+        raise RunError("this OpenCV build cannot open a window (no GUI or no display): "
+                       "add --headless, or --serve 8080 to watch in a browser") from None
+
+
+def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
+    """Run until ``max_frames`` results, ``duration`` seconds, the end of a non-live source, `q` in the window,
+    or Ctrl-C/SIGTERM; returns the summary. ``log`` gets the served page's address."""
+    address = parse_address(cfg.serve) if cfg.serve else None  # cheap checks first: loading the runtime takes seconds
+    open_source(cfg.source)
+    if not cfg.headless:
+        _open_window()
+    bundle = load_bundle(cfg.bundle)
+    if cfg.threads:
+        set_threads(cfg.threads)
+    classifier = Classifier(bundle, cfg.top_k, cfg.smooth)
+    source = open_source(cfg.source, cfg.loop, cfg.camera_size or default_camera_size(int(bundle.input["resize"])))
+    stats, broadcast = RunStats(), Broadcast()
+    with ExitStack() as stack:
+        if address:
+            server = Server(address, broadcast, f"{bundle.meta.get('name', 'model')} on {source.name}")
+            stack.callback(server.close)
+            print(f"serving {server.url}", file=log, flush=True)
+        jsonl = None
+        if cfg.jsonl == "-":
+            jsonl = sys.stdout
+        elif cfg.jsonl:
+            jsonl = stack.enter_context(open(cfg.jsonl, "w"))
+        source.open()
+        capture = Capture(source, classifier.prepare, cfg.fps)
+        capture.start()
+        stack.callback(capture.stop)
+        try:
+            _loop(cfg, capture, classifier, stats, broadcast, jsonl)
+        except KeyboardInterrupt:
+            pass
+    if not cfg.headless:
+        cv2.destroyAllWindows()
+    summary = stats.summary() | {"dropped": capture.stats.dropped, "reconnects": capture.stats.reconnects,
+                                 "gap_s": round(capture.stats.gap_s, 3), "source": source.name,
+                                 "model": bundle.meta.get("name"), "threads": cfg.threads}
+    return summary
+
+
+def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunStats, broadcast: Broadcast,
+          jsonl: TextIO | None) -> None:
+    show = not cfg.headless or cfg.serve
+    deadline = time.monotonic() + cfg.duration if cfg.duration else float("inf")
+    while (cfg.max_frames is None or len(stats.t_results) < cfg.max_frames) and time.monotonic() < deadline:
+        item = capture.get(timeout=0.1)
+        if item is None:
+            if capture.ended:
+                return
+            if not cfg.headless and cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                return
+            continue
+        probs, latency_ms = classifier.classify(item.prepared)
+        t_result = time.monotonic()
+        top = classifier.top(probs)
+        stats.add(latency_ms, item.frame.t_capture, t_result)
+        if jsonl:
+            record = {"frame": len(stats.t_results) - 1, "source_frame": item.frame.index,
+                      "t_capture": round(item.frame.t_capture, 6), "t_result": round(t_result, 6),
+                      "latency_ms": round(latency_ms, 3), "capture_to_result_ms": round(stats.capture_to_result_ms[-1], 3),
+                      "top": top, "dropped": capture.stats.dropped}
+            jsonl.write(json.dumps(record) + "\n")
+            jsonl.flush()
+        if show:
+            live = stats.live()
+            annotated = annotate(item.frame.image, top, latency_ms, live["fps"])
+            if cfg.serve:
+                broadcast.publish(annotated, live | {"top": top, "dropped": capture.stats.dropped,
+                                                     "reconnects": capture.stats.reconnects})
+            if not cfg.headless:
+                cv2.imshow(WINDOW, annotated)
+                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                    return

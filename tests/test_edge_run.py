@@ -1,0 +1,197 @@
+"""`python -m edge run`: JSON lines, the summary, errors, smoothing, and the served page in Chromium."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.bundle import Bundle, load_bundle
+from edge.classify import Classifier
+from edge.run import RunConfig, default_camera_size, run
+from edge.serve import parse_address
+from test_edge_sources import fake_picamera2, write_video  # noqa: F401 (a fixture)
+
+RECORD_KEYS = {"frame", "source_frame", "t_capture", "t_result", "latency_ms", "capture_to_result_ms", "top", "dropped"}
+
+
+def edge(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def red_video(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("video") / "red.mp4", frames=60, bgr=(30, 30, 230), size=(320, 240))
+
+
+def test_headless_jsonl_to_stdout_with_max_frames_summary(bundle, red_video):
+    result = edge("run", str(bundle), "--source", str(red_video), "--headless", "--jsonl", "-", "--max-frames", "20")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 20, "stdout holds only the JSON lines"
+    for i, record in enumerate(records):
+        assert RECORD_KEYS <= record.keys()
+        assert record["frame"] == i and record["t_capture"] <= record["t_result"] and record["latency_ms"] > 0
+        assert [set(t) for t in record["top"]] == [{"label", "score"}] * 3
+        assert record["top"][0]["score"] >= record["top"][1]["score"]
+    assert all(a["t_result"] < b["t_result"] and a["dropped"] <= b["dropped"] for a, b in zip(records, records[1:]))
+    assert all(r["top"][0]["label"] == "red" for r in records), "the colour model sees a red video"
+    summary = result.stderr.strip().splitlines()[-1]
+    assert re.match(r"20 frames at [\d.]+ FPS \| inference p50 [\d.]+ / p90 [\d.]+ ms \| capture-to-result p50 "
+                    r"[\d.]+ / p90 [\d.]+ ms \| dropped \d+ \| reconnects 0", summary), summary
+
+
+def test_video_paced_at_its_own_rate_and_ends_with_the_file(bundle, red_video, tmp_path):
+    out = tmp_path / "run.jsonl"
+    summary = run(RunConfig(bundle, str(red_video), headless=True, jsonl=str(out)))
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["frames"] == len(records) == 60 - summary["dropped"]
+    assert 20 < summary["fps"] < 40, "a 30 FPS file plays like a 30 FPS camera"
+    assert records[-1]["source_frame"] == 59
+
+
+def test_picamera_run_through_the_stand_in(bundle, fake_picamera2, tmp_path):
+    summary = run(RunConfig(bundle, "picamera", headless=True, max_frames=5, jsonl=str(tmp_path / "cam.jsonl")))
+    assert summary["frames"] == 5 and summary["source"] == "picamera 640x480"
+    assert fake_picamera2.instances[0].closed
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--source", "nowhere.mp4", "--headless"], "error: source 'nowhere.mp4' does not exist"),
+    (["--source", "procedural"], "error: this OpenCV build cannot open a window"),
+    (["--source", "procedural", "--headless", "--smooth", "1.5"], "error: --smooth must be in [0, 1)"),
+    (["--source", "procedural", "--headless", "--serve", "localhost:http"], "error: --serve wants HOST:PORT"),
+])
+def test_run_errors_are_one_line(bundle, args, message, tmp_path):
+    result = edge("run", str(bundle), *args, cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.getcwd()})
+    assert result.returncode == 1 and result.stderr.strip() == result.stderr.strip().splitlines()[0]
+    assert result.stderr.startswith(message), result.stderr
+
+
+def test_smoothing_is_an_exponential_moving_average():
+    logits = iter([np.array([[4.0, 0.0]]), np.array([[0.0, 4.0]])])
+    bundle = Bundle(None, {"labels": ["a", "b"], "input": {"crop": "center", "layout": "NCHW", "channel_order": "RGB",
+                                                            "interpolation": "area_down_linear_up", "size": 8,
+                                                            "resize": 8, "mean": [0] * 3, "std": [1] * 3}}, None, None)
+    bundle.logits = lambda x: next(logits)
+    classifier = Classifier(bundle, top_k=5, smooth=0.75)
+    first, _ = classifier.classify(None)
+    second, _ = classifier.classify(None)
+    assert second == pytest.approx(0.75 * first + 0.25 * first[::-1])
+    assert [t["label"] for t in classifier.top(second)] == ["a", "b"]
+
+
+def test_bgr_frames_are_swapped_after_the_crop():
+    from edge.preprocess import Preprocessor
+
+    spec = {"crop": "center", "layout": "NCHW", "channel_order": "RGB", "interpolation": "area_down_linear_up",
+            "size": 32, "resize": 36, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    rgb = np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8)
+    preprocess = Preprocessor(spec)
+    np.testing.assert_array_equal(preprocess(np.ascontiguousarray(rgb[..., ::-1]), order="BGR"), preprocess(rgb))
+
+
+def test_camera_size_covers_the_model_input():
+    assert default_camera_size(73) == (640, 480)
+    w, h = default_camera_size(600)
+    assert h == 600 and w >= 800
+
+
+@pytest.mark.parametrize("text,address", [("8080", ("127.0.0.1", 8080)), (":0", ("127.0.0.1", 0)),
+                                          ("0.0.0.0:9000", ("0.0.0.0", 9000)), ("[::1]:80", ("::1", 80))])
+def test_serve_address_defaults_to_loopback(text, address):
+    assert parse_address(text) == address
+
+
+def browser_or_skip() -> tuple[str, str]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium and driver:
+        return chromium, driver
+    reason = "Debian's chromium and chromium-driver are not installed (make test-deps installs them)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"in CI the browser test must run: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def served(bundle, red_video):
+    """The app as a user starts it, serving on a port the OS picks; yields the page's URL."""
+    process = subprocess.Popen([sys.executable, "-m", "edge", "run", str(bundle), "--source", str(red_video),
+                                "--loop", "--headless", "--serve", "127.0.0.1:0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = iter(process.stderr.readline, "")
+        line = next((line for line in lines if line.startswith("serving ")), "")  # after the runtime's own logs
+        assert line.startswith("serving http://127.0.0.1:"), line
+        yield line.split()[-1]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_stats_json_while_serving(served):
+    time.sleep(1)
+    stats = json.loads(urllib.request.urlopen(served + "stats.json", timeout=5).read())
+    assert stats["frames"] > 0 and stats["fps"] > 0 and stats["top"][0]["label"] == "red"
+    assert {"latency_ms", "capture_to_result_ms", "dropped", "reconnects"} <= stats.keys()
+
+
+def test_served_page_renders_stream_and_stats_in_chromium(served, tmp_path):
+    chromium, chromedriver = browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        browser.get(served)
+        wait = WebDriverWait(browser, 20)
+        wait.until(lambda b: b.execute_script("return document.getElementById('stream').naturalWidth") == 320)
+        wait.until(lambda b: re.fullmatch(r"[\d.]+", b.find_element("id", "fps").text))
+        assert re.fullmatch(r"[\d.]+ / [\d.]+", browser.find_element("id", "latency").text)
+        top = browser.find_elements("css selector", "#top li")
+        assert len(top) == 3 and top[0].text.startswith("red ")
+        shot = cv2.imdecode(np.frombuffer(browser.find_element("id", "stream").screenshot_as_png, np.uint8),
+                            cv2.IMREAD_COLOR)
+        browser.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
+    lower, banner = shot[shot.shape[0] // 2:].reshape(-1, 3).mean(0), shot[:10].reshape(-1, 3).mean(0)
+    assert lower[2] > lower[0] + 50, f"the red video shows (mean BGR {lower})"
+    assert banner[2] < lower[2] - 30, f"under a dark overlay banner (mean BGR {banner})"
+
+
+def test_loaded_method_survives_garbage_collection(bundle):
+    """The runtime's Method points into the Program's .pte bytes: the bundle must keep the Program alive."""
+    import gc
+
+    loaded = load_bundle(bundle)
+    gc.collect()
+    clutter = [np.full(1 << 16, i, np.uint8) for i in range(64)]  # reuse any freed memory
+    golden = np.load(bundle / "golden.npz")
+    np.testing.assert_allclose(loaded.logits(golden["inputs"][:1]), golden["logits"][:1], atol=1e-5)
+    assert clutter
+
+
+def test_bench_compares_pipeline_with_inference_alone(bundle, red_video, tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "edge.bench", str(bundle), "--source", str(red_video),
+                             "--seconds", "3", "--warmup", "1", "--json", str(out)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["inference_only"]["fps"] > 0 and figures["pipeline"]["frames"] > 30
+    assert figures["pipeline_share"] == pytest.approx(figures["pipeline"]["fps"] / figures["inference_only"]["fps"],
+                                                      rel=1e-3)
+    assert figures["rss"]["peak_mb"] >= figures["rss"]["after_warmup_mb"] > 0
+    assert "| whole pipeline |" in result.stdout

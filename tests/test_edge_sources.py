@@ -1,0 +1,206 @@
+"""Frame sources and the newest-frame capture thread (no camera here: Picamera2 is a stand-in)."""
+import sys
+import time
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.capture import Capture
+from edge.sources import (DirectorySource, Frame, PicameraSource, ProceduralSource, SourceError, VideoSource,
+                          open_source)
+
+
+def write_video(path, frames: int, bgr=(0, 0, 255), size=(160, 120), fps=30):
+    """An MPEG-4 file of flat frames whose brightness counts up, so frames can be told apart."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), bgr, np.uint8) // 2 + i)
+    writer.release()
+    return path
+
+
+class FakeRequest:
+    def __init__(self, camera):
+        self.camera = camera
+
+    def make_array(self, stream):
+        assert stream == "main"
+        w, h = self.camera.config["main"]["size"]
+        return np.full((h, w, 3), (10, 20, 30), np.uint8)  # RGB888 is B, G, R in memory
+
+    def get_metadata(self):
+        return {"SensorTimestamp": time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 5_000_000}  # exposed 5 ms ago
+
+    def release(self):
+        self.camera.released += 1
+
+
+class FakePicamera2:
+    """Picamera2's method names and the call order a real camera needs."""
+
+    instances = []
+
+    def __init__(self):
+        self.config, self.started, self.released, self.closed = None, False, 0, False
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, main, buffer_count=6, queue=True, controls=None):
+        return {"main": main, "buffer_count": buffer_count, "queue": queue, "controls": controls or {}}
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        assert self.config is not None, "configure before start"
+        self.started = True
+
+    def capture_request(self):
+        assert self.started
+        return FakeRequest(self)
+
+    def stop(self):
+        self.started = False
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_picamera2(monkeypatch):
+    FakePicamera2.instances.clear()
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    return FakePicamera2
+
+
+def test_picamera_asks_for_the_stream_it_needs_and_stamps_sensor_time(fake_picamera2):
+    source = open_source("picamera", camera_size=(320, 240), camera_fps=30)
+    source.open()
+    frames = [source.read() for _ in range(3)]
+    camera = fake_picamera2.instances[0]
+    source.close()
+    assert camera.config == {"main": {"size": (320, 240), "format": "RGB888"}, "buffer_count": 2, "queue": False,
+                             "controls": {"FrameRate": 30}}
+    assert camera.released == 3 and camera.closed and not camera.started
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert frames[0].image.shape == (240, 320, 3) and tuple(frames[0].image[0, 0]) == (10, 20, 30)
+    age = time.monotonic() - frames[-1].t_capture
+    assert 0.004 < age < 0.5, "the sensor timestamp, moved onto the monotonic clock"
+
+
+def test_picamera_missing_is_one_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    with pytest.raises(SourceError, match="apt install python3-picamera2"):
+        PicameraSource((640, 480)).open()
+
+
+def test_video_file_plays_once_or_loops(tmp_path):
+    path = write_video(tmp_path / "clip.mp4", frames=12)
+    source = open_source(str(path))
+    assert isinstance(source, VideoSource) and not source.live
+    source.open()
+    assert source.fps == pytest.approx(30)
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+    assert len(frames) == 12 and frames[0].image.shape == (120, 160, 3)
+    assert frames[-1].image.mean() > frames[0].image.mean() + 5, "frames arrive in order"
+    looping = open_source(str(path), loop=True)
+    looping.open()
+    assert all(looping.read() is not None for _ in range(30))
+    looping.close()
+
+
+def test_directory_in_name_order_skipping_unreadable_files(image_folder):
+    source = open_source(str(image_folder))
+    assert isinstance(source, DirectorySource)
+    source.open()
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+    assert len(frames) == 24, "3 colours x 8 images; the corrupt JPEG is skipped"
+    looping = DirectorySource(image_folder, loop=True)
+    looping.open()
+    assert all(looping.read() is not None for _ in range(60))
+
+
+@pytest.mark.parametrize("spec,message", [("missing.mp4", "does not exist"), ("7", "cannot open camera 7")])
+def test_sources_that_cannot_open_say_so(spec, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError, match=message):
+        open_source(spec).open()
+
+
+def test_a_file_that_is_not_a_video_cannot_open(tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video")
+    with pytest.raises(SourceError, match="cannot open"):
+        open_source(str(tmp_path / "notes.mp4")).open()
+
+
+def test_capture_keeps_only_the_newest_frame_and_counts_drops():
+    capture = Capture(ProceduralSource(frames=10), prepare=lambda image: image.mean(), fps=0)
+    capture.start()
+    capture.join(timeout=10)
+    item = capture.get(timeout=1)
+    assert item.frame.index == 9 and item.prepared == pytest.approx(item.frame.image.mean())
+    assert capture.stats.captured == 10 and capture.stats.dropped == 9
+    assert capture.get(timeout=0.1) is None and capture.ended
+
+
+def test_slow_consumer_sees_fresh_frames_not_a_backlog():
+    capture = Capture(ProceduralSource(), fps=200)
+    capture.start()
+    taken = []
+    for _ in range(8):
+        time.sleep(0.05)  # inference much slower than the 200 FPS source
+        item = capture.get(timeout=1)
+        taken.append((item.frame.index, time.monotonic() - item.frame.t_capture))
+    capture.stop()
+    indices, ages = zip(*taken)
+    assert all(b - a >= 3 for a, b in zip(indices, indices[1:])), f"frames were skipped, not queued: {indices}"
+    assert max(ages) < 0.03, "each frame taken was at most a frame or two old"
+    stats = capture.stats
+    assert stats.dropped >= stats.captured - len(taken) - 1 > 0
+
+
+class FlakyCamera:
+    """A live source that stops after 3 frames, refuses the first reopen, then works again."""
+
+    live, fps, name = True, None, "flaky camera"
+
+    def __init__(self):
+        self.opens, self.count, self.delivered_since_open = 0, 0, 0
+
+    def open(self):
+        self.opens += 1
+        if self.opens == 2:
+            raise SourceError("camera busy")
+        self.delivered_since_open = 0
+
+    def read(self):
+        if self.opens == 1 and self.delivered_since_open == 3:
+            raise OSError("USB disconnect")
+        time.sleep(0.002)
+        self.delivered_since_open += 1
+        self.count += 1
+        return Frame(np.zeros((8, 8, 3), np.uint8), time.monotonic(), self.count - 1)
+
+    def close(self):
+        pass
+
+
+def test_a_live_source_that_stops_is_reconnected_with_back_off():
+    camera = FlakyCamera()
+    camera.open()
+    capture = Capture(camera, backoff=(0.02, 0.1))
+    capture.start()
+    seen = []
+    deadline = time.monotonic() + 5
+    while len(seen) < 10 and time.monotonic() < deadline:
+        if (item := capture.get(timeout=0.5)) is not None:
+            seen.append(item.frame.index)
+    capture.stop()
+    assert camera.opens == 3, "one refused reopen, then a successful one"
+    assert capture.stats.reconnects == 1 and capture.stats.gap_s >= 0.02 + 0.04
+    assert max(seen) > 3 and capture.error is None, "frames keep coming after the gap"
