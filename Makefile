@@ -46,7 +46,25 @@ DEMO_VIDEO := artifacts/demo.mp4
 BENCH_SECONDS ?= 120
 THREADS ?=
 
-.PHONY: help setup train qat export test test-deps demo bench-edge bench-train bench-qat clean
+# Deploy: DEVICE is a profile in configs/devices/; HOST= (user@host) PORT= KEY= REMOTE_DIR= DEVICE_PYTHON= THREADS=
+# override it. NO_TESTS=1 skips the device tests, SERVICE=1 installs a systemd user unit, BWLIMIT= (KB/s).
+DEVICE ?= rpi5
+HOST ?=
+PORT ?=
+KEY ?=
+REMOTE_DIR ?=
+DEVICE_PYTHON ?=
+KNOWN_HOSTS ?=
+REPORTS ?= artifacts/devices
+BWLIMIT ?=
+NO_TESTS ?=
+SERVICE ?=
+opt = $(if $(2),$(1) $(2),)
+DEPLOY_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
+	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
+	$(call opt,--known-hosts,$(KNOWN_HOSTS)) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service,)
+
+.PHONY: help setup train qat export test test-deps demo bench-edge deploy device-report bench-train bench-qat clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -90,6 +108,13 @@ demo: setup $(BUNDLE)/model.json $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo: w
 bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS=120)
 	$(PY) -m edge.bench $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO)) --seconds $(BENCH_SECONDS) \
 		$(if $(THREADS),--threads $(THREADS),) --json $(BUNDLE)/bench-edge.json
+
+deploy: setup $(BUNDLE)/model.json  ## ship bundle + app + device tests to DEVICE=rpi5|local|local-ssh, run the tests there
+	$(PY) -m deploy $(DEVICE) --bundle $(BUNDLE) $(DEPLOY_ARGS)
+
+device-report: setup  ## compare two device reports: make device-report A=path/device_report.json B=...
+	$(if $(and $(A),$(B)),,$(error give two reports: make device-report A=... B=... (under artifacts/devices/)))
+	$(PY) -m device_tests.compare $(A) $(B)
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 	$(PY) -m training.bench

@@ -119,6 +119,8 @@ def build(args: argparse.Namespace) -> tuple[dict[str, bytes], dict, dict]:
         "source_checkpoint": str(args.checkpoint),
         "source_checkpoint_sha256": file_sha256(args.checkpoint),
         "golden": "golden.npz",
+        # Inputs + this .pte's logits; another CPU's kernels may round differently, within the parity tolerance.
+        "golden_logit_tolerance": parity["logit_tolerance"],
         "versions": {pkg: version(pkg) for pkg in ("torch", "executorch", "torchao")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -1,0 +1,207 @@
+"""python -m deploy DEVICE --bundle DIR: ship bundle + edge app + device tests, atomically, and run the tests.
+
+On the device, under ``remote_dir``::
+
+    releases/<version>/   bundle/ edge/ device_tests/ Makefile requirements.txt device.json MANIFEST.sha256
+    current -> releases/<version>
+    venv/                 (when the profile has one: created once, re-used while requirements.txt is unchanged)
+
+A release is copied to ``<version>.partial``, checked against its manifest, smoke-run, and only then
+renamed and made ``current`` by renaming a new symlink over the old one. Anything that fails or is
+interrupted before that leaves the previous ``current`` untouched.
+"""
+import argparse
+import hashlib
+import json
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .profile import Device, ProfileError, load_device
+from .target import DeployError, Target, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE_FILES = ("model.pte", "model.json", "golden.npz", "report.json", "report.md")
+KEEP_RELEASES = 3
+SERVICE = "mobilenet-edge.service"
+
+
+def requirements() -> str:
+    """The device's pip requirements, from pyproject.toml (the one place versions are pinned)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    pins = [*project["dependencies"], *extras["edge"], *(r for r in extras["dev"] if r.startswith("pytest"))]
+    return "\n".join(dict.fromkeys(pins)) + "\n"
+
+
+def check_bundle(bundle: Path) -> dict:
+    missing = [name for name in BUNDLE_FILES if not (bundle / name).is_file()]
+    if missing:
+        raise DeployError(f"{bundle} lacks {', '.join(missing)}: build it with `make qat` or `make export`")
+    meta = json.loads((bundle / "model.json").read_text())
+    if hashlib.sha256((bundle / "model.pte").read_bytes()).hexdigest() != meta["pte_sha256"]:
+        raise DeployError(f"{bundle}/model.pte does not match its model.json: re-export the bundle")
+    return meta
+
+
+def service_unit(device: Device, root: str, python: str) -> str:
+    """A systemd user unit that starts the demo at boot (with `loginctl enable-linger`)."""
+    return (f"[Unit]\nDescription=mobilenet-edge live classification\nAfter=network-online.target\n\n"
+            f"[Service]\nWorkingDirectory={root}/current\n"
+            f"ExecStart={python} -m edge run bundle --source {device.camera or 'procedural'} --headless "
+            f"--threads {device.threads} --serve 0.0.0.0:8080\nRestart=on-failure\nRestartSec=5\n\n"
+            f"[Install]\nWantedBy=default.target\n")
+
+
+def stage(bundle: Path, device: Device, root: str, python: str, version: str, meta: dict, into: Path) -> None:
+    """Lay out a release in ``into``, with a manifest whose model.pte line is model.json's own hash."""
+    shutil.copytree(ROOT / "edge", into / "edge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "device_tests", into / "device_tests", ignore=shutil.ignore_patterns("__pycache__"))
+    (into / "bundle").mkdir()
+    for name in BUNDLE_FILES:
+        shutil.copy2(bundle / name, into / "bundle" / name)
+    shutil.copy2(ROOT / "deploy" / "device.mk", into / "Makefile")
+    (into / "requirements.txt").write_text(requirements())
+    (into / "device.json").write_text(json.dumps(device.facts(), indent=2) + "\n")
+    (into / "python").write_text(python + "\n")
+    (into / "release.json").write_text(json.dumps({"version": version, "model": meta["name"],
+                                                   "pte_sha256": meta["pte_sha256"], "device": device.name}) + "\n")
+    (into / SERVICE).write_text(service_unit(device, root, python))
+    lines = []
+    for path in sorted(p for p in into.rglob("*") if p.is_file()):
+        rel = path.relative_to(into).as_posix()
+        digest = meta["pte_sha256"] if rel == "bundle/model.pte" else hashlib.sha256(path.read_bytes()).hexdigest()
+        lines.append(f"{digest}  {rel}\n")
+    (into / "MANIFEST.sha256").write_text("".join(lines))
+
+
+def setup_python(target: Target, device: Device, venv: str | None, release: str) -> None:
+    """Create the profile's venv once; re-install only when the release's requirements.txt changed."""
+    if not venv:
+        return
+    python, marker = f"{venv}/bin/python", f"{venv}/.requirements.txt"
+    if target.run(["cmp", "-s", f"{release}/requirements.txt", marker], check=False).returncode == 0:
+        return
+    print(f"\nsetting up the Python environment on {target.where} (once; several minutes)", file=sys.stderr)
+    if target.run(["test", "-x", python], check=False).returncode != 0:
+        target.run([device.python, "-m", "venv", *device.venv_flags, venv], what="creating the venv")
+    target.run([python, "-m", "pip", "install", "--upgrade", "pip"], capture=False, what="upgrading pip")
+    target.run([python, "-m", "pip", "install", "-r", f"{release}/requirements.txt"], capture=False,
+               what="installing torch/executorch/OpenCV on the device")
+    target.run(["cp", f"{release}/requirements.txt", marker], what="recording the environment")
+
+
+def deploy(args: argparse.Namespace) -> Path | None:
+    device = load_device(args.device, args.host, args.port, args.key, args.remote_dir, args.python, args.threads,
+                         args.known_hosts)
+    target = connect(device)
+    meta = check_bundle(args.bundle)
+    version = f"{time.strftime('%Y%m%d-%H%M%S')}-{meta['name']}-{secrets.token_hex(2)}"
+    # Absolute paths on the device: relative ones in the profile are under the SSH login directory
+    # (the project directory for DEVICE=local), and commands run from inside the release.
+    home = target.run(["pwd"], what=f"connecting to {target.where}").stdout.strip()
+    root, venv = (p if p is None or p.startswith("/") else f"{home}/{p}" for p in (device.remote_dir, device.venv))
+    python = f"{venv}/bin/python" if venv else device.python
+    python = python if "/" not in python or python.startswith("/") else f"{home}/{python}"
+    releases, release = f"{root}/releases", f"{root}/releases/{version}"
+    steps = tqdm(total=6, desc=f"deploy to {device.name}", unit="step", file=sys.stderr)
+
+    def step(text: str) -> None:
+        steps.set_postfix_str(text)
+        steps.update(1)
+
+    target.run(["mkdir", "-p", releases], what=f"creating {releases}")
+    target.run(["find", releases, "-maxdepth", "1", "-name", "*.partial", "-exec", "rm", "-rf", "{}", "+"],
+               what="removing unfinished releases")
+    step("staging")
+    with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+        stage(args.bundle, device, root, python, version, meta, Path(tmp))
+        step("copying")
+        target.push(Path(tmp), f"{release}.partial", args.bwlimit)
+    step("verifying")
+    target.run(["sha256sum", "--quiet", "--strict", "-c", "MANIFEST.sha256"], cwd=f"{release}.partial",
+               what="checking the copy against its manifest")
+    target.run(["mv", "-T", f"{release}.partial", release], what="finishing the release")
+    step("environment")
+    setup_python(target, device, venv, release)
+    step("smoke run")
+    target.run([python, "-m", "edge", "run", "bundle", "--source", "procedural", "--fps", "0", "--headless",
+                "--max-frames", "5"], cwd=release, what="a first run of the new release")
+    step("switching")
+    target.run(["ln", "-sfn", f"releases/{version}", f"{root}/current.new"], what="linking the release")
+    target.run(["mv", "-T", f"{root}/current.new", f"{root}/current"], what="switching current")
+    prune(target, releases, version)
+    if args.service:
+        install_service(target, root, home)
+    steps.close()
+    print(f"deployed {meta['name']} to {target.where} as {root}/current -> releases/{version}", file=sys.stderr)
+    if args.no_tests:
+        return None
+    return run_device_tests(target, device, root, python, version, args.reports)
+
+
+def prune(target: Target, releases: str, keep: str) -> None:
+    listing = target.run(["ls", "-1", releases], what="listing releases").stdout.split()
+    old = sorted(name for name in listing if not name.endswith(".partial") and name != keep)[:-(KEEP_RELEASES - 1)]
+    if old:
+        target.run(["rm", "-rf", *(f"{releases}/{name}" for name in old)], what="removing old releases")
+
+
+def install_service(target: Target, root: str, home: str) -> None:
+    units = f"{home}/.config/systemd/user"
+    target.run(["mkdir", "-p", units], what="creating the systemd user directory")
+    target.run(["cp", f"{root}/current/{SERVICE}", f"{units}/{SERVICE}"], what="installing the unit")
+    target.run(["systemctl", "--user", "daemon-reload"], what="systemctl --user daemon-reload")
+    target.run(["systemctl", "--user", "enable", "--now", SERVICE], what=f"enabling {SERVICE}")
+    print(f"{SERVICE} enabled; for it to start at boot without a login run `sudo loginctl enable-linger "
+          f"{target.device.user or ''}` once on the device", file=sys.stderr)
+
+
+def run_device_tests(target: Target, device: Device, root: str, python: str, version: str, reports: Path) -> Path:
+    """pytest on the device; the report comes home whatever the outcome, and failures fail the deploy."""
+    print(f"running device tests on {target.where}", file=sys.stderr)
+    result = target.run([python, "-m", "pytest", "-c", "device_tests/pytest.ini", "device_tests", "-q",
+                         "--report", "device_report.json"], cwd=f"{root}/current", capture=False, check=False)
+    local = reports / device.name / version
+    for name in ("device_report.json", "device_report.md"):
+        target.pull(f"{root}/current/{name}", local / name)
+    print((local / "device_report.md").read_text())
+    print(f"report: {local}/device_report.json", file=sys.stderr)
+    if result.returncode != 0:
+        raise DeployError(f"device tests failed on {target.where} (exit {result.returncode}): see {local}/device_report.md")
+    return local
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("device", help="a profile in configs/devices/ (rpi5, local, local-ssh)")
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--host", help="user@host or host (overrides the profile)")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--key", help="SSH private key")
+    parser.add_argument("--known-hosts", help="SSH known_hosts file (default ~/.ssh/known_hosts)")
+    parser.add_argument("--remote-dir")
+    parser.add_argument("--python", help="the device's Python (a venv is created from it when the profile has one)")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--bwlimit", type=int, metavar="KBPS", help="limit the copy's bandwidth (slow links)")
+    parser.add_argument("--reports", type=Path, default=ROOT / "artifacts" / "devices",
+                        help="where device reports land, as DEVICE/VERSION/ (default artifacts/devices)")
+    parser.add_argument("--no-tests", action="store_true", help="deploy without running the device tests")
+    parser.add_argument("--service", action="store_true", help="install a systemd user unit that starts the demo")
+    args = parser.parse_args(argv)
+    try:
+        deploy(args)
+    except (DeployError, ProfileError) as e:
+        sys.exit(f"\nerror: {e}")
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted: the device keeps its previous release")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Device profiles (configs/devices/*.yaml) and the command-line overrides applied on top."""
+import getpass
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PROFILES = Path(__file__).resolve().parent.parent / "configs" / "devices"
+
+
+class ProfileError(ValueError):
+    """A profile that is missing or incomplete; the message says which key to set."""
+
+
+@dataclass
+class Device:
+    name: str
+    remote_dir: str
+    python: str
+    threads: int
+    camera: str | None = None
+    host: str | None = None  # None: this machine, no SSH
+    user: str | None = None
+    port: int = 22
+    key: str | None = None
+    known_hosts: str | None = None
+    venv: str | None = None  # created once on the device; None: use `python` as it is
+    venv_flags: list[str] = field(default_factory=list)
+    budgets_ms: dict = field(default_factory=dict)
+    memory_budget_mb: float | None = None
+
+    @property
+    def ssh(self) -> bool:
+        return self.host is not None
+
+    def facts(self) -> dict:
+        """What the device tests need to know, shipped with each release as device.json."""
+        return {"name": self.name, "threads": self.threads, "camera": self.camera, "budgets_ms": self.budgets_ms,
+                "memory_budget_mb": self.memory_budget_mb}
+
+
+def load_device(name: str, host: str | None = None, port: int | None = None, key: str | None = None,
+                remote_dir: str | None = None, python: str | None = None, threads: int | None = None,
+                known_hosts: str | None = None) -> Device:
+    """The profile ``name`` with overrides; ``host`` may be ``user@host``."""
+    path = PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        raise ProfileError(f"no device profile {name!r}: pick one of {known} or add {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    ssh = raw.pop("ssh", None) or {}
+    if host:
+        user, _, host = host.rpartition("@")
+        ssh = {**ssh, "host": host, **({"user": user} if user else {})}
+    values = {**raw, **{k: v for k, v in ssh.items() if k in ("host", "user", "port", "key", "known_hosts")}}
+    overrides = {"port": port, "key": key, "remote_dir": remote_dir, "python": python, "threads": threads,
+                 "known_hosts": known_hosts}
+    values |= {k: v for k, v in overrides.items() if v not in (None, "")}
+    if values.get("host") and not values.get("user"):
+        values["user"] = getpass.getuser()
+    for required, variable in (("remote_dir", "REMOTE_DIR"), ("python", "DEVICE_PYTHON"), ("threads", "THREADS")):
+        if not values.get(required):
+            raise ProfileError(f"profile {name} needs {required}: set it in {path} or pass {variable}= to make")
+    try:
+        return Device(**values)
+    except TypeError as e:
+        raise ProfileError(f"{path}: {e}") from None

@@ -1,0 +1,106 @@
+"""Where a deploy goes: this machine, or a device over SSH. Commands are argv lists, never shell strings.
+
+Over SSH the remote side runs one command line, so every argument is quoted with ``shlex.join``;
+a hostile file name or host string stays one argument.
+"""
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from .profile import Device
+
+
+class DeployError(RuntimeError):
+    """A deploy step that failed; the message is one line that says what to do."""
+
+
+def explain(stderr: str, where: str) -> str:
+    """One line for the usual SSH/rsync failures, else the tool's own last line."""
+    text = stderr.strip()
+    known = [("No space left on device", f"{where} is out of disk space: free some (old releases are under releases/)"),
+             ("Permission denied (publickey", f"{where} refused the SSH key: ssh-copy-id it, or set KEY="),
+             ("Could not resolve hostname", f"cannot resolve the host of {where}: check HOST="),
+             ("Connection refused", f"{where} refused the connection: is sshd running, is PORT= right?"),
+             ("Connection timed out", f"{where} did not answer: is it on the network, is HOST= right?"),
+             ("No route to host", f"no route to {where}: is it on the network?"),
+             ("Host key verification failed", f"{where}'s host key changed: check it, then fix ~/.ssh/known_hosts")]
+    for needle, message in known:
+        if needle in text:
+            return message
+    return text.splitlines()[-1] if text else "failed without a message"
+
+
+class Target:
+    """Runs commands and copies directories on this machine (``Device.host`` is None)."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.where = "this machine"
+
+    def command(self, argv: list[str], cwd: str | None = None) -> list[str]:
+        return argv
+
+    def run(self, argv: list[str], cwd: str | None = None, capture: bool = True, check: bool = True,
+            what: str | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` (in ``cwd`` on the target); a failure is a DeployError naming ``what`` was being done."""
+        local_cwd = cwd if not self.device.ssh else None
+        result = subprocess.run(self.command(argv, cwd), cwd=local_cwd, text=True,
+                                stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE)
+        if check and result.returncode != 0:
+            raise DeployError(f"{what or argv[0]} failed: {explain(result.stderr, self.where)}")
+        return result
+
+    def push(self, local_dir: Path, remote_dir: str, bwlimit_kbps: int | None = None) -> None:
+        """Copy ``local_dir``'s contents into ``remote_dir`` (created)."""
+        argv = ["rsync", "-a", "--delete", *self.rsync_options(bwlimit_kbps), f"{local_dir}/", self.rsync_path(remote_dir) + "/"]
+        if shutil.which("rsync") is None:
+            raise DeployError("rsync is not installed on this machine: apt install rsync")
+        result = subprocess.run(argv, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if result.returncode != 0:
+            raise DeployError(f"copying to {self.where} failed: {explain(result.stderr, self.where)}")
+
+    def pull(self, remote_path: str, local_path: Path) -> None:
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(["rsync", "-a", *self.rsync_options(None), self.rsync_path(remote_path), str(local_path)],
+                                text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if result.returncode != 0:
+            raise DeployError(f"fetching {remote_path} failed: {explain(result.stderr, self.where)}")
+
+    def rsync_options(self, bwlimit_kbps: int | None) -> list[str]:
+        return [f"--bwlimit={bwlimit_kbps}"] if bwlimit_kbps else []
+
+    def rsync_path(self, path: str) -> str:
+        return path
+
+
+class SSHTarget(Target):
+    """The same operations on ``user@host`` over OpenSSH, non-interactively (keys only, no prompts)."""
+
+    def __init__(self, device: Device) -> None:
+        super().__init__(device)
+        self.where = f"{device.user}@{device.host}:{device.port}"
+
+    def ssh_argv(self) -> list[str]:
+        d = self.device
+        argv = ["ssh", "-p", str(d.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+                "-o", "StrictHostKeyChecking=accept-new"]
+        if d.key:
+            argv += ["-i", str(Path(d.key).expanduser()), "-o", "IdentitiesOnly=yes"]
+        if d.known_hosts:
+            argv += ["-o", f"UserKnownHostsFile={Path(d.known_hosts).expanduser()}"]
+        return argv
+
+    def command(self, argv: list[str], cwd: str | None = None) -> list[str]:
+        remote = shlex.join(argv) if cwd is None else f"cd {shlex.quote(cwd)} && {shlex.join(argv)}"
+        return [*self.ssh_argv(), f"{self.device.user}@{self.device.host}", "--", remote]
+
+    def rsync_options(self, bwlimit_kbps: int | None) -> list[str]:
+        return ["-e", shlex.join(self.ssh_argv()), *super().rsync_options(bwlimit_kbps)]
+
+    def rsync_path(self, path: str) -> str:
+        return f"{self.device.user}@{self.device.host}:{path}"
+
+
+def connect(device: Device) -> Target:
+    return SSHTarget(device) if device.ssh else Target(device)

@@ -1,0 +1,95 @@
+"""Fixtures for the device tests: the release's bundle and device facts, and the report they fill in.
+
+    python -m pytest device_tests [--bundle bundle] [--device-facts device.json] [--report device_report.json]
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from device_tests import report as report_file
+from edge.bundle import load_bundle
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("device")
+    group.addoption("--bundle", default="bundle", help="bundle directory (default: the release's bundle/)")
+    group.addoption("--device-facts", default="device.json", help="the profile's facts shipped with the release")
+    group.addoption("--report", default="device_report.json", help="where to write the report")
+    group.addoption("--runs", type=int, default=200, help="timed runs per thread count (at least 200)")
+
+
+RESULTS = {"figures": {}, "tests": {}}  # one pytest session per process: filled in by tests and hooks
+
+
+def pytest_generate_tests(metafunc):
+    if "threads" in metafunc.fixturenames:
+        metafunc.parametrize("threads", range(1, (os.cpu_count() or 1) + 1))
+
+
+def pytest_runtest_logreport(report):
+    if report.when != "call" and not (report.skipped or report.failed):
+        return
+    entry = {"outcome": report.outcome}
+    if report.skipped and isinstance(report.longrepr, tuple):
+        entry["reason"] = report.longrepr[2].removeprefix("Skipped: ")
+    elif report.failed:
+        entry["reason"] = report.longreprtext.strip().splitlines()[-1][:300]
+    RESULTS["tests"][report.nodeid] = entry
+
+
+def pytest_sessionfinish(session):
+    config = session.config
+    bundle = Path(config.getoption("bundle"))
+    data = dict(RESULTS)
+    meta = json.loads((bundle / "model.json").read_text()) if (bundle / "model.json").exists() else {}
+    release = Path("release.json")
+    data |= {"bundle": {k: meta.get(k) for k in ("name", "arch", "pte_sha256", "quantization")} | {
+                "input_size": meta.get("input", {}).get("size")},
+             "profile": facts(config), "release": json.loads(release.read_text()) if release.exists() else None}
+    report_file.write(Path(config.getoption("report")), data)
+
+
+def facts(config) -> dict:
+    path = Path(config.getoption("device_facts"))
+    defaults = {"name": "unprofiled", "threads": os.cpu_count(), "camera": None, "budgets_ms": {},
+                "memory_budget_mb": None}
+    return defaults | (json.loads(path.read_text()) if path.exists() else {})
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> dict:
+    return facts(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def figures() -> dict:
+    """Tests put what they measured here; it becomes device_report.json's "figures"."""
+    return RESULTS["figures"]
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(pytestconfig) -> Path:
+    path = Path(pytestconfig.getoption("bundle"))
+    if not (path / "model.json").exists():
+        pytest.exit(f"no bundle at {path}: run from a deployed release or pass --bundle", returncode=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_dir):
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def golden(bundle, bundle_dir) -> dict:
+    with np.load(bundle_dir / bundle.meta["golden"]) as data:
+        return {"inputs": data["inputs"], "logits": data["logits"]}
+
+
+def budget_for(device: dict, model: str) -> dict | None:
+    """The budget whose key is the longest prefix of the bundle's name (e.g. v3_small-1-64)."""
+    keys = [k for k in device["budgets_ms"] if model.startswith(k)]
+    return device["budgets_ms"][max(keys, key=len)] if keys else None

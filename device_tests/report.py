@@ -1,0 +1,75 @@
+"""device_report.json: the device, the versions, the bundle and every figure, so two runs can be compared."""
+import json
+import os
+import platform
+import socket
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def board() -> str | None:
+    """The Pi's board name from the device tree, else the CPU's model name."""
+    model = Path("/proc/device-tree/model")
+    if model.exists():
+        return model.read_text().strip("\x00\n")
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    return names[0] if names else platform.processor() or None
+
+
+def device_info() -> dict:
+    return {"hostname": socket.gethostname(), "machine": platform.machine(), "cpus": os.cpu_count(), "model": board(),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def versions() -> dict:
+    found = {}
+    for package in ("executorch", "torch", "numpy", "opencv-python-headless", "opencv-python", "picamera2"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def write(path: Path, report: dict) -> None:
+    """Atomically: the JSON and a short markdown summary next to it."""
+    report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device_info(), "versions": versions()} | report
+    for target, text in ((path, json.dumps(report, indent=2) + "\n"), (path.with_suffix(".md"), markdown(report))):
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(target)
+
+
+def _ms(d: dict) -> str:
+    return " / ".join(f"{d[k]:.2f}" for k in ("p50", "p90", "p99") if d.get(k) is not None)
+
+
+def markdown(report: dict) -> str:
+    d, f = report["device"], report["figures"]
+    lines = [f"# {report.get('bundle', {}).get('name')} on {report.get('profile', {}).get('name')} "
+             f"({d['model']}, {d['cpus']} CPUs)", ""]
+    if f.get("latency"):
+        lines += ["| threads | p50 / p90 / p99 ms | budget |", "|---:|---|---|"]
+        for threads, row in sorted(f["latency"].items(), key=lambda kv: int(kv[0])):
+            budget = " / ".join(f"{q} {ms}" for q, ms in row.get("budget", {}).items()) or "-"
+            lines.append(f"| {threads} | {_ms(row)} | {budget} |")
+        lines.append("")
+    if "parity" in f:
+        p = f["parity"]
+        lines.append(f"- parity: top-1 {p['top1_agree']}/{p['n']}, max logit diff {p['max_abs_logit_diff']:.4f} "
+                     f"(tolerance {p['tolerance']:.4f})")
+    for name, run in f.get("pipeline", {}).items():
+        lines.append(f"- pipeline ({name}): {run['fps']} FPS, capture-to-result {_ms(run['capture_to_result_ms'])} ms, "
+                     f"{run['dropped']} dropped")
+    if "memory" in f:
+        lines.append(f"- peak RSS {f['memory']['peak_rss_mb']:.1f} MB")
+    if "vcgencmd" in f:
+        lines.append(f"- vcgencmd: {', '.join(f'{k} {v}' for k, v in f['vcgencmd'].items())}")
+    outcomes = report.get("tests", {})
+    counts = {o: sum(1 for t in outcomes.values() if t["outcome"] == o) for o in ("passed", "failed", "skipped")}
+    lines += ["", f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"]
+    lines += [f"- {name}: {t['outcome']}{': ' + t['reason'] if t.get('reason') else ''}"
+              for name, t in outcomes.items() if t["outcome"] != "passed"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,34 @@
+"""Inference latency of the bundle at every thread count, against the profile's budget at its default."""
+import time
+
+import numpy as np
+import pytest
+
+from device_tests.conftest import budget_for
+from edge.classify import set_threads
+from edge.stats import percentiles
+
+WARMUP = 20
+
+
+def test_latency(bundle, golden, device, figures, threads, pytestconfig):
+    runs = max(200, pytestconfig.getoption("runs"))
+    set_threads(threads)
+    x = golden["inputs"][:1]
+    for _ in range(WARMUP):
+        bundle.logits(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        bundle.logits(x)
+        times.append(1000 * (time.perf_counter() - start))
+    row = percentiles(times, (50, 90, 99)) | {"mean": round(float(np.mean(times)), 3), "runs": runs}
+    budget = budget_for(device, bundle.meta["name"]) if threads == device["threads"] else None
+    if budget:
+        row["budget"] = budget
+    figures.setdefault("latency", {})[str(threads)] = row
+    if budget:
+        over = {q: (row[q], limit) for q, limit in budget.items() if row[q] > limit}
+        assert not over, f"{bundle.meta['name']} at {threads} threads over budget (ms, measured vs budget): {over}"
+    elif threads == device["threads"]:
+        pytest.skip(f"no latency budget for {bundle.meta['name']} in the {device['name']} profile (figures recorded)")

@@ -1,0 +1,35 @@
+"""Memory after the whole session, and on a Raspberry Pi the clocks and throttling state (vcgencmd)."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def test_peak_memory(bundle, device, figures):
+    peak = status_mb("VmHWM")  # high-water mark of this process: the runs before this test included
+    figures["memory"] = {"peak_rss_mb": round(peak, 1), "rss_mb": round(status_mb("VmRSS"), 1)}
+    budget = device.get("memory_budget_mb")
+    assert budget is None or peak <= budget, f"peak RSS {peak:.0f} MB over the {budget} MB budget"
+
+
+def vcgencmd(*args: str) -> str:
+    return subprocess.run(["vcgencmd", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_clock_and_throttling(figures):
+    if shutil.which("vcgencmd") is None:
+        pytest.skip("vcgencmd not found: not a Raspberry Pi")
+    throttled = int(vcgencmd("get_throttled").split("=")[1], 16)
+    figures["vcgencmd"] = {"arm_hz": int(vcgencmd("measure_clock", "arm").split("=")[1]),
+                           "temp": vcgencmd("measure_temp").split("=")[1], "throttled": hex(throttled)}
+    # Bits 0-3: under-voltage, frequency capped, throttled, soft temperature limit, all "now".
+    assert throttled & 0xF == 0, (f"the Pi is throttling now (get_throttled={hex(throttled)}): latency figures are "
+                                  "not representative; check the power supply and cooling")

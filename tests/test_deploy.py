@@ -1,0 +1,190 @@
+"""Deploy: profiles, the staged release, and a real deploy over SSH to an OpenSSH server on loopback."""
+import getpass
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.__main__ import requirements, service_unit, stage
+from deploy.profile import ProfileError, load_device
+from deploy.target import SSHTarget, explain
+from device_tests.compare import flatten, table
+
+SSHD = "/usr/sbin/sshd"
+
+
+def test_profile_overrides_and_user_at_host():
+    device = load_device("rpi5", host="alice@10.0.0.7", port=2200, threads=2)
+    assert (device.user, device.host, device.port, device.threads) == ("alice", "10.0.0.7", 2200, 2)
+    assert device.venv_flags == ["--system-site-packages"] and device.camera == "picamera"
+    assert load_device("rpi5", host="pi5.lan").user == "pi", "the profile's user stays when HOST has none"
+    assert not load_device("local").ssh
+
+
+def test_profile_errors_name_the_fix():
+    with pytest.raises(ProfileError, match="pick one of local, local-ssh, rpi5"):
+        load_device("jetson")
+    with pytest.raises(ProfileError, match="needs python.*DEVICE_PYTHON="):
+        load_device("local-ssh")
+
+
+def test_remote_commands_are_quoted_not_pasted():
+    target = SSHTarget(load_device("rpi5", key="/keys/my key"))
+    argv = target.command(["ls", "a b; rm -rf ~"], cwd="dir with space")
+    assert argv[-1] == "cd 'dir with space' && ls 'a b; rm -rf ~'"
+    assert argv[argv.index("-i") + 1] == "/keys/my key" and "BatchMode=yes" in argv
+
+
+@pytest.mark.parametrize("stderr,expected", [
+    ("rsync: write failed: No space left on device (28)", "out of disk space"),
+    ("pi@pi5: Permission denied (publickey,password).", "refused the SSH key"),
+    ("ssh: connect to host 10.0.0.7 port 22: Connection refused", "refused the connection"),
+    ("something new\nthe last line", "the last line")])
+def test_failures_are_explained_in_one_line(stderr, expected):
+    assert expected in explain(stderr, "pi@pi5:22")
+
+
+def test_requirements_come_from_pyproject():
+    pins = requirements().split()
+    assert "torch==2.13.0" in pins and "executorch==1.5.1" in pins
+    assert any(p.startswith("pytest") for p in pins) and not any(p.startswith(("lightning", "torchvision")) for p in pins)
+
+
+def test_staged_release_verifies_and_detects_tampering(bundle, tmp_path):
+    if shutil.which("sha256sum") is None:
+        pytest.skip("sha256sum (coreutils) not found")
+    meta = json.loads((bundle / "model.json").read_text())
+    device = load_device("local")
+    stage(bundle, device, "/opt/edge", "/opt/edge/venv/bin/python", "v1", meta, tmp_path)
+    assert {"edge", "device_tests", "bundle", "Makefile", "requirements.txt", "device.json"} <= {
+        p.name for p in tmp_path.iterdir()}
+    assert f"{meta['pte_sha256']}  bundle/model.pte" in (tmp_path / "MANIFEST.sha256").read_text()
+    check = ["sha256sum", "--quiet", "--strict", "-c", "MANIFEST.sha256"]
+    assert subprocess.run(check, cwd=tmp_path).returncode == 0
+    with open(tmp_path / "bundle" / "model.pte", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01")
+    assert subprocess.run(check, cwd=tmp_path, capture_output=True).returncode != 0
+
+
+def test_service_unit_runs_the_current_release():
+    unit = service_unit(load_device("rpi5"), "/home/pi/mobilenet-edge", "/home/pi/mobilenet-edge/venv/bin/python")
+    assert "WorkingDirectory=/home/pi/mobilenet-edge/current" in unit
+    assert "ExecStart=/home/pi/mobilenet-edge/venv/bin/python -m edge run bundle --source picamera" in unit
+    assert "--threads 4" in unit and "WantedBy=default.target" in unit
+
+
+def test_compare_lines_up_every_figure():
+    base = {"created": "t", "device": {"hostname": "pi", "model": "Pi 5"}, "bundle": {"name": "m"},
+            "versions": {"executorch": "1.5.1"}}
+    a = base | {"figures": {"latency": {"1": {"p50": 2.0}}, "parity": {"ok": True}}}
+    b = base | {"figures": {"latency": {"1": {"p50": 1.5}, "4": {"p50": 0.9}}}}
+    assert flatten(a["figures"]) == {"latency.1.p50": 2.0}
+    text = table(a, b)
+    assert "| latency.1.p50 | 2.0 | 1.5 | -25.0% |" in text and "| latency.4.p50 | - | 0.9 | - |" in text
+
+
+def tools_or_skip() -> None:
+    missing = [tool for tool in ("ssh", "ssh-keygen", "rsync") if shutil.which(tool) is None]
+    missing += [] if os.access(SSHD, os.X_OK) else ["sshd"]
+    if missing:
+        reason = f"{', '.join(missing)} not installed (make test-deps installs openssh-server, rsync)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"in CI the SSH deploy test must run: {reason}")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """OpenSSH on 127.0.0.1 with a throwaway host key and client key; the login is the current user."""
+    tools_or_skip()
+    home = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key", "other_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / name)], check=True)
+    shutil.copy(home / "client_key.pub", home / "authorized_keys")
+    port = free_port()
+    (home / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\n"
+        f"AuthorizedKeysFile {home / 'authorized_keys'}\nPasswordAuthentication no\n"
+        f"KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {home / 'sshd.pid'}\n")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(home / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert server.poll() is None, f"sshd did not start: {server.stderr.read()}"
+            time.sleep(0.1)
+    yield {"port": port, "home": home, "key": home / "client_key", "other_key": home / "other_key"}
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def make_deploy(sshd, bundle, remote, reports, *extra, key=None, port=None, **popen) -> list[str]:
+    return ["make", "-s", "deploy", "DEVICE=local-ssh", f"BUNDLE={bundle}", f"PORT={port or sshd['port']}",
+            f"KEY={key or sshd['key']}", f"KNOWN_HOSTS={sshd['home'] / 'known_hosts'}", f"REMOTE_DIR={remote}",
+            f"DEVICE_PYTHON={sys.executable}", f"REPORTS={reports}", *extra]
+
+
+def test_deploy_over_ssh_then_an_interrupted_deploy_keeps_the_first(sshd, bundle, tmp_path):
+    remote, reports = tmp_path / "device", tmp_path / "reports"
+    first = subprocess.run(make_deploy(sshd, bundle, remote, reports), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    current = (remote / "current").resolve()
+    assert current.parent == remote / "releases" and (current / "bundle" / "model.pte").is_file()
+    report = json.loads(next(reports.glob(f"local-ssh/{current.name}/device_report.json")).read_text())
+    assert set(report["figures"]["latency"]) == {str(n) for n in range(1, os.cpu_count() + 1)}
+    assert all(row["runs"] >= 200 and row["p50"] <= row["p99"] for row in report["figures"]["latency"].values())
+    assert report["figures"]["parity"]["top1_agree"] == report["figures"]["parity"]["n"] == 8
+    assert report["bundle"]["pte_sha256"] == json.loads((bundle / "model.json").read_text())["pte_sha256"]
+    assert report["tests"] and all(t["outcome"] in ("passed", "skipped") for t in report["tests"].values())
+
+    # A slow second copy (bandwidth-limited), interrupted like Ctrl-C once it is under way.
+    second = subprocess.Popen(make_deploy(sshd, bundle, remote, reports, "BWLIMIT=50"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list((remote / "releases").glob("*.partial")) and time.monotonic() < deadline:
+        assert second.poll() is None, second.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(second.pid, signal.SIGINT)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode != 0 and "interrupted" in err, err[-2000:]
+    assert (remote / "current").resolve() == current, "current still points at the first release"
+    run = subprocess.run([sys.executable, "-m", "edge", "run", "bundle", "--source", "procedural", "--headless",
+                          "--max-frames", "5"], cwd=remote / "current", capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "5 frames" in run.stdout, run.stderr[-2000:]
+
+    # The next deploy clears the unfinished copy and switches.
+    third = subprocess.run(make_deploy(sshd, bundle, remote, reports, "NO_TESTS=1"), capture_output=True, text=True,
+                           timeout=600)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert (remote / "current").resolve() != current and not list((remote / "releases").glob("*.partial"))
+
+
+@pytest.mark.parametrize("problem,message", [("port", "refused the connection"), ("key", "refused the SSH key")])
+def test_deploy_to_a_wrong_port_or_key_is_one_line(sshd, bundle, tmp_path, problem, message):
+    port = free_port() if problem == "port" else None
+    key = sshd["other_key"] if problem == "key" else None
+    result = subprocess.run(make_deploy(sshd, bundle, tmp_path / "device", tmp_path / "reports", key=key, port=port),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and message in error[0], result.stderr[-2000:]
+    assert getpass.getuser() in error[0]
