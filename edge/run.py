@@ -106,7 +106,7 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
           jsonl: TextIO | None) -> None:
     show = not cfg.headless or cfg.serve
     deadline = time.monotonic() + cfg.duration if cfg.duration else float("inf")
-    while (cfg.max_frames is None or len(stats.t_results) < cfg.max_frames) and time.monotonic() < deadline:
+    while (cfg.max_frames is None or stats.frames < cfg.max_frames) and time.monotonic() < deadline:
         item = capture.get(timeout=0.1)
         if item is None:
             if capture.ended:
@@ -119,9 +119,10 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
         top = classifier.top(probs)
         stats.add(latency_ms, item.frame.t_capture, t_result)
         if jsonl:
-            record = {"frame": len(stats.t_results) - 1, "source_frame": item.frame.index,
+            record = {"frame": stats.frames - 1, "source_frame": item.frame.index,
                       "t_capture": round(item.frame.t_capture, 6), "t_result": round(t_result, 6),
-                      "latency_ms": round(latency_ms, 3), "capture_to_result_ms": round(stats.capture_to_result_ms[-1], 3),
+                      "latency_ms": round(latency_ms, 3),
+                      "capture_to_result_ms": round(1000 * (t_result - item.frame.t_capture), 3),
                       "top": top, "dropped": capture.stats.dropped}
             jsonl.write(json.dumps(record) + "\n")
             jsonl.flush()

@@ -17,6 +17,7 @@ PAGE = """<!doctype html>
 body {{ font-family: sans-serif; background: #111; color: #eee; margin: 1em; }}
 main {{ display: flex; gap: 1.5em; flex-wrap: wrap; }}
 img {{ max-width: 100%; border: 1px solid #444; }}
+table {{ align-self: flex-start; }}
 td {{ padding: 0.15em 0.8em 0.15em 0; }} td.v {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </style></head>
 <body><h2>{title}</h2>

@@ -1,6 +1,8 @@
-"""Per-frame figures of a run: live values over a recent window and the whole-run summary."""
-from collections import deque
+"""Per-frame figures of a run: live values over a recent window and the run's summary, in fixed memory.
 
+A service runs for days: the figures live in preallocated ring buffers, so memory does not grow
+with the frame count. Summary percentiles cover the last ``history`` frames (all of a shorter run).
+"""
 import numpy as np
 
 
@@ -10,33 +12,58 @@ def percentiles(values, qs=(50, 90)) -> dict:
     return {f"p{q}": round(float(v), 3) for q, v in zip(qs, np.percentile(np.asarray(values), qs))}
 
 
-class RunStats:
-    """Inference ms, capture-to-result ms and result times; ``window`` recent frames feed the live figures."""
+class Ring:
+    """The last ``size`` floats added, oldest first on ``tail``."""
 
-    def __init__(self, window: int = 120) -> None:
-        self.latency_ms: list[float] = []
-        self.capture_to_result_ms: list[float] = []
-        self.t_results: list[float] = []
-        self.recent = deque(maxlen=window)
+    def __init__(self, size: int) -> None:
+        self.values, self.count = np.zeros(size), 0
+
+    def add(self, value: float) -> None:
+        self.values[self.count % len(self.values)] = value
+        self.count += 1
+
+    def last(self) -> float:
+        return float(self.values[(self.count - 1) % len(self.values)])
+
+    def tail(self, n: int | None = None) -> np.ndarray:
+        n = min(self.count, len(self.values), n or len(self.values))
+        return self.values[(np.arange(self.count - n, self.count)) % len(self.values)]
+
+
+class RunStats:
+    """Inference ms, capture-to-result ms and result times; the last ``window`` frames feed the live figures."""
+
+    def __init__(self, window: int = 120, history: int = 50_000) -> None:
+        self.window = window
+        self.latency_ms, self.capture_to_result_ms, self.t_result = Ring(history), Ring(history), Ring(history)
+        self.first_t_result: float | None = None
+
+    @property
+    def frames(self) -> int:
+        return self.t_result.count
 
     def add(self, latency_ms: float, t_capture: float, t_result: float) -> None:
-        self.latency_ms.append(latency_ms)
-        self.capture_to_result_ms.append(1000 * (t_result - t_capture))
-        self.t_results.append(t_result)
-        self.recent.append((latency_ms, self.capture_to_result_ms[-1], t_result))
+        self.latency_ms.add(latency_ms)
+        self.capture_to_result_ms.add(1000 * (t_result - t_capture))
+        self.t_result.add(t_result)
+        if self.first_t_result is None:
+            self.first_t_result = t_result
 
     @staticmethod
-    def _fps(times) -> float | None:
-        return round((len(times) - 1) / (times[-1] - times[0]), 2) if len(times) > 1 and times[-1] > times[0] else None
+    def _fps(frames: int, first: float | None, last: float | None) -> float | None:
+        return round((frames - 1) / (last - first), 2) if frames > 1 and last > first else None
 
     def live(self) -> dict:
-        latency, c2r, times = zip(*self.recent) if self.recent else ((), (), ())
-        return {"frames": len(self.t_results), "fps": self._fps(times),
-                "latency_ms": percentiles(latency), "capture_to_result_ms": percentiles(c2r)}
+        times = self.t_result.tail(self.window)
+        fps = self._fps(len(times), times[0], times[-1]) if len(times) else None
+        return {"frames": self.frames, "fps": fps, "latency_ms": percentiles(self.latency_ms.tail(self.window)),
+                "capture_to_result_ms": percentiles(self.capture_to_result_ms.tail(self.window))}
 
     def summary(self) -> dict:
-        return {"frames": len(self.t_results), "fps": self._fps(self.t_results),
-                "latency_ms": percentiles(self.latency_ms), "capture_to_result_ms": percentiles(self.capture_to_result_ms)}
+        last = self.t_result.last() if self.frames else None
+        return {"frames": self.frames, "fps": self._fps(self.frames, self.first_t_result, last),
+                "latency_ms": percentiles(self.latency_ms.tail()),
+                "capture_to_result_ms": percentiles(self.capture_to_result_ms.tail())}
 
 
 def format_summary(summary: dict) -> str:

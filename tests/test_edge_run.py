@@ -195,3 +195,18 @@ def test_bench_compares_pipeline_with_inference_alone(bundle, red_video, tmp_pat
                                                       rel=1e-3)
     assert figures["rss"]["peak_mb"] >= figures["rss"]["after_warmup_mb"] > 0
     assert "| whole pipeline |" in result.stdout
+
+
+def test_run_stats_keep_fixed_memory_and_exact_short_run_figures():
+    from edge.stats import RunStats
+
+    stats = RunStats(window=4, history=100)
+    for i in range(10):
+        stats.add(latency_ms=float(i), t_capture=i * 0.1, t_result=i * 0.1 + 0.005)
+    assert stats.summary()["latency_ms"] == {"p50": 4.5, "p90": 8.1} and stats.summary()["fps"] == pytest.approx(10)
+    assert stats.live()["latency_ms"]["p50"] == 7.5 and stats.live()["capture_to_result_ms"]["p50"] == pytest.approx(5)
+    for i in range(10, 1000):
+        stats.add(latency_ms=float(i), t_capture=i * 0.1, t_result=i * 0.1 + 0.005)
+    assert stats.frames == 1000 and stats.latency_ms.values.size == 100
+    assert stats.summary()["latency_ms"]["p50"] == pytest.approx(949.5), "the last 100 frames"
+    assert stats.summary()["fps"] == pytest.approx(10), "over the whole run"

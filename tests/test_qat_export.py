@@ -14,7 +14,7 @@ from edge.bundle import BundleError, load_bundle
 from export.__main__ import main as export_main
 from export.verify import VerificationError, check_parity
 from training.cli import main as train_main
-from training.qat import QATClassifier
+from training.qat import QATClassifier, default_freeze_epoch
 
 
 def batchnorm_nodes(module: QATClassifier):
@@ -200,3 +200,9 @@ def test_parity_tolerates_near_ties_but_not_real_disagreement():
     shifted = reference + torch.tensor([[0.0, 0.0, 0.2], [0.0, 0.0, 0.0]])
     with pytest.raises(VerificationError, match="max logit difference"):
         check_parity(shifted, reference, min_agreement=0.99, atol=0.05)
+
+
+@pytest.mark.parametrize("max_epochs,observer_epoch,bn_epoch", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (10, 4, 3), (None, 1 << 30, 1 << 30)])
+def test_observers_are_never_frozen_before_they_observe(max_epochs, observer_epoch, bn_epoch):
+    assert default_freeze_epoch(0.4, max_epochs) == observer_epoch
+    assert default_freeze_epoch(0.3, max_epochs) == bn_epoch

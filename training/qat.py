@@ -76,6 +76,12 @@ def prepare_ptq(model: nn.Module, resolution: int) -> torch.fx.GraphModule:
     return prepare_pt2e(export_float(model, resolution), xnnpack_quantizer(qat=False))
 
 
+def default_freeze_epoch(fraction: float, max_epochs: int | None) -> int:
+    """``fraction`` of the run, but never epoch 0: observers frozen before they observed anything
+    keep their initial scales (a 1-epoch QAT run at 224 px fell from 94% to 12% that way)."""
+    return max(1, round(fraction * max_epochs)) if max_epochs and max_epochs > 0 else 1 << 30
+
+
 class QATClassifier(ImageClassifier):
     """An :class:`ImageClassifier` whose network is the QAT-prepared exported graph.
 
@@ -116,8 +122,7 @@ class QATClassifier(ImageClassifier):
     def _freeze_epoch(self, explicit: int | None, fraction: float) -> int:
         if explicit is not None:
             return explicit
-        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
-        return round(fraction * max_epochs) if max_epochs and max_epochs > 0 else 1 << 30
+        return default_freeze_epoch(fraction, self.trainer.max_epochs if self._trainer is not None else None)
 
     def _sync_graph_mode(self, training: bool) -> None:
         (move_exported_model_to_train if training else move_exported_model_to_eval)(self.model)
