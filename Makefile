@@ -107,7 +107,7 @@ demo: setup $(BUNDLE)/model.json $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo: w
 
 bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS=120)
 	$(PY) -m edge.bench $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO)) --seconds $(BENCH_SECONDS) \
-		$(if $(THREADS),--threads $(THREADS),) --json $(BUNDLE)/bench-edge.json
+		$(if $(THREADS),--threads $(THREADS),) --json runs/bench/edge-$(notdir $(BUNDLE)).json
 
 deploy: setup $(BUNDLE)/model.json  ## ship bundle + app + device tests to DEVICE=rpi5|local|local-ssh, run the tests there
 	$(PY) -m deploy $(DEVICE) --bundle $(BUNDLE) $(DEPLOY_ARGS)

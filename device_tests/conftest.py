@@ -78,14 +78,16 @@ def bundle_dir(pytestconfig) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def bundle(bundle_dir):
-    return load_bundle(bundle_dir)
+@pytest.fixture
+def bundle(bundle_dir, device):
+    """Loaded for each test, after sizing the threadpool: resizing it later would break a loaded method."""
+    return load_bundle(bundle_dir, device["threads"])
 
 
 @pytest.fixture(scope="session")
-def golden(bundle, bundle_dir) -> dict:
-    with np.load(bundle_dir / bundle.meta["golden"]) as data:
+def golden(bundle_dir) -> dict:
+    meta = json.loads((bundle_dir / "model.json").read_text())
+    with np.load(bundle_dir / meta["golden"]) as data:
         return {"inputs": data["inputs"], "logits": data["logits"]}
 
 

@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 
 from device_tests.conftest import budget_for
-from edge.classify import set_threads
+from edge.bundle import load_bundle
 from edge.stats import percentiles
 
 WARMUP = 20
 
 
-def test_latency(bundle, golden, device, figures, threads, pytestconfig):
+def test_latency(bundle_dir, golden, device, figures, threads, pytestconfig):
     runs = max(200, pytestconfig.getoption("runs"))
-    set_threads(threads)
+    bundle = load_bundle(bundle_dir, threads)
     x = golden["inputs"][:1]
     for _ in range(WARMUP):
         bundle.logits(x)

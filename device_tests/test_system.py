@@ -13,7 +13,7 @@ def status_mb(field: str) -> float:
     raise KeyError(field)
 
 
-def test_peak_memory(bundle, device, figures):
+def test_peak_memory(device, figures):
     peak = status_mb("VmHWM")  # high-water mark of this process: the runs before this test included
     figures["memory"] = {"peak_rss_mb": round(peak, 1), "rss_mb": round(status_mb("VmRSS"), 1)}
     budget = device.get("memory_budget_mb")

@@ -2,9 +2,10 @@
 
     python -m edge.bench BUNDLE --source VIDEO [--seconds 120] [--threads N] [--json OUT]
 
-The pipeline run replays the source as fast as it decodes (a camera that never waits), so its
-frame rate shows whether capture, decode and preprocessing hide behind inference. RSS is sampled
-every second; growth after the warm-up would be a leak.
+The pipeline run replays the source as fast as it decodes (a camera that never waits). With capture
+(read, decode, preprocess) and inference each measured alone, its frame rate shows whether the two
+overlap: at best it reaches the slower of the two. RSS is sampled every second; growth after the
+warm-up would be a leak.
 """
 import argparse
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .bundle import BundleError, load_bundle
-from .classify import Classifier, set_threads
+from .classify import Classifier
 from .run import RunConfig, RunError, run
 from .sources import SourceError, open_source
 from .stats import percentiles
@@ -28,9 +29,9 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def inference_only(bundle_dir: Path, source: str, seconds: float) -> dict:
+def inference_only(bundle_dir: Path, source: str, seconds: float, threads: int | None) -> dict:
     """Results/s of inference (and softmax/top-k) alone, on one prepared frame from the source."""
-    classifier = Classifier(load_bundle(bundle_dir))
+    classifier = Classifier(load_bundle(bundle_dir, threads))
     src = open_source(source)
     src.open()
     x = classifier.prepare(src.read().image)
@@ -44,6 +45,22 @@ def inference_only(bundle_dir: Path, source: str, seconds: float) -> dict:
             if int(elapsed) > bar.n:
                 bar.update(int(elapsed) - bar.n)
     return {"fps": round(len(latencies) / (time.monotonic() - start), 1), "latency_ms": percentiles(latencies)}
+
+
+def capture_only(bundle_dir: Path, source: str, seconds: float) -> dict:
+    """Frames/s of reading, decoding and preprocessing alone: the other bound on the pipeline."""
+    classifier = Classifier(load_bundle(bundle_dir))
+    src = open_source(source, loop=True)
+    src.open()
+    frames, start = 0, time.monotonic()
+    with tqdm(total=int(seconds), desc="capture only", unit="s", leave=False) as bar:
+        while (elapsed := time.monotonic() - start) < seconds:
+            classifier.prepare(src.read().image)
+            frames += 1
+            if int(elapsed) > bar.n:
+                bar.update(int(elapsed) - bar.n)
+    src.close()
+    return {"fps": round(frames / (time.monotonic() - start), 1)}
 
 
 def pipeline(bundle_dir: Path, source: str, seconds: float, threads: int | None) -> dict:
@@ -74,13 +91,15 @@ def rss_figures(samples: list[tuple[float, float]], warmup_s: float) -> dict:
 def table(result: dict) -> str:
     inf, pipe, rss = result["inference_only"], result["pipeline"], result["rss"]
     ms = pipe["capture_to_result_ms"]
-    rows = [("inference only", f"{inf['fps']:.1f}", f"{inf['latency_ms']['p50']:.2f}", "-"),
+    rows = [("capture + preprocessing only", f"{result['capture_only']['fps']:.1f}", "-", "-"),
+            ("inference only", f"{inf['fps']:.1f}", f"{inf['latency_ms']['p50']:.2f}", "-"),
             ("whole pipeline", f"{pipe['fps']:.1f}", f"{pipe['latency_ms']['p50']:.2f}",
              f"{ms['p50']:.2f} / {ms['p90']:.2f}")]
     lines = ["| run | frames/s | inference p50 ms | capture-to-result p50 / p90 ms |", "|---|---:|---:|---:|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     return "\n".join(lines) + (
-        f"\n\npipeline keeps {100 * result['pipeline_share']:.1f}% of the inference-only rate "
+        f"\n\npipeline keeps {100 * result['pipeline_share']:.1f}% of the inference-only rate and "
+        f"{100 * pipe['fps'] / min(inf['fps'], result['capture_only']['fps']):.1f}% of the slower stage's "
         f"({pipe['frames']} frames in {result['seconds']:.0f} s, {pipe['dropped']} dropped); "
         f"RSS {rss.get('after_warmup_mb', 0):.1f} MB after warm-up, {rss.get('end_mb', 0):.1f} MB at the end, "
         f"peak {rss.get('peak_mb', 0):.1f} MB")
@@ -96,15 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     try:
-        if args.threads:
-            set_threads(args.threads)
-        inference = inference_only(args.bundle, args.source, min(20.0, args.seconds / 4))
+        inference = inference_only(args.bundle, args.source, min(20.0, args.seconds / 4), args.threads)
+        capture = capture_only(args.bundle, args.source, min(20.0, args.seconds / 4))
         piped = pipeline(args.bundle, args.source, args.seconds, args.threads)
     except (BundleError, SourceError, RunError) as e:
         sys.exit(f"error: {e}")
     summary = piped["summary"]
     result = {"bundle": str(args.bundle), "model": summary["model"], "source": args.source, "seconds": args.seconds,
-              "threads": args.threads, "cpus": os.cpu_count(), "inference_only": inference, "pipeline": summary,
+              "threads": args.threads, "cpus": os.cpu_count(), "inference_only": inference, "capture_only": capture, "pipeline": summary,
               "pipeline_share": round(summary["fps"] / inference["fps"], 4),
               "rss": rss_figures(piped["rss_mb"], args.warmup), "rss_samples_mb": piped["rss_mb"]}
     print(table(result))

@@ -35,7 +35,12 @@ class Bundle:
         return self.method.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
 
 
-def load_bundle(path: str | Path) -> Bundle:
+def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
+    """Check and load a bundle; ``threads`` sizes the runtime's threadpool (XNNPACK runs on it) first.
+
+    The pool can only be resized before a program is loaded: a method loaded earlier keeps a pointer
+    to the old pool and crashes on its next run (measured: segfault), so sizing lives here.
+    """
     path = Path(path)
     meta_path = path / "model.json"
     if not meta_path.is_file():
@@ -57,7 +62,11 @@ def load_bundle(path: str | Path) -> Bundle:
     # Those packages warn about GPU kernels and tracing details that mean nothing on a device: keep them quiet.
     for name in ("torchao", "torch.utils._pytree"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
     from executorch.runtime import Runtime
+
+    if threads:
+        _unsafe_reset_threadpool(threads)
 
     try:
         program = Runtime.get().load_program(data)

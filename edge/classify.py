@@ -7,13 +7,6 @@ from .bundle import Bundle
 from .preprocess import Preprocessor
 
 
-def set_threads(threads: int) -> None:
-    """Size the runtime's threadpool (XNNPACK runs on it): on small boards fewer threads can be faster."""
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-    _unsafe_reset_threadpool(threads)
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     e = np.exp(logits - logits.max())
     return e / e.sum()

@@ -12,7 +12,7 @@ import cv2
 
 from .bundle import load_bundle
 from .capture import Capture
-from .classify import Classifier, set_threads
+from .classify import Classifier
 from .overlay import annotate
 from .serve import Broadcast, Server, parse_address
 from .sources import open_source
@@ -70,9 +70,7 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
     open_source(cfg.source)
     if not cfg.headless:
         _open_window()
-    bundle = load_bundle(cfg.bundle)
-    if cfg.threads:
-        set_threads(cfg.threads)
+    bundle = load_bundle(cfg.bundle, cfg.threads)
     classifier = Classifier(bundle, cfg.top_k, cfg.smooth)
     source = open_source(cfg.source, cfg.loop, cfg.camera_size or default_camera_size(int(bundle.input["resize"])))
     stats, broadcast = RunStats(), Broadcast()
