@@ -42,6 +42,7 @@ QAT_ARGS := --config configs/train.yaml --config configs/qat.yaml $(COMMON_ARGS)
 BUNDLE ?= artifacts/$(MODEL)
 SOURCE ?=
 SERVE ?= 127.0.0.1:8080
+WINDOW ?=
 DEMO_VIDEO := artifacts/demo.mp4
 BENCH_SECONDS ?= 120
 THREADS ?=
@@ -101,9 +102,9 @@ $(BUNDLE)/model.json:  # built here when it is the default bundle; a Pi gets its
 $(DEMO_VIDEO): | setup
 	$(PY) -m training.demo_video $@ --seconds 30
 
-demo: setup $(BUNDLE)/model.json $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo: window if there is a display, page on SERVE=127.0.0.1:8080
+demo: setup $(BUNDLE)/model.json $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo, page on SERVE=127.0.0.1:8080 (WINDOW=1: a window too)
 	$(PY) -m edge run $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO) --loop) --serve $(SERVE) \
-		$(if $(DISPLAY),,--headless) $(if $(THREADS),--threads $(THREADS),) $(ARGS)
+		$(if $(WINDOW),,--headless) $(if $(THREADS),--threads $(THREADS),) $(ARGS)
 
 bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS=120)
 	$(PY) -m edge.bench $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO)) --seconds $(BENCH_SECONDS) \

@@ -15,6 +15,7 @@ import hashlib
 import json
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -195,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-tests", action="store_true", help="deploy without running the device tests")
     parser.add_argument("--service", action="store_true", help="install a systemd user unit that starts the demo")
     args = parser.parse_args(argv)
+    # Ctrl-C and a stop from outside both end in the "interrupted" line below, even when started
+    # from a context that ignores SIGINT (background jobs inherit that).
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
     try:
         deploy(args)
     except (DeployError, ProfileError) as e:

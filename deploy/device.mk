@@ -1,16 +1,18 @@
 # The device side of a deployed release (shipped as its Makefile). From the release directory:
 #   make demo [SOURCE=picamera|0|file.mp4] [SERVE=0.0.0.0:8080]   live classification, page on SERVE
+#             [WINDOW=1]                                            also a window (needs an OpenCV with GUI)
 #   make test                                                       the device tests, report in device_report.*
 PY := $(shell cat python)
 FACT = $(shell $(PY) -c "import json; print(json.load(open('device.json'))['$(1)'] or '')")
 SOURCE ?= $(or $(call FACT,camera),procedural)
 THREADS ?= $(call FACT,threads)
 SERVE ?= 127.0.0.1:8080
+WINDOW ?=
 ARGS ?=
 
 .PHONY: demo test
 demo:
-	$(PY) -m edge run bundle --source $(SOURCE) --serve $(SERVE) --threads $(THREADS) $(if $(DISPLAY),,--headless) $(ARGS)
+	$(PY) -m edge run bundle --source $(SOURCE) --serve $(SERVE) --threads $(THREADS) $(if $(WINDOW),,--headless) $(ARGS)
 
 test:
 	$(PY) -m pytest -c device_tests/pytest.ini device_tests -q --report device_report.json

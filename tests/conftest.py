@@ -1,3 +1,7 @@
+import sys
+import time
+import types
+
 import cv2
 import numpy as np
 import pytest
@@ -59,3 +63,65 @@ def bundle(runs):
     out = runs / "bundle"
     export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
     return out
+
+
+def write_video(path, frames: int, bgr=(0, 0, 255), size=(160, 120), fps=30):
+    """An MPEG-4 file of flat frames whose brightness counts up, so frames can be told apart."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), bgr, np.uint8) // 2 + i)
+    writer.release()
+    return path
+
+
+class FakeRequest:
+    def __init__(self, camera):
+        self.camera = camera
+
+    def make_array(self, stream):
+        assert stream == "main"
+        w, h = self.camera.config["main"]["size"]
+        return np.full((h, w, 3), (10, 20, 30), np.uint8)  # RGB888 is B, G, R in memory
+
+    def get_metadata(self):
+        return {"SensorTimestamp": time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 5_000_000}  # exposed 5 ms ago
+
+    def release(self):
+        self.camera.released += 1
+
+
+class FakePicamera2:
+    """Picamera2's method names and the call order a real camera needs."""
+
+    instances = []
+
+    def __init__(self):
+        self.config, self.started, self.released, self.closed = None, False, 0, False
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, main, buffer_count=6, queue=True, controls=None):
+        return {"main": main, "buffer_count": buffer_count, "queue": queue, "controls": controls or {}}
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        assert self.config is not None, "configure before start"
+        self.started = True
+
+    def capture_request(self):
+        assert self.started
+        return FakeRequest(self)
+
+    def stop(self):
+        self.started = False
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def fake_picamera2(monkeypatch):
+    FakePicamera2.instances.clear()
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    return FakePicamera2

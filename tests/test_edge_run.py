@@ -16,7 +16,7 @@ from edge.bundle import Bundle, load_bundle
 from edge.classify import Classifier
 from edge.run import RunConfig, default_camera_size, run
 from edge.serve import parse_address
-from test_edge_sources import fake_picamera2, write_video  # noqa: F401 (a fixture)
+from conftest import write_video
 
 RECORD_KEYS = {"frame", "source_frame", "t_capture", "t_result", "latency_ms", "capture_to_result_ms", "top", "dropped"}
 

@@ -32,11 +32,19 @@ def test_qat_graph_keeps_the_float_models_batchnorm_settings_across_mode_switche
     assert eps_adds and {n.args[1] for n in eps_adds} == {0.001}
 
 
-def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs):
+def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour_folder):
+    import cv2
+
     from export.quantize import load_module
-    module, _ = load_module(str(runs / "qat" / "last.ckpt"))
+    from training.transforms import EvalTransform, InputSpec
+
+    module, checkpoint = load_module(str(runs / "qat" / "last.ckpt"))
     before = {k: v.clone() for k, v in module.state_dict().items()}
-    x = torch.randn(16, 3, 32, 32)
+    # Images like the ones it was trained on: on random noise the int8 rounding differences grow
+    # past any meaningful bound, and an unseeded draw made this test depend on test order.
+    transform = EvalTransform(InputSpec(**checkpoint["data"]["input"]))
+    paths = sorted(colour_folder.rglob("*.png"))[::7][:16]
+    x = torch.stack([transform(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for p in paths])
     with torch.no_grad():
         fake_quant, converted = module(x), module.convert()(x)
     assert (converted - fake_quant).abs().max() <= 0.1 * fake_quant.abs().max()
