@@ -36,6 +36,8 @@ class PicameraSource:
 
     ``queue=False`` makes each capture wait for a frame exposed after the request instead of
     handing back one queued earlier (picamera2 #914, #950); a small stream keeps the copy cheap (#426).
+    ``capture_request`` + ``make_array`` is ``capture_array`` keeping the request's metadata
+    (SensorTimestamp).
     """
 
     live = True
