@@ -54,7 +54,7 @@ def test_video_paced_at_its_own_rate_and_ends_with_the_file(bundle, red_video, t
     summary = run(RunConfig(bundle, str(red_video), headless=True, jsonl=str(out)))
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["frames"] == len(records) == 60 - summary["dropped"]
-    assert 20 < summary["fps"] < 40, "a 30 FPS file plays like a 30 FPS camera"
+    assert summary["fps"] < 40, "a 30 FPS file plays like a 30 FPS camera, not as fast as it decodes"
     assert records[-1]["source_frame"] == 59
 
 

@@ -96,7 +96,7 @@ def test_slow_consumer_sees_fresh_frames_not_a_backlog():
     capture.stop()
     indices, ages = zip(*taken)
     assert all(b - a >= 3 for a, b in zip(indices, indices[1:])), f"frames were skipped, not queued: {indices}"
-    assert max(ages) < 0.03, "each frame taken was at most a frame or two old"
+    assert max(ages) < 0.1, "each frame taken was a few frames old at most, not the 0.4 s a queue would hold"
     stats = capture.stats
     assert stats.dropped >= stats.captured - len(taken) - 1 > 0
 
