@@ -3,6 +3,7 @@
 Standard library HTTP server in daemon threads; each frame is JPEG-encoded once, when a client
 first asks for it, so an unwatched server costs one array copy per frame.
 """
+import html
 import json
 import threading
 from http import HTTPStatus
@@ -98,7 +99,7 @@ class Broadcast:
 
 
 def make_handler(broadcast: Broadcast, title: str):
-    page = PAGE.format(title=title).encode()
+    page = PAGE.format(title=html.escape(title)).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format, *args):  # keep the terminal for the app's own output
