@@ -29,38 +29,34 @@ def rss_mb() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def inference_only(bundle_dir: Path, source: str, seconds: float, threads: int | None) -> dict:
-    """Results/s of inference (and softmax/top-k) alone, on one prepared frame from the source."""
-    classifier = Classifier(load_bundle(bundle_dir, threads))
-    src = open_source(source)
-    src.open()
-    x = classifier.prepare(src.read().image)
-    src.close()
-    latencies, start = [], time.monotonic()
-    with tqdm(total=int(seconds), desc="inference only", unit="s", leave=False) as bar:
+def for_seconds(step, seconds: float, desc: str) -> float:
+    """Call ``step()`` repeatedly for ``seconds``, with a progress bar; returns the calls per second."""
+    calls, start = 0, time.monotonic()
+    with tqdm(total=int(seconds), desc=desc, unit="s", leave=False) as bar:
         while (elapsed := time.monotonic() - start) < seconds:
-            probs, ms = classifier.classify(x)
-            classifier.top(probs)
-            latencies.append(ms)
+            step()
+            calls += 1
             if int(elapsed) > bar.n:
                 bar.update(int(elapsed) - bar.n)
-    return {"fps": round(len(latencies) / (time.monotonic() - start), 1), "latency_ms": percentiles(latencies)}
+    return round(calls / (time.monotonic() - start), 1)
 
 
-def capture_only(bundle_dir: Path, source: str, seconds: float) -> dict:
+def inference_only(classifier: Classifier, x, seconds: float) -> dict:
+    """Results/s of inference (and softmax/top-k) alone, on one prepared frame."""
+    latencies = []
+
+    def step() -> None:
+        probs, ms = classifier.classify(x)
+        classifier.top(probs)
+        latencies.append(ms)
+
+    fps = for_seconds(step, seconds, "inference only")
+    return {"fps": fps, "latency_ms": percentiles(latencies)}
+
+
+def capture_only(classifier: Classifier, source, seconds: float) -> dict:
     """Frames/s of reading, decoding and preprocessing alone: the other bound on the pipeline."""
-    classifier = Classifier(load_bundle(bundle_dir))
-    src = open_source(source, loop=True)
-    src.open()
-    frames, start = 0, time.monotonic()
-    with tqdm(total=int(seconds), desc="capture only", unit="s", leave=False) as bar:
-        while (elapsed := time.monotonic() - start) < seconds:
-            classifier.prepare(src.read().image)
-            frames += 1
-            if int(elapsed) > bar.n:
-                bar.update(int(elapsed) - bar.n)
-    src.close()
-    return {"fps": round(frames / (time.monotonic() - start), 1)}
+    return {"fps": for_seconds(lambda: classifier.prepare(source.read().image), seconds, "capture only")}
 
 
 def pipeline(bundle_dir: Path, source: str, seconds: float, threads: int | None) -> dict:
@@ -115,14 +111,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     try:
-        inference = inference_only(args.bundle, args.source, min(20.0, args.seconds / 4), args.threads)
-        capture = capture_only(args.bundle, args.source, min(20.0, args.seconds / 4))
+        classifier = Classifier(load_bundle(args.bundle, args.threads))
+        source = open_source(args.source, loop=True)
+        source.open()
+        alone = min(20.0, args.seconds / 4)
+        inference = inference_only(classifier, classifier.prepare(source.read().image), alone)
+        capture = capture_only(classifier, source, alone)
+        source.close()
         piped = pipeline(args.bundle, args.source, args.seconds, args.threads)
     except (BundleError, SourceError, RunError) as e:
         sys.exit(f"error: {e}")
     summary = piped["summary"]
     result = {"bundle": str(args.bundle), "model": summary["model"], "source": args.source, "seconds": args.seconds,
-              "threads": args.threads, "cpus": os.cpu_count(), "inference_only": inference, "capture_only": capture, "pipeline": summary,
+              "threads": args.threads, "cpus": os.cpu_count(), "inference_only": inference, "capture_only": capture,
+              "pipeline": summary,
               "pipeline_share": round(summary["fps"] / inference["fps"], 4),
               "rss": rss_figures(piped["rss_mb"], args.warmup), "rss_samples_mb": piped["rss_mb"]}
     print(table(result))

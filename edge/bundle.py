@@ -35,12 +35,8 @@ class Bundle:
         return self.method.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
 
 
-def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
-    """Check and load a bundle; ``threads`` sizes the runtime's threadpool (XNNPACK runs on it) first.
-
-    The pool can only be resized before a program is loaded: a method loaded earlier keeps a pointer
-    to the old pool and crashes on its next run (measured: segfault), so sizing lives here.
-    """
+def read_bundle(path: str | Path) -> tuple[dict, bytes]:
+    """model.json and the .pte bytes, checked against its pte_sha256; no runtime needed (deploy uses it too)."""
     path = Path(path)
     meta_path = path / "model.json"
     if not meta_path.is_file():
@@ -58,6 +54,17 @@ def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
     data = pte_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta["pte_sha256"]:
         raise BundleError(f"{pte_path} does not match pte_sha256 in model.json: corrupt or mixed-up copy")
+    return meta, data
+
+
+def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
+    """Check and load a bundle; ``threads`` sizes the runtime's threadpool (XNNPACK runs on it) first.
+
+    The pool can only be resized before a program is loaded: a method loaded earlier keeps a pointer
+    to the old pool and crashes on its next run (measured: segfault), so sizing lives here.
+    """
+    path = Path(path)
+    meta, data = read_bundle(path)
     # Deferred: the import is slow (it pulls in executorch.exir and torchao) and not needed for the errors above.
     # Those packages warn about GPU kernels and tracing details that mean nothing on a device: keep them quiet.
     for name in ("torchao", "torch.utils._pytree"):
@@ -72,5 +79,6 @@ def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
         program = Runtime.get().load_program(data)
         method = program.load_method("forward")
     except Exception as e:  # the runtime raises RuntimeError/ValueError subtypes depending on the failure
-        raise BundleError(f"ExecuTorch cannot load {pte_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise BundleError(f"ExecuTorch cannot load {path / meta['pte']}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return Bundle(path, meta, method, program)

@@ -36,7 +36,7 @@ def evaluate_folder(bundle: Bundle, root: Path, limit: int | None = None, progre
             skipped += 1
             log.warning("skipped unreadable image %s", path)
             continue
-        logits = bundle.logits(preprocess(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))[0]
+        logits = bundle.logits(preprocess(bgr, order="BGR"))[0]
         ranked = np.argsort(-logits)
         top1 += int(ranked[0] == label)
         top5 += int(label in ranked[:5])
