@@ -65,7 +65,8 @@ DEPLOY_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
 	$(call opt,--known-hosts,$(KNOWN_HOSTS)) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service,)
 
-.PHONY: help setup train qat export test test-deps demo bench-edge deploy device-report bench-train bench-qat clean
+.PHONY: help setup train qat export test test-deps demo bench-edge deploy device-report bench-train bench-qat clean \
+	pi-emu pi-emu-down test-arm
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,9 +75,11 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV_FLAGS) $(VENV)
 	$(VENV)/bin/pip install --upgrade pip
 	$(VENV)/bin/pip install -e ".[$(EXTRAS)]"
+	$(if $(ON_PI),$(VENV)/bin/pip install --no-deps $$(grep -o '"executorch==[^"]*"' pyproject.toml | head -1 | tr -d '"'))
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install the project with its extras
+setup: $(VENV)/.installed  ## create .venv, install the project with its extras, build the native runner
+	@$(PY) -m edge.native >/dev/null
 
 train: setup  ## float training: make train MODEL=v3_small DATA=<dir|cifar10> EPOCHS=10 RES=64 WIDTH=1.0
 	$(PY) -m training fit $(FIT_ARGS)
@@ -90,8 +93,8 @@ export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoint
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
 	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT)
 
-test: setup test-deps  ## host tests (browser and SSH tests need test-deps)
-	$(PY) -m pytest -q
+test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
+	$(PY) -m pytest -q -m "not arm"
 
 test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
 	@.ci/debian-test-deps
@@ -112,6 +115,15 @@ bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-o
 
 deploy: setup $(BUNDLE)/model.json  ## ship bundle + app + device tests to DEVICE=rpi5|local|local-ssh, run the tests there
 	$(PY) -m deploy $(DEVICE) --bundle $(BUNDLE) $(DEPLOY_ARGS)
+
+pi-emu:  ## start an emulated Raspberry Pi 5 (arm64 under qemu, as root; builds its root once, ~5 min)
+	deploy/pi-emu.sh up
+
+pi-emu-down:  ## stop the emulated Pi: sshd, its mounts, its binfmt entry
+	deploy/pi-emu.sh down
+
+test-arm: setup test-deps  ## on ARM: emulated Pi up, deploy + device tests there, an interrupted deploy, down (as root)
+	$(PY) -m pytest -q -m arm tests/test_arm.py
 
 device-report: setup  ## compare two device reports: make device-report A=path/device_report.json B=...
 	$(if $(and $(A),$(B)),,$(error give two reports: make device-report A=... B=... (under artifacts/devices/)))

@@ -4,7 +4,8 @@ On the device, under ``remote_dir``::
 
     releases/<version>/   bundle/ edge/ device_tests/ Makefile requirements.txt device.json MANIFEST.sha256
     current -> releases/<version>
-    venv/                 (when the profile has one: created once, re-used while requirements.txt is unchanged)
+    venv-<hash>/          (when the profile has one) one per set of requirements, with the native runner built
+                          in it; kept while a kept release uses it
 
 A release is copied to ``<version>.partial``, checked against its manifest, smoke-run, and only then
 renamed and made ``current`` by renaming a new symlink over the old one. Anything that fails or is
@@ -35,12 +36,24 @@ KEEP_RELEASES = 3
 SERVICE = "mobilenet-edge.service"
 
 
-def requirements() -> str:
-    """The device's pip requirements, from pyproject.toml (the one place versions are pinned)."""
+def requirements() -> tuple[str, str]:
+    """The device's pip requirements, from pyproject.toml (the one place versions are pinned).
+
+    Two files: the ordinary ones, and the ExecuTorch wheel, installed with --no-deps because the
+    device uses only its lib/ and include/ (the native runner), never its torch dependency.
+    """
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     pins = [*project["dependencies"], *extras["edge"], *(r for r in extras["dev"] if r.startswith("pytest"))]
-    return "\n".join(dict.fromkeys(pins)) + "\n"
+    runtime = [r for r in extras["export"] if r.startswith("executorch")]
+    return "\n".join(dict.fromkeys(pins)) + "\n", "\n".join(runtime) + "\n"
+
+
+def environment_dir(venv: str) -> str:
+    """One environment per set of requirements: a release whose requirements change gets a new one,
+    and the running release keeps its own until the switch (and until it is pruned)."""
+    digest = hashlib.sha256("".join(requirements()).encode()).hexdigest()[:12]
+    return f"{venv}-{digest}"
 
 
 def check_bundle(bundle: Path) -> dict:
@@ -72,7 +85,9 @@ def stage(bundle: Path, device: Device, root: str, python: str, version: str, me
     for name in BUNDLE_FILES:
         shutil.copy2(bundle / name, into / "bundle" / name)
     shutil.copy2(ROOT / "deploy" / "device.mk", into / "Makefile")
-    (into / "requirements.txt").write_text(requirements())
+    packages, runtime = requirements()
+    (into / "requirements.txt").write_text(packages)
+    (into / "requirements-nodeps.txt").write_text(runtime)
     (into / "device.json").write_text(json.dumps(device.facts(), indent=2) + "\n")
     (into / "python").write_text(python + "\n")
     (into / "release.json").write_text(json.dumps({"version": version, "model": meta["name"],
@@ -86,20 +101,21 @@ def stage(bundle: Path, device: Device, root: str, python: str, version: str, me
     (into / "MANIFEST.sha256").write_text("".join(lines))
 
 
-def setup_python(target: Target, device: Device, venv: str | None, release: str) -> None:
-    """Create the profile's venv once; re-install only when the release's requirements.txt changed."""
-    if not venv:
-        return
-    python, marker = f"{venv}/bin/python", f"{venv}/.requirements.txt"
-    if target.run(["cmp", "-s", f"{release}/requirements.txt", marker], check=False).returncode == 0:
-        return
-    print(f"\nsetting up the Python environment on {target.where} (once; several minutes)", file=sys.stderr)
-    if target.run(["test", "-x", python], check=False).returncode != 0:
+def setup_python(target: Target, device: Device, venv: str | None, release: str, python: str) -> None:
+    """Create the release's environment once (it is keyed by its requirements), then build the native
+    runner in it with the device's own compiler (a no-op when this runner source is built there)."""
+    if venv and target.run(["test", "-f", f"{venv}/.complete"], check=False).returncode != 0:
+        print(f"\nsetting up the Python environment on {target.where} (once per requirements; several minutes)",
+              file=sys.stderr)
+        target.run(["rm", "-rf", venv], what="removing an unfinished environment")
         target.run([device.python, "-m", "venv", *device.venv_flags, venv], what="creating the venv")
-    target.run([python, "-m", "pip", "install", "--upgrade", "pip"], capture=False, what="upgrading pip")
-    target.run([python, "-m", "pip", "install", "-r", f"{release}/requirements.txt"], capture=False,
-               what="installing torch/executorch/OpenCV on the device")
-    target.run(["cp", f"{release}/requirements.txt", marker], what="recording the environment")
+        target.run([python, "-m", "pip", "install", "--upgrade", "pip"], capture=False, what="upgrading pip")
+        target.run([python, "-m", "pip", "install", "-r", f"{release}/requirements.txt"], capture=False,
+                   what="installing numpy/OpenCV/pytest on the device")
+        target.run([python, "-m", "pip", "install", "--no-deps", "-r", f"{release}/requirements-nodeps.txt"],
+                   capture=False, what="installing the ExecuTorch runtime libraries on the device")
+        target.run(["touch", f"{venv}/.complete"], what="recording the environment")
+    target.run([python, "-m", "edge.native"], cwd=release, what="building the native runner on the device")
 
 
 def deploy(args: argparse.Namespace) -> Path | None:
@@ -112,6 +128,7 @@ def deploy(args: argparse.Namespace) -> Path | None:
     # (the project directory for DEVICE=local), and commands run from inside the release.
     home = target.run(["pwd"], what=f"connecting to {target.where}").stdout.strip()
     root, venv = (p if p is None or p.startswith("/") else f"{home}/{p}" for p in (device.remote_dir, device.venv))
+    venv_base, venv = venv, environment_dir(venv) if venv else None
     python = f"{venv}/bin/python" if venv else device.python
     python = python if "/" not in python or python.startswith("/") else f"{home}/{python}"
     releases, release = f"{root}/releases", f"{root}/releases/{version}"
@@ -134,7 +151,7 @@ def deploy(args: argparse.Namespace) -> Path | None:
                what="checking the copy against its manifest")
     target.run(["mv", "-T", f"{release}.partial", release], what="finishing the release")
     step("environment")
-    setup_python(target, device, venv, release)
+    setup_python(target, device, venv, release, python)
     step("smoke run")
     target.run([python, "-m", "edge", "run", "bundle", "--source", "procedural", "--fps", "0", "--headless",
                 "--max-frames", "5"], cwd=release, what="a first run of the new release")
@@ -142,6 +159,8 @@ def deploy(args: argparse.Namespace) -> Path | None:
     target.run(["ln", "-sfn", f"releases/{version}", f"{root}/current.new"], what="linking the release")
     target.run(["mv", "-T", f"{root}/current.new", f"{root}/current"], what="switching current")
     prune(target, releases, version)
+    if venv:
+        prune_environments(target, releases, venv_base, venv)
     if args.service:
         install_service(target, root, home)
     steps.close()
@@ -156,6 +175,18 @@ def prune(target: Target, releases: str, keep: str) -> None:
     old = sorted(name for name in listing if not name.endswith(".partial") and name != keep)[:-(KEEP_RELEASES - 1)]
     if old:
         target.run(["rm", "-rf", *(f"{releases}/{name}" for name in old)], what="removing old releases")
+
+
+def prune_environments(target: Target, releases: str, base: str, keep: str) -> None:
+    """Remove the environments (``<base>-<hash>``, and ``<base>`` of older deploys) no kept release uses."""
+    used = target.run(["sh", "-c", 'cat "$1"/*/python 2>/dev/null || true', "sh", releases],
+                      what="reading the releases' environments").stdout.split()
+    parent, name = base.rsplit("/", 1)
+    listing = target.run(["ls", "-1", parent], what="listing environments").stdout.split()
+    stale = [f"{parent}/{entry}" for entry in listing if (entry == name or entry.startswith(f"{name}-"))
+             and f"{parent}/{entry}" != keep and f"{parent}/{entry}/bin/python" not in used]
+    if stale:
+        target.run(["rm", "-rf", *stale], what="removing unused environments")
 
 
 def install_service(target: Target, root: str, home: str) -> None:

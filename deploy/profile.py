@@ -28,6 +28,7 @@ class Device:
     venv_flags: list[str] = field(default_factory=list)
     budgets_ms: dict = field(default_factory=dict)
     memory_budget_mb: float | None = None
+    emulated: bool = False  # an emulated CPU: latency is recorded, never held to a budget
 
     @property
     def ssh(self) -> bool:
@@ -36,7 +37,22 @@ class Device:
     def facts(self) -> dict:
         """What the device tests need to know, shipped with each release as device.json."""
         return {"name": self.name, "threads": self.threads, "camera": self.camera, "budgets_ms": self.budgets_ms,
-                "memory_budget_mb": self.memory_budget_mb}
+                "memory_budget_mb": self.memory_budget_mb, "emulated": self.emulated,
+                "own_environment": self.venv is not None}
+
+
+def ssh_settings_from(path: str | None, name: str) -> dict:
+    """SSH settings another tool wrote (``make pi-emu`` writes the emulated Pi's free port and key)."""
+    if not path:
+        return {}
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ProfileError(f"the {name} profile reads its SSH settings from {file}, which is missing: "
+                           "start the device first (make pi-emu)")
+    settings = yaml.safe_load(file.read_text())
+    if not isinstance(settings, dict):
+        raise ProfileError(f"{file} is not a YAML mapping of SSH settings: restart the device (make pi-emu)")
+    return settings
 
 
 def load_device(name: str, host: str | None = None, port: int | None = None, key: str | None = None,
@@ -48,7 +64,8 @@ def load_device(name: str, host: str | None = None, port: int | None = None, key
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
         raise ProfileError(f"no device profile {name!r}: pick one of {known} or add {path}")
     raw = yaml.safe_load(path.read_text()) or {}
-    ssh = raw.pop("ssh", None) or {}
+    ssh_from = raw.pop("ssh_from", None)  # an explicit host wins over what the emulator wrote
+    ssh = (raw.pop("ssh", None) or {}) | ({} if host else ssh_settings_from(ssh_from, name))
     if host:
         user, _, host = host.rpartition("@")
         ssh = {**ssh, "host": host, **({"user": user} if user else {})}

@@ -14,7 +14,7 @@ def board() -> str | None:
     if model.exists():
         return model.read_text().strip("\x00\n")
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith(("model name", "Model"))]
     return names[0] if names else platform.processor() or None
 
 
@@ -48,8 +48,9 @@ def _ms(d: dict) -> str:
 
 def markdown(report: dict) -> str:
     d, f = report["device"], report["figures"]
+    emulated = " (EMULATED: timings say nothing about real hardware)" if report.get("profile", {}).get("emulated") else ""
     lines = [f"# {report.get('bundle', {}).get('name')} on {report.get('profile', {}).get('name')} "
-             f"({d['model']}, {d['cpus']} CPUs)", ""]
+             f"({d['model']}, {d['machine']}, {d['cpus']} CPUs){emulated}", ""]
     if f.get("latency"):
         lines += ["| threads | p50 / p90 / p99 ms | budget |", "|---:|---|---|"]
         for threads, row in sorted(f["latency"].items(), key=lambda kv: int(kv[0])):
@@ -65,6 +66,8 @@ def markdown(report: dict) -> str:
                      f"{run['dropped']} dropped")
     if "memory" in f:
         lines.append(f"- peak RSS {f['memory']['peak_rss_mb']:.1f} MB")
+    if "environment" in f:
+        lines.append(f"- Python environment {f['environment']['size_mb']:.0f} MB ({f['environment']['prefix']})")
     if "vcgencmd" in f:
         lines.append(f"- vcgencmd: {', '.join(f'{k} {v}' for k, v in f['vcgencmd'].items())}")
     outcomes = report.get("tests", {})

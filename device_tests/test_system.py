@@ -1,6 +1,8 @@
 """Memory after the whole session, and on a Raspberry Pi the clocks and throttling state (vcgencmd)."""
+import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,13 @@ def test_clock_and_throttling(figures):
     # Bits 0-3: under-voltage, frequency capped, throttled, soft temperature limit, all "now".
     assert throttled & 0xF == 0, (f"the Pi is throttling now (get_throttled={hex(throttled)}): latency figures are "
                                   "not representative; check the power supply and cooling")
+
+
+def test_environment_has_no_torch(device, figures):
+    """The device runs on the native runner: its environment must not carry PyTorch (gigabytes on a Pi)."""
+    prefix = Path(sys.prefix)
+    size = sum(p.stat().st_size for p in prefix.rglob("*") if p.is_file() and not p.is_symlink())
+    figures["environment"] = {"prefix": str(prefix), "size_mb": round(size / 2**20, 1)}
+    if not device.get("own_environment"):
+        pytest.skip(f"the {device['name']} profile runs in an environment it shares (size recorded)")
+    assert importlib.util.find_spec("torch") is None, f"torch is installed in {prefix}: the device does not need it"

@@ -10,6 +10,7 @@ import cv2
 
 from .bundle import BundleError, load_bundle
 from .evaluate import evaluate_folder
+from .native import NativeError
 from .run import RunConfig, RunError, run
 from .sources import SOURCE_HELP, SourceError
 from .stats import format_summary
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
             print(format_summary(summary), file=sys.stderr if config.jsonl == "-" else sys.stdout)
         else:
             evaluate(args)
-    except (BundleError, SourceError, RunError, ValueError, OSError) as e:
+    except (BundleError, NativeError, SourceError, RunError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
 

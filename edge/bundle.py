@@ -1,14 +1,15 @@
-"""Loading a bundle: model.json, the sha256-checked model.pte, and the ExecuTorch method."""
+"""Loading a bundle: model.json, the sha256-checked model.pte, and the program on the native runner."""
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from .native import NativeError, Runner
 
 REQUIRED = ("labels", "input", "pte", "pte_sha256")
+PTE_MAGIC_AT = slice(4, 6)  # a .pte is a flatbuffer whose file identifier starts "ET" at byte 4
 
 
 class BundleError(RuntimeError):
@@ -19,8 +20,7 @@ class BundleError(RuntimeError):
 class Bundle:
     path: Path
     meta: dict
-    method: object  # executorch.runtime.Method
-    program: object  # executorch.runtime.Program: owns the .pte bytes the method runs from; must outlive it
+    runner: Runner
 
     @property
     def labels(self) -> list[str]:
@@ -31,8 +31,8 @@ class Bundle:
         return self.meta["input"]
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Run one preprocessed (1, 3, H, W) float32 input (made C-contiguous: the runtime ignores strides)."""
-        return self.method.execute([torch.from_numpy(np.ascontiguousarray(batch))])[0].numpy()
+        """Run one preprocessed (1, 3, H, W) float32 input; returns (1, classes) logits."""
+        return self.runner(batch)
 
 
 def read_bundle(path: str | Path) -> tuple[dict, bytes]:
@@ -43,8 +43,10 @@ def read_bundle(path: str | Path) -> tuple[dict, bytes]:
         raise BundleError(f"{path} is not a bundle: no model.json (build one with `make qat` or `make export`)")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BundleError(f"{meta_path} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path} is not a JSON object; re-export the bundle")
     missing = [key for key in REQUIRED if key not in meta]
     if missing:
         raise BundleError(f"{meta_path} lacks {', '.join(missing)}; re-export the bundle")
@@ -54,31 +56,30 @@ def read_bundle(path: str | Path) -> tuple[dict, bytes]:
     data = pte_path.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta["pte_sha256"]:
         raise BundleError(f"{pte_path} does not match pte_sha256 in model.json: corrupt or mixed-up copy")
+    if data[PTE_MAGIC_AT] != b"ET":
+        raise BundleError(f"{pte_path} is not an ExecuTorch program (no ET identifier); re-export the bundle")
     return meta, data
 
 
-def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
-    """Check and load a bundle; ``threads`` sizes the runtime's threadpool (XNNPACK runs on it) first.
+def check_shapes(meta: dict, runner: Runner, where: Path) -> None:
+    """The program's own input and output shapes must be the ones model.json promises."""
+    size = int(meta["input"]["size"])
+    if runner.input_shape != (1, 3, size, size):
+        raise BundleError(f"{where}: the program takes {runner.input_shape}, model.json says (1, 3, {size}, {size}); "
+                          "re-export the bundle")
+    classes = len(meta["labels"])
+    if runner.output_shape != (1, classes) or meta.get("num_classes", classes) != classes:
+        raise BundleError(f"{where}: the program returns {runner.output_shape}, model.json has {classes} labels "
+                          f"and num_classes {meta.get('num_classes')}; re-export the bundle")
 
-    The pool can only be resized before a program is loaded: a method loaded earlier keeps a pointer
-    to the old pool and crashes on its next run (measured: segfault), so sizing lives here.
-    """
+
+def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
+    """Check and load a bundle; ``threads`` sizes XNNPACK's thread pool (None: one per performance core)."""
     path = Path(path)
     meta, data = read_bundle(path)
-    # Deferred: the import is slow (it pulls in executorch.exir and torchao) and not needed for the errors above.
-    # Those packages warn about GPU kernels and tracing details that mean nothing on a device: keep them quiet.
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-    from executorch.runtime import Runtime
-
-    if threads:
-        _unsafe_reset_threadpool(threads)
-
     try:
-        program = Runtime.get().load_program(data)
-        method = program.load_method("forward")
-    except Exception as e:  # the runtime raises RuntimeError/ValueError subtypes depending on the failure
-        raise BundleError(f"ExecuTorch cannot load {path / meta['pte']}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    return Bundle(path, meta, method, program)
+        runner = Runner(data, threads)
+    except NativeError as e:
+        raise BundleError(f"cannot load {path / meta['pte']}: {e}") from None
+    check_shapes(meta, runner, path / meta["pte"])
+    return Bundle(path, meta, runner)

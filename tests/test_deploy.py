@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy.__main__ import requirements, service_unit, stage
-from deploy.profile import ProfileError, load_device
+from deploy.profile import ProfileError, load_device, ssh_settings_from
 from deploy.target import SSHTarget, explain
 from device_tests.compare import flatten, table
 
@@ -29,10 +29,22 @@ def test_profile_overrides_and_user_at_host():
 
 
 def test_profile_errors_name_the_fix():
-    with pytest.raises(ProfileError, match="pick one of local, local-ssh, rpi5"):
+    with pytest.raises(ProfileError, match="pick one of local, local-ssh, rpi5, rpi5-emu"):
         load_device("jetson")
     with pytest.raises(ProfileError, match="needs python.*DEVICE_PYTHON="):
         load_device("local-ssh")
+
+
+def test_an_emulator_profile_reads_the_ssh_settings_it_wrote(tmp_path):
+    with pytest.raises(ProfileError, match="start the device first"):
+        ssh_settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu")
+    (tmp_path / "ssh.yaml").write_text("host: 127.0.0.1\nport: 4022\nuser: pi\nkey: /k\n")
+    assert ssh_settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu")["port"] == 4022
+    (tmp_path / "ssh.yaml").write_text("just text")
+    with pytest.raises(ProfileError, match="not a YAML mapping"):
+        ssh_settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu")
+    device = load_device("rpi5-emu", host="pi@10.1.1.1", port=2022)
+    assert device.emulated and device.facts()["emulated"] and device.budgets_ms == {}
 
 
 def test_remote_commands_are_quoted_not_pasted():
@@ -51,10 +63,12 @@ def test_failures_are_explained_in_one_line(stderr, expected):
     assert expected in explain(stderr, "pi@pi5:22")
 
 
-def test_requirements_come_from_pyproject():
-    pins = requirements().split()
-    assert "torch==2.13.0" in pins and "executorch==1.5.1" in pins
-    assert any(p.startswith("pytest") for p in pins) and not any(p.startswith(("lightning", "torchvision")) for p in pins)
+def test_requirements_come_from_pyproject_without_torch():
+    packages, runtime = requirements()
+    pins = packages.split()
+    assert any(p.startswith("pytest") for p in pins) and any(p.startswith("opencv-python-headless") for p in pins)
+    assert not any(p.startswith(("torch", "executorch", "lightning", "torchvision")) for p in pins)
+    assert runtime.split() == ["executorch==1.5.1"], "installed with --no-deps: only its runtime libraries"
 
 
 def test_staged_release_verifies_and_detects_tampering(bundle, tmp_path):

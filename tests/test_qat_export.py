@@ -191,7 +191,7 @@ def test_edge_eval_errors(bundle, tmp_path):
     meta["pte_sha256"] = hashlib.sha256(b"garbage").hexdigest()
     (broken / "model.json").write_text(json.dumps(meta))
     (broken / "model.pte").write_bytes(b"garbage")
-    with pytest.raises(BundleError, match="ExecuTorch cannot load"):
+    with pytest.raises(BundleError, match="not an ExecuTorch program"):
         load_bundle(broken)
     with pytest.raises(BundleError, match="not a bundle"):
         load_bundle(tmp_path)

@@ -1,0 +1,258 @@
+#!/usr/bin/env bash
+# An emulated Raspberry Pi 5 on this machine: Debian bookworm arm64 under qemu-user, every process a
+# Cortex-A76 (the Pi 5's core), sshd on a free 127.0.0.1 port, a `pi` user with a throwaway key.
+#
+#   deploy/pi-emu.sh up      build the root once (cached), start it, write the SSH settings
+#   deploy/pi-emu.sh down    stop sshd, unmount, unregister the binfmt entry
+#   deploy/pi-emu.sh status  running or not, and the make deploy line
+#
+# Needs root (mount, chroot, binfmt_misc). Missing Debian packages are installed with apt-get.
+# State lives outside the clone, in PI_EMU_DIR (default ~/.cache/mobilenet-edge/pi-emu):
+#   root/        the arm64 root (built once; `rm -rf` it to rebuild)
+#   ssh.yaml     host, port, user, key, known_hosts: read by configs/devices/rpi5-emu.yaml
+#   state/       the key pair, the fake cpuinfo, sshd's PID, what was mounted and registered
+set -euo pipefail
+
+DIR=${PI_EMU_DIR:-$HOME/.cache/mobilenet-edge/pi-emu}
+ROOT=$DIR/root
+STATE=$DIR/state
+SUITE=bookworm
+QEMU=/usr/bin/qemu-aarch64-static
+BINFMT=/proc/sys/fs/binfmt_misc
+ENTRY=pi-emu-aarch64
+# What the root needs: Bookworm's Python 3.11 with venv/pip, sshd and rsync for deploy, g++ to build
+# the native runner on the device (as `make deploy` does on a real Pi).
+PACKAGES=python3,python3-venv,python3-pip,openssh-server,rsync,ca-certificates,g++,make,procps
+# Cortex-A76 as on a Pi 5: MIDR 0x414fd0b1 (ARM, variant 4, part 0xd0b, revision 1).
+FEATURES="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
+MIDR=0x00000000414fd0b1
+
+die() { echo "error: $*" >&2; exit 1; }
+say() { echo "pi-emu: $*" >&2; }
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "the emulated Pi needs root (mount, chroot, binfmt_misc): run it with sudo"
+}
+
+install_tools() {
+    local need=()
+    command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+    [ -x "$QEMU" ] || need+=(qemu-user-static)
+    command -v cc >/dev/null || need+=(gcc libc6-dev)
+    command -v ssh-keygen >/dev/null || need+=(openssh-client)
+    command -v rsync >/dev/null || need+=(rsync)
+    [ ${#need[@]} -eq 0 ] && return
+    command -v apt-get >/dev/null || die "install ${need[*]} (Debian package names) and run again"
+    say "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+# binfmt_misc entry whose interpreter runs qemu as a Cortex-A76: qemu's default CPU model gives
+# silently wrong int8 results, and a fake cpuinfo naming another core ends in SIGILL.
+register_binfmt() {
+    mountpoint -q "$BINFMT" || { mount -t binfmt_misc binfmt_misc "$BINFMT"; touch "$STATE/binfmt-mounted"; }
+    local wrapper=$STATE/qemu-a76
+    cat > "$STATE/qemu-a76.c" <<EOF
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+/* binfmt_misc flags P and F: argv = [this, path of the binary, its argv[0], its arguments...]. */
+int main(int argc, char **argv) {
+    if (argc < 3) { fprintf(stderr, "qemu-a76: started by binfmt_misc only\n"); return 127; }
+    char **args = calloc(argc + 6, sizeof *args);
+    int n = 0;
+    args[n++] = "$QEMU"; args[n++] = "-cpu"; args[n++] = "cortex-a76"; args[n++] = "-0"; args[n++] = argv[2];
+    args[n++] = argv[1];
+    for (int i = 3; i < argc; i++) args[n++] = argv[i];
+    execv("$QEMU", args);
+    perror("$QEMU");
+    return 127;
+}
+EOF
+    cc -static -O2 -o "$wrapper" "$STATE/qemu-a76.c"
+    # Debian's own qemu-aarch64 entry would compete for the same binaries: off while we are up.
+    if [ -f "$BINFMT/qemu-aarch64" ] && head -1 "$BINFMT/qemu-aarch64" | grep -q enabled; then
+        echo 0 > "$BINFMT/qemu-aarch64"
+        touch "$STATE/debian-entry-disabled"
+    fi
+    [ -f "$BINFMT/$ENTRY" ] && echo -1 > "$BINFMT/$ENTRY"
+    local magic='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
+    local mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
+    echo ":$ENTRY:M::$magic:$mask:$wrapper:PF" > "$BINFMT/register"
+}
+
+unregister_binfmt() {
+    [ -f "$BINFMT/$ENTRY" ] && echo -1 > "$BINFMT/$ENTRY"
+    if [ -f "$STATE/debian-entry-disabled" ]; then
+        [ -f "$BINFMT/qemu-aarch64" ] && echo 1 > "$BINFMT/qemu-aarch64"
+        rm -f "$STATE/debian-entry-disabled"
+    fi
+    if [ -f "$STATE/binfmt-mounted" ]; then
+        umount "$BINFMT" 2>/dev/null || true
+        rm -f "$STATE/binfmt-mounted"
+    fi
+}
+
+build_root() {
+    [ -x "$ROOT/usr/bin/python3" ] && return
+    say "building the Debian $SUITE arm64 root in $ROOT (once, a few minutes)"
+    rm -rf "$ROOT.tmp"
+    # The interpreter execs $QEMU by path, also inside the root: put a copy there before anything runs.
+    mmdebstrap --arch=arm64 --variant=apt --include="$PACKAGES" \
+        --setup-hook="mkdir -p \"\$1/usr/bin\" && cp $QEMU \"\$1$QEMU\"" \
+        "$SUITE" "$ROOT.tmp" >"$STATE/mmdebstrap.log" 2>&1 \
+        || die "building the root failed: see $STATE/mmdebstrap.log"
+    mv "$ROOT.tmp" "$ROOT"
+}
+
+# The interpreter execs $QEMU by path inside the root too; mmdebstrap removes its copy when done.
+install_qemu() {
+    cmp -s "$QEMU" "$ROOT$QEMU" || install -m 755 "$QEMU" "$ROOT$QEMU"
+}
+
+# The device reaches PyPI through this machine's network: let it trust what this machine trusts
+# (a TLS-inspecting proxy's CA included), as a Pi on the same network would be set up to.
+share_trust() {
+    local bundle=/etc/ssl/certs/ca-certificates.crt
+    [ -f "$bundle" ] && install -m 644 "$bundle" "$ROOT$bundle"
+    return 0
+}
+
+fake_cpu() {
+    local cores=$1 i
+    : > "$STATE/cpuinfo"
+    for ((i = 0; i < cores; i++)); do
+        printf 'processor\t: %d\nBogoMIPS\t: 108.00\nFeatures\t: %s\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n' \
+            "$i" "$FEATURES" >> "$STATE/cpuinfo"
+    done
+    printf 'Revision\t: d04170\nModel\t\t: Raspberry Pi 5 Model B Rev 1.0 (emulated)\n' >> "$STATE/cpuinfo"
+    # The root's /sys is not sysfs: a plain tree with what cpuinfo and XNNPACK read.
+    local cpu=$ROOT/sys/devices/system/cpu
+    rm -rf "$cpu"
+    mkdir -p "$cpu"
+    for f in possible present online; do echo "0-$((cores - 1))" > "$cpu/$f"; done
+    for ((i = 0; i < cores; i++)); do
+        mkdir -p "$cpu/cpu$i/regs/identification"
+        echo "$MIDR" > "$cpu/cpu$i/regs/identification/midr_el1"
+    done
+}
+
+mounted() { findmnt -n "$1" >/dev/null 2>&1; }
+
+# Each mount is recorded as it is made, so `down` undoes exactly these, even after a failed `up`.
+mount_once() {
+    local target=$1; shift
+    mounted "$target" && return
+    mount "$@" "$target"
+    echo "$target" >> "$STATE/mounts"
+}
+
+mount_root() {
+    mount_once "$ROOT/proc" -t proc proc
+    mount_once "$ROOT/proc/cpuinfo" --bind "$STATE/cpuinfo"
+    mount_once "$ROOT/dev" --bind /dev
+    mount_once "$ROOT/dev/pts" --bind /dev/pts
+}
+
+unmount_root() {
+    [ -f "$STATE/mounts" ] || return 0
+    tac "$STATE/mounts" | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+    rm -f "$STATE/mounts"
+}
+
+add_user() {
+    [ -f "$STATE/id_ed25519" ] || ssh-keygen -q -t ed25519 -N "" -C pi-emu -f "$STATE/id_ed25519"
+    chroot "$ROOT" id pi >/dev/null 2>&1 || chroot "$ROOT" useradd -m -s /bin/bash pi
+    install -d -m 700 "$ROOT/home/pi/.ssh"
+    install -m 600 "$STATE/id_ed25519.pub" "$ROOT/home/pi/.ssh/authorized_keys"
+    chroot "$ROOT" chown -R pi:pi /home/pi/.ssh
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+running() {
+    [ -f "$STATE/sshd.pid" ] && kill -0 "$(cat "$STATE/sshd.pid")" 2>/dev/null
+}
+
+start_sshd() {
+    local port pid
+    port=$(free_port)
+    chroot "$ROOT" ssh-keygen -A >/dev/null
+    mkdir -p "$ROOT/run/sshd"
+    chroot "$ROOT" /usr/sbin/sshd -D -e -p "$port" -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no \
+        >"$STATE/sshd.log" 2>&1 &
+    pid=$!
+    echo "$pid" > "$STATE/sshd.pid"
+    rm -f "$STATE/known_hosts"
+    for _ in $(seq 120); do
+        if ssh-keyscan -p "$port" 127.0.0.1 2>/dev/null | grep -q ssh-ed25519; then
+            ssh-keyscan -p "$port" -t ed25519 127.0.0.1 2>/dev/null | sed "s/^127.0.0.1/[127.0.0.1]:$port/" > "$STATE/known_hosts"
+            break
+        fi
+        kill -0 "$pid" 2>/dev/null || die "sshd did not start: see $STATE/sshd.log"
+        sleep 0.5
+    done
+    [ -s "$STATE/known_hosts" ] || die "sshd did not answer on 127.0.0.1:$port within 60 s: see $STATE/sshd.log"
+    printf 'host: 127.0.0.1\nport: %s\nuser: pi\nkey: %s\nknown_hosts: %s\n' \
+        "$port" "$STATE/id_ed25519" "$STATE/known_hosts" > "$DIR/ssh.yaml.tmp"
+    mv "$DIR/ssh.yaml.tmp" "$DIR/ssh.yaml"
+}
+
+up() {
+    need_root
+    mkdir -p "$STATE"
+    if running; then
+        say "already running"
+        status
+        return
+    fi
+    install_tools
+    register_binfmt
+    build_root
+    install_qemu
+    share_trust
+    fake_cpu "$(nproc)"
+    mount_root
+    add_user
+    start_sshd
+    say "up: Debian $SUITE arm64, Cortex-A76 x $(nproc) under qemu, sshd on 127.0.0.1:$(sed -n 's/^port: //p' "$DIR/ssh.yaml")"
+    echo "now: make deploy DEVICE=rpi5-emu    (stop it with: make pi-emu-down)"
+}
+
+down() {
+    need_root
+    mkdir -p "$STATE"
+    if running; then
+        kill "$(cat "$STATE/sshd.pid")"
+        for _ in $(seq 20); do running || break; sleep 0.25; done
+        running && kill -9 "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
+    fi
+    # Processes left by interrupted deploys still run inside the root: end them before unmounting.
+    local pids
+    pids=$(for p in /proc/[0-9]*; do [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && basename "$p"; done || true)
+    [ -n "$pids" ] && kill $pids 2>/dev/null || true
+    rm -f "$STATE/sshd.pid" "$DIR/ssh.yaml"
+    unmount_root
+    unregister_binfmt
+    say "down"
+}
+
+status() {
+    if running; then
+        echo "pi-emu: running, sshd on 127.0.0.1:$(sed -n 's/^port: //p' "$DIR/ssh.yaml") (PID $(cat "$STATE/sshd.pid"))"
+        echo "now: make deploy DEVICE=rpi5-emu"
+    else
+        echo "pi-emu: not running (make pi-emu starts it)"
+        return 3
+    fi
+}
+
+case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *) die "usage: $0 up|down|status" ;;
+esac

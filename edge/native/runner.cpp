@@ -1,0 +1,289 @@
+// A torch-free ExecuTorch runner with a C ABI, called from Python through ctypes (edge/native/runner.py).
+//
+// It follows ExecuTorch's executor_runner: load the program from a buffer, size the planned memory
+// from method_meta, load "forward", then set_input / execute / get_output. ctypes releases the GIL
+// for the whole call, so capture keeps running while a frame is inferred.
+//
+// Every failure returns a code and one line of text; nothing here aborts on a bad file: the header
+// is checked first and the program is loaded with full flatbuffer verification.
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <executorch/extension/data_loader/buffer_data_loader.h>
+#include <executorch/extension/memory_allocator/malloc_memory_allocator.h>
+#include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/core/portable_type/tensor_impl.h>
+#include <executorch/runtime/executor/method.h>
+#include <executorch/runtime/executor/program.h>
+#include <executorch/runtime/platform/platform.h>
+#include <executorch/runtime/platform/runtime.h>
+
+// threadpool.h is not shipped in the wheel; these are the two members of its ThreadPool we call,
+// declared as they are in extension/threadpool/threadpool.h of the same release.
+namespace executorch::extension::threadpool {
+class ThreadPool final {
+ public:
+  size_t get_thread_count() const;
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
+namespace {
+
+using executorch::aten::ScalarType;
+using executorch::extension::BufferDataLoader;
+using executorch::extension::MallocMemoryAllocator;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using executorch::runtime::HierarchicalAllocator;
+using executorch::runtime::MemoryManager;
+using executorch::runtime::Method;
+using executorch::runtime::MethodMeta;
+using executorch::runtime::Program;
+using executorch::runtime::Span;
+using executorch::runtime::etensor::TensorImpl;
+namespace threadpool = executorch::extension::threadpool;
+
+enum Code : int {
+  kOk = 0,
+  kNotAProgram = 1,
+  kLoadFailed = 2,
+  kUnsupported = 3,
+  kBadInput = 4,
+  kExecuteFailed = 5,
+};
+
+constexpr int kMaxDims = 8;
+
+// XNNPACK captures the thread pool when a method is loaded, and resizing the pool frees the old one:
+// every method loaded before a resize must be loaded again before it runs. The pool is also not
+// re-entrant, so one lock serialises resizing, loading and executing across all runners.
+std::mutex g_lock;
+uint64_t g_pool_generation = 0;
+
+// The runtime's last error-level log line, kept to explain a failure in the returned message.
+thread_local std::string g_last_log;
+bool g_echo_log = false;
+
+void capture_log(et_timestamp_t, et_pal_log_level_t level, const char* file, const char*, size_t line,
+                 const char* message, size_t length) {
+  if (level == kError || level == kFatal) {
+    g_last_log.assign(message, length);
+  }
+  if (g_echo_log) {
+    std::fprintf(stderr, "executorch %c %s:%zu] %.*s\n", static_cast<char>(level), file, line,
+                 static_cast<int>(length), message);
+  }
+}
+
+void init_runtime_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    g_echo_log = std::getenv("EDGE_RUNTIME_LOG") != nullptr;
+    executorch::runtime::register_pal(executorch::runtime::PalImpl::create(capture_log, __FILE__));
+    executorch::runtime::runtime_init();
+  });
+}
+
+int fail(int code, const std::string& what, char* err, size_t errlen) {
+  std::string text = what;
+  if (!g_last_log.empty()) {
+    text += " (" + g_last_log + ")";
+    g_last_log.clear();
+  }
+  if (err != nullptr && errlen > 0) {
+    std::snprintf(err, errlen, "%s", text.c_str());
+  }
+  return code;
+}
+
+std::string error_name(Error e) {
+  char hex[16];
+  std::snprintf(hex, sizeof(hex), "0x%x", static_cast<unsigned>(e));
+  return std::string("error ") + hex;
+}
+
+struct TensorSpec {
+  std::vector<int64_t> sizes;
+  size_t numel = 1;
+};
+
+}  // namespace
+
+struct EdgeRunner {
+  std::vector<uint8_t> pte;  // owned: the program reads its data from here for its whole life
+  std::unique_ptr<BufferDataLoader> loader;
+  std::unique_ptr<Program> program;
+  std::vector<std::vector<uint8_t>> planned_buffers;
+  std::vector<Span<uint8_t>> planned_spans;
+  std::unique_ptr<HierarchicalAllocator> planned;
+  std::unique_ptr<MallocMemoryAllocator> method_allocator;
+  std::unique_ptr<MallocMemoryAllocator> temp_allocator;
+  std::unique_ptr<MemoryManager> memory;
+  std::unique_ptr<Method> method;
+  uint64_t generation = 0;
+  uint32_t threads = 0;  // 0: whatever the pool has
+  TensorSpec input, output;
+};
+
+namespace {
+
+bool float_tensor(const MethodMeta& meta, bool is_input, TensorSpec* spec) {
+  auto info = is_input ? meta.input_tensor_meta(0) : meta.output_tensor_meta(0);
+  if (!info.ok() || info->scalar_type() != ScalarType::Float || info->sizes().size() > kMaxDims) {
+    return false;
+  }
+  for (int32_t d : info->sizes()) {
+    spec->sizes.push_back(d);
+    spec->numel *= static_cast<size_t>(d);
+  }
+  return true;
+}
+
+// Under g_lock: size the pool for this runner, and (re)load the method if the pool changed under it.
+int ensure_method(EdgeRunner* r, char* err, size_t errlen) {
+  auto* pool = threadpool::get_threadpool();
+  if (r->threads != 0 && pool != nullptr && pool->get_thread_count() != r->threads) {
+    pool->_unsafe_reset_threadpool(r->threads);
+    ++g_pool_generation;
+  }
+  if (r->method && r->generation == g_pool_generation) {
+    return kOk;
+  }
+  r->method.reset();
+  r->method_allocator->reset();
+  auto method = r->program->load_method("forward", r->memory.get());
+  if (!method.ok()) {
+    return fail(kLoadFailed, "cannot load method forward: " + error_name(method.error()), err, errlen);
+  }
+  r->method = std::make_unique<Method>(std::move(method.get()));
+  r->generation = g_pool_generation;
+  return kOk;
+}
+
+int open_program(EdgeRunner* r, char* err, size_t errlen) {
+  r->loader = std::make_unique<BufferDataLoader>(r->pte.data(), r->pte.size());
+  auto program = Program::load(r->loader.get(), Program::Verification::InternalConsistency);
+  if (!program.ok()) {
+    return fail(kLoadFailed, "not a valid ExecuTorch program: " + error_name(program.error()), err, errlen);
+  }
+  r->program = std::make_unique<Program>(std::move(program.get()));
+  auto meta = r->program->method_meta("forward");
+  if (!meta.ok()) {
+    return fail(kUnsupported, "the program has no forward method", err, errlen);
+  }
+  if (meta->num_inputs() != 1 || meta->num_outputs() < 1 || !float_tensor(*meta, true, &r->input) ||
+      !float_tensor(*meta, false, &r->output)) {
+    return fail(kUnsupported, "forward must take one float tensor and return a float tensor first", err, errlen);
+  }
+  for (size_t id = 0; id < meta->num_memory_planned_buffers(); ++id) {
+    auto size = meta->memory_planned_buffer_size(id);
+    if (!size.ok()) {
+      return fail(kLoadFailed, "cannot read the planned memory sizes", err, errlen);
+    }
+    r->planned_buffers.emplace_back(static_cast<size_t>(*size));
+  }
+  for (auto& buffer : r->planned_buffers) {
+    r->planned_spans.emplace_back(buffer.data(), buffer.size());
+  }
+  r->planned = std::make_unique<HierarchicalAllocator>(Span<Span<uint8_t>>(r->planned_spans.data(), r->planned_spans.size()));
+  r->method_allocator = std::make_unique<MallocMemoryAllocator>();
+  r->temp_allocator = std::make_unique<MallocMemoryAllocator>();
+  r->memory = std::make_unique<MemoryManager>(r->method_allocator.get(), r->planned.get(), r->temp_allocator.get());
+  return ensure_method(r, err, errlen);
+}
+
+}  // namespace
+
+extern "C" {
+
+// Copies ``size`` bytes of a .pte and loads its forward method with ``threads`` XNNPACK threads
+// (0: keep the pool as it is). On success *out owns the runner; free it with edge_runner_close.
+int edge_runner_open(const uint8_t* data, size_t size, uint32_t threads, EdgeRunner** out, char* err, size_t errlen) {
+  init_runtime_once();
+  *out = nullptr;
+  if (size < Program::kMinHeadBytes ||
+      Program::check_header(data, size) != Program::HeaderStatus::CompatibleVersion) {
+    return fail(kNotAProgram, "not an ExecuTorch program of a version this runtime reads", err, errlen);
+  }
+  std::lock_guard<std::mutex> guard(g_lock);
+  auto runner = std::make_unique<EdgeRunner>();
+  runner->pte.assign(data, data + size);
+  runner->threads = threads;
+  int code = open_program(runner.get(), err, errlen);
+  if (code == kOk) {
+    *out = runner.release();
+  }
+  return code;
+}
+
+// Writes the input (which=0) or first output (which=1) shape into dims; returns the rank.
+int edge_runner_shape(const EdgeRunner* r, int which, int64_t* dims, int max_dims) {
+  const TensorSpec& spec = which == 0 ? r->input : r->output;
+  int rank = static_cast<int>(spec.sizes.size());
+  for (int i = 0; i < rank && i < max_dims; ++i) {
+    dims[i] = spec.sizes[i];
+  }
+  return rank;
+}
+
+// Runs forward on a C-contiguous float input of input_numel values; writes the first output.
+int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float* output, size_t output_numel,
+                    char* err, size_t errlen) {
+  if (input_numel != r->input.numel || output_numel != r->output.numel) {
+    return fail(kBadInput, "input or output buffer does not match the program's shapes", err, errlen);
+  }
+  std::lock_guard<std::mutex> guard(g_lock);
+  int code = ensure_method(r, err, errlen);
+  if (code != kOk) {
+    return code;
+  }
+  std::vector<TensorImpl::SizesType> sizes(r->input.sizes.begin(), r->input.sizes.end());
+  std::vector<TensorImpl::DimOrderType> dim_order(sizes.size());
+  std::vector<TensorImpl::StridesType> strides(sizes.size());
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    dim_order[i] = static_cast<TensorImpl::DimOrderType>(i);
+  }
+  TensorImpl::StridesType stride = 1;
+  for (size_t i = sizes.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= sizes[i];
+  }
+  TensorImpl impl(ScalarType::Float, static_cast<ssize_t>(sizes.size()), sizes.data(), const_cast<float*>(input),
+                  dim_order.data(), strides.data());
+  Error status = r->method->set_input(EValue(executorch::aten::Tensor(&impl)), 0);
+  if (status != Error::Ok) {
+    return fail(kBadInput, "the program refused the input: " + error_name(status), err, errlen);
+  }
+  status = r->method->execute();
+  if (status != Error::Ok) {
+    return fail(kExecuteFailed, "execute failed: " + error_name(status), err, errlen);
+  }
+  const EValue& result = r->method->get_output(0);
+  if (!result.isTensor() || static_cast<size_t>(result.toTensor().numel()) != r->output.numel) {
+    return fail(kExecuteFailed, "the program's output is not the tensor its metadata describes", err, errlen);
+  }
+  std::memcpy(output, result.toTensor().const_data_ptr<float>(), r->output.numel * sizeof(float));
+  return kOk;
+}
+
+// The XNNPACK pool's current thread count.
+uint32_t edge_runner_pool_threads() {
+  init_runtime_once();
+  auto* pool = threadpool::get_threadpool();
+  return pool == nullptr ? 0 : static_cast<uint32_t>(pool->get_thread_count());
+}
+
+void edge_runner_close(EdgeRunner* r) {
+  std::lock_guard<std::mutex> guard(g_lock);
+  delete r;
+}
+
+}  // extern "C"

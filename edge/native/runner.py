@@ -1,0 +1,105 @@
+"""ctypes binding of runner.cpp: load a .pte from bytes, run float32 arrays through it.
+
+ctypes releases the GIL for each call, so other Python threads (capture, the web server) keep
+running while a frame is inferred; the C++ side serialises what the shared thread pool requires.
+"""
+import ctypes
+import platform
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from .build import NativeError, library_path, runtime_lib_dir
+
+MAX_DIMS = 8
+# ELF e_machine of each platform.machine(): a build for another CPU gets a clear message, not dlopen's.
+ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 243: "riscv64"}
+CODES = {1: "not a program", 2: "load failed", 3: "unsupported program", 4: "bad input", 5: "execute failed"}
+
+
+def check_elf(path: Path) -> None:
+    head = path.read_bytes()[:20]
+    if head[:4] != b"\x7fELF" or len(head) < 20:
+        raise NativeError(f"{path} is not a shared library: rebuild it with python -m edge.native --force")
+    built_for = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    here = {"arm64": "aarch64"}.get(platform.machine(), platform.machine())
+    if here in ELF_MACHINES.values() and ELF_MACHINES.get(built_for) != here:
+        raise NativeError(f"{path} is built for {ELF_MACHINES.get(built_for, f'ELF machine {built_for}')}, not "
+                          f"{here}: rebuild it here with python -m edge.native --force")
+
+
+@cache
+def library() -> ctypes.CDLL:
+    """The runner for this environment and source, loaded once per process."""
+    path = library_path()
+    if not path.is_file():
+        raise NativeError("the native runner is not built for this Python environment: "
+                          "run `make setup` (or python -m edge.native)")
+    runtime_lib_dir()  # a clear line when the wheel's libraries went missing since the build
+    check_elf(path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise NativeError(f"cannot load the native runner {path}: {e}; "
+                          "rebuild it with python -m edge.native --force") from None
+    error = (ctypes.c_char_p, ctypes.c_size_t)
+    lib.edge_runner_open.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint32,
+                                     ctypes.POINTER(ctypes.c_void_p), *error)
+    lib.edge_runner_shape.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int)
+    lib.edge_runner_run.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
+                                    ctypes.c_size_t, *error)
+    lib.edge_runner_pool_threads.restype = ctypes.c_uint32
+    lib.edge_runner_close.argtypes = (ctypes.c_void_p,)
+    lib.edge_runner_close.restype = None
+    return lib
+
+
+class Runner:
+    """One loaded program: ``runner(x)`` -> the first output, for a float32 input of ``input_shape``.
+
+    ``threads`` sizes the XNNPACK pool (None: leave it as it is, one thread per performance core
+    by default). The pool is shared by the process: runners with different counts take turns,
+    each re-loading its method when the pool was resized under it.
+    """
+
+    def __init__(self, pte: bytes, threads: int | None = None) -> None:
+        self._lib, self._handle = library(), ctypes.c_void_p()
+        if threads is not None and threads < 1:
+            raise NativeError(f"threads must be at least 1, got {threads}")
+        self._call("edge_runner_open", pte, len(pte), threads or 0, ctypes.byref(self._handle))
+        self.input_shape, self.output_shape = self._shape(0), self._shape(1)
+        self._out = np.empty(self.output_shape, np.float32)
+
+    def _shape(self, which: int) -> tuple[int, ...]:
+        dims = (ctypes.c_int64 * MAX_DIMS)()
+        rank = self._lib.edge_runner_shape(self._handle, which, dims, MAX_DIMS)
+        return tuple(dims[:rank])
+
+    def _call(self, name: str, *args) -> None:
+        err = ctypes.create_string_buffer(512)
+        code = getattr(self._lib, name)(*args, err, len(err))
+        if code != 0:
+            raise NativeError(err.value.decode(errors="replace") or CODES.get(code, f"native runner error {code}"))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._handle.value is None:
+            raise NativeError("the runner is closed")
+        if tuple(x.shape) != self.input_shape:
+            raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
+        x = np.ascontiguousarray(x, np.float32)
+        self._call("edge_runner_run", self._handle, x.ctypes.data, x.size, self._out.ctypes.data, self._out.size)
+        return self._out.copy()
+
+    @staticmethod
+    def pool_threads() -> int:
+        return library().edge_runner_pool_threads()
+
+    def close(self) -> None:
+        if self._handle.value is not None:
+            self._lib.edge_runner_close(self._handle)
+            self._handle = ctypes.c_void_p()
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None) is not None:
+            self.close()

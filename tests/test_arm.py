@@ -1,0 +1,109 @@
+"""End to end on ARM: `make pi-emu`, `make deploy DEVICE=rpi5-emu`, the device tests on an emulated Cortex-A76.
+
+Run by `make test-arm` (not by `make test`: the first run builds the arm64 root, ~5 min, and installs the
+device's environment under emulation). Needs root for mount/chroot/binfmt_misc.
+"""
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.arm
+
+ROOT = Path(__file__).resolve().parent.parent
+EMU = ROOT / "deploy" / "pi-emu.sh"
+EMU_DIR = Path.home() / ".cache" / "mobilenet-edge" / "pi-emu"
+REPORTS = ROOT / "artifacts" / "devices"
+
+
+def emulator(command: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run([str(EMU), command], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pi():
+    """The emulated Pi, up for this module and down after it (mounts and binfmt entry gone)."""
+    if os.geteuid() != 0:
+        reason = "the emulated Pi needs root (mount, chroot, binfmt_misc): sudo make test-arm"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"in CI the ARM test must run: {reason}")
+        pytest.skip(reason)
+    started = time.monotonic()
+    up = emulator("up")
+    assert up.returncode == 0, up.stderr[-3000:]
+    print(f"\npi-emu up in {time.monotonic() - started:.0f} s")
+    settings = yaml.safe_load((EMU_DIR / "ssh.yaml").read_text())
+    yield settings
+    down = emulator("down", timeout=120)
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert not (EMU_DIR / "ssh.yaml").exists() and not Path("/proc/sys/fs/binfmt_misc/pi-emu-aarch64").exists()
+    assert str(EMU_DIR / "root") not in Path("/proc/mounts").read_text()
+
+
+def ssh(pi: dict, command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    argv = ["ssh", "-p", str(pi["port"]), "-i", pi["key"], "-o", f"UserKnownHostsFile={pi['known_hosts']}",
+            "-o", "BatchMode=yes", f"{pi['user']}@{pi['host']}", "--", *command]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def make_deploy(bundle: Path, *extra: str) -> list[str]:
+    return ["make", "-s", "deploy", "DEVICE=rpi5-emu", f"BUNDLE={bundle}", f"REPORTS={REPORTS}", *extra]
+
+
+def test_the_emulated_pi_is_an_arm_cortex_a76(pi):
+    result = ssh(pi, ["sh", "-c", "uname -m; grep -m1 'CPU part' /proc/cpuinfo; python3 --version"])
+    assert result.returncode == 0, result.stderr
+    machine, part, python = result.stdout.splitlines()
+    assert machine == "aarch64" and part.endswith("0xd0b") and python.startswith("Python 3.11")
+
+
+def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_the_release(pi, bundle):
+    started = time.monotonic()
+    first = subprocess.run(make_deploy(bundle), capture_output=True, text=True, timeout=3600)
+    assert first.returncode == 0, first.stderr[-4000:]
+    print(f"\nfirst deploy (environment, native build, device tests) in {time.monotonic() - started:.0f} s")
+    device_root = EMU_DIR / "root" / "home" / "pi" / "mobilenet-edge"
+    current = (device_root / "current").resolve()
+    release = device_root / "releases" / current.name
+    report = json.loads((REPORTS / "rpi5-emu" / current.name / "device_report.json").read_text())
+    assert report["device"]["machine"] == "aarch64" and report["profile"]["emulated"] is True
+    assert report["figures"]["parity"]["max_abs_logit_diff"] == 0.0, report["figures"]["parity"]
+    assert report["figures"]["parity"]["top1_agree"] == report["figures"]["parity"]["n"]
+    assert "torch" not in report["versions"] and report["versions"]["executorch"] == "1.5.1"
+    assert report["figures"]["latency"] and report["figures"]["pipeline"]["procedural"]["frames"] > 0
+    assert report["tests"] and all(t["outcome"] in ("passed", "skipped") for t in report["tests"].values())
+    assert "EMULATED" in (REPORTS / "rpi5-emu" / current.name / "device_report.md").read_text()
+    requirements = (release / "requirements.txt").read_text() + (release / "requirements-nodeps.txt").read_text()
+    assert "torch" not in requirements.replace("executorch", "")
+
+    # A slow second copy, interrupted like Ctrl-C once it is under way: the first release stays current.
+    second = subprocess.Popen(make_deploy(bundle, "BWLIMIT=20", "NO_TESTS=1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not list((device_root / "releases").glob("*.partial")) and time.monotonic() < deadline:
+        assert second.poll() is None, second.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(second.pid, signal.SIGINT)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode != 0 and "interrupted" in err, err[-2000:]
+    assert (device_root / "current").resolve() == current
+    python = (release / "python").read_text().strip()
+    smoke = ssh(pi, ["sh", "-c", f"cd mobilenet-edge/current && {python} -m edge run bundle --source procedural "
+                                 "--fps 0 --headless --max-frames 5"])
+    assert smoke.returncode == 0 and "5 frames" in smoke.stdout, smoke.stderr[-2000:]
+
+    # The next deploy clears the unfinished copy and switches; the environment and native build are reused.
+    started = time.monotonic()
+    third = subprocess.run(make_deploy(bundle, "NO_TESTS=1"), capture_output=True, text=True, timeout=1800)
+    assert third.returncode == 0, third.stderr[-3000:]
+    print(f"re-deploy (environment reused) in {time.monotonic() - started:.0f} s")
+    assert (device_root / "current").resolve() != current
+    assert not list((device_root / "releases").glob("*.partial"))
+    assert "setting up the Python environment" not in third.stderr
+

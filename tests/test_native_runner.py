@@ -1,0 +1,195 @@
+"""The torch-free native runner: exact golden parity, the app without torch, bad files as one error line."""
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge.native.build as native_build
+import edge.native.runner as native_runner
+from conftest import write_colour_images
+from edge.bundle import BundleError, load_bundle
+from edge.native import NativeError, Runner
+
+ROOT = Path(__file__).resolve().parent.parent
+# Imported by every Python started with it on PYTHONPATH: torch, torchao, the executorch Python package
+# and Lightning then fail to import, as on a device that never installed them.
+NO_TORCH = """
+import importlib.abc, sys
+BLOCKED = ("torch", "torchao", "executorch", "lightning", "pytorch_lightning", "torchmetrics")
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: the device has no torch")
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+@pytest.fixture(scope="module")
+def no_torch_env(tmp_path_factory):
+    site = tmp_path_factory.mktemp("no_torch")
+    (site / "sitecustomize.py").write_text(NO_TORCH)
+    return os.environ | {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+
+
+def run(args, env=None, cwd=None, timeout=300):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=timeout)
+
+
+def one_error_line(result) -> str:
+    """The process failed by exiting (no signal) and said so in one `error:` line."""
+    assert result.returncode > 0, f"exit {result.returncode} (a negative code is a signal): {result.stderr[-2000:]}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return errors[0]
+
+
+def test_golden_logits_are_reproduced_exactly(bundle):
+    loaded = load_bundle(bundle, threads=1)
+    golden = np.load(bundle / "golden.npz")
+    got = np.concatenate([loaded.logits(x[None]) for x in golden["inputs"]])
+    assert got.dtype == np.float32 and np.array_equal(got, golden["logits"])
+
+
+def test_the_blocker_really_blocks_torch(no_torch_env):
+    result = run(["-c", "import torch"], env=no_torch_env)
+    assert result.returncode != 0 and "blocked" in result.stderr
+
+
+def test_edge_run_eval_and_device_tests_without_torch(bundle, no_torch_env, tmp_path):
+    live = run(["-m", "edge", "run", bundle, "--source", "procedural", "--fps", "0", "--headless",
+                "--max-frames", "20", "--jsonl", "-"], env=no_torch_env)
+    assert live.returncode == 0, live.stderr[-2000:]
+    assert len(live.stdout.splitlines()) == 20 and "20 frames" in live.stderr
+
+    folder = write_colour_images(tmp_path / "unseen", per_class=4, seed=3)
+    evaluated = run(["-m", "edge", "eval", bundle, folder, "--json"], env=no_torch_env)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)["n"] == 12
+
+    report = tmp_path / "device_report.json"
+    device = run(["-m", "pytest", "-c", ROOT / "device_tests" / "pytest.ini", ROOT / "device_tests", "-q",
+                  "--bundle", bundle, "--report", report, "--device-facts", tmp_path / "none.json"],
+                 env=no_torch_env, cwd=tmp_path)
+    assert device.returncode == 0, device.stdout[-3000:]
+    figures = json.loads(report.read_text())["figures"]
+    assert figures["parity"]["max_abs_logit_diff"] == 0.0 and figures["latency"] and figures["pipeline"]
+
+
+def test_runners_with_different_thread_counts_take_turns(bundle):
+    """Resizing XNNPACK's pool frees the one loaded methods point to: each runner must reload, not crash.
+    In a subprocess, so a regression is a failed test rather than a dead pytest."""
+    script = textwrap.dedent(f"""
+        import gc, numpy as np
+        from edge.bundle import load_bundle
+        golden = np.load({str(bundle / 'golden.npz')!r})
+        one, two = load_bundle({str(bundle)!r}, 1), load_bundle({str(bundle)!r}, 2)
+        gc.collect()
+        clutter = [np.full(1 << 16, i, np.uint8) for i in range(64)]
+        for i in range(6):
+            runner = (one, two)[i % 2]
+            assert np.array_equal(runner.logits(golden["inputs"][:1]), golden["logits"][:1]), i
+        print("ok", one.runner.pool_threads())
+    """)
+    result = run(["-c", script], cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.split() == ["ok", "2"], result.stderr[-2000:]
+
+
+def test_wrong_input_shape_is_an_error_not_a_crash(bundle):
+    loaded = load_bundle(bundle)
+    size = loaded.input["size"]
+    with pytest.raises(NativeError, match="differs from the program's"):
+        loaded.logits(np.zeros((1, 3, size + 1, size), np.float32))
+    loaded.runner.close()
+    with pytest.raises(NativeError, match="closed"):
+        loaded.logits(np.zeros((1, 3, size, size), np.float32))
+
+
+def corrupt_copy(bundle: Path, into: Path, pte: bytes | None = None, **meta_changes) -> Path:
+    """A copy of the bundle with another program (its sha256 fixed up) and/or edited model.json fields."""
+    shutil.copytree(bundle, into)
+    meta = json.loads((into / "model.json").read_text())
+    if pte is not None:
+        (into / "model.pte").write_bytes(pte)
+        meta["pte_sha256"] = hashlib.sha256(pte).hexdigest()
+    for key, value in meta_changes.items():
+        if key == "size":
+            meta["input"]["size"] = value
+        else:
+            meta[key] = value
+    (into / "model.json").write_text(json.dumps(meta))
+    return into
+
+
+def bad_bundles(bundle: Path, tmp_path: Path):
+    pte = (bundle / "model.pte").read_bytes()
+    rng = np.random.default_rng(0)
+    random_bytes = rng.integers(0, 256, len(pte), dtype=np.uint8).tobytes()
+    labels = json.loads((bundle / "model.json").read_text())["labels"]
+    return {
+        "truncated": (corrupt_copy(bundle, tmp_path / "truncated", pte[:len(pte) // 2]), "not a valid"),
+        "truncated_header": (corrupt_copy(bundle, tmp_path / "header", pte[:40]), "not an ExecuTorch program"),
+        "random": (corrupt_copy(bundle, tmp_path / "random", random_bytes), "not an ExecuTorch program"),
+        "random_with_magic": (corrupt_copy(bundle, tmp_path / "magic", random_bytes[:4] + pte[4:8] + random_bytes[8:]),
+                              "ExecuTorch program"),
+        "other_size": (corrupt_copy(bundle, tmp_path / "size", size=64), "model.json says (1, 3, 64, 64)"),
+        "fewer_labels": (corrupt_copy(bundle, tmp_path / "labels", labels=labels[:-1]), "labels"),
+        "more_labels": (corrupt_copy(bundle, tmp_path / "more", labels=[*labels, "x"], num_classes=len(labels) + 1),
+                        "labels"),
+    }
+
+
+@pytest.mark.parametrize("case", ["truncated", "truncated_header", "random", "random_with_magic", "other_size",
+                                  "fewer_labels", "more_labels"])
+def test_bad_bundles_give_one_error_line_in_run_and_eval(bundle, tmp_path, case):
+    broken, message = bad_bundles(bundle, tmp_path)[case]
+    with pytest.raises(BundleError, match=re.escape(message)):
+        load_bundle(broken)
+    for args in (["run", broken, "--source", "procedural", "--headless", "--max-frames", "3"],
+                 ["eval", broken, tmp_path]):
+        result = run(["-m", "edge", *args])
+        assert message in one_error_line(result)
+        assert result.returncode != -signal.SIGSEGV
+
+
+def test_missing_runtime_libraries_and_foreign_builds_are_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(native_build, "executorch_dir", lambda: tmp_path)
+    with pytest.raises(NativeError, match="runtime libraries are missing"):
+        native_build.runtime_lib_dir()
+    monkeypatch.undo()
+
+    built = native_build.library_path()
+    foreign = tmp_path / built.name
+    data = bytearray(built.read_bytes())
+    data[18:20] = (183 if os.uname().machine != "aarch64" else 62).to_bytes(2, "little")
+    foreign.write_bytes(bytes(data))
+    with pytest.raises(NativeError, match=r"is built for (aarch64|x86_64), not .*rebuild it here"):
+        native_runner.check_elf(foreign)
+    (tmp_path / "junk.so").write_bytes(os.urandom(64))
+    with pytest.raises(NativeError, match="not a shared library"):
+        native_runner.check_elf(tmp_path / "junk.so")
+
+
+def test_an_unbuilt_runner_says_how_to_build_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(native_runner, "library_path", lambda: tmp_path / "libedge_runner-none.so")
+    native_runner.library.cache_clear()
+    try:
+        with pytest.raises(NativeError, match="make setup"):
+            Runner(b"")
+    finally:
+        native_runner.library.cache_clear()
+
+
+def test_build_is_keyed_by_source_and_machine():
+    path = native_build.library_path()
+    assert path.is_file() and path.parent.parent == Path(sys.prefix) / "lib"
+    assert native_build.source_key() in path.name and os.uname().machine in path.name
