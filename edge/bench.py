@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .bundle import BundleError, load_bundle
 from .classify import Classifier
+from .native import NativeError
 from .run import RunConfig, RunError, run
 from .sources import SourceError, open_source
 from .stats import percentiles
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         capture = capture_only(classifier, source, alone)
         source.close()
         piped = pipeline(args.bundle, args.source, args.seconds, args.threads)
-    except (BundleError, SourceError, RunError) as e:
+    except (BundleError, NativeError, SourceError, RunError) as e:
         sys.exit(f"error: {e}")
     summary = piped["summary"]
     result = {"bundle": str(args.bundle), "model": summary["model"], "source": args.source, "seconds": args.seconds,

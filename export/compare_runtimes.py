@@ -1,6 +1,6 @@
 """The device's native runner against ExecuTorch's Python runtime, on one bundle, in one run.
 
-    python -m export.compare_runtimes BUNDLE [--threads N] [--runs 2000] [--rounds 3]
+    python -m export.compare_runtimes BUNDLE [--threads N] [--runs 2000] [--rounds 7]
 
 Each runtime runs in its own process (the two link different copies of the ExecuTorch runtime and
 must not share one), alternating A/B for ``--rounds`` so that machine drift hits both. Each process
@@ -64,11 +64,13 @@ def measure(runtime: str, args: argparse.Namespace) -> dict:
 
 
 def table(results: dict[str, list[dict]]) -> str:
-    lines = ["| runtime | inference p50 ms | p90 ms | start to first result s | peak RSS MB |", "|---|---:|---:|---:|---:|"]
+    lines = ["| runtime | inference p50 ms (median of rounds) | p50 of each round | p90 ms | start to first result s | "
+             "peak RSS MB |", "|---|---:|---|---:|---:|---:|"]
     for runtime, rounds in results.items():
-        best = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
-        lines.append(f"| {runtime} | {best['p50_ms']:.4f} | {best['p90_ms']:.4f} | {best['first_result_s']:.2f} | "
-                     f"{best['peak_rss_mb']:.0f} |")
+        mid = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
+        each = " ".join(f"{r['p50_ms']:.3f}" for r in rounds)
+        lines.append(f"| {runtime} | {mid['p50_ms']:.4f} | {each} | {mid['p90_ms']:.4f} | {mid['first_result_s']:.2f} | "
+                     f"{mid['peak_rss_mb']:.0f} |")
     native, pybind = (float(np.median([r["p50_ms"] for r in results[name]])) for name in RUNTIMES)
     return "\n".join(lines) + f"\n\nnative / executorch.runtime inference p50: {native / pybind:.3f}x (median of rounds)"
 
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--threads", type=int, help="XNNPACK threads for both (default: the runtimes' own)")
     parser.add_argument("--runs", type=int, default=2000, help="timed inferences per round (default 2000)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per runtime (default 3)")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per runtime (default 7): "
+                        "one process's timing can settle in a faster or slower mode, so sample several")
     parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.runs < 1 or args.rounds < 1 or (args.threads is not None and args.threads < 1):

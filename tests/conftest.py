@@ -1,6 +1,10 @@
+import os
+import signal
+import subprocess
 import sys
 import time
 import types
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -63,6 +67,19 @@ def bundle(runs):
     out = runs / "bundle"
     export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
     return out
+
+
+def interrupt_once_copying(argv: list[str], releases: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Start a deploy, send it Ctrl-C (SIGINT to its process group) once its ``.partial`` copy exists."""
+    deploy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not list(releases.glob("*.partial")) and time.monotonic() < deadline:
+        assert deploy.poll() is None, deploy.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.killpg(deploy.pid, signal.SIGINT)
+    out, err = deploy.communicate(timeout=120)
+    return subprocess.CompletedProcess(argv, deploy.returncode, out, err)
 
 
 def write_video(path, frames: int, bgr=(0, 0, 255), size=(160, 120), fps=30):

@@ -5,13 +5,14 @@ device's environment under emulation). Needs root for mount/chroot/binfmt_misc.
 """
 import json
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import interrupt_once_copying
 
 pytestmark = pytest.mark.arm
 
@@ -82,16 +83,8 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     assert "torch" not in requirements.replace("executorch", "")
 
     # A slow second copy, interrupted like Ctrl-C once it is under way: the first release stays current.
-    second = subprocess.Popen(make_deploy(bundle, "BWLIMIT=20", "NO_TESTS=1"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while not list((device_root / "releases").glob("*.partial")) and time.monotonic() < deadline:
-        assert second.poll() is None, second.communicate()[1][-2000:]
-        time.sleep(0.05)
-    time.sleep(1.0)
-    os.killpg(second.pid, signal.SIGINT)
-    _, err = second.communicate(timeout=120)
-    assert second.returncode != 0 and "interrupted" in err, err[-2000:]
+    second = interrupt_once_copying(make_deploy(bundle, "BWLIMIT=20", "NO_TESTS=1"), device_root / "releases")
+    assert second.returncode != 0 and "interrupted" in second.stderr, second.stderr[-2000:]
     assert (device_root / "current").resolve() == current
     python = (release / "python").read_text().strip()
     smoke = ssh(pi, ["sh", "-c", f"cd mobilenet-edge/current && {python} -m edge run bundle --source procedural "

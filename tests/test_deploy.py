@@ -3,7 +3,6 @@ import getpass
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -12,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.__main__ import requirements, service_unit, stage
+from deploy.__main__ import prune_environments, requirements, service_unit, stage
 from deploy.profile import ProfileError, load_device, ssh_settings_from
-from deploy.target import SSHTarget, explain
+from deploy.target import SSHTarget, connect, explain
+from conftest import interrupt_once_copying
 from device_tests.compare import flatten, table
 
 SSHD = "/usr/sbin/sshd"
@@ -69,6 +69,22 @@ def test_requirements_come_from_pyproject_without_torch():
     assert any(p.startswith("pytest") for p in pins) and any(p.startswith("opencv-python-headless") for p in pins)
     assert not any(p.startswith(("torch", "executorch", "lightning", "torchvision")) for p in pins)
     assert runtime.split() == ["executorch==1.5.1"], "installed with --no-deps: only its runtime libraries"
+
+
+def test_environments_no_kept_release_uses_are_removed(tmp_path):
+    """A device switching from a torch venv (``venv``) to a keyed one keeps the old one while a release uses it."""
+    releases, base = tmp_path / "releases", tmp_path / "venv"
+    for name, env in (("r1", "venv"), ("r2", "venv-aaa"), ("r3", "venv-bbb")):
+        (releases / name).mkdir(parents=True)
+        (releases / name / "python").write_text(f"{tmp_path / env}/bin/python\n")
+    for env in ("venv", "venv-aaa", "venv-bbb", "venv-old", "venvish"):
+        (tmp_path / env / "bin").mkdir(parents=True)
+    target = connect(load_device("local"))
+    prune_environments(target, str(releases), str(base), str(tmp_path / "venv-bbb"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["releases", "venv", "venv-aaa", "venv-bbb", "venvish"]
+    shutil.rmtree(releases / "r1")
+    prune_environments(target, str(releases), str(base), str(tmp_path / "venv-bbb"))
+    assert not (tmp_path / "venv").exists() and (tmp_path / "venv-aaa").exists()
 
 
 def test_staged_release_verifies_and_detects_tampering(bundle, tmp_path):
@@ -170,16 +186,8 @@ def test_deploy_over_ssh_then_an_interrupted_deploy_keeps_the_first(sshd, bundle
     assert report["tests"] and all(t["outcome"] in ("passed", "skipped") for t in report["tests"].values())
 
     # A slow second copy (bandwidth-limited), interrupted like Ctrl-C once it is under way.
-    second = subprocess.Popen(make_deploy(sshd, bundle, remote, reports, "BWLIMIT=50"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not list((remote / "releases").glob("*.partial")) and time.monotonic() < deadline:
-        assert second.poll() is None, second.communicate()[1][-2000:]
-        time.sleep(0.05)
-    time.sleep(1.0)
-    os.killpg(second.pid, signal.SIGINT)
-    _, err = second.communicate(timeout=60)
-    assert second.returncode != 0 and "interrupted" in err, err[-2000:]
+    second = interrupt_once_copying(make_deploy(sshd, bundle, remote, reports, "BWLIMIT=50"), remote / "releases")
+    assert second.returncode != 0 and "interrupted" in second.stderr, second.stderr[-2000:]
     assert (remote / "current").resolve() == current, "current still points at the first release"
     run = subprocess.run([sys.executable, "-m", "edge", "run", "bundle", "--source", "procedural", "--headless",
                           "--max-frames", "5"], cwd=remote / "current", capture_output=True, text=True, timeout=120)

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.bundle import Bundle, load_bundle
+from edge.bundle import Bundle
 from edge.classify import Classifier
 from edge.run import RunConfig, default_camera_size, run
 from edge.serve import parse_address
@@ -80,7 +80,7 @@ def test_smoothing_is_an_exponential_moving_average():
     logits = iter([np.array([[4.0, 0.0]]), np.array([[0.0, 4.0]])])
     bundle = Bundle(None, {"labels": ["a", "b"], "input": {"crop": "center", "layout": "NCHW", "channel_order": "RGB",
                                                             "interpolation": "area_down_linear_up", "size": 8,
-                                                            "resize": 8, "mean": [0] * 3, "std": [1] * 3}}, None, None)
+                                                            "resize": 8, "mean": [0] * 3, "std": [1] * 3}}, None)
     bundle.logits = lambda x: next(logits)
     classifier = Classifier(bundle, top_k=5, smooth=0.75)
     first, _ = classifier.classify(None)

@@ -121,7 +121,7 @@ struct EdgeRunner {
   std::vector<uint8_t> pte;  // owned: the program reads its data from here for its whole life
   std::unique_ptr<BufferDataLoader> loader;
   std::unique_ptr<Program> program;
-  std::vector<std::vector<uint8_t>> planned_buffers;
+  std::vector<std::unique_ptr<uint8_t[], decltype(&std::free)>> planned_buffers;
   std::vector<Span<uint8_t>> planned_spans;
   std::unique_ptr<HierarchicalAllocator> planned;
   std::unique_ptr<MallocMemoryAllocator> method_allocator;
@@ -188,10 +188,14 @@ int open_program(EdgeRunner* r, char* err, size_t errlen) {
     if (!size.ok()) {
       return fail(kLoadFailed, "cannot read the planned memory sizes", err, errlen);
     }
-    r->planned_buffers.emplace_back(static_cast<size_t>(*size));
-  }
-  for (auto& buffer : r->planned_buffers) {
-    r->planned_spans.emplace_back(buffer.data(), buffer.size());
+    // 64-byte aligned, as XNNPACK's SIMD kernels prefer for the tensors planned into these buffers.
+    size_t bytes = (static_cast<size_t>(*size) + 63) / 64 * 64;
+    auto* buffer = static_cast<uint8_t*>(std::aligned_alloc(64, bytes == 0 ? 64 : bytes));
+    if (buffer == nullptr) {
+      return fail(kLoadFailed, "out of memory for the planned buffers", err, errlen);
+    }
+    r->planned_buffers.emplace_back(buffer, &std::free);
+    r->planned_spans.emplace_back(buffer, static_cast<size_t>(*size));
   }
   r->planned = std::make_unique<HierarchicalAllocator>(Span<Span<uint8_t>>(r->planned_spans.data(), r->planned_spans.size()));
   r->method_allocator = std::make_unique<MallocMemoryAllocator>();

@@ -69,7 +69,6 @@ class Runner:
             raise NativeError(f"threads must be at least 1, got {threads}")
         self._call("edge_runner_open", pte, len(pte), threads or 0, ctypes.byref(self._handle))
         self.input_shape, self.output_shape = self._shape(0), self._shape(1)
-        self._out = np.empty(self.output_shape, np.float32)
 
     def _shape(self, which: int) -> tuple[int, ...]:
         dims = (ctypes.c_int64 * MAX_DIMS)()
@@ -87,9 +86,9 @@ class Runner:
             raise NativeError("the runner is closed")
         if tuple(x.shape) != self.input_shape:
             raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
-        x = np.ascontiguousarray(x, np.float32)
-        self._call("edge_runner_run", self._handle, x.ctypes.data, x.size, self._out.ctypes.data, self._out.size)
-        return self._out.copy()
+        x, out = np.ascontiguousarray(x, np.float32), np.empty(self.output_shape, np.float32)
+        self._call("edge_runner_run", self._handle, x.ctypes.data, x.size, out.ctypes.data, out.size)
+        return out
 
     @staticmethod
     def pool_threads() -> int:
