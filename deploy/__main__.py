@@ -2,7 +2,7 @@
 
 On the device, under ``remote_dir``::
 
-    releases/<version>/   bundle/ edge/ device_tests/ Makefile requirements.txt device.json MANIFEST.sha256
+    releases/<version>/   bundle/ edge/ device_tests/ Makefile requirements{,-nodeps}.txt device.json MANIFEST.sha256
     current -> releases/<version>
     venv-<hash>/          (when the profile has one) one per set of requirements, with the native runner built
                           in it; kept while a kept release uses it

@@ -43,11 +43,16 @@ def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour
     # Images like the ones it was trained on: on random noise the int8 rounding differences grow
     # past any meaningful bound, and an unseeded draw made this test depend on test order.
     transform = EvalTransform(InputSpec(**checkpoint["data"]["input"]))
-    paths = sorted(colour_folder.rglob("*.png"))[::7][:16]
+    paths = sorted(colour_folder.rglob("*.png"))
     x = torch.stack([transform(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for p in paths])
     with torch.no_grad():
         fake_quant, converted = module(x), module.convert()(x)
-    assert (converted - fake_quant).abs().max() <= 0.1 * fake_quant.abs().max()
+    # Same decisions, and logits a few int8 output steps apart on average. Measured on this fixture
+    # (120 images): 100% agreement, mean difference 0.8% of the logit range, largest 11% (one
+    # saturated logit). The unrepaired BN fold (README, pitfalls) cost 7.6% top-1 agreement.
+    spread, diff = (fake_quant.max() - fake_quant.min()).item(), (converted - fake_quant).abs()
+    assert torch.equal(converted.argmax(1), fake_quant.argmax(1))
+    assert diff.mean() <= 0.02 * spread and diff.max() <= 0.15 * spread
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
     assert not any(n.target == torch.ops.aten.batch_norm.default for n in module.convert().graph.nodes)
 
