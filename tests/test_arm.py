@@ -5,6 +5,7 @@ device's environment under emulation). Needs root for mount/chroot/binfmt_misc.
 """
 import json
 import os
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def pi():
 
 def ssh(pi: dict, command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     argv = ["ssh", "-p", str(pi["port"]), "-i", pi["key"], "-o", f"UserKnownHostsFile={pi['known_hosts']}",
-            "-o", "BatchMode=yes", f"{pi['user']}@{pi['host']}", "--", *command]
+            "-o", "BatchMode=yes", f"{pi['user']}@{pi['host']}", "--", shlex.join(command)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 

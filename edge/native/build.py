@@ -59,7 +59,9 @@ def compile_command(out: Path) -> list[str]:
     if not (include / "executorch" / "runtime" / "executor" / "program.h").is_file():
         raise NativeError(f"the ExecuTorch headers are missing from {include}: "
                           "reinstall with pip install --force-reinstall --no-deps executorch")
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if os.environ.get("CXX") and not shutil.which(os.environ["CXX"]):
+        raise NativeError(f"CXX={os.environ['CXX']} is not a compiler found on this machine: fix or unset CXX")
+    compiler = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
     if not compiler:
         raise NativeError("no C++ compiler found to build the native runner: install one "
                           "(Debian/Raspberry Pi OS: sudo apt install g++), or set CXX=")
