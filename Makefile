@@ -123,7 +123,7 @@ pi-emu-down:  ## stop the emulated Pi: sshd, its mounts, its binfmt entry
 	deploy/pi-emu.sh down
 
 test-arm: setup test-deps  ## on ARM: emulated Pi up, deploy + device tests there, an interrupted deploy, down (as root)
-	$(PY) -m pytest -q -m arm tests/test_arm.py
+	$(PY) -m pytest -q -s -m arm tests/test_arm.py
 
 device-report: setup  ## compare two device reports: make device-report A=path/device_report.json B=...
 	$(if $(and $(A),$(B)),,$(error give two reports: make device-report A=... B=... (under artifacts/devices/)))

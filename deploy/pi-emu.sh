@@ -37,6 +37,7 @@ need_root() {
 install_tools() {
     local need=()
     command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+    command -v arch-test >/dev/null || need+=(arch-test)  # mmdebstrap checks with it that arm64 runs here
     [ -x "$QEMU" ] || need+=(qemu-user-static)
     command -v cc >/dev/null || need+=(gcc libc6-dev)
     command -v ssh-keygen >/dev/null || need+=(openssh-client)
