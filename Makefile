@@ -116,7 +116,7 @@ bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-o
 deploy: setup $(BUNDLE)/model.json  ## ship bundle + app + device tests to DEVICE=rpi5|local|local-ssh, run the tests there
 	$(PY) -m deploy $(DEVICE) --bundle $(BUNDLE) $(DEPLOY_ARGS)
 
-pi-emu:  ## start an emulated Raspberry Pi 5 (arm64 under qemu, as root; builds its root once, ~5 min)
+pi-emu:  ## start an emulated Raspberry Pi 5 (arm64 under qemu, as root; builds its root once, ~6 min)
 	deploy/pi-emu.sh up
 
 pi-emu-down:  ## stop the emulated Pi: sshd, its mounts, its binfmt entry
