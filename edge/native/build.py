@@ -67,8 +67,9 @@ def compile_command(out: Path) -> list[str]:
                           "(Debian/Raspberry Pi OS: sudo apt install g++), or set CXX=")
     # C10_USING_CUSTOM_GENERATED_MACROS: the wheel lacks the generated cmake_macros.h, which this replaces.
     return [compiler, "-std=c++17", "-O2", "-fPIC", "-shared", "-DC10_USING_CUSTOM_GENERATED_MACROS",
-            f"-I{include}", f"-I{include}/executorch/runtime/core/portable_type/c10", str(SOURCE), "-o", str(out), f"-L{lib}", "-Wl,--no-as-needed",
-            *(f"-l{name}" for name in LIBRARIES), "-Wl,--as-needed", f"-Wl,-rpath,{lib.resolve()}"]
+            f"-I{include}", f"-I{include}/executorch/runtime/core/portable_type/c10", str(SOURCE), "-o", str(out),
+            f"-L{lib}", "-Wl,--no-as-needed", *(f"-l{name}" for name in LIBRARIES), "-Wl,--as-needed",
+            f"-Wl,-rpath,{lib.resolve()}"]
 
 
 def build(force: bool = False) -> Path:
