@@ -63,7 +63,10 @@ def read_bundle(path: str | Path) -> tuple[dict, bytes]:
 
 def check_shapes(meta: dict, runner: Runner, where: Path) -> None:
     """The program's own input and output shapes must be the ones model.json promises."""
-    size = int(meta["input"]["size"])
+    try:
+        size = int(meta["input"]["size"])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(f"{where.parent / 'model.json'} has no valid input size; re-export the bundle") from None
     if runner.input_shape != (1, 3, size, size):
         raise BundleError(f"{where}: the program takes {runner.input_shape}, model.json says (1, 3, {size}, {size}); "
                           "re-export the bundle")

@@ -13,7 +13,7 @@ import numpy as np
 from .build import NativeError, library_path, runtime_lib_dir
 
 MAX_DIMS = 8
-# ELF e_machine of each platform.machine(): a build for another CPU gets a clear message, not dlopen's.
+# ELF e_machine -> platform.machine(): a build for another CPU gets a clear message, not dlopen's.
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 243: "riscv64"}
 CODES = {1: "not a program", 2: "load failed", 3: "unsupported program", 4: "bad input", 5: "execute failed"}
 
