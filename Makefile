@@ -18,6 +18,10 @@ RUN ?= runs/$(MODEL)
 # Extra LightningCLI arguments, e.g. ARGS="--data.batch_size=64 --model.init_args.lr=0.01"
 ARGS ?=
 
+# MODEL is checked before any work: one of the configs/model/*.yaml (the numbers are checked by the CLIs).
+MODELS := $(sort $(basename $(notdir $(wildcard configs/model/*.yaml))))
+check_model = $(if $(and $(filter 1,$(words $(MODEL))),$(filter $(MODEL),$(MODELS))),,$(error MODEL=$(MODEL) is not one of: $(MODELS)))
+
 VENV := .venv
 PY := $(VENV)/bin/python
 # On a Raspberry Pi, picamera2 comes from apt, so the venv must see system packages.
@@ -48,7 +52,8 @@ BENCH_SECONDS ?= 120
 THREADS ?=
 
 # Deploy: DEVICE is a profile in configs/devices/; HOST= (user@host) PORT= KEY= REMOTE_DIR= DEVICE_PYTHON= THREADS=
-# override it. NO_TESTS=1 skips the device tests, SERVICE=1 installs a systemd user unit, BWLIMIT= (KB/s).
+# override it. NO_TESTS=1 skips the device tests, SERVICE=1 installs a systemd user unit serving its page on
+# SERVE= (127.0.0.1:8080: the device only; 0.0.0.0:8080 for the LAN), BWLIMIT= (KB/s).
 DEVICE ?= rpi5
 HOST ?=
 PORT ?=
@@ -63,7 +68,7 @@ SERVICE ?=
 opt = $(if $(2),$(1) $(2),)
 DEPLOY_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
-	$(call opt,--known-hosts,$(KNOWN_HOSTS)) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service,)
+	$(call opt,--known-hosts,$(KNOWN_HOSTS)) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service --serve $(SERVE),)
 
 .PHONY: help setup train qat export test test-deps demo bench-edge deploy device-report bench-train bench-qat clean \
 	pi-emu pi-emu-down test-arm
@@ -82,10 +87,10 @@ setup: $(VENV)/.installed  ## create .venv, install the project with its extras,
 	@$(PY) -m edge.native >/dev/null
 
 train: setup  ## float training: make train MODEL=v3_small DATA=<dir|cifar10> EPOCHS=10 RES=64 WIDTH=1.0
-	$(PY) -m training fit $(FIT_ARGS)
+	$(check_model)$(PY) -m training fit $(FIT_ARGS)
 
 qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, verify, print the table
-	$(if $(CKPT)$(WEIGHTS),,$(PY) -m training fit $(FIT_ARGS))
+	$(check_model)$(if $(CKPT)$(WEIGHTS),,$(PY) -m training fit $(FIT_ARGS))
 	$(PY) -m training fit $(QAT_ARGS)
 	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT)
 

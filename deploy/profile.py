@@ -1,11 +1,18 @@
 """Device profiles (configs/devices/*.yaml) and the command-line overrides applied on top."""
 import getpass
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 PROFILES = Path(__file__).resolve().parent.parent / "configs" / "devices"
+HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*|\[?[0-9A-Fa-f:.]+(%[A-Za-z0-9]+)?\]?")
+USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class ProfileError(ValueError):
@@ -29,6 +36,22 @@ class Device:
     budgets_ms: dict = field(default_factory=dict)
     memory_budget_mb: float | None = None
     emulated: bool = False  # an emulated CPU: latency is recorded, never held to a budget
+
+    def __post_init__(self) -> None:
+        """Checked before anything reaches ssh: a host or user starting with "-" would be read as an option."""
+        if self.host is not None and not HOST.fullmatch(str(self.host)):
+            raise ProfileError(f"host {self.host!r} is not a host name or IP address: check HOST=")
+        if self.user is not None and not USER.fullmatch(str(self.user)):
+            raise ProfileError(f"user {self.user!r} is not a login name: check HOST=user@host")
+        if not _is_int(self.port) or not 1 <= self.port <= 65535:
+            raise ProfileError(f"port {self.port!r} is not a TCP port (1-65535): check PORT=")
+        if not _is_int(self.threads) or self.threads < 1:
+            raise ProfileError(f"threads {self.threads!r} must be a whole number >= 1: check THREADS=")
+        if self.key is not None and not Path(self.key).expanduser().is_file():
+            raise ProfileError(f"SSH key {self.key} does not exist: check KEY= (or leave it out and ssh picks "
+                               "your usual keys)")
+        if self.known_hosts is not None and not Path(self.known_hosts).expanduser().parent.is_dir():
+            raise ProfileError(f"the directory of known_hosts file {self.known_hosts} does not exist: check KNOWN_HOSTS=")
 
     @property
     def ssh(self) -> bool:

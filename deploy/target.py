@@ -19,7 +19,7 @@ def explain(stderr: str, where: str) -> str:
     """One line for the usual SSH/rsync failures, else the tool's own last line."""
     text = stderr.strip()
     known = [("No space left on device", f"{where} is out of disk space: free some (old releases are under releases/)"),
-             ("Permission denied (publickey", f"{where} refused the SSH key: ssh-copy-id it, or set KEY="),
+             ("Permission denied (publickey", f"{where} refused the SSH key(s) offered: ssh-copy-id yours, or set KEY="),
              ("Could not resolve hostname", f"cannot resolve the host of {where}: check HOST="),
              ("Connection refused", f"{where} refused the connection: is sshd running, is PORT= right?"),
              ("Connection timed out", f"{where} did not answer: is it on the network, is HOST= right?"),
@@ -85,7 +85,7 @@ class SSHTarget(Target):
         d = self.device
         argv = ["ssh", "-p", str(d.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
                 "-o", "StrictHostKeyChecking=accept-new"]
-        if d.key:
+        if d.key:  # only the key asked for; without one, ssh tries the user's usual keys and agent
             argv += ["-i", str(Path(d.key).expanduser()), "-o", "IdentitiesOnly=yes"]
         if d.known_hosts:
             argv += ["-o", f"UserKnownHostsFile={Path(d.known_hosts).expanduser()}"]
@@ -93,7 +93,7 @@ class SSHTarget(Target):
 
     def command(self, argv: list[str], cwd: str | None = None) -> list[str]:
         remote = shlex.join(argv) if cwd is None else f"cd {shlex.quote(cwd)} && {shlex.join(argv)}"
-        return [*self.ssh_argv(), f"{self.device.user}@{self.device.host}", "--", remote]
+        return [*self.ssh_argv(), "--", f"{self.device.user}@{self.device.host}", remote]
 
     def rsync_options(self, bwlimit_kbps: int | None) -> list[str]:
         return ["-e", shlex.join(self.ssh_argv()), *super().rsync_options(bwlimit_kbps)]

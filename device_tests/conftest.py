@@ -6,11 +6,10 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from device_tests import report as report_file
-from edge.bundle import load_bundle
+from edge.bundle import BundleError, load_bundle, read_golden, read_meta
 
 
 def pytest_addoption(parser):
@@ -44,10 +43,14 @@ def pytest_sessionfinish(session):
     config = session.config
     bundle = Path(config.getoption("bundle"))
     data = dict(RESULTS)
-    meta = json.loads((bundle / "model.json").read_text()) if (bundle / "model.json").exists() else {}
+    try:
+        meta = read_meta(bundle)
+        described = {"name": meta.name, "arch": meta.arch, "pte_sha256": meta.pte_sha256,
+                     "quantization": meta.quantization, "input_size": meta.input.size}
+    except BundleError as e:
+        described = {"error": str(e)}
     release = Path("release.json")
-    data |= {"bundle": {k: meta.get(k) for k in ("name", "arch", "pte_sha256", "quantization")} | {
-                "input_size": meta.get("input", {}).get("size")},
+    data |= {"bundle": described,
              "profile": facts(config), "release": json.loads(release.read_text()) if release.exists() else None}
     report_file.write(Path(config.getoption("report")), data)
 
@@ -73,8 +76,10 @@ def figures() -> dict:
 @pytest.fixture(scope="session")
 def bundle_dir(pytestconfig) -> Path:
     path = Path(pytestconfig.getoption("bundle"))
-    if not (path / "model.json").exists():
-        pytest.exit(f"no bundle at {path}: run from a deployed release or pass --bundle", returncode=2)
+    try:
+        read_meta(path)
+    except BundleError as e:
+        pytest.exit(f"{e} (run from a deployed release or pass --bundle)", returncode=2)
     return path
 
 
@@ -86,9 +91,7 @@ def bundle(bundle_dir, device):
 
 @pytest.fixture(scope="session")
 def golden(bundle_dir) -> dict:
-    meta = json.loads((bundle_dir / "model.json").read_text())
-    with np.load(bundle_dir / meta["golden"]) as data:
-        return {"inputs": data["inputs"], "logits": data["logits"]}
+    return read_golden(bundle_dir)
 
 
 def budget_for(device: dict, model: str) -> dict | None:

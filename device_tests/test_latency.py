@@ -24,14 +24,14 @@ def test_latency(bundle_dir, golden, device, figures, threads, pytestconfig):
         times.append(1000 * (time.perf_counter() - start))
     row = percentiles(times, (50, 90, 99)) | {"mean": round(float(np.mean(times)), 3), "runs": runs}
     at_default = threads == device["threads"]
-    budget = budget_for(device, bundle.meta["name"]) if at_default and not device.get("emulated") else None
+    budget = budget_for(device, bundle.meta.name) if at_default and not device.get("emulated") else None
     if budget:
         row["budget"] = budget
     figures.setdefault("latency", {})[str(threads)] = row
     if budget:
         over = {q: (row[q], limit) for q, limit in budget.items() if row[q] > limit}
-        assert not over, f"{bundle.meta['name']} at {threads} threads over budget (ms, measured vs budget): {over}"
+        assert not over, f"{bundle.meta.name} at {threads} threads over budget (ms, measured vs budget): {over}"
     elif at_default and device.get("emulated"):
         pytest.skip(f"{device['name']} is emulated: latency recorded, not checked against a budget")
     elif at_default:
-        pytest.skip(f"no latency budget for {bundle.meta['name']} in the {device['name']} profile (figures recorded)")
+        pytest.skip(f"no latency budget for {bundle.meta.name} in the {device['name']} profile (figures recorded)")

@@ -3,7 +3,7 @@ import numpy as np
 
 
 def test_golden_parity(bundle, golden, figures):
-    tolerance = bundle.meta["golden_logit_tolerance"]
+    tolerance = bundle.meta.golden_logit_tolerance
     expected = golden["logits"]
     got = np.concatenate([bundle.logits(x[None]) for x in golden["inputs"]])
     ranked = np.sort(expected, axis=1)

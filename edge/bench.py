@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .bundle import BundleError, load_bundle
 from .classify import Classifier
+from .command import non_negative_float, positive_float, positive_int
 from .native import NativeError
 from .run import RunConfig, RunError, run
 from .sources import SourceError, open_source
@@ -106,9 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m edge.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--source", required=True, help="a video file or directory (replayed in a loop)")
-    parser.add_argument("--seconds", type=float, default=120, help="pipeline run length (default 120)")
-    parser.add_argument("--warmup", type=float, default=10, help="seconds before RSS growth is measured")
-    parser.add_argument("--threads", type=int)
+    parser.add_argument("--seconds", type=positive_float, default=120, help="pipeline run length (default 120)")
+    parser.add_argument("--warmup", type=non_negative_float, default=10, help="seconds before RSS growth is measured")
+    parser.add_argument("--threads", type=positive_int)
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args(argv)
     try:

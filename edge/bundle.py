@@ -1,88 +1,281 @@
-"""Loading a bundle: model.json, the sha256-checked model.pte, and the program on the native runner."""
+"""The bundle, the one contract between host and device: its format, defined, validated, read and written here.
+
+A bundle is a directory::
+
+    model.json    BundleMeta: format version, model, labels, input preprocessing, program hash, ...
+    model.pte     the ExecuTorch program (name in model.json's ``pte``, always inside the bundle)
+    golden.npz    a few inputs and the logits the host's runtime gave for them
+    report.json   export's verification figures, and report.md for people
+
+``export`` writes it with ``write_bundle``; the edge app, ``deploy`` and the device tests read it
+with ``read_meta`` / ``read_bundle`` / ``load_bundle``. None of this needs torch.
+"""
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+import re
+import shutil
+import tempfile
+import typing
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from .native import NativeError, Runner
+from .preprocess import InputSpec
 
-REQUIRED = ("labels", "input", "pte", "pte_sha256")
+FORMAT = 1  # bump when a reader of the previous format would misread a new bundle
+META = "model.json"
+REPORTS = ("report.json", "report.md")
 PTE_MAGIC_AT = slice(4, 6)  # a .pte is a flatbuffer whose file identifier starts "ET" at byte 4
+PTE_MIN_BYTES = 64  # the flatbuffer root offset, identifier and extended header come first
+REEXPORT = "re-export it (make export CKPT=...)"
 
 
 class BundleError(RuntimeError):
     """A bundle that cannot be used; the message says what is wrong."""
 
 
+@dataclass(frozen=True)
+class BundleMeta:
+    """model.json. ``format`` says how to read the rest; fields are checked on construction."""
+
+    name: str
+    arch: str
+    width_mult: float
+    num_classes: int
+    labels: tuple[str, ...]
+    input: InputSpec
+    quantization: dict[str, str]  # "scheme": qat-int8 | ptq-int8 | fp32, and how weights/activations are stored
+    pte_sha256: str
+    golden_logit_tolerance: float  # another CPU's kernels may round differently, within this
+    source_checkpoint: str
+    source_checkpoint_sha256: str
+    versions: dict[str, str]  # the packages that built the program
+    created: str
+    format: int = FORMAT
+    pte: str = "model.pte"
+    golden: str = "golden.npz"
+
+    def __post_init__(self) -> None:
+        if self.format != FORMAT:
+            raise ValueError(f"format {self.format} is not {FORMAT}")
+        if not self.name or not self.arch or self.width_mult <= 0:
+            raise ValueError("name and arch must be non-empty and width_mult positive")
+        if self.num_classes < 1 or len(self.labels) != self.num_classes or not all(self.labels):
+            raise ValueError(f"{len(self.labels)} labels for num_classes {self.num_classes}: want one non-empty "
+                             "label per class")
+        if not isinstance(self.quantization.get("scheme"), str):
+            raise ValueError("quantization has no scheme")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.pte_sha256):
+            raise ValueError("pte_sha256 is not a sha256 hex digest")
+        if not self.golden_logit_tolerance >= 0:
+            raise ValueError("golden_logit_tolerance must be >= 0")
+        for key in ("pte", "golden"):
+            name = getattr(self, key)
+            if name in ("", ".", "..", META, *REPORTS) or Path(name).name != name or "\\" in name:
+                raise ValueError(f"{key} {name!r} must name a file inside the bundle")
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of the bundle, model.json first."""
+        return META, self.pte, self.golden, *REPORTS
+
+    def to_json(self) -> bytes:
+        meta = asdict(self) | {"input": self.input.to_json(), "labels": list(self.labels)}
+        return (json.dumps({"format": self.format, **meta}, indent=2) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: object, where: Path) -> "BundleMeta":
+        if not isinstance(raw, dict):
+            raise BundleError(f"{where} is not a JSON object; {REEXPORT}")
+        version = raw.get("format")
+        if version is None:
+            raise BundleError(f"{where} has no format version: the bundle predates format {FORMAT}; {REEXPORT}")
+        if not _is(version, int) or version < 1:
+            raise BundleError(f"{where}: format {version!r} is not a version number; {REEXPORT}")
+        if version > FORMAT:
+            raise BundleError(f"{where} is bundle format {version}, newer than this app reads ({FORMAT}): "
+                              "update the app (git pull, then make deploy)")
+        if version < FORMAT:
+            raise BundleError(f"{where} is bundle format {version}, older than this app reads ({FORMAT}); {REEXPORT}")
+        try:
+            return _build(cls, raw, "")
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{where}: {e}; {REEXPORT}") from None
+
+
+def _is(value: object, hint) -> bool:
+    """Whether a JSON value fits a field's type hint (bool is not a number; numbers are finite)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint in (int, str):
+        return isinstance(value, hint) and not isinstance(value, bool)
+    if origin is tuple:
+        items = args[:1] * len(value) if isinstance(value, list) and args[-1] is Ellipsis else args
+        return isinstance(value, list) and len(value) == len(items) and all(map(_is, value, items))
+    if origin is dict:
+        return isinstance(value, dict) and all(_is(k, args[0]) and _is(v, args[1]) for k, v in value.items())
+    raise TypeError(f"no JSON check for {hint}")
+
+
+def _build(cls, raw: dict, prefix: str):
+    """``cls`` from a JSON object, field by field: a missing or mistyped field is named in the error."""
+    hints, values = typing.get_type_hints(cls), {}
+    for field in fields(cls):
+        key, hint = field.name, hints[field.name]
+        if key not in raw:
+            if field.default is MISSING:
+                raise ValueError(f"{prefix}{key} is missing")
+            continue
+        value = raw[key]
+        if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{key} is not an object")
+            values[key] = _build(hint, value, f"{prefix}{key}.")
+        elif not _is(value, hint):
+            want = str(hint) if typing.get_origin(hint) else hint.__name__
+            raise ValueError(f"{prefix}{key} is {json.dumps(value)[:60]}, want {want}")
+        else:
+            values[key] = tuple(value) if typing.get_origin(hint) is tuple else value
+    return cls(**values)
+
+
+def read_meta(path: str | Path) -> BundleMeta:
+    """model.json of the bundle at ``path``, validated."""
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        raise BundleError(f"{path} is not a bundle: no {META} (build one with `make qat` or `make export`)")
+    try:
+        raw = json.loads(meta_path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise BundleError(f"{meta_path} is not valid JSON ({e}); {REEXPORT}") from None
+    return BundleMeta.from_json(raw, meta_path)
+
+
+def read_bundle(path: str | Path) -> tuple[BundleMeta, bytes]:
+    """model.json and the program's bytes, checked against its hash and magic; no runtime needed."""
+    path = Path(path)
+    meta = read_meta(path)
+    missing = [name for name in meta.files if not (path / name).is_file()]
+    if missing:
+        raise BundleError(f"{path} lacks {', '.join(missing)}: copy the whole bundle directory")
+    data = (path / meta.pte).read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.pte_sha256:
+        raise BundleError(f"{path / meta.pte} does not match pte_sha256 in {META}: corrupt or mixed-up copy")
+    if len(data) < PTE_MIN_BYTES or data[PTE_MAGIC_AT] != b"ET":
+        raise BundleError(f"{path / meta.pte} is not an ExecuTorch program (too short or no ET identifier); "
+                          f"{REEXPORT}")
+    return meta, data
+
+
+def read_golden(path: str | Path) -> dict[str, np.ndarray]:
+    """The golden inputs and the logits the host's runtime gave for them."""
+    golden = Path(path) / read_meta(path).golden
+    try:
+        with np.load(golden, allow_pickle=False) as data:
+            return {"inputs": data["inputs"], "logits": data["logits"]}
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleError(f"{golden} is unreadable ({e}); {REEXPORT}") from None
+
+
 @dataclass
 class Bundle:
     path: Path
-    meta: dict
+    meta: BundleMeta
     runner: Runner
 
     @property
-    def labels(self) -> list[str]:
-        return self.meta["labels"]
+    def labels(self) -> tuple[str, ...]:
+        return self.meta.labels
 
     @property
-    def input(self) -> dict:
-        return self.meta["input"]
+    def input(self) -> InputSpec:
+        return self.meta.input
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Run one preprocessed (1, 3, H, W) float32 input; returns (1, classes) logits."""
         return self.runner(batch)
 
 
-def read_bundle(path: str | Path) -> tuple[dict, bytes]:
-    """model.json and the .pte bytes, checked against its pte_sha256; no runtime needed (deploy uses it too)."""
-    path = Path(path)
-    meta_path = path / "model.json"
-    if not meta_path.is_file():
-        raise BundleError(f"{path} is not a bundle: no model.json (build one with `make qat` or `make export`)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BundleError(f"{meta_path} is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise BundleError(f"{meta_path} is not a JSON object; re-export the bundle")
-    missing = [key for key in REQUIRED if key not in meta]
-    if missing:
-        raise BundleError(f"{meta_path} lacks {', '.join(missing)}; re-export the bundle")
-    pte_path = path / meta["pte"]
-    if not pte_path.is_file():
-        raise BundleError(f"{pte_path} is missing; copy the whole bundle directory")
-    data = pte_path.read_bytes()
-    if hashlib.sha256(data).hexdigest() != meta["pte_sha256"]:
-        raise BundleError(f"{pte_path} does not match pte_sha256 in model.json: corrupt or mixed-up copy")
-    if data[PTE_MAGIC_AT] != b"ET":
-        raise BundleError(f"{pte_path} is not an ExecuTorch program (no ET identifier); re-export the bundle")
-    return meta, data
-
-
-def check_shapes(meta: dict, runner: Runner, where: Path) -> None:
-    """The program's own input and output shapes must be the ones model.json promises."""
-    try:
-        size = int(meta["input"]["size"])
-    except (KeyError, TypeError, ValueError):
-        raise BundleError(f"{where.parent / 'model.json'} has no valid input size; re-export the bundle") from None
-    if runner.input_shape != (1, 3, size, size):
-        raise BundleError(f"{where}: the program takes {runner.input_shape}, model.json says (1, 3, {size}, {size}); "
-                          "re-export the bundle")
-    classes = len(meta["labels"])
-    if runner.output_shape != (1, classes) or meta.get("num_classes", classes) != classes:
-        raise BundleError(f"{where}: the program returns {runner.output_shape}, model.json has {classes} labels "
-                          f"and num_classes {meta.get('num_classes')}; re-export the bundle")
-
-
 def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
-    """Check and load a bundle; ``threads`` sizes XNNPACK's thread pool (None: one per performance core)."""
+    """Check and load a bundle; ``threads`` sizes XNNPACK's thread pool (None: one per performance core).
+
+    The program's own input and output shapes must be the ones model.json promises, so a mismatch
+    is one error here rather than a wrong or failing result at the first frame.
+    """
     path = Path(path)
     meta, data = read_bundle(path)
     try:
         runner = Runner(data, threads)
     except NativeError as e:
-        raise BundleError(f"cannot load {path / meta['pte']}: {e}") from None
-    check_shapes(meta, runner, path / meta["pte"])
+        raise BundleError(f"cannot load {path / meta.pte}: {e}") from None
+    size = meta.input.size
+    if runner.input_shape != (1, 3, size, size):
+        raise BundleError(f"{path / meta.pte} takes {runner.input_shape}, {META} says (1, 3, {size}, {size}); "
+                          f"{REEXPORT}")
+    if runner.output_shape != (1, meta.num_classes):
+        raise BundleError(f"{path / meta.pte} returns {runner.output_shape}, {META} has {meta.num_classes} "
+                          f"classes; {REEXPORT}")
     return Bundle(path, meta, runner)
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether ``path`` holds a bundle of any format (a model.json object naming its program's hash)."""
+    try:
+        raw = json.loads((path / META).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(raw, dict) and "pte_sha256" in raw
+
+
+def check_replaceable(out: Path) -> None:
+    """``out`` may be written: it does not exist, is an empty directory, or is a bundle and nothing else."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise BundleError(f"{out} exists and is not a bundle directory: nothing was written; "
+                          "give another output path or move it away")
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    if not is_bundle(out):
+        raise BundleError(f"{out} exists and is not a bundle (no readable {META}): nothing was written; "
+                          "give another output path or move it away")
+    raw = json.loads((out / META).read_bytes())
+    known = {META, *REPORTS, "model.pte", "golden.npz", str(raw.get("pte")), str(raw.get("golden"))}
+    if extra := sorted(entries - known):
+        raise BundleError(f"{out} is a bundle but also holds {', '.join(extra[:5])}: nothing was written; "
+                          "move those files, or give another output path")
+
+
+def write_bundle(out: Path, meta: BundleMeta, contents: dict[str, bytes]) -> None:
+    """Write the bundle into a temporary sibling of ``out``, then swap it in for the previous bundle there.
+
+    ``contents`` holds every file but model.json. ``out`` must pass ``check_replaceable``: a directory
+    that is not a bundle is never replaced.
+    """
+    out = Path(out)
+    if set(contents) != set(meta.files[1:]):
+        raise ValueError(f"bundle contents {sorted(contents)} are not the files {meta.files[1:]}")
+    check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
+    previous = staging.with_name(staging.name.replace(".staging-", ".previous-"))
+    try:
+        staging.chmod(0o755)
+        for name, data in {META: meta.to_json(), **contents}.items():
+            (staging / name).write_bytes(data)
+        if out.exists():
+            out.rename(previous)
+        try:
+            staging.rename(out)
+        except OSError:
+            if previous.exists():
+                previous.rename(out)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)

@@ -3,7 +3,9 @@
 The consumer (inference) takes whatever is newest; a frame replaced before it was taken is
 dropped and counted. So when inference is slower than the camera, latency stays one frame
 deep instead of growing with a queue. Preprocessing runs here too, hidden behind inference.
-A live source that stops is reopened with exponential back-off; the gap is counted.
+A live source that stops is reopened with exponential back-off; the gap is counted from the last
+frame received, and a live source that has sent nothing for ``warn_after`` seconds is warned about
+while it is still silent.
 """
 import logging
 import threading
@@ -38,9 +40,11 @@ class Capture(threading.Thread):
     """
 
     def __init__(self, source, prepare: Callable[[Any], Any] = lambda image: None, fps: float | None = None,
-                 backoff: tuple[float, float] = (0.25, 8.0)) -> None:
+                 backoff: tuple[float, float] = (0.25, 8.0), warn_after: float = 3.0) -> None:
         super().__init__(name="capture", daemon=True)
-        self.source, self.prepare, self.backoff = source, prepare, backoff
+        self.source, self.prepare, self.backoff, self.warn_after = source, prepare, backoff, warn_after
+        self.last_frame = time.monotonic()  # when the newest frame arrived (or capture started)
+        self._warned = False
         rate = fps if fps is not None else source.fps
         self.interval = 1.0 / rate if rate and not source.live else 0.0
         self.stats = CaptureStats()
@@ -74,6 +78,7 @@ class Capture(threading.Thread):
                 continue
             item = Captured(frame, self.prepare(frame.image))
             with self._changed:
+                self.last_frame, self._warned = time.monotonic(), False
                 self.stats.captured += 1
                 self.stats.dropped += self._newest is not None
                 self._newest = item
@@ -90,7 +95,7 @@ class Capture(threading.Thread):
 
     def _reconnect(self) -> bool:
         """Reopen the live source, waiting longer after each failure; False only when stopped."""
-        started, delay = time.monotonic(), self.backoff[0]
+        delay = self.backoff[0]
         self.source.close()
         while not self._stopping.wait(delay):
             log.warning("%s stopped delivering frames; reconnecting", self.source.name)
@@ -102,7 +107,8 @@ class Capture(threading.Thread):
                 continue
             with self._changed:
                 self.stats.reconnects += 1
-                self.stats.gap_s += time.monotonic() - started
+                self.stats.gap_s += time.monotonic() - self.last_frame
+                self.last_frame = time.monotonic()  # a gap is counted once
             return True
         return False
 
@@ -111,6 +117,10 @@ class Capture(threading.Thread):
         with self._changed:
             self._changed.wait_for(lambda: self._newest is not None or self._ended, timeout)
             item, self._newest = self._newest, None
+            silent = time.monotonic() - self.last_frame
+            if item is None and self.source.live and silent > self.warn_after and not self._warned:
+                self._warned = True
+                log.warning("%s has sent no frame for %.0f s", self.source.name, silent)
         if item is None and self.error is not None:
             raise self.error
         return item

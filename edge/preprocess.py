@@ -1,6 +1,49 @@
-"""The training eval transform, rebuilt with OpenCV from the bundle's ``input`` numbers."""
+"""The eval preprocessing: its numbers (``InputSpec``, model.json's ``input``) and its OpenCV implementation.
+
+Training imports ``InputSpec`` from here, so the numbers the model was trained with and the ones
+the device applies have one definition.
+"""
+import math
+from dataclasses import asdict, dataclass
+
 import cv2
 import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Resize the shorter side to ``resize``, take the central ``size`` square, normalise RGB; NCHW float32."""
+
+    size: int
+    resize: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop: str = "center"
+    interpolation: str = "area_down_linear_up"
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        """Only what this app implements: anything else would be preprocessed wrongly without a sound."""
+        if not 1 <= self.size <= self.resize:
+            raise ValueError(f"input size {self.size} and resize {self.resize} need 1 <= size <= resize")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"input mean/std need 3 values each and std > 0, got {self.mean} / {self.std}")
+        supported = {"crop": "center", "interpolation": "area_down_linear_up", "channel_order": "RGB",
+                     "layout": "NCHW"}
+        for key, value in supported.items():
+            if getattr(self, key) != value:
+                raise ValueError(f"unsupported input {key} {getattr(self, key)!r} (this app implements {value!r})")
+
+    @classmethod
+    def for_resolution(cls, size: int, crop_fraction: float = 0.875) -> "InputSpec":
+        return cls(size=size, resize=int(math.floor(size / crop_fraction)))
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 class Preprocessor:
@@ -9,15 +52,11 @@ class Preprocessor:
     Built once per bundle; mean/std are folded into one scale and offset per channel.
     """
 
-    def __init__(self, spec: dict) -> None:
-        if spec.get("crop") != "center" or spec.get("layout") != "NCHW" or spec.get("channel_order") != "RGB":
-            raise ValueError(f"unsupported input spec {spec}")
-        if spec.get("interpolation") != "area_down_linear_up":
-            raise ValueError(f"unsupported interpolation {spec.get('interpolation')!r}")
-        self.size, self.resize = int(spec["size"]), int(spec["resize"])
-        std = np.asarray(spec["std"], np.float32)
+    def __init__(self, spec: InputSpec) -> None:
+        self.size, self.resize = spec.size, spec.resize
+        std = np.asarray(spec.std, np.float32)
         self.scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
-        self.offset = (-np.asarray(spec["mean"], np.float32) / std).reshape(3, 1, 1)
+        self.offset = (-np.asarray(spec.mean, np.float32) / std).reshape(3, 1, 1)
 
     def crop(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]

@@ -47,6 +47,11 @@ class RunConfig:
         for name in ("threads", "top_k", "max_frames"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RunError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.duration is not None and not self.duration > 0:
+            raise RunError(f"--duration must be more than 0 seconds, got {self.duration}")
+        for name in ("jsonl", "serve"):
+            if getattr(self, name) == "":
+                raise RunError(f"--{name} is empty: leave it out or give a value")
 
 
 def default_camera_size(resize: int) -> tuple[int, int]:
@@ -72,19 +77,16 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
         _open_window()
     bundle = load_bundle(cfg.bundle, cfg.threads)
     classifier = Classifier(bundle, cfg.top_k, cfg.smooth)
-    source = open_source(cfg.source, cfg.loop, cfg.camera_size or default_camera_size(int(bundle.input["resize"])))
+    source = open_source(cfg.source, cfg.loop, cfg.camera_size or default_camera_size(bundle.input.resize))
     stats, broadcast = RunStats(), Broadcast()
     with ExitStack() as stack:
         if address:
-            server = Server(address, broadcast, f"{bundle.meta.get('name', 'model')} on {source.name}")
+            server = Server(address, broadcast, f"{bundle.meta.name} on {source.name}")
             stack.callback(server.close)
             print(f"serving {server.url}", file=log, flush=True)
-        jsonl = None
-        if cfg.jsonl == "-":
-            jsonl = sys.stdout
-        elif cfg.jsonl:
-            jsonl = stack.enter_context(open(cfg.jsonl, "w"))
         source.open()
+        # Opened once the run can start: a run that cannot start leaves the last run's file as it was.
+        jsonl = sys.stdout if cfg.jsonl == "-" else stack.enter_context(open(cfg.jsonl, "w")) if cfg.jsonl else None
         capture = Capture(source, classifier.prepare, cfg.fps)
         capture.start()
         stack.callback(capture.stop)
@@ -96,7 +98,7 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
         cv2.destroyAllWindows()
     summary = stats.summary() | {"dropped": capture.stats.dropped, "reconnects": capture.stats.reconnects,
                                  "gap_s": round(capture.stats.gap_s, 3), "source": source.name,
-                                 "model": bundle.meta.get("name"), "threads": cfg.threads}
+                                 "model": bundle.meta.name, "threads": cfg.threads}
     return summary
 
 

@@ -1,10 +1,16 @@
 """A small web view of a run: ``/`` (page), ``/stream.mjpg`` (annotated MJPEG), ``/stats.json``.
 
 Standard library HTTP server in daemon threads; each frame is JPEG-encoded once, when a client
-first asks for it, so an unwatched server costs one array copy per frame.
+first asks for it, so an unwatched server costs one array copy per frame. On a LAN anyone may
+connect: clients are capped (503 beyond), idle ones time out, and a client that hangs up is
+logged at debug level, never as a traceback.
 """
 import html
 import json
+import logging
+import select
+import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import cv2
 import numpy as np
 
+log = logging.getLogger(__name__)
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -98,10 +105,14 @@ class Broadcast:
         return self._jpeg
 
 
-def make_handler(broadcast: Broadcast, title: str):
+def make_handler(broadcast: Broadcast, title: str, timeout: float):
     page = PAGE.format(title=html.escape(title)).encode()
 
     class Handler(BaseHTTPRequestHandler):
+        def setup(self) -> None:
+            self.timeout = timeout  # for every read and write: an idle or stalled client lets go of its thread
+            super().setup()
+
         def log_message(self, format, *args):  # keep the terminal for the app's own output
             pass
 
@@ -111,7 +122,8 @@ def make_handler(broadcast: Broadcast, title: str):
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
         def do_GET(self) -> None:
             if self.path == "/":
@@ -125,33 +137,75 @@ def make_handler(broadcast: Broadcast, title: str):
             else:
                 self.send_error(HTTPStatus.NOT_FOUND)
 
+        do_HEAD = do_GET  # the same headers, no body
+
         def _stream(self) -> None:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             number = 0
+            while self.command != "HEAD" and (item := broadcast.next_jpeg(number, timeout=1.0)) is not None:
+                number, jpeg = item
+                if jpeg:
+                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
+                                     b"Content-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg))
+                elif self._gone():  # no new frame to write: notice a viewer that left while the run is stalled
+                    return
+
+        def _gone(self) -> bool:
+            if not select.select([self.connection], [], [], 0)[0]:
+                return False
             try:
-                while (item := broadcast.next_jpeg(number)) is not None:
-                    number, jpeg = item
-                    if jpeg:
-                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                         b"Content-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg))
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the viewer went away
+                return self.connection.recv(1, socket.MSG_PEEK) == b""
+            except OSError:
+                return True
 
     return Handler
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    """At most ``max_clients`` connections at a time; errors are one log line each."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_clients: int) -> None:
+        self.slots = threading.BoundedSemaphore(max_clients)
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # reset, broken pipe, timeout: the client went away
+            log.debug("client %s: %s", client_address[0], error)
+        else:
+            log.warning("serving %s failed: %r", client_address[0], error)
 
 
 class Server:
     """Serves ``broadcast`` on ``address`` in a background thread; ``url`` says where (port 0 picks one)."""
 
-    def __init__(self, address: tuple[str, int], broadcast: Broadcast, title: str) -> None:
+    def __init__(self, address: tuple[str, int], broadcast: Broadcast, title: str, timeout: float = 10.0,
+                 max_clients: int = 16) -> None:
         try:
-            self.httpd = ThreadingHTTPServer(address, make_handler(broadcast, title))
+            self.httpd = _HTTPServer(address, make_handler(broadcast, title, timeout), max_clients)
         except OSError as e:
             raise OSError(f"cannot serve on {address[0]}:{address[1]}: {e.strerror}") from None
-        self.httpd.daemon_threads = True
         self.broadcast = broadcast
         host, port = self.httpd.server_address[:2]
         self.url = f"http://{host}:{port}/"

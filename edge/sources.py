@@ -87,16 +87,22 @@ class PicameraSource:
 
 
 class VideoSource:
-    """OpenCV VideoCapture: a webcam index, a video file, or an rtsp/http stream."""
+    """OpenCV VideoCapture: a webcam index, a video file, or an rtsp/http stream.
 
-    def __init__(self, target: int | str, loop: bool = False) -> None:
+    A network stream gets ``timeout`` seconds to open and to deliver each frame: OpenCV's own
+    default is about 30 s, during which a stalled stream looks like a slow one.
+    """
+
+    def __init__(self, target: int | str, loop: bool = False, timeout: float = 5.0) -> None:
         self.target, self.loop, self.capture, self.count = target, loop, None, 0
         self.live = isinstance(target, int) or "://" in str(target)
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self.fps = None
+        ms = int(1000 * timeout)
+        self.params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms] if "://" in self.name else []
 
     def open(self) -> None:
-        self.capture = cv2.VideoCapture(self.target)
+        self.capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, self.params)
         if not self.capture.isOpened():
             self.capture.release()
             raise SourceError(f"cannot open {self.name}: no such camera, unreadable file or unreachable stream")
@@ -186,6 +192,8 @@ class ProceduralSource:
 def open_source(spec: str, loop: bool = False, camera_size: tuple[int, int] = (640, 480),
                 camera_fps: float | None = None):
     """The source that ``spec`` names (not yet opened); SourceError when it names nothing."""
+    if not spec.strip():
+        raise SourceError(f"the source is empty: give {SOURCE_HELP}")
     if spec == "picamera":
         return PicameraSource(camera_size, camera_fps)
     if spec == "procedural":

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.bundle import BundleError, load_bundle, read_bundle, read_golden
+from edge.command import positive_int
+
 RUNTIMES = ("native", "executorch.runtime")
 
 
 def child(runtime: str, bundle: Path, threads: int | None, runs: int) -> dict:
     """Runs in the measured process: load, first result, then ``runs`` timed calls."""
     started = time.perf_counter()
-    golden = np.load(bundle / "golden.npz")
-    inputs = [np.ascontiguousarray(x[None]) for x in golden["inputs"]]
+    inputs = [np.ascontiguousarray(x[None]) for x in read_golden(bundle)["inputs"]]
     if runtime == "native":
-        from edge.bundle import load_bundle
-
         infer = load_bundle(bundle, threads).logits
     else:
         import torch
@@ -35,7 +35,7 @@ def child(runtime: str, bundle: Path, threads: int | None, runs: int) -> dict:
 
         if threads:
             _unsafe_reset_threadpool(threads)
-        program = Runtime.get().load_program((bundle / "model.pte").read_bytes())
+        program = Runtime.get().load_program(read_bundle(bundle)[1])
         method = program.load_method("forward")
 
         def infer(x):
@@ -78,16 +78,16 @@ def table(results: dict[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export.compare_runtimes", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--threads", type=int, help="XNNPACK threads for both (default: the runtimes' own)")
-    parser.add_argument("--runs", type=int, default=2000, help="timed inferences per round (default 2000)")
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per runtime (default 7): "
+    parser.add_argument("--threads", type=positive_int, help="XNNPACK threads for both (default: the runtimes' own)")
+    parser.add_argument("--runs", type=positive_int, default=2000, help="timed inferences per round (default 2000)")
+    parser.add_argument("--rounds", type=positive_int, default=7, help="alternating rounds per runtime (default 7): "
                         "one process's timing can settle in a faster or slower mode, so sample several")
     parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.runs < 1 or args.rounds < 1 or (args.threads is not None and args.threads < 1):
-        parser.error("--runs, --rounds and --threads must be at least 1")
-    if not (args.bundle / "golden.npz").is_file():
-        sys.exit(f"error: {args.bundle} is not a bundle with golden.npz (build one with make qat)")
+    try:
+        read_bundle(args.bundle)
+    except BundleError as e:
+        sys.exit(f"error: {e}")
     if args.child:
         print(json.dumps(child(args.child, args.bundle, args.threads, args.runs)))
         return

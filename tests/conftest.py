@@ -10,7 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from export.__main__ import main as export_main
+from edge.bundle import BundleMeta
+from edge.preprocess import InputSpec
+from export.cli import main as export_main
 from training.cli import main as train_main
 
 
@@ -67,6 +69,22 @@ def bundle(runs):
     out = runs / "bundle"
     export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
     return out
+
+
+def one_error_line(result) -> str:
+    """The process failed by exiting (no signal) and said so in one `error:` line."""
+    assert result.returncode > 0, f"exit {result.returncode} (a negative code is a signal): {result.stderr[-2000:]}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    return errors[0]
+
+
+def fake_meta(labels=("a", "b"), size: int = 8, **spec) -> BundleMeta:
+    """model.json of a bundle that exists only in a test (no program behind it)."""
+    return BundleMeta(name="fake-1-8-fp32", arch="fake", width_mult=1.0, num_classes=len(labels), labels=tuple(labels),
+                      input=InputSpec(size=size, resize=size, **spec), quantization={"scheme": "fp32"},
+                      pte_sha256="0" * 64, golden_logit_tolerance=0.0, source_checkpoint="none",
+                      source_checkpoint_sha256="0" * 64, versions={}, created="now")
 
 
 def interrupt_once_copying(argv: list[str], releases: Path, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from edge.preprocess import InputSpec
 from training.data import DataError, FileImages, ImageDataModule, load_cifar10
 from training.procedural import CLASSES, ProceduralShapes
-from training.transforms import EvalTransform, InputSpec, TrainTransform
+from training.transforms import EvalTransform, TrainTransform
 
 
 def test_procedural_is_deterministic_varied_and_has_enough_classes():

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.__main__ import prune_environments, requirements, service_unit, stage
+from deploy.cli import main as deploy_main, prune, prune_environments, requirements, service_unit, smoke_run, stage
 from deploy.profile import ProfileError, load_device, ssh_settings_from
-from deploy.target import SSHTarget, connect, explain
+from deploy.target import DeployError, SSHTarget, connect, explain
+from edge.bundle import read_meta
 from conftest import interrupt_once_copying
 from device_tests.compare import flatten, table
 
@@ -24,8 +25,39 @@ def test_profile_overrides_and_user_at_host():
     device = load_device("rpi5", host="alice@10.0.0.7", port=2200, threads=2)
     assert (device.user, device.host, device.port, device.threads) == ("alice", "10.0.0.7", 2200, 2)
     assert device.venv_flags == ["--system-site-packages"] and device.camera == "picamera"
-    assert load_device("rpi5", host="pi5.lan").user == "pi", "the profile's user stays when HOST has none"
+    assert load_device("rpi5", host="pi5.lan").user == getpass.getuser(), "no default user: ssh's own rule"
+    assert load_device("rpi5").key is None, "no forced key: ssh offers the user's usual keys"
     assert not load_device("local").ssh
+
+
+@pytest.mark.parametrize("host,message", [
+    ("-oProxyCommand=touch /tmp/pwned", "is not a host name"), ("pi@-oProxyCommand=x", "is not a host name"),
+    ("-x@pi5.lan", "is not a login name"), ("pi5.lan;ls", "is not a host name"), ("pi@", "is not a host name")])
+def test_hosts_and_users_that_ssh_would_read_as_options_are_refused(host, message):
+    with pytest.raises(ProfileError, match=message):
+        load_device("rpi5", host=host)
+
+
+def test_ssh_gets_the_destination_after_the_end_of_options(tmp_path):
+    argv = SSHTarget(load_device("rpi5", host="me@pi5.lan")).command(["true"])
+    assert argv[-3:] == ["--", "me@pi5.lan", "true"] and "IdentitiesOnly=yes" not in argv
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"key": "/no/such/key"}, "SSH key /no/such/key does not exist"), ({"port": 70000}, "is not a TCP port"),
+    ({"threads": -1}, "threads -1 must be a whole number >= 1")])
+def test_profile_values_are_checked(override, message):
+    with pytest.raises(ProfileError, match=message):
+        load_device("rpi5", **override)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--port", "0"], "argument --port: want a whole number >= 1"), (["--threads", "two"], "argument --threads"),
+    (["--bwlimit", "-1"], "argument --bwlimit"), (["--serve", "host:port"], "--serve wants HOST:PORT")])
+def test_deploy_arguments_name_the_flag(args, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        deploy_main(["local", "--bundle", "nowhere", *args])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_profile_errors_name_the_fix():
@@ -47,11 +79,13 @@ def test_an_emulator_profile_reads_the_ssh_settings_it_wrote(tmp_path):
     assert device.emulated and device.facts()["emulated"] and device.budgets_ms == {}
 
 
-def test_remote_commands_are_quoted_not_pasted():
-    target = SSHTarget(load_device("rpi5", key="/keys/my key"))
+def test_remote_commands_are_quoted_not_pasted(tmp_path):
+    key = tmp_path / "my key"
+    key.write_text("not used")
+    target = SSHTarget(load_device("rpi5", key=str(key)))
     argv = target.command(["ls", "a b; rm -rf ~"], cwd="dir with space")
     assert argv[-1] == "cd 'dir with space' && ls 'a b; rm -rf ~'"
-    assert argv[argv.index("-i") + 1] == "/keys/my key" and "BatchMode=yes" in argv
+    assert argv[argv.index("-i") + 1] == str(key) and "BatchMode=yes" in argv and "IdentitiesOnly=yes" in argv
 
 
 @pytest.mark.parametrize("stderr,expected", [
@@ -90,12 +124,13 @@ def test_environments_no_kept_release_uses_are_removed(tmp_path):
 def test_staged_release_verifies_and_detects_tampering(bundle, tmp_path):
     if shutil.which("sha256sum") is None:
         pytest.skip("sha256sum (coreutils) not found")
-    meta = json.loads((bundle / "model.json").read_text())
+    meta = read_meta(bundle)
     device = load_device("local")
     stage(bundle, device, "/opt/edge", "/opt/edge/venv/bin/python", "v1", meta, tmp_path)
     assert {"edge", "device_tests", "bundle", "Makefile", "requirements.txt", "device.json"} <= {
         p.name for p in tmp_path.iterdir()}
-    assert f"{meta['pte_sha256']}  bundle/model.pte" in (tmp_path / "MANIFEST.sha256").read_text()
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == sorted(meta.files)
+    assert f"{meta.pte_sha256}  bundle/model.pte" in (tmp_path / "MANIFEST.sha256").read_text()
     check = ["sha256sum", "--quiet", "--strict", "-c", "MANIFEST.sha256"]
     assert subprocess.run(check, cwd=tmp_path).returncode == 0
     with open(tmp_path / "bundle" / "model.pte", "r+b") as f:
@@ -104,11 +139,33 @@ def test_staged_release_verifies_and_detects_tampering(bundle, tmp_path):
     assert subprocess.run(check, cwd=tmp_path, capture_output=True).returncode != 0
 
 
-def test_service_unit_runs_the_current_release():
-    unit = service_unit(load_device("rpi5"), "/home/pi/mobilenet-edge", "/home/pi/mobilenet-edge/venv/bin/python")
-    assert "WorkingDirectory=/home/pi/mobilenet-edge/current" in unit
-    assert "ExecStart=/home/pi/mobilenet-edge/venv/bin/python -m edge run bundle --source picamera" in unit
-    assert "--threads 4" in unit and "WantedBy=default.target" in unit
+def test_service_unit_runs_the_current_release_on_the_address_asked_for():
+    unit = service_unit(load_device("rpi5"), "/home/me/mobilenet-edge", "/home/me/mobilenet-edge/venv/bin/python",
+                        "127.0.0.1:8080")
+    assert "WorkingDirectory=/home/me/mobilenet-edge/current" in unit
+    assert "ExecStart=/home/me/mobilenet-edge/venv/bin/python -m edge run bundle --source picamera" in unit
+    assert "--threads 4" in unit and "--serve 127.0.0.1:8080\n" in unit and "WantedBy=default.target" in unit
+    make = ["make", "-s", "--eval", "deploy-args: ; @echo $(DEPLOY_ARGS)", "deploy-args", "SERVICE=1"]
+    assert "--service --serve 127.0.0.1:8080" in subprocess.run(make, capture_output=True, text=True).stdout
+    assert "--serve 0.0.0.0:9000" in subprocess.run([*make, "SERVE=0.0.0.0:9000"], capture_output=True,
+                                                    text=True).stdout
+
+
+def test_a_release_that_fails_its_smoke_run_never_displaces_a_good_one(tmp_path):
+    """Failed releases are set aside as .failed and do not count among the releases kept."""
+    releases = tmp_path / "releases"
+    for name in ("20260101-a", "20260102-b", "20260103-c"):
+        (releases / name).mkdir(parents=True)
+    (releases / "20260104-d.partial").mkdir()  # bundle-less: its first run fails
+    target = connect(load_device("local"))
+    with pytest.raises(DeployError, match="failed its first run .*current is unchanged"):
+        smoke_run(target, sys.executable, str(releases / "20260104-d.partial"), str(releases / "20260104-d"))
+    assert (releases / "20260104-d.failed").is_dir() and not (releases / "20260104-d.partial").exists()
+    (releases / "20260105-e.failed").mkdir()
+    (releases / "20260106-f").mkdir()
+    prune(target, str(releases), "20260106-f")
+    assert sorted(p.name for p in releases.iterdir()) == [
+        "20260102-b", "20260103-c", "20260104-d.failed", "20260105-e.failed", "20260106-f"], "three good ones stay"
 
 
 def test_compare_lines_up_every_figure():

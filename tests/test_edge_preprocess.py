@@ -4,7 +4,8 @@ import pytest
 
 from edge.preprocess import Preprocessor
 from training.procedural import ProceduralShapes
-from training.transforms import EvalTransform, InputSpec
+from edge.preprocess import InputSpec
+from training.transforms import EvalTransform
 
 
 @pytest.mark.parametrize("size,crop_fraction", [(32, 0.875), (96, 1.0), (224, 0.875)])
@@ -13,7 +14,7 @@ def test_edge_matches_training_within_one_level(size, crop_fraction, shape):
     rng = np.random.default_rng(size + shape[0])
     image = np.clip(ProceduralShapes(1).image(0)[0].mean() + rng.normal(0, 60, (*shape, 3)), 0, 255).astype(np.uint8)
     spec = InputSpec.for_resolution(size, crop_fraction)
-    training, edge = EvalTransform(spec), Preprocessor(spec.to_json())
+    training, edge = EvalTransform(spec), Preprocessor(spec)
     pixels_training, pixels_edge = training.crop(image).astype(int), edge.crop(image).astype(int)
     assert pixels_edge.shape == (size, size, 3)
     assert np.abs(pixels_training - pixels_edge).max() <= 1
@@ -24,7 +25,8 @@ def test_edge_matches_training_within_one_level(size, crop_fraction, shape):
     assert np.abs(x_training - x_edge).max() <= 1 / 255 / min(spec.std) + 1e-5
 
 
-def test_edge_rejects_a_spec_it_cannot_reproduce():
-    spec = InputSpec.for_resolution(64).to_json() | {"channel_order": "BGR"}
-    with pytest.raises(ValueError, match="unsupported"):
-        Preprocessor(spec)
+@pytest.mark.parametrize("change", [{"channel_order": "BGR"}, {"crop": "none"}, {"layout": "NHWC"},
+                                    {"interpolation": "nearest"}, {"size": 0}, {"resize": 8}, {"std": (1, 0, 1)}])
+def test_edge_rejects_a_spec_it_cannot_reproduce(change):
+    with pytest.raises(ValueError, match="input"):
+        InputSpec(**(InputSpec.for_resolution(64).to_json() | change))

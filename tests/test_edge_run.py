@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from edge.bundle import Bundle
 from edge.classify import Classifier
 from edge.run import RunConfig, default_camera_size, run
 from edge.serve import parse_address
-from conftest import write_video
+from conftest import fake_meta, write_video
 
 RECORD_KEYS = {"frame", "source_frame", "t_capture", "t_result", "latency_ms", "capture_to_result_ms", "top", "dropped"}
 
@@ -76,11 +77,58 @@ def test_run_errors_are_one_line(bundle, args, message, tmp_path):
     assert result.stderr.startswith(message), result.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--duration", "0"], "argument --duration: want a number > 0, got '0'"),
+    (["--duration", "nan"], "argument --duration: want a number > 0, got 'nan'"),
+    (["--fps", "-1"], "argument --fps: want a number >= 0"),
+    (["--threads", "0"], "argument --threads: want a whole number >= 1"),
+    (["--top-k", "three"], "argument --top-k: want a whole number >= 1, got 'three'"),
+    (["--max-frames", "-5"], "argument --max-frames: want a whole number >= 1"),
+    (["--camera-size", "0x480"], "argument --camera-size: want WIDTHxHEIGHT"),
+    (["--jsonl", ""], "error: --jsonl is empty"),
+    (["--serve", ""], "error: --serve is empty"),
+])
+def test_bad_numbers_and_empty_strings_name_the_flag(bundle, args, message, tmp_path):
+    result = edge("run", str(bundle), "--source", "procedural", "--headless", *args, cwd=tmp_path,
+                  env=os.environ | {"PYTHONPATH": os.getcwd()})
+    assert result.returncode in (1, 2) and message in result.stderr.strip().splitlines()[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_source_and_eval_limit_are_checked(bundle, tmp_path):
+    result = edge("run", str(bundle), "--source", "", "--headless", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.startswith("error: the source is empty"), result.stderr
+    result = edge("eval", str(bundle), str(tmp_path), "--limit", "0", cwd=tmp_path)
+    assert result.returncode == 2 and "argument --limit: want a whole number >= 1" in result.stderr
+
+
+def test_jsonl_of_the_last_run_is_kept_when_a_run_cannot_start(bundle, tmp_path):
+    results, broken = tmp_path / "results.jsonl", tmp_path / "broken.mp4"
+    results.write_text('{"frame": 0}\n')
+    broken.write_bytes(b"not a video")
+    result = edge("run", str(bundle), "--source", str(broken), "--headless", "--jsonl", str(results))
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: cannot open")
+    assert results.read_text() == '{"frame": 0}\n'
+    assert edge("run", str(bundle), "--source", "procedural", "--fps", "0", "--headless", "--max-frames", "4",
+                "--jsonl", str(results)).returncode == 0
+    assert len(results.read_text().splitlines()) == 4, "a run that starts replaces it"
+
+
+def test_sigterm_or_ctrl_c_during_start_up_is_one_line(bundle):
+    """Sent while the app is still importing and loading (before its first frame), not after."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        process = subprocess.Popen([sys.executable, "-m", "edge", "run", str(bundle), "--source", "procedural",
+                                    "--headless"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+        process.send_signal(signum)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode in (0, 130), (signum, process.returncode, err)
+        assert "Traceback" not in err, err
+
+
 def test_smoothing_is_an_exponential_moving_average():
     logits = iter([np.array([[4.0, 0.0]]), np.array([[0.0, 4.0]])])
-    bundle = Bundle(None, {"labels": ["a", "b"], "input": {"crop": "center", "layout": "NCHW", "channel_order": "RGB",
-                                                            "interpolation": "area_down_linear_up", "size": 8,
-                                                            "resize": 8, "mean": [0] * 3, "std": [1] * 3}}, None)
+    bundle = Bundle(None, fake_meta(mean=(0, 0, 0), std=(1, 1, 1)), None)
     bundle.logits = lambda x: next(logits)
     classifier = Classifier(bundle, top_k=5, smooth=0.75)
     first, _ = classifier.classify(None)
@@ -90,10 +138,9 @@ def test_smoothing_is_an_exponential_moving_average():
 
 
 def test_bgr_frames_are_swapped_after_the_crop():
-    from edge.preprocess import Preprocessor
+    from edge.preprocess import InputSpec, Preprocessor
 
-    spec = {"crop": "center", "layout": "NCHW", "channel_order": "RGB", "interpolation": "area_down_linear_up",
-            "size": 32, "resize": 36, "mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    spec = InputSpec(size=32, resize=36, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
     rgb = np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8)
     preprocess = Preprocessor(spec)
     np.testing.assert_array_equal(preprocess(np.ascontiguousarray(rgb[..., ::-1]), order="BGR"), preprocess(rgb))

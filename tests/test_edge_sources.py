@@ -1,5 +1,7 @@
 """Frame sources and the newest-frame capture thread (no camera here: Picamera2 is a stand-in)."""
+import logging
 import sys
+import threading
 import time
 
 import numpy as np
@@ -7,6 +9,7 @@ import pytest
 
 from conftest import write_video
 from edge.capture import Capture
+from edge.serve import Broadcast, Server
 from edge.sources import (DirectorySource, Frame, PicameraSource, ProceduralSource, SourceError, VideoSource,
                           open_source)
 
@@ -141,3 +144,41 @@ def test_a_live_source_that_stops_is_reconnected_with_back_off():
     assert camera.opens == 3, "one refused reopen, then a successful one"
     assert capture.stats.reconnects == 1 and capture.stats.gap_s >= 0.02 + 0.04
     assert max(seen) > 3 and capture.error is None, "frames keep coming after the gap"
+
+
+def test_a_stalled_stream_is_warned_about_timed_out_and_its_gap_counted_from_the_last_frame(caplog):
+    """An HTTP MJPEG stream that stops sending without closing (our own server as the camera)."""
+    broadcast = Broadcast()
+    server = Server(("127.0.0.1", 0), broadcast, "camera")
+    sending = threading.Event()
+    sending.set()
+
+    def camera():
+        while not broadcast.closed:
+            if sending.is_set():
+                broadcast.publish(np.full((48, 64, 3), 90, np.uint8), {})
+            time.sleep(0.03)
+
+    threading.Thread(target=camera, daemon=True).start()
+    source = VideoSource(server.url + "stream.mjpg", timeout=1.0)
+    source.open()
+    capture = Capture(source, backoff=(0.05, 0.1), warn_after=0.5)
+    capture.start()
+    try:
+        assert capture.get(timeout=5) is not None
+        sending.clear()
+        stalled = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="edge.capture"):
+            while time.monotonic() - stalled < 2.5:
+                capture.get(timeout=0.1)
+        sending.set()
+        deadline = time.monotonic() + 10
+        while capture.stats.reconnects == 0 and time.monotonic() < deadline:
+            capture.get(timeout=0.1)
+        assert capture.get(timeout=5) is not None, "frames again after the stall"
+    finally:
+        capture.stop()
+        server.close()
+    assert any("has sent no frame for" in r.getMessage() for r in caplog.records), "warned while silent"
+    assert capture.stats.reconnects >= 1
+    assert capture.stats.gap_s >= 2.0, f"counted from the last frame, not from the reconnect: {capture.stats}"

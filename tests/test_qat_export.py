@@ -11,7 +11,7 @@ import torch
 
 from conftest import DATA, QUIET, write_colour_images
 from edge.bundle import BundleError, load_bundle
-from export.__main__ import main as export_main
+from export.cli import main as export_main
 from export.verify import VerificationError, check_parity
 from training.cli import main as train_main
 from training.qat import QATClassifier, default_freeze_epoch
@@ -36,7 +36,8 @@ def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour
     import cv2
 
     from export.quantize import load_module
-    from training.transforms import EvalTransform, InputSpec
+    from edge.preprocess import InputSpec
+    from training.transforms import EvalTransform
 
     module, checkpoint = load_module(str(runs / "qat" / "last.ckpt"))
     before = {k: v.clone() for k, v in module.state_dict().items()}
@@ -45,8 +46,9 @@ def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour
     transform = EvalTransform(InputSpec(**checkpoint["data"]["input"]))
     paths = sorted(colour_folder.rglob("*.png"))
     x = torch.stack([transform(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)) for p in paths])
+    int8 = module.convert()
     with torch.no_grad():
-        fake_quant, converted = module(x), module.convert()(x)
+        fake_quant, converted = module(x), int8(x)
     # Same decisions, and logits a few int8 output steps apart on average. Measured on this fixture
     # (120 images): 100% agreement, mean difference 0.8% of the logit range, largest 11% (one
     # saturated logit). The unrepaired BN fold (README, pitfalls) cost 7.6% top-1 agreement.
@@ -54,7 +56,7 @@ def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour
     assert torch.equal(converted.argmax(1), fake_quant.argmax(1))
     assert diff.mean() <= 0.02 * spread and diff.max() <= 0.15 * spread
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
-    assert not any(n.target == torch.ops.aten.batch_norm.default for n in module.convert().graph.nodes)
+    assert not any(n.target == torch.ops.aten.batch_norm.default for n in int8.graph.nodes)
 
 
 def test_qat_eval_mode_is_deterministic_and_train_mode_uses_dropout():
@@ -138,25 +140,45 @@ def test_ptq_and_fp32_exports_of_a_float_checkpoint(runs, tmp_path):
     assert report["parity"]["top1_agreement"] == 1.0
 
 
-def run_export(*args):
-    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], capture_output=True, text=True)
+def export_error(*args) -> str:
+    with pytest.raises(SystemExit) as exit:
+        export_main([str(a) for a in args])
+    assert exit.value.code not in (0, None)
+    return exit.value.code
 
 
-def test_export_errors_are_one_line(runs, tmp_path):
-    result = run_export(tmp_path / "missing.ckpt")
-    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1] == f"error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
+def test_export_errors_are_one_line(runs, tmp_path, capsys):
+    assert export_error(tmp_path / "missing.ckpt") == f"error: checkpoint {tmp_path / 'missing.ckpt'} does not exist"
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    result = run_export(tmp_path / "junk.ckpt")
-    assert result.returncode != 0 and result.stderr.strip().splitlines()[-1].startswith("error: cannot read checkpoint")
-    result = run_export(runs / "qat" / "last.ckpt", "--precision", "fp32")
-    assert result.returncode != 0 and "QAT checkpoint" in result.stderr.strip().splitlines()[-1]
+    assert export_error(tmp_path / "junk.ckpt").startswith("error: cannot read checkpoint")
+    assert "QAT checkpoint" in export_error(runs / "qat" / "last.ckpt", "--precision", "fp32")
+    for flag, value in (("--parity-images", "0"), ("--calibration-images", "-3"), ("--min-agreement", "1.5")):
+        assert export_error(runs / "qat" / "last.ckpt", flag, value) == 2
+        assert f"argument {flag}: want" in capsys.readouterr().err
+
+
+def test_export_never_replaces_what_is_not_a_bundle(runs, tmp_path):
+    """``--out artifacts`` must not wipe the bundles, reports and videos in it; a file is not renamed away."""
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "devices").mkdir(parents=True)
+    (artifacts / "demo.mp4").write_bytes(b"video")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert "is not a bundle (no readable model.json)" in export_error(runs / "qat" / "last.ckpt", "--out", artifacts)
+    assert "is not a bundle directory" in export_error(runs / "qat" / "last.ckpt", "--out", tmp_path / "notes.txt")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_failed_verification_leaves_the_previous_bundle(runs, bundle, tmp_path, monkeypatch):
-    import export.__main__ as export_cli
+    """A program whose runtime output disagrees; conversion and lowering (a minute here) are stood in for."""
+    import export.cli as export_cli
+    from export.lower import Delegation
     out = tmp_path / "kept"
     shutil.copytree(bundle, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(QATClassifier, "convert", lambda module: module)
+    monkeypatch.setattr(export_cli, "to_pte", lambda model, size: ((bundle / "model.pte").read_bytes(), Delegation(1, {})))
     monkeypatch.setattr(export_cli, "run_pte", lambda method, x: torch.randn(len(x), 3) * 100)
     with pytest.raises(SystemExit, match="runtime disagrees with PyTorch"):
         export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out), "--no-baselines"])

@@ -32,7 +32,7 @@ def fit(tmp_path, name, *extra):
 
 def test_two_step_fit_writes_checkpoints_that_describe_the_data(tmp_path):
     ckpt = fit(tmp_path, "run", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2")
-    state = torch.load(ckpt / "last.ckpt", weights_only=False)
+    state = torch.load(ckpt / "last.ckpt", weights_only=True)  # what export and QAT load with
     assert state["global_step"] == 2
     assert (ckpt / "best.ckpt").is_file()
     assert state["data"]["labels"][0] == "circle" and state["data"]["input"]["size"] == 32
@@ -63,3 +63,27 @@ def test_ddp_on_two_cpu_processes(tmp_path):
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 2
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--model.init_args.weights={junk}", "cannot read weights file {junk}: not a PyTorch file"),
+    ("--model.init_args.weights={pickled}", "holds Python objects that are not loaded"),
+    ("--model.init_args.weights={missing}", "weights file {missing} does not exist"),
+    ("--ckpt_path={junk}", "cannot read checkpoint {junk}: not a PyTorch file"),
+    ("--ckpt_path={missing}", "checkpoint {missing} does not exist"),
+    ("--data.resolution=0", "--data.resolution: Not of type PositiveInt"),
+    ("--data.val_fraction=1.5", "--data.val_fraction: Not of type OpenUnitInterval"),
+    ("--model.init_args.width_mult=-1", "--model.width_mult: Not of type PositiveFloat"),
+    ("--model.init_args.lr=nan", "--model.lr: Not of type PositiveFloat"),
+    ("--model.init_args.arch=v9", "--model.arch: Expected a typing.Literal"),
+])
+def test_bad_files_and_values_are_one_line_not_a_traceback(tmp_path, capsys, flag, message):
+    files = {"junk": tmp_path / "junk.pt", "pickled": tmp_path / "pickled.pt", "missing": tmp_path / "missing.pt"}
+    files["junk"].write_bytes(bytes(range(256)) * 4)
+    torch.save({"layer": torch.nn.Linear(2, 2)}, files["pickled"])
+    with pytest.raises(SystemExit) as exit:
+        fit(tmp_path, "bad", "--trainer.max_epochs=1", flag.format(**files))
+    printed = capsys.readouterr().err.strip().splitlines()
+    text = exit.value.code if isinstance(exit.value.code, str) else printed[-1]
+    assert exit.value.code != 0 and text.startswith("error: ") and message.format(**files) in text, (text, printed)
+    assert "weights_only=False" not in text, "never the advice to unpickle an untrusted file"

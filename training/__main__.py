@@ -1,3 +1,4 @@
-from .cli import main
+"""python -m training: see training/cli.py."""
+from edge.command import run_main
 
-main()
+run_main("training.cli")

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from edge.command import positive_float, positive_int
+
 from .models import MODELS, create_model
 
 
@@ -39,9 +41,9 @@ def throughput(name: str, resolution: int, batch_size: int, seconds: float, warm
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--resolutions", nargs="+", type=int, default=[64, 128, 224])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=5.0, help="timed duration per cell")
+    parser.add_argument("--resolutions", nargs="+", type=positive_int, default=[64, 128, 224])
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument("--seconds", type=positive_float, default=5.0, help="timed duration per cell")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/train.json"))
     args = parser.parse_args()
     cells = [(m, r) for m in args.models for r in args.resolutions]

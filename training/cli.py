@@ -1,10 +1,12 @@
 """LightningCLI entry point: ``python -m training fit --config configs/train.yaml ...``."""
+import argparse
+import re
 import sys
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_checkpoint
 from .data import DataError, ImageDataModule
 from .models import WeightsError
 from .module import ImageClassifier
@@ -25,6 +27,14 @@ class TrainingCLI(LightningCLI):
             "last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False,
         })
 
+    def parse_arguments(self, parser, args) -> None:
+        """A missing or unreadable --ckpt_path is one line, before Lightning loads it with a traceback."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and path not in ("last", "best", "hpc", "registry"):
+            read_checkpoint(path)
+
 
 USER_ERRORS = (CheckpointError, DataError, WeightsError)
 
@@ -36,17 +46,28 @@ def user_error(error: BaseException | None) -> Exception | None:
     return error
 
 
+def argument_error(error: argparse.ArgumentError) -> str:
+    """jsonargparse's nested report as one line: the innermost key path and what is wrong with its value."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    keys = [re.search(r'Parser key "([^"]+)"', line) for line in lines]
+    found = [i for i, key in enumerate(keys) if key]
+    if not found or found[-1] + 1 >= len(lines):
+        return lines[0] if lines else "invalid arguments"
+    path = ".".join(keys[i].group(1) for i in found)
+    return f"--{path}: {lines[found[-1] + 1]}"
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         TrainingCLI(
             ImageClassifier, ImageDataModule, subclass_mode_model=True,
             save_config_kwargs={"overwrite": True}, args=args,
+            parser_kwargs={"prog": "python -m training", "exit_on_error": False},
         )
+    except argparse.ArgumentError as e:
+        print(f"error: {argument_error(e)} (python -m training fit --help lists the options)", file=sys.stderr)
+        sys.exit(2)
     except Exception as e:
         if user_error(e) is None:
             raise
         sys.exit(f"error: {user_error(e)}")
-
-
-if __name__ == "__main__":
-    main()

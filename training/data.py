@@ -21,13 +21,17 @@ import cv2
 import lightning as L
 import numpy as np
 import torch
+from jsonargparse.typing import NonNegativeInt, NotEmptyStr, OpenUnitInterval, PositiveInt, restricted_number_type
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from edge.preprocess import InputSpec
+
 from .procedural import ProceduralShapes
-from .transforms import EvalTransform, InputSpec, TrainTransform
+from .transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
+Fraction = restricted_number_type("Fraction", float, [(">", 0), ("<=", 1)])  # (0, 1]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -155,25 +159,29 @@ def load_cifar10(cache_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Train/val loaders plus what the bundle needs: ``labels`` and the eval ``input_spec``."""
+    """Train/val loaders plus what the bundle needs: ``labels`` and the eval ``input_spec``.
+
+    The argument types are jsonargparse's restricted types: LightningCLI rejects an out-of-range
+    value with one line naming the flag.
+    """
 
     def __init__(
         self,
-        source: str = "procedural",
-        resolution: int = 96,
-        crop_fraction: float = 0.875,
-        min_scale: float = 0.25,
-        batch_size: int = 64,
-        num_workers: int = 2,
-        val_fraction: float = 0.1,
+        source: NotEmptyStr = "procedural",
+        resolution: PositiveInt = 96,
+        crop_fraction: Fraction = 0.875,
+        min_scale: Fraction = 0.25,
+        batch_size: PositiveInt = 64,
+        num_workers: NonNegativeInt = 2,
+        val_fraction: OpenUnitInterval = 0.1,
         seed: int = 0,
-        procedural_train_size: int = 4000,
-        procedural_val_size: int = 800,
-        cache_dir: str = "~/.cache/mobilenet-edge",
+        procedural_train_size: PositiveInt = 4000,
+        procedural_val_size: PositiveInt = 800,
+        cache_dir: NotEmptyStr = "~/.cache/mobilenet-edge",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.input_spec = InputSpec.for_resolution(resolution, crop_fraction)
+        self.input_spec = InputSpec.for_resolution(int(resolution), float(crop_fraction))  # plain, not PositiveInt
         self._generator = torch.Generator().manual_seed(seed)
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge.command import positive_float, positive_int
+
 from .procedural import CLASSES, ProceduralShapes
 
 
@@ -53,8 +55,8 @@ def write_video(path: Path, seconds: float = 20, fps: int = 30, size: tuple[int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--seconds", type=positive_float, default=20)
+    parser.add_argument("--fps", type=positive_int, default=30)
     parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT, wider than tall")
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))

@@ -1,10 +1,17 @@
 """The LightningModule for float classification training."""
-import torch
+from typing import Literal
+
 import lightning as L
+import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, PositiveFloat, PositiveInt, restricted_number_type
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from .models import create_model
+from .checkpoint import plain
+from .models import MODELS, create_model
+
+Arch = Literal[tuple(MODELS)]
+UnitFraction = restricted_number_type("UnitFraction", float, [(">=", 0), ("<", 1)])  # [0, 1)
 
 
 class ImageClassifier(L.LightningModule):
@@ -14,25 +21,26 @@ class ImageClassifier(L.LightningModule):
     ImageNet's thousands of steps per epoch, but on short runs the running statistics
     lag so far behind that validation sits at chance for several epochs.
 
-    Checkpoints also carry what the exporter needs (``checkpoint["data"]``: labels
+    Argument types are jsonargparse's restricted types, so LightningCLI rejects an out-of-range value
+    with one line naming the flag. Checkpoints also carry what the exporter needs (``checkpoint["data"]``: labels
     and the eval input spec) and the global RNG state, so resuming is exact.
     """
 
     def __init__(
         self,
-        arch: str = "v3_small",
-        num_classes: int = 1000,
-        width_mult: float = 1.0,
-        resolution: int = 224,
-        dropout: float = 0.2,
+        arch: Arch = "v3_small",
+        num_classes: PositiveInt = 1000,
+        width_mult: PositiveFloat = 1.0,
+        resolution: PositiveInt = 224,
+        dropout: UnitFraction = 0.2,
         weights: str | None = None,
-        bn_momentum: float | None = None,
-        label_smoothing: float = 0.1,
-        optimizer: str = "adamw",
-        lr: float = 2e-3,
-        weight_decay: float = 0.02,
-        momentum: float = 0.9,
-        warmup_epochs: float = 1.0,
+        bn_momentum: ClosedUnitInterval | None = None,
+        label_smoothing: UnitFraction = 0.1,
+        optimizer: Literal["sgd", "adamw"] = "adamw",
+        lr: PositiveFloat = 2e-3,
+        weight_decay: NonNegativeFloat = 0.02,
+        momentum: UnitFraction = 0.9,
+        warmup_epochs: NonNegativeFloat = 1.0,
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adamw"):
@@ -89,6 +97,9 @@ class ImageClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for key in ("hyper_parameters", "datamodule_hyper_parameters"):
+            if key in checkpoint:
+                checkpoint[key] = plain(checkpoint[key])
         checkpoint["rng_state"] = torch.get_rng_state()
         datamodule = self.trainer.datamodule
         if datamodule is not None:

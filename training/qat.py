@@ -16,6 +16,7 @@ import copy
 from functools import reduce
 
 import torch
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
 from torch import nn
 from torch.export import Dim
 from torchao.quantization.pt2e import (
@@ -30,7 +31,7 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
 )
 
 from .checkpoint import check_architecture, read_checkpoint
-from .module import ImageClassifier
+from .module import Arch, ImageClassifier
 
 BATCH = Dim("batch", min=1, max=4096)
 # The eps torchao's convert_pt2e folds BN with, whatever the model's BN uses.
@@ -95,14 +96,14 @@ class QATClassifier(ImageClassifier):
 
     def __init__(
         self,
-        arch: str = "v3_small",
-        num_classes: int = 1000,
-        width_mult: float = 1.0,
-        resolution: int = 96,
+        arch: Arch = "v3_small",
+        num_classes: PositiveInt = 1000,
+        width_mult: PositiveFloat = 1.0,
+        resolution: PositiveInt = 96,
         float_checkpoint: str | None = None,
-        freeze_observer_epoch: int | None = None,
-        freeze_bn_epoch: int | None = None,
-        bn_momentum: float | None = None,
+        freeze_observer_epoch: NonNegativeInt | None = None,
+        freeze_bn_epoch: NonNegativeInt | None = None,
+        bn_momentum: ClosedUnitInterval | None = None,
         **kwargs,
     ) -> None:
         checkpoint = read_checkpoint(float_checkpoint) if float_checkpoint else None

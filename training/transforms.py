@@ -1,41 +1,18 @@
 """Train and eval transforms, on uint8 RGB HWC arrays, written once.
 
-The eval transform is fully described by :class:`InputSpec`, which is what the
-bundle's ``model.json`` carries to the device; the edge app re-implements it
+The eval transform is fully described by :class:`edge.preprocess.InputSpec`, which
+is what the bundle's ``model.json`` carries to the device; the edge app implements it
 from those numbers with OpenCV, so both sides use the same resize kernels.
 Randomness comes from torch's RNG so DataLoader worker seeding and checkpoint
 RNG restore make augmentation reproducible.
 """
 import math
-from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """The eval preprocessing as plain numbers: resize shorter side, center crop, normalise."""
-
-    size: int
-    resize: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    crop: str = "center"
-    interpolation: str = "area_down_linear_up"
-    channel_order: str = "RGB"
-    layout: str = "NCHW"
-
-    @classmethod
-    def for_resolution(cls, size: int, crop_fraction: float = 0.875) -> "InputSpec":
-        return cls(size=size, resize=int(math.floor(size / crop_fraction)))
-
-    def to_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+from edge.preprocess import InputSpec
 
 
 def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..checkpoint import safe_load
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 from .mobilenet_v3 import MobileNetV3
@@ -43,9 +44,7 @@ def create_model(
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = safe_load(path, "weights file", WeightsError)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict of tensors (expected torchvision format)")
     own = model.state_dict()

@@ -8,6 +8,8 @@ import json
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from edge.command import positive_float, positive_int
+
 from . import MODELS, create_model
 
 
@@ -26,9 +28,9 @@ def count(name: str, width_mult: float = 1.0, resolution: int = 224, num_classes
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m training.models", description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=list(MODELS))
-    parser.add_argument("--width", type=float, default=1.0, help="width multiplier alpha")
-    parser.add_argument("--resolution", type=int, default=224, help="input size in pixels (rho * 224)")
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--width", type=positive_float, default=1.0, help="width multiplier alpha")
+    parser.add_argument("--resolution", type=positive_int, default=224, help="input size in pixels (rho * 224)")
+    parser.add_argument("--num-classes", type=positive_int, default=1000)
     args = parser.parse_args()
     print(json.dumps(count(args.model, args.width, args.resolution, args.num_classes)))
 

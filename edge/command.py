@@ -1,0 +1,47 @@
+"""What every command line here shares: start-up that an interrupt ends in one line, and argument
+types that reject a bad number with one line naming the flag (argparse adds the flag's name)."""
+import argparse
+import importlib
+import math
+import signal
+import sys
+
+
+def run_main(module: str) -> None:
+    """Import ``module`` and call its ``main()``; the imports alone take seconds (torch, the runtime).
+
+    SIGTERM (a service stop, ``kill``) is handled like Ctrl-C. Commands that clean up on an interrupt
+    catch it themselves; one that reaches here exits 130 with "interrupted", never a traceback.
+    """
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        importlib.import_module(module).main()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _number(kind: type, text: str, valid, want: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or not valid(value):
+        raise argparse.ArgumentTypeError(f"want {want}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(int, text, lambda v: v >= 1, "a whole number >= 1")
+
+
+def positive_float(text: str) -> float:
+    return _number(float, text, lambda v: v > 0, "a number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(float, text, lambda v: v >= 0, "a number >= 0")
+
+
+def fraction(text: str) -> float:
+    return _number(float, text, lambda v: 0 < v <= 1, "a number in (0, 1]")

@@ -1,0 +1,159 @@
+"""Export a training checkpoint to a verified ExecuTorch bundle.
+
+    python -m export CHECKPOINT [--precision int8|fp32] [--out artifacts/<model>]
+
+A QAT checkpoint gives ``qat-int8``; a float checkpoint gives ``ptq-int8`` (int8)
+or ``fp32``. The bundle is written only after the program passes verification:
+runtime-vs-PyTorch parity on held-out images and every conv/linear in XNNPACK.
+"""
+import argparse
+import hashlib
+import io
+import json
+import sys
+import time
+from functools import partial
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge.bundle import BundleError, BundleMeta, check_replaceable, write_bundle
+from edge.command import fraction, positive_int
+from edge.preprocess import InputSpec
+from training.checkpoint import CheckpointError
+from training.data import DataError, ImageDataModule
+from training.models import WeightsError
+from training.qat import QATClassifier
+
+from .lower import to_pte
+from .quantize import load_module, ptq
+from .report import evaluate, table
+from .verify import VerificationError, check_delegation, check_parity, latency_ms, load_method, run_pte
+
+GOLDEN_IMAGES = 8
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", help="a .ckpt written by `make train` or `make qat`")
+    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    parser.add_argument("--out", type=Path, help="bundle directory (default: artifacts/<arch>)")
+    parser.add_argument("--calibration-images", type=positive_int, default=512, help="training images for PTQ")
+    parser.add_argument("--parity-images", type=positive_int, default=1000, help="held-out images for runtime parity")
+    parser.add_argument("--min-agreement", type=fraction, default=0.99, help="runtime/PyTorch top-1 agreement")
+    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
+                        help="skip the float, PTQ and fp32 comparisons (faster; the report has only this program)")
+    return parser.parse_args(argv)
+
+
+def float_module_of(module, checkpoint: dict):
+    """The float model a QAT run started from, when its checkpoint is still there (for the baselines)."""
+    if not isinstance(module, QATClassifier):
+        return module
+    path = checkpoint["hyper_parameters"].get("float_checkpoint")
+    return load_module(path)[0] if path and Path(path).is_file() else None
+
+
+def logit_tolerance(reference: torch.Tensor, scheme: str) -> float:
+    """fp32 must match closely. int8: 8% of the logit range, about 20 steps of the int8 output.
+
+    Measured on V3-Small: each op is within 2 output steps of PyTorch's reference, and the
+    difference accumulates to ~14 steps at the logits (CIFAR-10 QAT model).
+    """
+    spread = (reference.max() - reference.min()).item()
+    return (1e-3 if scheme == "fp32" else 0.08) * spread + 1e-5
+
+
+def build(args: argparse.Namespace, module, checkpoint: dict) -> tuple[BundleMeta, dict[str, bytes], dict]:
+    hp = module.hparams
+    is_qat = isinstance(module, QATClassifier)
+    if is_qat and args.precision == "fp32":
+        raise CheckpointError(f"{args.checkpoint} is a QAT checkpoint; export its float checkpoint for fp32")
+    scheme = "qat-int8" if is_qat else {"int8": "ptq-int8", "fp32": "fp32"}[args.precision]
+    data = ImageDataModule(**{k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if k[0] != "_"})
+    data.setup("fit")
+    size = checkpoint["data"]["input"]["size"]
+
+    models = {}  # name -> PyTorch model evaluated on the validation set
+    float_module = float_module_of(module, checkpoint) if args.baselines or not is_qat else None
+    if float_module is not None and (args.baselines or scheme == "fp32"):
+        models["float"] = float_module
+    if is_qat:
+        models["qat"] = module
+        models["converted"] = module.convert()
+    if float_module is not None and (scheme == "ptq-int8" or args.baselines and scheme != "fp32"):
+        print(f"PTQ: calibrating on {args.calibration_images} training images", file=sys.stderr)
+        models["ptq"] = ptq(float_module.model, size, data.calibration_dataloader(args.calibration_images))
+    reference = {"qat-int8": "converted", "ptq-int8": "ptq", "fp32": "float"}[scheme]
+
+    print(f"lowering {scheme} to ExecuTorch/XNNPACK", file=sys.stderr)
+    pte_bytes, delegation = to_pte(models[reference], size)
+    print(delegation.table(), file=sys.stderr)
+    check_delegation(delegation)
+    methods = {"pte": load_method(pte_bytes)}
+    programs = {"pte": {"bytes": len(pte_bytes)}}
+    if args.baselines and scheme != "fp32" and float_module is not None:
+        print("lowering fp32 for comparison", file=sys.stderr)
+        fp32_bytes, _ = to_pte(float_module.model, size)
+        methods["fp32_pte"] = load_method(fp32_bytes)
+        programs["fp32_pte"] = {"bytes": len(fp32_bytes)}
+    for name, method in methods.items():
+        programs[name]["latency_ms"] = latency_ms(method, size)
+        models[name] = partial(run_pte, method)
+
+    accuracy, kept = evaluate(models, data.val_dataloader(), len(data.labels),
+                              keep={reference: args.parity_images, "pte": args.parity_images})
+    parity = check_parity(kept["pte"], kept[reference], args.min_agreement, logit_tolerance(kept[reference], scheme))
+
+    meta = BundleMeta(
+        name=f"{hp.arch}-{hp.width_mult:g}-{size}-{scheme}", arch=hp.arch, width_mult=hp.width_mult,
+        num_classes=hp.num_classes, labels=tuple(checkpoint["data"]["labels"]),
+        input=InputSpec(**checkpoint["data"]["input"]),
+        quantization={"scheme": scheme} | ({} if scheme == "fp32" else {
+            "weights": "int8 symmetric per-channel", "activations": "int8 affine per-tensor"}),
+        pte_sha256=hashlib.sha256(pte_bytes).hexdigest(), golden_logit_tolerance=parity["logit_tolerance"],
+        source_checkpoint=str(args.checkpoint), source_checkpoint_sha256=file_sha256(args.checkpoint),
+        versions={pkg: version(pkg) for pkg in ("torch", "executorch", "torchao")},
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    report = {"name": meta.name, "quantization": meta.quantization, "val_images": accuracy["pte"]["n"],
+              "accuracy": accuracy, "programs": programs, "parity": parity, "delegation": delegation.to_json()}
+    golden = io.BytesIO()
+    np.savez(golden, inputs=kept["inputs"][:GOLDEN_IMAGES].numpy(), logits=kept["pte"][:GOLDEN_IMAGES].numpy())
+    files = {meta.pte: pte_bytes, meta.golden: golden.getvalue(), "report.json": _json(report),
+             "report.md": (table(report) + "\n").encode()}
+    return meta, files, report
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _json(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        if args.out:
+            check_replaceable(args.out)  # before loading, minutes of work, and again when writing
+        module, checkpoint = load_module(args.checkpoint)
+        out = args.out or Path("artifacts") / module.hparams.arch
+        check_replaceable(out)
+        meta, files, report = build(args, module, checkpoint)
+        write_bundle(out, meta, files)
+    except (BundleError, CheckpointError, DataError, WeightsError, VerificationError) as e:
+        sys.exit(f"error: {e}")
+    parity = report["parity"]
+    print(f"\n{meta.name} on {report['val_images']} validation images; runtime vs PyTorch on "
+          f"{parity['images']}: top-1 agreement {100 * parity['top1_agreement']:.1f}% "
+          f"({100 * parity['top1_agreement_within_tolerance']:.1f}% within tolerance), "
+          f"max logit difference {parity['max_abs_logit_diff']:.3f}")
+    print(table(report))
+    print(f"bundle: {out}/ ({', '.join(meta.files)})")
