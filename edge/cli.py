@@ -8,22 +8,12 @@ from pathlib import Path
 import cv2
 
 from .bundle import BundleError, load_bundle
-from .command import non_negative_float, positive_float, positive_int
+from .command import frame_size, non_negative_float, positive_float, positive_int
 from .evaluate import evaluate_folder
 from .native import NativeError
 from .run import RunConfig, RunError, run
 from .sources import SOURCE_HELP, SourceError
 from .stats import format_summary
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        w = h = 0
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"want WIDTHxHEIGHT, e.g. 640x480, got {text!r}")
-    return w, h
 
 
 def _add_run(commands) -> None:
@@ -46,7 +36,7 @@ def _add_run(commands) -> None:
     p.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--serve", metavar="HOST:PORT", help="web page with the annotated stream and live stats "
                                                         "(PORT alone binds 127.0.0.1; 0.0.0.0:PORT for the LAN)")
-    p.add_argument("--camera-size", type=_size, metavar="WxH", help="Picamera2 stream size (default 640x480, "
+    p.add_argument("--camera-size", type=frame_size, metavar="WxH", help="Picamera2 stream size (default 640x480, "
                                                                     "larger if the model needs it)")
 
 

@@ -45,3 +45,14 @@ def non_negative_float(text: str) -> float:
 
 def fraction(text: str) -> float:
     return _number(float, text, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT``, both at least 1."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        w = h = 0
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"want WIDTHxHEIGHT, e.g. 640x480, got {text!r}")
+    return w, h

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.command import positive_float, positive_int
+from edge.command import frame_size, positive_float, positive_int
 
 from .procedural import CLASSES, ProceduralShapes
 
@@ -53,13 +53,15 @@ def write_video(path: Path, seconds: float = 20, fps: int = 30, size: tuple[int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.demo_video", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seconds", type=positive_float, default=20)
     parser.add_argument("--fps", type=positive_int, default=30)
-    parser.add_argument("--size", default="640x480", help="WIDTHxHEIGHT, wider than tall")
+    parser.add_argument("--size", type=frame_size, default=(640, 480), help="WIDTHxHEIGHT (default 640x480)")
     args = parser.parse_args()
-    w, h = (int(v) for v in args.size.split("x"))
+    w, h = args.size
+    if w < h or args.seconds < 1:
+        parser.error(f"want --size wider than tall and --seconds >= 1, got {w}x{h} and {args.seconds:g}")
     labels = write_video(args.out, args.seconds, args.fps, (w, h))
     print(f"{args.out}: {len(labels)} s at {args.fps} FPS, {w}x{h}: {' '.join(labels)}")
 
