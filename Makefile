@@ -70,7 +70,7 @@ DEPLOY_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
 	$(call opt,--known-hosts,$(KNOWN_HOSTS)) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service --serve $(SERVE),)
 
-.PHONY: help setup train qat export test test-deps demo bench-edge deploy device-report bench-train bench-qat clean \
+.PHONY: help setup train qat export test test-fast test-deps demo bench-edge deploy device-report bench-train bench-qat clean \
 	pi-emu pi-emu-down test-arm
 
 help:  ## list targets
@@ -90,8 +90,11 @@ train: setup  ## float training: make train MODEL=v3_small DATA=<dir|cifar10> EP
 	$(check_model)$(PY) -m training fit $(FIT_ARGS)
 
 qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, verify, print the table
-	$(check_model)$(if $(CKPT)$(WEIGHTS),,$(PY) -m training fit $(FIT_ARGS))
+	$(check_model)$(if $(CKPT)$(WEIGHTS),,@echo "== make qat 1/3: float training ($(MODEL), $(EPOCHS) epochs)" >&2)
+	$(if $(CKPT)$(WEIGHTS),,$(PY) -m training fit $(FIT_ARGS))
+	@echo "== make qat 2/3: quantization-aware training ($(QAT_EPOCHS) epochs)" >&2
 	$(PY) -m training fit $(QAT_ARGS)
+	@echo "== make qat 3/3: convert to int8, lower to ExecuTorch/XNNPACK, verify, write the bundle" >&2
 	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT)
 
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=]
@@ -100,6 +103,9 @@ export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoint
 
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
 	$(PY) -m pytest -q -m "not arm"
+
+test-fast: setup  ## the host tests that train or export nothing (about 2 minutes; make test runs all)
+	$(PY) -m pytest -q -m "not arm and not slow"
 
 test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
 	@.ci/debian-test-deps

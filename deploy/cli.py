@@ -50,7 +50,7 @@ def requirements() -> tuple[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     pins = [*project["dependencies"], *extras["edge"], *(r for r in extras["dev"] if r.startswith("pytest"))]
-    runtime = [r for r in extras["export"] if r.startswith("executorch")]
+    runtime = [r for r in extras["train"] if r.startswith("executorch")]
     return "\n".join(dict.fromkeys(pins)) + "\n", "\n".join(runtime) + "\n"
 
 

@@ -57,10 +57,11 @@ def markdown(report: dict) -> str:
             budget = " / ".join(f"{q} {ms}" for q, ms in row.get("budget", {}).items()) or "-"
             lines.append(f"| {threads} | {_ms(row)} | {budget} |")
         lines.append("")
-    if "parity" in f:
-        p = f["parity"]
-        lines.append(f"- parity: top-1 {p['top1_agree']}/{p['n']}, max logit diff {p['max_abs_logit_diff']:.4f} "
-                     f"(tolerance {p['tolerance']:.4f})")
+    for key, what in (("parity", "golden inputs"), ("preprocessing_parity", "raw frames, preprocessed here")):
+        if key in f:
+            p = f[key]
+            lines.append(f"- parity on {p['images']} {what}: top-1 agreement {100 * p['top1_agreement']:.0f}%, max "
+                         f"logit diff {p['max_abs_logit_diff']:.4f} (tolerance {p['logit_tolerance']:.4f})")
     for name, run in f.get("pipeline", {}).items():
         lines.append(f"- pipeline ({name}): {run['fps']} FPS, capture-to-result {_ms(run['capture_to_result_ms'])} ms, "
                      f"{run['dropped']} dropped")

@@ -4,7 +4,7 @@ A bundle is a directory::
 
     model.json    BundleMeta: format version, model, labels, input preprocessing, program hash, ...
     model.pte     the ExecuTorch program (name in model.json's ``pte``, always inside the bundle)
-    golden.npz    a few inputs and the logits the host's runtime gave for them
+    golden.npz    a few preprocessed inputs and raw frames, with the logits the host's runtime gave for them
     report.json   export's verification figures, and report.md for people
 
 ``export`` writes it with ``write_bundle``; the edge app, ``deploy`` and the device tests read it
@@ -171,12 +171,14 @@ def read_bundle(path: str | Path) -> tuple[BundleMeta, bytes]:
     return meta, data
 
 
-def read_golden(path: str | Path) -> dict[str, np.ndarray]:
-    """The golden inputs and the logits the host's runtime gave for them."""
+def read_golden(path: str | Path) -> dict:
+    """The host's golden inputs and raw frames, with the logits its runtime gave for them."""
     golden = Path(path) / read_meta(path).golden
     try:
         with np.load(golden, allow_pickle=False) as data:
-            return {"inputs": data["inputs"], "logits": data["logits"]}
+            frames = [data[f"frame_{i}"] for i in range(sum(k.startswith("frame_") and k[6:].isdigit() for k in data))]
+            return {"inputs": data["inputs"], "logits": data["logits"], "frames": frames,
+                    "frame_logits": data["frame_logits"]}
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(f"{golden} is unreadable ({e}); {REEXPORT}") from None
 

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from executorch.runtime import Runtime
 
+from edge import parity
+
 from .lower import Delegation
 
 
@@ -29,28 +31,11 @@ def check_delegation(delegation: Delegation) -> None:
 
 
 def check_parity(pte_logits: torch.Tensor, ref_logits: torch.Tensor, min_agreement: float, atol: float) -> dict:
-    """Runtime vs the PyTorch model it came from: logits within ``atol``, and top-1 agreement.
-
-    int8 kernels round differently from PyTorch's reference ops and the differences
-    grow with depth, so a near-tie may flip. A flip counts against agreement only when
-    the reference's top-1 leads the runtime's choice by more than ``atol``; the raw
-    agreement is reported beside it.
-    """
-    chosen = pte_logits.argmax(1)
-    lead = ref_logits.max(1).values - ref_logits.gather(1, chosen[:, None])[:, 0]
-    result = {
-        "images": len(ref_logits),
-        "top1_agreement": (chosen == ref_logits.argmax(1)).float().mean().item(),
-        "top1_agreement_within_tolerance": (lead <= atol).float().mean().item(),
-        "max_abs_logit_diff": (pte_logits - ref_logits).abs().max().item(),
-        "logit_tolerance": atol,
-    }
-    if result["top1_agreement_within_tolerance"] < min_agreement or result["max_abs_logit_diff"] > atol:
-        raise VerificationError(
-            f"runtime disagrees with PyTorch: top-1 agreement {result['top1_agreement']:.3f} "
-            f"({result['top1_agreement_within_tolerance']:.3f} within tolerance, need {min_agreement}), "
-            f"max logit difference {result['max_abs_logit_diff']:.4f} (allowed {atol:.4f})")
-    return result
+    """Runtime vs the PyTorch model it came from, by the rule the device tests use too (edge.parity)."""
+    try:
+        return parity.check(pte_logits.numpy(), ref_logits.numpy(), atol, min_agreement)
+    except parity.ParityError as e:
+        raise VerificationError(f"runtime disagrees with PyTorch: {e}") from None
 
 
 def latency_ms(method, resolution: int, runs: int = 100, warmup: int = 10) -> dict:

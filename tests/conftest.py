@@ -19,6 +19,14 @@ from training.cli import main as train_main
 COLOURS = {"blue": (255, 0, 0), "green": (0, 255, 0), "red": (0, 0, 255)}  # BGR on disk
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that train or export a model (the ``runs``/``bundle`` fixtures, minutes) are ``slow``:
+    ``pytest -m "not slow and not arm"`` runs the rest in about a minute; ``make test`` runs all."""
+    for item in items:
+        if {"runs", "bundle"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def write_colour_images(root, per_class: int, seed: int = 0):
     """Noisy flat-colour PNGs, one folder per colour: a task a tiny model learns in seconds."""
     rng = np.random.default_rng(seed)
@@ -88,13 +96,12 @@ def fake_meta(labels=("a", "b"), size: int = 8, **spec) -> BundleMeta:
 
 
 def interrupt_once_copying(argv: list[str], releases: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Start a deploy, send it Ctrl-C (SIGINT to its process group) once its ``.partial`` copy exists."""
+    """Start a deploy, send it Ctrl-C (SIGINT to its process group) once its ``.partial`` copy has files."""
     deploy = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + timeout
-    while not list(releases.glob("*.partial")) and time.monotonic() < deadline:
+    while not any(p.is_file() for p in releases.glob("*.partial/**/*")) and time.monotonic() < deadline:
         assert deploy.poll() is None, deploy.communicate()[1][-2000:]
         time.sleep(0.05)
-    time.sleep(1.0)
     os.killpg(deploy.pid, signal.SIGINT)
     out, err = deploy.communicate(timeout=120)
     return subprocess.CompletedProcess(argv, deploy.returncode, out, err)

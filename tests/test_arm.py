@@ -75,7 +75,8 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     report = json.loads((REPORTS / "rpi5-emu" / current.name / "device_report.json").read_text())
     assert report["device"]["machine"] == "aarch64" and report["profile"]["emulated"] is True
     assert report["figures"]["parity"]["max_abs_logit_diff"] == 0.0, report["figures"]["parity"]
-    assert report["figures"]["parity"]["top1_agree"] == report["figures"]["parity"]["n"]
+    assert report["figures"]["parity"]["top1_agreement"] == 1.0 and report["figures"]["parity"]["images"] == 8
+    assert report["figures"]["preprocessing_parity"]["top1_agreement"] == 1.0
     assert "torch" not in report["versions"] and report["versions"]["executorch"] == "1.5.1"
     assert report["figures"]["latency"] and report["figures"]["pipeline"]["procedural"]["frames"] > 0
     assert report["tests"] and all(t["outcome"] in ("passed", "skipped") for t in report["tests"].values())

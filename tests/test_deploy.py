@@ -238,7 +238,8 @@ def test_deploy_over_ssh_then_an_interrupted_deploy_keeps_the_first(sshd, bundle
     report = json.loads(next(reports.glob(f"local-ssh/{current.name}/device_report.json")).read_text())
     assert set(report["figures"]["latency"]) == {str(n) for n in range(1, os.cpu_count() + 1)}
     assert all(row["runs"] >= 200 and row["p50"] <= row["p99"] for row in report["figures"]["latency"].values())
-    assert report["figures"]["parity"]["top1_agree"] == report["figures"]["parity"]["n"] == 8
+    assert report["figures"]["parity"]["top1_agreement"] == 1.0 and report["figures"]["parity"]["images"] == 8
+    assert report["figures"]["preprocessing_parity"]["images"] == 4
     assert report["bundle"]["pte_sha256"] == json.loads((bundle / "model.json").read_text())["pte_sha256"]
     assert report["tests"] and all(t["outcome"] in ("passed", "skipped") for t in report["tests"].values())
 

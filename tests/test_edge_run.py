@@ -55,7 +55,7 @@ def test_video_paced_at_its_own_rate_and_ends_with_the_file(bundle, red_video, t
     summary = run(RunConfig(bundle, str(red_video), headless=True, jsonl=str(out)))
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["frames"] == len(records) == 60 - summary["dropped"]
-    assert summary["fps"] < 40, "a 30 FPS file plays like a 30 FPS camera, not as fast as it decodes"
+    assert 20 < summary["fps"] < 40, "a 30 FPS file plays like a 30 FPS camera, not as fast as it decodes"
     assert records[-1]["source_frame"] == 59
 
 
@@ -185,8 +185,10 @@ def served(bundle, red_video):
 
 
 def test_stats_json_while_serving(served):
-    time.sleep(1)
-    stats = json.loads(urllib.request.urlopen(served + "stats.json", timeout=5).read())
+    deadline = time.monotonic() + 30
+    while not (stats := json.loads(urllib.request.urlopen(served + "stats.json", timeout=5).read())).get("fps"):
+        assert time.monotonic() < deadline, f"no figures after 30 s: {stats}"
+        time.sleep(0.1)
     assert stats["frames"] > 0 and stats["fps"] > 0 and stats["top"][0]["label"] == "red"
     assert {"latency_ms", "capture_to_result_ms", "dropped", "reconnects"} <= stats.keys()
 

@@ -16,11 +16,11 @@ from edge.bundle import load_bundle
 from edge.native import NativeError, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
-# Imported by every Python started with it on PYTHONPATH: torch, torchao, the executorch Python package
-# and Lightning then fail to import, as on a device that never installed them.
+# Imported by every Python started with it on PYTHONPATH: torch, torchao, the executorch Python package,
+# Lightning and our training/export code then fail to import, as on a device that never had them.
 NO_TORCH = """
 import importlib.abc, sys
-BLOCKED = ("torch", "torchao", "executorch", "lightning", "pytorch_lightning", "torchmetrics")
+BLOCKED = ("torch", "torchao", "executorch", "lightning", "pytorch_lightning", "torchmetrics", "training", "export")
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
@@ -71,6 +71,7 @@ def test_edge_run_eval_and_device_tests_without_torch(bundle, no_torch_env, tmp_
     assert device.returncode == 0, device.stdout[-3000:]
     figures = json.loads(report.read_text())["figures"]
     assert figures["parity"]["max_abs_logit_diff"] == 0.0 and figures["latency"] and figures["pipeline"]
+    assert figures["preprocessing_parity"]["max_abs_logit_diff"] == 0.0, "same OpenCV here: the same pixels"
 
 
 def test_runners_with_different_thread_counts_take_turns(bundle):

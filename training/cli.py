@@ -13,6 +13,11 @@ from .module import ImageClassifier
 
 
 class TrainingCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict:
+        """fit and validate: the modules define no test or predict step (a bundle is tested with edge eval)."""
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data.resolution", "model.init_args.resolution")

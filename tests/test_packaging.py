@@ -1,0 +1,72 @@
+"""Each extra installs what its code imports, directly or through our other packages."""
+import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"edge", "training", "export", "deploy", "device_tests"}
+EXTRAS_OF = {"edge": ["edge"], "deploy": ["edge"], "device_tests": ["edge", "dev"], "training": ["train"],
+             "export": ["export"]}
+ONLY_ON_A_PI = {"picamera2": "rpi"}  # imported inside the Picamera2 source only, from apt on Raspberry Pi OS
+
+
+def normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def declared(extras: list[str]) -> set[str]:
+    """Distribution names installed with ``extras`` (base dependencies, self-references followed)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements, names = [*project["dependencies"]], set()
+    pending = list(extras)
+    while pending:
+        for requirement in project["optional-dependencies"][pending.pop()]:
+            name, _, rest = re.match(r"([A-Za-z0-9_.-]+)(\[([^\]]+)\])?", requirement).groups()
+            if normalise(name) == normalise(project["name"]):
+                pending += rest.split(",")
+            else:
+                requirements.append(requirement)
+    for requirement in requirements:
+        names.add(normalise(re.match(r"[A-Za-z0-9_.-]+", requirement).group()))
+    return names
+
+
+def imports(package: str, seen: set[str] | None = None) -> set[str]:
+    """Top-level modules imported by ``package`` and by the packages of ours it imports."""
+    seen = seen if seen is not None else set()
+    seen.add(package)
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                found.add(node.module.split(".")[0])
+    for ours in (found & OURS) - seen:
+        found |= imports(ours, seen)
+    return {name for name in found - OURS if name not in sys.stdlib_module_names}
+
+
+def test_each_extra_installs_what_its_code_imports():
+    distributions = importlib.metadata.packages_distributions()
+    missing = []
+    for package, extras in EXTRAS_OF.items():
+        names = declared(extras)
+        for module in sorted(imports(package)):
+            if module in ONLY_ON_A_PI:
+                assert ONLY_ON_A_PI[module] in tomllib.loads((ROOT / "pyproject.toml").read_text())[
+                    "project"]["optional-dependencies"]
+                continue
+            providers = {normalise(d) for d in distributions.get(module, [])}
+            if not providers & names:
+                missing.append(f"{package} imports {module} ({', '.join(providers) or 'not installed'}), "
+                               f"which {extras} do not install")
+    assert not missing, "\n".join(missing)
+
+
+def test_the_check_sees_a_missing_extra():
+    assert "torch" in imports("training") and "torch" not in declared(["edge"])
+    assert {"torch", "lightning", "executorch"} <= declared(["export"]), "export follows its reference to train"

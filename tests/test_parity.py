@@ -1,0 +1,28 @@
+"""The one parity rule (edge.parity) that export's gate and the device tests both apply."""
+import numpy as np
+import pytest
+
+from edge import parity
+
+
+def test_a_near_tie_may_flip_but_a_clear_answer_may_not():
+    reference = np.array([[2.0, 1.98, 0.0], [3.0, 0.0, 0.0]])
+    tolerance = parity.logit_tolerance(reference, "int8")
+    assert tolerance == pytest.approx(0.08 * 3.0 + 1e-5)
+    flipped_tie = np.array([[1.97, 1.99, 0.0], [3.0, 0.01, 0.0]])
+    result = parity.check(flipped_tie, reference, tolerance)
+    assert result["top1_agreement"] == 0.5 and result["top1_agreement_within_tolerance"] == 1.0
+    with pytest.raises(parity.ParityError, match="top-1 agreement 0.500"):
+        parity.check(np.array([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]]), reference, tolerance)
+    with pytest.raises(parity.ParityError, match="max logit difference 0.3000"):
+        parity.check(reference + [[0, 0, 0.3], [0, 0, 0]], reference, tolerance)
+
+
+def test_fp32_is_held_closer_and_agreement_below_one_can_be_allowed():
+    reference = np.eye(4) * 10
+    assert parity.logit_tolerance(reference, "fp32") == pytest.approx(1e-2 + 1e-5)
+    one_wrong = reference.copy()
+    one_wrong[0] = [5, 6, 0, 0]  # within 7 of the reference, but its answer flipped from a lead of 10
+    with pytest.raises(parity.ParityError, match="0.750 within tolerance, need 1.0"):
+        parity.check(one_wrong, reference, tolerance=7.0)
+    assert parity.check(one_wrong, reference, tolerance=7.0, min_agreement=0.75)["top1_agreement"] == 0.75
