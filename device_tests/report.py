@@ -7,6 +7,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from edge.files import write_atomic
+
 
 def board() -> str | None:
     """The Pi's board name from the device tree, else the CPU's model name."""
@@ -36,10 +38,8 @@ def versions() -> dict:
 def write(path: Path, report: dict) -> None:
     """Atomically: the JSON and a short markdown summary next to it."""
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device_info(), "versions": versions()} | report
-    for target, text in ((path, json.dumps(report, indent=2) + "\n"), (path.with_suffix(".md"), markdown(report))):
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(target)
+    write_atomic(path, json.dumps(report, indent=2) + "\n")
+    write_atomic(path.with_suffix(".md"), markdown(report))
 
 
 def _ms(d: dict) -> str:

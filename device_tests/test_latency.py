@@ -1,28 +1,17 @@
 """Inference latency of the bundle at every thread count, against the profile's budget at its default."""
-import time
-
-import numpy as np
 import pytest
 
 from device_tests.conftest import budget_for
 from edge.bundle import load_bundle
-from edge.stats import percentiles
+from edge.stats import time_calls
 
 WARMUP = 20
 
 
 def test_latency(bundle_dir, golden, device, figures, threads, pytestconfig):
-    runs = max(200, pytestconfig.getoption("runs"))
     bundle = load_bundle(bundle_dir, threads)
     x = golden["inputs"][:1]
-    for _ in range(WARMUP):
-        bundle.logits(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        bundle.logits(x)
-        times.append(1000 * (time.perf_counter() - start))
-    row = percentiles(times, (50, 90, 99)) | {"mean": round(float(np.mean(times)), 3), "runs": runs}
+    row = time_calls(lambda: bundle.logits(x), max(200, pytestconfig.getoption("runs")), WARMUP)
     at_default = threads == device["threads"]
     budget = budget_for(device, bundle.meta.name) if at_default and not device.get("emulated") else None
     if budget:

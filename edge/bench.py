@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .bundle import BundleError, load_bundle
 from .classify import Classifier
 from .command import non_negative_float, positive_float, positive_int
+from .files import write_atomic
 from .native import NativeError
 from .run import RunConfig, RunError, run
 from .sources import SourceError, open_source
@@ -131,10 +132,7 @@ def main(argv: list[str] | None = None) -> None:
               "rss": rss_figures(piped["rss_mb"], args.warmup), "rss_samples_mb": piped["rss_mb"]}
     print(table(result))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.json)
+        write_atomic(args.json, json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

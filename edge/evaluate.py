@@ -7,27 +7,26 @@ import numpy as np
 from tqdm import tqdm
 
 from .bundle import Bundle, BundleError
+from .files import class_folders, folder_images
 from .preprocess import Preprocessor
-from .sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 
-def folder_images(root: Path, labels: list[str]) -> list[tuple[Path, int]]:
+def labelled_images(root: Path, labels: tuple[str, ...]) -> list[tuple[str, int]]:
     """(path, label index) for ``root/<class>/*``; the class folders must be the bundle's labels."""
     if not root.is_dir():
         raise BundleError(f"data directory {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folders(root)
     if set(classes) != set(labels):
         extra, missing = sorted(set(classes) - set(labels)), sorted(set(labels) - set(classes))
         raise BundleError(f"classes of {root} differ from the bundle's labels: "
                           f"not in the bundle {extra or '-'}, missing here {missing or '-'}")
-    index = {name: i for i, name in enumerate(labels)}
-    return [(p, index[c]) for c in classes for p in sorted((root / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return folder_images(root, list(labels))
 
 
 def evaluate_folder(bundle: Bundle, root: Path, limit: int | None = None, progress: bool = True) -> dict:
-    samples = folder_images(root, bundle.labels)[:limit]
+    samples = labelled_images(root, bundle.labels)[:limit]
     preprocess = Preprocessor(bundle.input)
     top1 = top5 = n = skipped = 0
     for path, label in tqdm(samples, desc="edge eval", unit="img", disable=not progress):

@@ -14,8 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .files import IMAGE_SUFFIXES, is_image
+
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SOURCE_HELP = ("picamera, a camera index (0), a video file, a directory of images, "
                "an rtsp://, http:// URL, or procedural")
 
@@ -138,7 +139,7 @@ class DirectorySource:
         self.paths: list[Path] = []
 
     def open(self) -> None:
-        self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.paths = sorted(p for p in self.root.rglob("*") if is_image(p))
         if not self.paths:
             raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {self.root}")
 
@@ -206,7 +207,7 @@ def open_source(spec: str, loop: bool = False, camera_size: tuple[int, int] = (6
     if path.is_dir():
         return DirectorySource(path, loop)
     if path.is_file():
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image(path):
             raise SourceError(f"{spec} is a single image: use `python -m edge eval` or give its directory")
         return VideoSource(str(path), loop)
     raise SourceError(f"source {spec!r} does not exist: give {SOURCE_HELP}")

@@ -3,6 +3,8 @@
 A service runs for days: the figures live in preallocated ring buffers, so memory does not grow
 with the frame count. Summary percentiles cover the last ``history`` frames (all of a shorter run).
 """
+import time
+
 import numpy as np
 
 
@@ -10,6 +12,18 @@ def percentiles(values, qs=(50, 90)) -> dict:
     if len(values) == 0:
         return {f"p{q}": None for q in qs}
     return {f"p{q}": round(float(v), 3) for q, v in zip(qs, np.percentile(np.asarray(values), qs))}
+
+
+def time_calls(call, runs: int, warmup: int = 10) -> dict:
+    """Latency of ``call()`` in ms after ``warmup`` untimed calls: p50/p90/p99, mean and the run count."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(1000 * (time.perf_counter() - start))
+    return percentiles(times, (50, 90, 99)) | {"mean": round(float(np.mean(times)), 3), "runs": runs}
 
 
 class Ring:

@@ -24,13 +24,12 @@ from edge.bundle import BundleError, BundleMeta, check_replaceable, write_bundle
 from edge.command import fraction, positive_int
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
 from edge.preprocess import InputSpec, Preprocessor
-from training.checkpoint import CheckpointError
+from training.checkpoint import CheckpointError, load_module
 from training.data import DataError, ImageDataModule
 from training.models import WeightsError
-from training.qat import QATClassifier
+from training.qat import QATClassifier, ptq
 
 from .lower import to_pte
-from .quantize import load_module, ptq
 from .report import evaluate, table
 from .verify import VerificationError, check_delegation, check_parity, latency_ms, load_method, run_pte
 

@@ -1,12 +1,9 @@
 """Checks a program must pass before it becomes a bundle, and the runtime measurements in the report."""
-import statistics
-import time
-
-import numpy as np
 import torch
 from executorch.runtime import Runtime
 
 from edge import parity
+from edge.stats import time_calls
 
 from .lower import Delegation
 
@@ -38,13 +35,6 @@ def check_parity(pte_logits: torch.Tensor, ref_logits: torch.Tensor, min_agreeme
         raise VerificationError(f"runtime disagrees with PyTorch: {e}") from None
 
 
-def latency_ms(method, resolution: int, runs: int = 100, warmup: int = 10) -> dict:
+def latency_ms(method, resolution: int, runs: int = 100) -> dict:
     x = torch.randn(1, 3, resolution, resolution)
-    for _ in range(warmup):
-        method.execute([x])
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        method.execute([x])
-        times.append((time.perf_counter() - start) * 1000)
-    return {"p50": statistics.median(times), "p90": float(np.percentile(times, 90)), "runs": runs}
+    return time_calls(lambda: method.execute([x]), runs)

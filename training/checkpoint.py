@@ -41,6 +41,26 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def load_module(path: str | Path):
+    """The LightningModule a checkpoint was written by (float or QAT), rebuilt in eval mode with its
+    weights, and the checkpoint."""
+    from .module import ImageClassifier  # here, not at the top: the model zoo imports this module
+    from .qat import QATClassifier
+
+    checkpoint = read_checkpoint(path)
+    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
+    classes = {"training.module.ImageClassifier": ImageClassifier, "training.qat.QATClassifier": QATClassifier}
+    cls = classes.get(checkpoint["hyper_parameters"].get("_class_path"), ImageClassifier)
+    if "data" not in checkpoint:
+        raise CheckpointError(f"{path} has no data description (labels, input); re-train with `make train`")
+    hparams.update(weights=None)  # the state dict below has the trained weights
+    if cls is QATClassifier:
+        hparams.update(float_checkpoint=None)
+    module = cls(**hparams)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval(), checkpoint
+
+
 def check_architecture(checkpoint: dict, path: str | Path, **expected) -> None:
     """Refuse a checkpoint whose arch/width/classes differ from what the caller builds."""
     hparams = checkpoint["hyper_parameters"]

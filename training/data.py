@@ -11,7 +11,6 @@ import logging
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from functools import cached_property
@@ -25,6 +24,7 @@ from jsonargparse.typing import NonNegativeInt, NotEmptyStr, OpenUnitInterval, P
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from edge.files import atomic_path, class_folders, folder_images
 from edge.preprocess import InputSpec
 
 from .procedural import ProceduralShapes
@@ -33,7 +33,6 @@ from .transforms import EvalTransform, TrainTransform
 log = logging.getLogger(__name__)
 Fraction = restricted_number_type("Fraction", float, [(">", 0), ("<=", 1)])  # (0, 1]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -86,19 +85,6 @@ class ArrayImages(Dataset):
         return (self.transform(image) if self.transform else image), int(self.labels[index])
 
 
-def folder_classes(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def folder_samples(root: Path, classes: list[str]) -> list[tuple[str, int]]:
-    return [
-        (entry.path, label)
-        for label, name in enumerate(classes) if (root / name).is_dir()
-        for entry in sorted(os.scandir(root / name), key=lambda e: e.name)
-        if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES
-    ]
-
-
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """CIFAR-10 ships pickles; allow only the numpy types they contain, nothing executable."""
 
@@ -113,27 +99,23 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def download(url: str, dest: Path, md5: str) -> None:
     """Fetch ``url`` to ``dest`` with a progress bar; only a file with the right MD5 lands."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.md5()
-    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+    with atomic_path(dest) as tmp, open(tmp, "wb") as out:
         try:
             with urllib.request.urlopen(url, timeout=30) as response, tqdm(
                 total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
                 desc=f"downloading {dest.name}",
             ) as bar:
                 while chunk := response.read(1 << 20):
-                    tmp.write(chunk)
+                    out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
         except (urllib.error.URLError, OSError) as e:
-            os.unlink(tmp.name)
             raise DataError(
                 f"cannot download CIFAR-10 from {url} ({e}); offline? use DATA=<ImageFolder dir> "
                 "(root/<class>/*.jpg) or leave DATA empty for the built-in procedural dataset") from None
-    if digest.hexdigest() != md5:
-        os.unlink(tmp.name)
-        raise DataError(f"{url} downloaded with MD5 {digest.hexdigest()}, expected {md5}; try again")
-    os.replace(tmp.name, dest)
+        if digest.hexdigest() != md5:
+            raise DataError(f"{url} downloaded with MD5 {digest.hexdigest()}, expected {md5}; try again")
 
 
 def load_cifar10(cache_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5) -> dict[str, tuple]:
@@ -210,7 +192,7 @@ class ImageDataModule(L.LightningDataModule):
             return list(ProceduralShapes.classes)
         if self.hparams.source == "cifar10":
             return list(CIFAR10_CLASSES)
-        classes = folder_classes(self.splits[0])
+        classes = class_folders(self.splits[0])
         if not classes:
             raise DataError(f"{self.splits[0]} has no class folders; expected <dir>/<class>/*.jpg")
         return classes
@@ -234,7 +216,7 @@ class ImageDataModule(L.LightningDataModule):
             self.val_set = ArrayImages(*arrays["test"], transform=eval_tf)
         else:
             train_dir, val_dir = self.splits
-            train = folder_samples(train_dir, self.labels)
+            train = folder_images(train_dir, self.labels)
             if not train:
                 raise DataError(f"no images (*.jpg, *.png, ...) under {train_dir}/<class>/")
             if val_dir is None:
@@ -243,7 +225,7 @@ class ImageDataModule(L.LightningDataModule):
                 val = [train[i] for i in sorted(order[:n_val])]
                 train = [train[i] for i in sorted(order[n_val:])]
             else:
-                val = folder_samples(val_dir, self.labels)
+                val = folder_images(val_dir, self.labels)
             self.train_set, self.val_set = FileImages(train, train_tf), FileImages(val, eval_tf)
 
     def _loader(self, dataset: Dataset, shuffle: bool, generator: torch.Generator) -> DataLoader:

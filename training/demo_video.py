@@ -6,7 +6,6 @@ frame) drifting slowly, with fresh sensor-like noise on every frame.
     python -m training.demo_video artifacts/demo.mp4 --seconds 20
 """
 import argparse
-import os
 from pathlib import Path
 
 import cv2
@@ -14,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge.command import frame_size, positive_float, positive_int
+from edge.files import atomic_path
 
 from .procedural import CLASSES, ProceduralShapes
 
@@ -31,8 +31,11 @@ def write_video(path: Path, seconds: float = 20, fps: int = 30, size: tuple[int,
     """Writes ``path`` (MPEG-4, via a temp file); returns the label shown in each second."""
     shapes = ProceduralShapes(int(seconds) + 1, seed, "val", image_size=96)
     rng = np.random.default_rng(seed)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        return _write_frames(tmp, shapes, rng, seconds, fps, size)
+
+
+def _write_frames(tmp: Path, shapes, rng, seconds: float, fps: int, size: tuple[int, int]) -> list[str]:
     writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write MPEG-4 video to {tmp}")
@@ -48,7 +51,6 @@ def write_video(path: Path, seconds: float = 20, fps: int = 30, size: tuple[int,
                 writer.write(np.clip(moved + rng.normal(0, 4, moved.shape), 0, 255).astype(np.uint8))
     finally:
         writer.release()
-    os.replace(tmp, path)
     return labels
 
 

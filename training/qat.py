@@ -72,9 +72,14 @@ def set_batchnorm_args(graph: torch.fx.GraphModule, eps: float, momentum: float,
     graph.recompile()
 
 
-def prepare_ptq(model: nn.Module, resolution: int) -> torch.fx.GraphModule:
-    """Observers for post-training quantization, the baseline QAT is compared with."""
-    return prepare_pt2e(export_float(model, resolution), xnnpack_quantizer(qat=False))
+@torch.no_grad()
+def ptq(model: nn.Module, resolution: int, loader) -> torch.fx.GraphModule:
+    """Post-training quantization (the baseline QAT is compared with) with the same quantizer, its
+    observers calibrated on ``loader``; ``model`` is left untouched."""
+    prepared = prepare_pt2e(export_float(copy.deepcopy(model), resolution), xnnpack_quantizer(qat=False))
+    for batch, _ in loader:
+        prepared(batch)
+    return convert_pt2e(prepared)
 
 
 def default_freeze_epoch(fraction: float, max_epochs: int | None) -> int:

@@ -17,6 +17,8 @@ import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
+from ..files import atomic_path
+
 SOURCE = Path(__file__).resolve().with_name("runner.cpp")
 # Linked with --no-as-needed: the XNNPACK backend and the kernels register themselves when loaded.
 LIBRARIES = ("executorch", "executorch_backend_xnnpack", "executorch_threadpool", "executorch_kernels_optimized")
@@ -77,14 +79,9 @@ def build(force: bool = False) -> Path:
     out = library_path()
     if out.is_file() and not force:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out) as tmp:
         result = subprocess.run(compile_command(tmp), capture_output=True, text=True)
         if result.returncode != 0:
             first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
             raise NativeError(f"compiling the native runner failed: {first[:400]}")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

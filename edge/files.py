@@ -1,0 +1,43 @@
+"""Files that appear whole or not at all, and the image folders every stage reads (training imports these)."""
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def is_image(path: Path | str) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class names of an ImageFolder (``root/<class>/``), sorted; hidden folders are not classes."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def folder_images(root: Path, classes: list[str]) -> list[tuple[str, int]]:
+    """(path, class index) of the images in ``root/<class>/``, in name order."""
+    return [(entry.path, label)
+            for label, name in enumerate(classes) if (root / name).is_dir()
+            for entry in sorted(os.scandir(root / name), key=lambda e: e.name) if is_image(entry.name)]
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name next to ``path`` (same suffix, so tools that go by it still do) to write to;
+    renamed over ``path`` when the block ends without an error, removed when it does not."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}-{secrets.token_hex(3)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
