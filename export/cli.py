@@ -22,6 +22,7 @@ import torch
 
 from edge.bundle import BundleError, BundleMeta, check_replaceable, write_bundle
 from edge.command import fraction, positive_int
+from edge.native import NativeError
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
 from edge.preprocess import InputSpec, Preprocessor
 from training.checkpoint import CheckpointError, load_module
@@ -31,7 +32,7 @@ from training.qat import QATClassifier, ptq
 
 from .lower import to_pte
 from .report import evaluate, table
-from .verify import VerificationError, check_delegation, check_parity, latency_ms, load_method, run_pte
+from .verify import VerificationError, check_delegation, check_parity, latency_ms, load_program, run_pte
 
 GOLDEN_IMAGES = 8
 
@@ -115,14 +116,14 @@ def lower(models: dict, scheme: str, size: int, baselines: bool) -> tuple[bytes,
     pte_bytes, delegation = to_pte(models[REFERENCE[scheme]], size)
     print(delegation.table(), file=sys.stderr)
     check_delegation(delegation)
-    methods, programs = {"pte": load_method(pte_bytes)}, {"pte": {"bytes": len(pte_bytes)}}
+    runners, programs = {"pte": load_program(pte_bytes)}, {"pte": {"bytes": len(pte_bytes)}}
     if baselines and scheme != "fp32" and "float" in models:
         print("lowering fp32 for comparison", file=sys.stderr)
         fp32_bytes, _ = to_pte(models["float"].model, size)
-        methods["fp32_pte"], programs["fp32_pte"] = load_method(fp32_bytes), {"bytes": len(fp32_bytes)}
-    for name, method in methods.items():
-        programs[name]["latency_ms"] = latency_ms(method, size)
-        models[name] = partial(run_pte, method)
+        runners["fp32_pte"], programs["fp32_pte"] = load_program(fp32_bytes), {"bytes": len(fp32_bytes)}
+    for name, runner in runners.items():
+        programs[name]["latency_ms"] = latency_ms(runner, size)
+        models[name] = partial(run_pte, runner)
     return pte_bytes, delegation, programs
 
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         check_replaceable(out)
         meta, files, report = build(args, module, checkpoint)
         write_bundle(out, meta, files)
-    except (BundleError, CheckpointError, DataError, WeightsError, VerificationError) as e:
+    except (BundleError, CheckpointError, DataError, NativeError, WeightsError, VerificationError) as e:
         sys.exit(f"error: {e}")
     parity = report["parity"]
     print(f"\n{meta.name} on {report['val_images']} validation images; runtime vs PyTorch on "

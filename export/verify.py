@@ -1,8 +1,12 @@
-"""Checks a program must pass before it becomes a bundle, and the runtime measurements in the report."""
+"""Checks a program must pass before it becomes a bundle, and the runtime measurements in the report.
+
+Programs run on the device's own runtime, edge's native runner: what is verified here is what runs there.
+"""
+import numpy as np
 import torch
-from executorch.runtime import Runtime
 
 from edge import parity
+from edge.native import Runner
 from edge.stats import time_calls
 
 from .lower import Delegation
@@ -12,13 +16,13 @@ class VerificationError(RuntimeError):
     """The lowered program does not do what the PyTorch model does."""
 
 
-def load_method(pte: bytes):
-    return Runtime.get().load_program(pte).load_method("forward")
+def load_program(pte: bytes) -> Runner:
+    return Runner(pte)
 
 
-def run_pte(method, inputs: torch.Tensor) -> torch.Tensor:
+def run_pte(runner: Runner, inputs: torch.Tensor) -> torch.Tensor:
     """Logits for a batch, one image per call as the program is exported at batch 1."""
-    return torch.cat([method.execute([x.unsqueeze(0).contiguous()])[0] for x in inputs])
+    return torch.from_numpy(np.concatenate([runner(np.ascontiguousarray(x[None].numpy())) for x in inputs]))
 
 
 def check_delegation(delegation: Delegation) -> None:
@@ -35,6 +39,6 @@ def check_parity(pte_logits: torch.Tensor, ref_logits: torch.Tensor, min_agreeme
         raise VerificationError(f"runtime disagrees with PyTorch: {e}") from None
 
 
-def latency_ms(method, resolution: int, runs: int = 100) -> dict:
-    x = torch.randn(1, 3, resolution, resolution)
-    return time_calls(lambda: method.execute([x]), runs)
+def latency_ms(runner: Runner, resolution: int, runs: int = 100) -> dict:
+    x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution), dtype=np.float32)
+    return time_calls(lambda: runner(x), runs)
