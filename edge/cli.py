@@ -23,8 +23,9 @@ def _add_run(commands) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory (model.pte + model.json)")
     p.add_argument("--source", required=True, help=SOURCE_HELP)
     p.add_argument("--loop", action="store_true", help="replay a video file or directory forever")
-    p.add_argument("--fps", type=non_negative_float, help="pace a file/directory at this rate (default: the video's own, "
-                                             "30 for a directory); 0 = as fast as it decodes")
+    p.add_argument("--fps", type=non_negative_float,
+                   help="pace a file/directory at this rate (default: the video's own, 30 for a directory); "
+                        "0 = as fast as it decodes")
     p.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
     p.add_argument("--top-k", type=positive_int, default=3, help="labels per result (default 3)")
     p.add_argument("--smooth", type=float, default=0.0, metavar="ALPHA",
@@ -36,8 +37,8 @@ def _add_run(commands) -> None:
     p.add_argument("--duration", type=positive_float, metavar="SECONDS", help="stop after this long")
     p.add_argument("--serve", metavar="HOST:PORT", help="web page with the annotated stream and live stats "
                                                         "(PORT alone binds 127.0.0.1; 0.0.0.0:PORT for the LAN)")
-    p.add_argument("--camera-size", type=frame_size, metavar="WxH", help="Picamera2 stream size (default 640x480, "
-                                                                    "larger if the model needs it)")
+    p.add_argument("--camera-size", type=frame_size, metavar="WxH",
+                   help="Picamera2 stream size (default 640x480, larger if the model needs it)")
 
 
 def main(argv: list[str] | None = None) -> None:
