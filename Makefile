@@ -117,8 +117,8 @@ $(DEMO_VIDEO): | setup
 	$(PY) -m training.demo_video $@ --seconds 30
 
 demo: setup $(BUNDLE)/model.json $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo, page on SERVE=127.0.0.1:8080 (WINDOW=1: a window too)
-	$(PY) -m edge run $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO) --loop) --serve $(SERVE) \
-		$(if $(WINDOW),,--headless) $(if $(THREADS),--threads $(THREADS),) $(ARGS)
+	@$(MAKE) -s -f deploy/device.mk demo PY=$(PY) BUNDLE=$(BUNDLE) SOURCE="$(or $(SOURCE),$(DEMO_VIDEO) --loop)" \
+		SERVE=$(SERVE) THREADS=$(THREADS) WINDOW=$(WINDOW) ARGS="$(ARGS)"
 
 bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS=120)
 	$(PY) -m edge.bench $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO)) --seconds $(BENCH_SECONDS) \

@@ -2,7 +2,9 @@
 #   make demo [SOURCE=picamera|0|file.mp4] [SERVE=0.0.0.0:8080]   live classification, page on SERVE
 #             [WINDOW=1]                                            also a window (needs an OpenCV with GUI)
 #   make test                                                       the device tests, report in device_report.*
-PY := $(shell cat python)
+# The host's `make demo` runs this demo target too (with its own PY, BUNDLE and SOURCE): one demo command.
+PY ?= $(shell cat python)
+BUNDLE ?= bundle
 FACT = $(shell $(PY) -c "import json; print(json.load(open('device.json'))['$(1)'] or '')")
 SOURCE ?= $(or $(call FACT,camera),procedural)
 THREADS ?= $(call FACT,threads)
@@ -12,7 +14,8 @@ ARGS ?=
 
 .PHONY: demo test
 demo:
-	$(PY) -m edge run bundle --source $(SOURCE) --serve $(SERVE) --threads $(THREADS) $(if $(WINDOW),,--headless) $(ARGS)
+	$(PY) -m edge run $(BUNDLE) --source $(SOURCE) --serve $(SERVE) $(if $(THREADS),--threads $(THREADS),) \
+		$(if $(WINDOW),,--headless) $(ARGS)
 
 test:
 	$(PY) -m pytest -c device_tests/pytest.ini device_tests -q --report device_report.json

@@ -268,3 +268,22 @@ def test_deploy_to_a_wrong_port_or_key_is_one_line(sshd, bundle, tmp_path, probl
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and message in error[0], result.stderr[-2000:]
     assert getpass.getuser() in error[0]
+
+
+def test_one_demo_command_here_and_on_the_device(tmp_path):
+    """The host's make demo runs the release Makefile's demo target: one command line for both."""
+    def printed(*argv, cwd):
+        out = subprocess.run(["make", "-n", *argv], cwd=cwd, capture_output=True, text=True, timeout=60).stdout
+        return " ".join(out.replace("\\\n", " ").split())
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.json").write_text("{}")
+    host = printed("demo", f"BUNDLE={bundle}", "SOURCE=clip.mp4", "THREADS=2", cwd=Path(__file__).parent.parent)
+    assert f"-m edge run {bundle} --source clip.mp4 --serve 127.0.0.1:8080 --threads 2 --headless" in host
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "python").write_text("/usr/bin/python3\n")
+    (release / "device.json").write_text(json.dumps({"camera": "picamera", "threads": 4}))
+    device = printed("-f", str(Path(__file__).parent.parent / "deploy" / "device.mk"), "demo", cwd=release)
+    assert device == "/usr/bin/python3 -m edge run bundle --source picamera --serve 127.0.0.1:8080 --threads 4 --headless"
