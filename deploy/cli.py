@@ -72,12 +72,12 @@ def check_bundle(bundle: Path) -> BundleMeta:
     return loaded.meta
 
 
-def service_unit(device: Device, root: str, python: str, serve: str) -> str:
-    """A systemd user unit that starts the demo at boot (with `loginctl enable-linger`), serving on ``serve``."""
+def service_unit(root: str, serve: str) -> str:
+    """A systemd user unit that starts the release's ``make demo`` at boot (with `loginctl enable-linger`),
+    serving on ``serve``: the same command as by hand, with the profile's camera and threads."""
     return (f"[Unit]\nDescription=mobilenet-edge live classification\nAfter=network-online.target\n\n"
             f"[Service]\nWorkingDirectory={root}/current\n"
-            f"ExecStart={python} -m edge run bundle --source {device.camera or 'procedural'} --headless "
-            f"--threads {device.threads} --serve {serve}\nRestart=on-failure\nRestartSec=5\n\n"
+            f"ExecStart=/usr/bin/make -s demo SERVE={serve}\nRestart=on-failure\nRestartSec=5\n\n"
             f"[Install]\nWantedBy=default.target\n")
 
 
@@ -97,7 +97,7 @@ def stage(bundle: Path, device: Device, root: str, python: str, version: str, me
     (into / "python").write_text(python + "\n")
     (into / "release.json").write_text(json.dumps({"version": version, "model": meta.name,
                                                    "pte_sha256": meta.pte_sha256, "device": device.name}) + "\n")
-    (into / SERVICE).write_text(service_unit(device, root, python, serve))
+    (into / SERVICE).write_text(service_unit(root, serve))
     lines = []
     for path in sorted(p for p in into.rglob("*") if p.is_file()):
         rel = path.relative_to(into).as_posix()
@@ -209,6 +209,7 @@ def prune_environments(target: Target, releases: str, base: str, keep: str) -> N
 
 def install_service(target: Target, root: str, home: str, serve: str) -> None:
     units = f"{home}/.config/systemd/user"
+    target.run(["test", "-x", "/usr/bin/make"], what="looking for make, which the unit runs (sudo apt install make)")
     target.run(["mkdir", "-p", units], what="creating the systemd user directory")
     target.run(["cp", f"{root}/current/{SERVICE}", f"{units}/{SERVICE}"], what="installing the unit")
     target.run(["systemctl", "--user", "daemon-reload"], what="systemctl --user daemon-reload")

@@ -2,7 +2,7 @@
 #   make demo [SOURCE=picamera|0|file.mp4] [SERVE=0.0.0.0:8080]   live classification, page on SERVE
 #             [WINDOW=1]                                            also a window (needs an OpenCV with GUI)
 #   make test                                                       the device tests, report in device_report.*
-# The host's `make demo` runs this demo target too (with its own PY, BUNDLE and SOURCE): one demo command.
+# The host's `make demo` and the systemd unit of `make deploy SERVICE=1` run this demo target too: one demo command.
 PY ?= $(shell cat python)
 BUNDLE ?= bundle
 FACT = $(shell $(PY) -c "import json; print(json.load(open('device.json'))['$(1)'] or '')")

@@ -140,11 +140,9 @@ def test_staged_release_verifies_and_detects_tampering(bundle, tmp_path):
 
 
 def test_service_unit_runs_the_current_release_on_the_address_asked_for():
-    unit = service_unit(load_device("rpi5"), "/home/me/mobilenet-edge", "/home/me/mobilenet-edge/venv/bin/python",
-                        "127.0.0.1:8080")
-    assert "WorkingDirectory=/home/me/mobilenet-edge/current" in unit
-    assert "ExecStart=/home/me/mobilenet-edge/venv/bin/python -m edge run bundle --source picamera" in unit
-    assert "--threads 4" in unit and "--serve 127.0.0.1:8080\n" in unit and "WantedBy=default.target" in unit
+    unit = service_unit("/home/me/mobilenet-edge", "127.0.0.1:8080")
+    assert "WorkingDirectory=/home/me/mobilenet-edge/current" in unit and "WantedBy=default.target" in unit
+    assert "ExecStart=/usr/bin/make -s demo SERVE=127.0.0.1:8080\n" in unit, "the release's own demo command"
     make = ["make", "-s", "--eval", "deploy-args: ; @echo $(DEPLOY_ARGS)", "deploy-args", "SERVICE=1"]
     assert "--service --serve 127.0.0.1:8080" in subprocess.run(make, capture_output=True, text=True).stdout
     assert "--serve 0.0.0.0:9000" in subprocess.run([*make, "SERVE=0.0.0.0:9000"], capture_output=True,
