@@ -51,7 +51,8 @@ class Device:
             raise ProfileError(f"SSH key {self.key} does not exist: check KEY= (or leave it out and ssh picks "
                                "your usual keys)")
         if self.known_hosts is not None and not Path(self.known_hosts).expanduser().parent.is_dir():
-            raise ProfileError(f"the directory of known_hosts file {self.known_hosts} does not exist: check KNOWN_HOSTS=")
+            raise ProfileError(f"the directory of known_hosts file {self.known_hosts} does not exist: "
+                               "check KNOWN_HOSTS=")
 
     @property
     def ssh(self) -> bool:

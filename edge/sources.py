@@ -100,7 +100,8 @@ class VideoSource:
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self.fps = None
         ms = int(1000 * timeout)
-        self.params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms] if "://" in self.name else []
+        network = "://" in self.name
+        self.params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms] if network else []
 
     def open(self) -> None:
         self.capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, self.params)

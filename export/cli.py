@@ -22,7 +22,7 @@ import torch
 
 from edge.bundle import BundleError, BundleMeta, check_replaceable, write_bundle
 from edge.command import fraction, positive_int
-from edge.native import NativeError
+from edge.native import NativeError, Runner
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
 from edge.preprocess import InputSpec, Preprocessor
 from training.checkpoint import CheckpointError, load_module
@@ -70,7 +70,7 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> tuple[BundleMet
     data.setup("fit")
     spec = InputSpec(**checkpoint["data"]["input"])
     models = reference_models(args, module, checkpoint, scheme, data, spec.size)
-    pte_bytes, delegation, programs = lower(models, scheme, spec.size, args.baselines)
+    pte_bytes, delegation, programs, runner = lower(models, scheme, spec.size, args.baselines)
 
     reference = REFERENCE[scheme]
     accuracy, kept = evaluate(models, data.val_dataloader(), len(data.labels),
@@ -80,8 +80,9 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> tuple[BundleMet
     meta = describe(args, module.hparams, checkpoint, scheme, spec, pte_bytes, parity["logit_tolerance"])
     report = {"name": meta.name, "quantization": meta.quantization, "val_images": accuracy["pte"]["n"],
               "accuracy": accuracy, "programs": programs, "parity": parity, "delegation": delegation.to_json()}
-    files = {meta.pte: pte_bytes, meta.golden: golden(kept, models["pte"], spec), "report.json": _json(report),
-             "report.md": (table(report) + "\n").encode()}
+    inputs, logits = kept["inputs"][:GOLDEN_IMAGES].numpy(), kept["pte"][:GOLDEN_IMAGES].numpy()
+    files = {meta.pte: pte_bytes, meta.golden: golden(inputs, logits, runner, spec),
+             "report.json": _json(report), "report.md": (table(report) + "\n").encode()}
     return meta, files, report
 
 
@@ -109,9 +110,10 @@ def reference_models(args: argparse.Namespace, module, checkpoint: dict, scheme:
     return models
 
 
-def lower(models: dict, scheme: str, size: int, baselines: bool) -> tuple[bytes, object, dict]:
+def lower(models: dict, scheme: str, size: int, baselines: bool) -> tuple[bytes, object, dict, Runner]:
     """Lower the reference to a program (and the float model too, for comparison), check delegation,
-    time both; ``models`` gains ``pte`` (and ``fp32_pte``) as runtime-backed models."""
+    time both; ``models`` gains ``pte`` (and ``fp32_pte``) as runtime-backed models. Returns the
+    program, its delegation, the programs' figures and the program loaded on the native runner."""
     print(f"lowering {scheme} to ExecuTorch/XNNPACK", file=sys.stderr)
     pte_bytes, delegation = to_pte(models[REFERENCE[scheme]], size)
     print(delegation.table(), file=sys.stderr)
@@ -124,10 +126,11 @@ def lower(models: dict, scheme: str, size: int, baselines: bool) -> tuple[bytes,
     for name, runner in runners.items():
         programs[name]["latency_ms"] = latency_ms(runner, size)
         models[name] = partial(run_pte, runner)
-    return pte_bytes, delegation, programs
+    return pte_bytes, delegation, programs, runners["pte"]
 
 
-def describe(args, hp, checkpoint: dict, scheme: str, spec: InputSpec, pte_bytes: bytes, tolerance: float) -> BundleMeta:
+def describe(args, hp, checkpoint: dict, scheme: str, spec: InputSpec, pte_bytes: bytes,
+             tolerance: float) -> BundleMeta:
     return BundleMeta(
         name=f"{hp.arch}-{hp.width_mult:g}-{spec.size}-{scheme}", arch=hp.arch, width_mult=hp.width_mult,
         num_classes=hp.num_classes, labels=tuple(checkpoint["data"]["labels"]), input=spec,
@@ -139,19 +142,18 @@ def describe(args, hp, checkpoint: dict, scheme: str, spec: InputSpec, pte_bytes
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
-def golden(kept: dict, program, spec: InputSpec) -> bytes:
-    """golden.npz: preprocessed inputs with this program's logits, and raw BGR frames of odd sizes
-    (made from the same held-out images) with the logits of their preprocessing here, so a device
+def golden(inputs: np.ndarray, logits: np.ndarray, runner: Runner, spec: InputSpec) -> bytes:
+    """golden.npz: preprocessed inputs with the program's logits, and raw BGR frames of odd sizes (made
+    from the same images) with the logits the program gives for their preprocessing here, so a device
     checks its own OpenCV resize and crop as well as its runtime."""
-    inputs = kept["inputs"][:GOLDEN_IMAGES].numpy()
     rgb = inputs.transpose(0, 2, 3, 1) * np.array(spec.std) + np.array(spec.mean)
     rgb = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
     frames = [np.ascontiguousarray(cv2.resize(rgb[i % len(rgb)], size, interpolation=cv2.INTER_LINEAR)[..., ::-1])
               for i, size in enumerate(GOLDEN_FRAME_SIZES)]
     preprocess = Preprocessor(spec)
-    frame_logits = program(torch.from_numpy(np.concatenate([preprocess(f, order="BGR") for f in frames])))
+    frame_logits = np.concatenate([runner(preprocess(f, order="BGR")) for f in frames])
     buffer = io.BytesIO()
-    np.savez(buffer, inputs=inputs, logits=kept["pte"][:GOLDEN_IMAGES].numpy(), frame_logits=frame_logits.numpy(),
+    np.savez(buffer, inputs=inputs, logits=logits, frame_logits=frame_logits,
              **{f"frame_{i}": frame for i, frame in enumerate(frames)})
     return buffer.getvalue()
 

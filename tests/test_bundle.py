@@ -16,6 +16,12 @@ from edge.bundle import FORMAT, BundleError, BundleMeta, check_replaceable, load
 from edge.cli import main as edge_main
 
 
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    """Here a real program is enough, not a trained one: the untrained tiny bundle (seconds, not minutes)."""
+    return tiny_bundle
+
+
 def broken_copy(bundle: Path, into: Path, pte: bytes | None = None, edit=None) -> Path:
     """A copy of the bundle with another program (its sha256 fixed up, so only the content is wrong)
     and/or model.json edited by ``edit(meta)``."""

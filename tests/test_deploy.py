@@ -21,6 +21,12 @@ from device_tests.compare import flatten, table
 SSHD = "/usr/sbin/sshd"
 
 
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    """Here a real program is enough, not a trained one: the untrained tiny bundle (seconds, not minutes)."""
+    return tiny_bundle
+
+
 def test_profile_overrides_and_user_at_host():
     device = load_device("rpi5", host="alice@10.0.0.7", port=2200, threads=2)
     assert (device.user, device.host, device.port, device.threads) == ("alice", "10.0.0.7", 2200, 2)
@@ -284,4 +290,5 @@ def test_one_demo_command_here_and_on_the_device(tmp_path):
     (release / "python").write_text("/usr/bin/python3\n")
     (release / "device.json").write_text(json.dumps({"camera": "picamera", "threads": 4}))
     device = printed("-f", str(Path(__file__).parent.parent / "deploy" / "device.mk"), "demo", cwd=release)
-    assert device == "/usr/bin/python3 -m edge run bundle --source picamera --serve 127.0.0.1:8080 --threads 4 --headless"
+    assert device == ("/usr/bin/python3 -m edge run bundle --source picamera --serve 127.0.0.1:8080 --threads 4 "
+                      "--headless")

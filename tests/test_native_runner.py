@@ -36,6 +36,12 @@ def no_torch_env(tmp_path_factory):
     return os.environ | {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
 
 
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle):
+    """Here a real program is enough, not a trained one: the untrained tiny bundle (seconds, not minutes)."""
+    return tiny_bundle
+
+
 def run(args, env=None, cwd=None, timeout=300):
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
                           timeout=timeout)

@@ -178,7 +178,8 @@ def test_failed_verification_leaves_the_previous_bundle(runs, bundle, tmp_path, 
     shutil.copytree(bundle, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(QATClassifier, "convert", lambda module: module)
-    monkeypatch.setattr(export_cli, "to_pte", lambda model, size: ((bundle / "model.pte").read_bytes(), Delegation(1, {})))
+    program = (bundle / "model.pte").read_bytes()
+    monkeypatch.setattr(export_cli, "to_pte", lambda model, size: (program, Delegation(1, {})))
     monkeypatch.setattr(export_cli, "run_pte", lambda method, x: torch.randn(len(x), 3) * 100)
     with pytest.raises(SystemExit, match="runtime disagrees with PyTorch"):
         export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out), "--no-baselines"])

@@ -22,6 +22,8 @@ def silence_known_noise() -> None:
     # torchao registers an Enum with torch's pytree at import; torch 2.13 deprecates that call.
     logging.getLogger("torch.utils._pytree").addFilter(_DropMessages(r"register_constant\(\) on Enum subclasses"))
     # Lightning advertises its cloud services at every fit.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropMessages(r"^💡 Tip: For seamless cloud"))
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        _DropMessages(r"^💡 Tip: For seamless cloud"))
     # torch.export's own pytree specs, deep-copied with each graph we copy (QAT convert, PTQ, export).
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
