@@ -277,7 +277,9 @@ def test_deploy_to_a_wrong_port_or_key_is_one_line(sshd, bundle, tmp_path, probl
 def test_one_demo_command_here_and_on_the_device(tmp_path):
     """The host's make demo runs the release Makefile's demo target: one command line for both."""
     def printed(*argv, cwd):
-        out = subprocess.run(["make", "-n", *argv], cwd=cwd, capture_output=True, text=True, timeout=60).stdout
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
+        out = subprocess.run(["make", "--no-print-directory", "-n", *argv], cwd=cwd, env=env, capture_output=True,
+                             text=True, timeout=60).stdout
         return " ".join(out.replace("\\\n", " ").split())
 
     bundle = tmp_path / "bundle"
