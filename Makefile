@@ -104,7 +104,7 @@ export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoint
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
 	$(PY) -m pytest -q -m "not arm"
 
-test-fast: setup  ## the host tests that train or export nothing (about 2 minutes; make test runs all)
+test-fast: setup  ## the host tests that need no trained model (make test runs all)
 	$(PY) -m pytest -q -m "not arm and not slow"
 
 test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
