@@ -116,7 +116,7 @@ def lower(models: dict, scheme: str, size: int, baselines: bool) -> tuple[bytes,
     program, its delegation, the programs' figures and the program loaded on the native runner."""
     print(f"lowering {scheme} to ExecuTorch/XNNPACK", file=sys.stderr)
     pte_bytes, delegation = to_pte(models[REFERENCE[scheme]], size)
-    print(delegation.table(), file=sys.stderr)
+    print(delegation.summary(), file=sys.stderr)
     check_delegation(delegation)
     runners, programs = {"pte": load_program(pte_bytes)}, {"pte": {"bytes": len(pte_bytes)}}
     if baselines and scheme != "fp32" and "float" in models:

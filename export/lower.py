@@ -19,10 +19,12 @@ class Delegation:
     def undelegated_weighted_ops(self) -> dict[str, int]:
         return {op: n for op, (_, n) in self.by_op.items() if n and any(w in op for w in WEIGHTED_OPS)}
 
-    def table(self) -> str:
-        rows = [f"{'op':<52} {'delegated':>9} {'not':>5}"] + [
-            f"{op:<52} {d:>9} {n:>5}" for op, (d, n) in sorted(self.by_op.items())]
-        return "\n".join(rows + [f"delegated subgraphs: {self.subgraphs}"])
+    def summary(self) -> str:
+        """One line: what XNNPACK took and what stayed outside (the full table is in report.json)."""
+        inside = sum(d for d, _ in self.by_op.values())
+        outside = ", ".join(f"{op} x{n}" for op, (_, n) in sorted(self.by_op.items()) if n) or "nothing"
+        return (f"XNNPACK: {inside} nodes in {self.subgraphs} delegated subgraph(s); "
+                f"outside: {outside}")
 
     def to_json(self) -> dict:
         return {"subgraphs": self.subgraphs,

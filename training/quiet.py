@@ -2,6 +2,7 @@
 
 Nothing here hides a warning class or a logger wholesale; anything new still shows.
 """
+import functools
 import logging
 import re
 import warnings
@@ -16,6 +17,7 @@ class _DropMessages(logging.Filter):
         return not self.pattern.search(record.getMessage())
 
 
+@functools.cache  # once per process, whichever package imports first
 def silence_known_noise() -> None:
     # torchao's wheel ships CUDA-only kernels (mxfp8, cutlass sm90a) that cannot load on a CPU build.
     logging.getLogger("torchao").addFilter(_DropMessages(r"^Failed to load .*/torchao/_C_(mxfp8|cutlass_90a)\."))
