@@ -18,7 +18,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from edge.bundle import BundleError, BundleMeta, check_replaceable, write_bundle
 from edge.command import fraction, positive_int
