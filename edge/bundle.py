@@ -224,13 +224,13 @@ def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
     return Bundle(path, meta, runner)
 
 
-def is_bundle(path: Path) -> bool:
-    """Whether ``path`` holds a bundle of any format (a model.json object naming its program's hash)."""
+def _any_format_meta(path: Path) -> dict | None:
+    """model.json of a bundle of any format (an object naming its program's hash), else None."""
     try:
         raw = json.loads((path / META).read_bytes())
     except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(raw, dict) and "pte_sha256" in raw
+        return None
+    return raw if isinstance(raw, dict) and "pte_sha256" in raw else None
 
 
 def check_replaceable(out: Path) -> None:
@@ -243,10 +243,10 @@ def check_replaceable(out: Path) -> None:
     entries = {p.name for p in out.iterdir()}
     if not entries:
         return
-    if not is_bundle(out):
+    raw = _any_format_meta(out)
+    if raw is None:
         raise BundleError(f"{out} exists and is not a bundle (no readable {META}): nothing was written; "
                           "give another output path or move it away")
-    raw = json.loads((out / META).read_bytes())
     known = {META, *REPORTS, "model.pte", "golden.npz", str(raw.get("pte")), str(raw.get("golden"))}
     if extra := sorted(entries - known):
         raise BundleError(f"{out} is a bundle but also holds {', '.join(extra[:5])}: nothing was written; "
