@@ -77,10 +77,11 @@ help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
+	@echo "== setup: $(VENV) with the project and its extras [$(EXTRAS)] (the first time: a few minutes, about 2 GB)" >&2
 	python3 -m venv $(VENV_FLAGS) $(VENV)
-	$(VENV)/bin/pip install --upgrade pip
-	$(VENV)/bin/pip install -e ".[$(EXTRAS)]"
-	$(if $(ON_PI),$(VENV)/bin/pip install --no-deps $$(grep -o '"executorch==[^"]*"' pyproject.toml | head -1 | tr -d '"'))
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[$(EXTRAS)]"
+	$(if $(ON_PI),$(VENV)/bin/pip install -q --no-deps $$(grep -o '"executorch==[^"]*"' pyproject.toml | head -1 | tr -d '"'))
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv, install the project with its extras, build the native runner

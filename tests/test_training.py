@@ -5,8 +5,10 @@ import sys
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from training.cli import main
+from training.models import create_model
 
 
 class StopAfterFirstEpoch(L.Callback):
@@ -87,3 +89,23 @@ def test_bad_files_and_values_are_one_line_not_a_traceback(tmp_path, capsys, fla
     text = exit.value.code if isinstance(exit.value.code, str) else printed[-1]
     assert exit.value.code != 0 and text.startswith("error: ") and message.format(**files) in text, (text, printed)
     assert "weights_only=False" not in text, "never the advice to unpickle an untrusted file"
+
+
+def test_a_fit_prints_one_summary_line_and_no_known_noise(tmp_path):
+    args = [a for a in TINY if a != "--trainer.enable_model_summary=false"]
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "fit", *args, "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+         "--trainer.log_every_n_steps=1", f"--trainer.logger.init_args.save_dir={tmp_path}",
+         f"--checkpoint.dirpath={tmp_path / 'ckpt'}"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    params = sum(p.numel() for p in create_model("v3_small", 8, 0.5).parameters())
+    summary = [line for line in output.splitlines() if line.startswith("model: ")]
+    assert len(summary) == 1 and summary[0].startswith(
+        f"model: MobileNetV3, {get_human_readable_count(params)} parameters"), summary
+    assert summary[0].endswith("FLOPs on an input of [2, 3, 32, 32]"), summary
+    for noise in ("Seed set to", "GPU available: False", "TPU available", "estimate number of stepping",
+                  "Total params", "model summary callbacks", "LeafSpec", "_C_mxfp8"):
+        assert noise not in output, noise
+    assert len(output.splitlines()) <= 4, output

@@ -3,13 +3,32 @@ import argparse
 import re
 import sys
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from .checkpoint import CheckpointError, read_checkpoint
 from .data import DataError, ImageDataModule
 from .models import WeightsError
 from .module import ImageClassifier
+
+
+class OneLineSummary(ModelSummary):
+    """Lightning's model summary in one line: the per-layer table of a model with one child says nothing.
+
+    It still runs Lightning's forward pass on the example input (for the FLOPs), so a QAT run's
+    observers see what they saw with the full table.
+    """
+
+    @staticmethod
+    def summarize(summary_data, total_parameters: int, trainable_parameters: int, model_size: float,
+                  total_training_modes: dict, total_flops: int, **kwargs) -> None:
+        columns = dict(summary_data)
+        rank_zero_info(
+            f"model: {columns['Type'][0]}, {get_human_readable_count(total_parameters)} parameters "
+            f"({get_human_readable_count(trainable_parameters)} trainable, {model_size:.1f} MB), "
+            f"{get_human_readable_count(total_flops)} FLOPs on an input of {columns['In sizes'][0]}")
 
 
 class TrainingCLI(LightningCLI):
@@ -65,7 +84,7 @@ def argument_error(error: argparse.ArgumentError) -> str:
 def main(args: list[str] | None = None) -> None:
     try:
         TrainingCLI(
-            ImageClassifier, ImageDataModule, subclass_mode_model=True,
+            ImageClassifier, ImageDataModule, subclass_mode_model=True, trainer_defaults={"callbacks": [OneLineSummary()]},
             save_config_kwargs={"overwrite": True}, args=args,
             parser_kwargs={"prog": "python -m training", "exit_on_error": False},
         )
