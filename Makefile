@@ -95,8 +95,8 @@ qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, ver
 	$(if $(CKPT)$(WEIGHTS),,$(PY) -m training fit $(FIT_ARGS))
 	@echo "== make qat 2/3: quantization-aware training ($(QAT_EPOCHS) epochs)" >&2
 	$(PY) -m training fit $(QAT_ARGS)
-	@echo "== make qat 3/3: convert to int8, lower to ExecuTorch/XNNPACK, verify, write the bundle" >&2
-	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT)
+	@echo "== make qat 3/3: convert to int8 (QAT, and PTQ to compare), lower to ExecuTorch/XNNPACK, verify, compare, write the bundles" >&2
+	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT) --candidates
 
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=]
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
@@ -146,10 +146,13 @@ bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 
 # CIFAR-10 as JPEG folders if present (the team's shared copy), else the official archive.
 BENCH_DATA ?= $(if $(wildcard ../shared/data/cifar10/train),../shared/data/cifar10/train,cifar10)
-bench-qat: setup  ## float -> QAT -> int8 .pte on CIFAR-10 (long: about an hour on 2 cores)
-	$(MAKE) qat MODEL=v3_small DATA=$(BENCH_DATA) RES=64 EPOCHS=8 QAT_EPOCHS=2 RUN=runs/bench-qat \
-		OUT=artifacts/bench-qat-v3_small ARGS="--data.crop_fraction=1.0 --data.min_scale=0.35 \
-		--model.init_args.bn_momentum=0.01 --trainer.enable_progress_bar=false $(ARGS)"
+SEEDS ?= 0 1
+BENCH_QAT_ARGS := --data.crop_fraction=1.0 --data.min_scale=0.35 --data.val_size=10000 \
+	--model.init_args.bn_momentum=0.01 --trainer.enable_progress_bar=false
+bench-qat: setup  ## float -> QAT -> int8 .pte on CIFAR-10, 10,000 held out, per seed in SEEDS (long: ~1.5 h per seed)
+	$(foreach seed,$(SEEDS),$(MAKE) qat MODEL=v3_small DATA=$(BENCH_DATA) RES=64 EPOCHS=8 QAT_EPOCHS=2 \
+		RUN=runs/bench-qat/seed$(seed) OUT=artifacts/bench-qat-v3_small-seed$(seed) \
+		ARGS="$(BENCH_QAT_ARGS) --seed_everything=$(seed) $(ARGS)" &&) true
 
 clean:  ## remove runs and artifacts (keeps .venv)
 	rm -rf runs artifacts

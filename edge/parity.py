@@ -2,9 +2,11 @@
 tests (this device vs the host) apply this one rule.
 
 int8 kernels round differently from PyTorch's reference ops, and another CPU's kernels differently
-again; the differences grow with depth, so a near-tie may flip. A flip counts against agreement
-only when the reference's top-1 leads the chosen class by more than the tolerance; the raw agreement
-is reported beside it.
+again; the differences grow with depth, so a near-tie may flip. An input agrees when its logits are
+within the tolerance of the reference's and its answer is the reference's or within the tolerance of
+it (a near-tie that flipped); the raw top-1 agreement is reported beside it. Export needs 99% of its
+held-out images to agree (one image's extreme is not a broken program), the device tests all of the
+golden inputs.
 """
 import numpy as np
 
@@ -30,20 +32,22 @@ def compare(logits: np.ndarray, reference: np.ndarray, tolerance: float) -> dict
     logits, reference = np.asarray(logits, np.float64), np.asarray(reference, np.float64)
     chosen = logits.argmax(1)
     lead = reference.max(1) - reference[np.arange(len(reference)), chosen]
+    difference = np.abs(logits - reference).max(1)
     return {"images": len(reference),
             "top1_agreement": float((chosen == reference.argmax(1)).mean()),
             "top1_agreement_within_tolerance": float((lead <= tolerance).mean()),
-            "max_abs_logit_diff": float(np.abs(logits - reference).max()),
+            "agreement": float(((lead <= tolerance) & (difference <= tolerance)).mean()),
+            "max_abs_logit_diff": float(difference.max()),
             "logit_tolerance": float(tolerance)}
 
 
 def check(logits: np.ndarray, reference: np.ndarray, tolerance: float, min_agreement: float = 1.0) -> dict:
-    """``compare``, raising ParityError when the logits differ by more than ``tolerance`` or agree on
-    fewer than ``min_agreement`` of the inputs (flips within the tolerance forgiven)."""
+    """``compare``, raising ParityError when fewer than ``min_agreement`` of the inputs agree."""
     result = compare(logits, reference, tolerance)
-    if result["top1_agreement_within_tolerance"] < min_agreement or result["max_abs_logit_diff"] > tolerance:
+    if result["agreement"] < min_agreement:
         raise ParityError(
-            f"top-1 agreement {result['top1_agreement']:.3f} ({result['top1_agreement_within_tolerance']:.3f} "
-            f"within tolerance, need {min_agreement}), max logit difference {result['max_abs_logit_diff']:.4f} "
-            f"(allowed {tolerance:.4f}) on {result['images']} inputs")
+            f"{result['agreement']:.3f} of the inputs agree within tolerance, need {min_agreement} (top-1 "
+            f"agreement {result['top1_agreement']:.3f}, {result['top1_agreement_within_tolerance']:.3f} within "
+            f"tolerance; max logit difference {result['max_abs_logit_diff']:.4f}, allowed {tolerance:.4f}) "
+            f"on {result['images']} inputs")
     return result

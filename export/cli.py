@@ -5,6 +5,8 @@
 A QAT checkpoint gives ``qat-int8``; a float checkpoint gives ``ptq-int8`` (int8)
 or ``fp32``. The bundle is written only after the program passes verification:
 runtime-vs-PyTorch parity on held-out images and every conv/linear in XNNPACK.
+Every model is compared with fp32 and with PTQ on the same validation images, with
+paired 95% intervals; ``--candidates`` (make qat) ships PTQ when it is measurably better.
 """
 import argparse
 import hashlib
@@ -12,6 +14,7 @@ import io
 import json
 import sys
 import time
+from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
 from pathlib import Path
@@ -27,10 +30,12 @@ from edge.preprocess import InputSpec, Preprocessor
 from training.checkpoint import CheckpointError, load_module
 from training.data import DataError, ImageDataModule
 from training.models import WeightsError
+from training.module import ImageClassifier
 from training.qat import QATClassifier, ptq
 
-from .lower import to_pte
-from .report import evaluate, table
+from .lower import Delegation, to_pte
+from .paired import Difference
+from .report import PROGRAM, add_comparisons, evaluate, table
 from .verify import VerificationError, check_delegation, check_parity, latency_ms, load_program, run_pte
 
 GOLDEN_IMAGES = 8
@@ -47,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"runtime/PyTorch top-1 agreement (default {EXPORT_MIN_AGREEMENT})")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false",
                         help="skip the float, PTQ and fp32 comparisons (faster; the report has only this program)")
+    parser.add_argument("--candidates", action="store_true",
+                        help="QAT checkpoint: write the QAT and the PTQ bundle to OUT-qat and OUT-ptq, and copy to "
+                             "OUT the QAT one, unless PTQ is measurably better on validation")
     return parser.parse_args(argv)
 
 
@@ -62,27 +70,49 @@ REFERENCE = {"qat-int8": "converted", "ptq-int8": "ptq", "fp32": "float"}  # the
 GOLDEN_FRAME_SIZES = ((53, 37), (67, 101), (160, 120), (45, 45))  # odd and non-square (width, height)
 
 
-def build(args: argparse.Namespace, module, checkpoint: dict) -> tuple[BundleMeta, dict[str, bytes], dict]:
-    """Reference models -> lower and verify -> describe -> golden: the bundle's files and the report."""
+@dataclass
+class Program:
+    """A lowered program, loaded on the native runner."""
+
+    pte: bytes
+    delegation: Delegation
+    runner: Runner
+
+
+def build(args: argparse.Namespace, module, checkpoint: dict) -> tuple[dict[str, tuple[BundleMeta, dict]], dict]:
+    """Reference models -> lower -> evaluate and compare -> verify and describe each bundle -> golden.
+
+    Returns ``{scheme: (meta, files)}`` for each bundle (the checkpoint's scheme, and PTQ's too with
+    ``--candidates``) and the report they share.
+    """
     scheme = scheme_of(module, args)
     data = ImageDataModule(**{k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if k[0] != "_"})
     data.setup("fit")
     spec = InputSpec(**checkpoint["data"]["input"])
     models = reference_models(args, module, checkpoint, scheme, data, spec.size)
-    pte_bytes, delegation, programs, runner = lower(models, scheme, spec.size, args.baselines)
+    bundled = [scheme] + (["ptq-int8"] if args.candidates and scheme == "qat-int8" and "ptq" in models else [])
+    compared = [s for s in ("ptq-int8", "fp32") if args.baselines and REFERENCE[s] in models]
+    programs = {s: lower(models[REFERENCE[s]], s, spec.size) for s in dict.fromkeys(bundled + compared)}
+    for s, program in programs.items():
+        models[PROGRAM[s]] = partial(run_pte, program.runner)
 
-    reference = REFERENCE[scheme]
-    accuracy, kept = evaluate(models, data.val_dataloader(), len(data.labels),
-                              keep={reference: args.parity_images, "pte": args.parity_images})
-    parity = check_parity(kept["pte"], kept[reference], args.min_agreement,
-                          logit_tolerance(kept[reference].numpy(), scheme))
-    meta = describe(args, module.hparams, checkpoint, scheme, spec, pte_bytes, parity["logit_tolerance"])
-    report = {"name": meta.name, "quantization": meta.quantization, "val_images": accuracy["pte"]["n"],
-              "accuracy": accuracy, "programs": programs, "parity": parity, "delegation": delegation.to_json()}
-    inputs, logits = kept["inputs"][:GOLDEN_IMAGES].numpy(), kept["pte"][:GOLDEN_IMAGES].numpy()
-    files = {meta.pte: pte_bytes, meta.golden: golden(inputs, logits, runner, spec),
-             "report.json": _json(report), "report.md": (table(report) + "\n").encode()}
-    return meta, files, report
+    keep = {key: args.parity_images for s in bundled for key in (REFERENCE[s], PROGRAM[s])}
+    accuracy, kept, correct = evaluate(models, data.val_dataloader(), len(data.labels), keep=keep)
+    add_comparisons(accuracy, correct)
+    report = {"val_images": accuracy[PROGRAM[scheme]]["n"], "accuracy": accuracy,
+              "programs": {PROGRAM[s]: {"bytes": len(p.pte), "latency_ms": latency_ms(p.runner, spec.size)}
+                           for s, p in programs.items()}}
+    bundles = {}
+    for s in bundled:
+        program, reference = kept[PROGRAM[s]], kept[REFERENCE[s]]
+        parity = check_parity(program, reference, args.min_agreement, logit_tolerance(reference.numpy(), s))
+        meta = describe(args, module.hparams, checkpoint, s, spec, programs[s].pte, parity["logit_tolerance"])
+        report_s = {"name": meta.name, "quantization": meta.quantization, **report, "parity": parity,
+                    "delegation": programs[s].delegation.to_json()}
+        inputs, logits = kept["inputs"][:GOLDEN_IMAGES].numpy(), program[:GOLDEN_IMAGES].numpy()
+        bundles[s] = (meta, {meta.pte: programs[s].pte, meta.golden: golden(inputs, logits, programs[s].runner, spec),
+                             "report.json": _json(report_s), "report.md": (table(report_s) + "\n").encode()})
+    return bundles, report
 
 
 def scheme_of(module, args: argparse.Namespace) -> str:
@@ -90,6 +120,8 @@ def scheme_of(module, args: argparse.Namespace) -> str:
         if args.precision == "fp32":
             raise CheckpointError(f"{args.checkpoint} is a QAT checkpoint; export its float checkpoint for fp32")
         return "qat-int8"
+    if args.candidates:
+        raise CheckpointError(f"--candidates compares QAT with PTQ: give a QAT checkpoint, not {args.checkpoint}")
     return {"int8": "ptq-int8", "fp32": "fp32"}[args.precision]
 
 
@@ -97,35 +129,39 @@ def reference_models(args: argparse.Namespace, module, checkpoint: dict, scheme:
     """The PyTorch models evaluated beside the program: the one it is lowered from, and the baselines."""
     is_qat = scheme == "qat-int8"
     models = {}
-    float_module = float_module_of(module, checkpoint) if args.baselines or not is_qat else None
+    wants_float = args.baselines or args.candidates or not is_qat
+    float_module = float_module_of(module, checkpoint) if wants_float else None
+    if float_module is None and args.candidates:
+        print("no PTQ candidate: the float checkpoint this QAT run started from is not at hand", file=sys.stderr)
     if float_module is not None and (args.baselines or scheme == "fp32"):
         models["float"] = float_module
     if is_qat:
         models["qat"] = module
         models["converted"] = module.convert()
-    if float_module is not None and (scheme == "ptq-int8" or args.baselines and scheme != "fp32"):
+    if float_module is not None and (scheme == "ptq-int8" or (args.baselines or args.candidates) and is_qat):
         print(f"PTQ: calibrating on {args.calibration_images} training images", file=sys.stderr)
         models["ptq"] = ptq(float_module.model, size, data.calibration_dataloader(args.calibration_images))
     return models
 
 
-def lower(models: dict, scheme: str, size: int, baselines: bool) -> tuple[bytes, object, dict, Runner]:
-    """Lower the reference to a program (and the float model too, for comparison), check delegation,
-    time both; ``models`` gains ``pte`` (and ``fp32_pte``) as runtime-backed models. Returns the
-    program, its delegation, the programs' figures and the program loaded on the native runner."""
+def lower(model, scheme: str, size: int) -> Program:
+    """Lower ``model`` to a program, check that XNNPACK took every weighted layer, load it."""
     print(f"lowering {scheme} to ExecuTorch/XNNPACK", file=sys.stderr)
-    pte_bytes, delegation = to_pte(models[REFERENCE[scheme]], size)
-    print(delegation.summary(), file=sys.stderr)
+    pte, delegation = to_pte(model.model if isinstance(model, ImageClassifier) else model, size)
+    print(f"{scheme}: {delegation.summary()}", file=sys.stderr)
     check_delegation(delegation)
-    runners, programs = {"pte": load_program(pte_bytes)}, {"pte": {"bytes": len(pte_bytes)}}
-    if baselines and scheme != "fp32" and "float" in models:
-        print("lowering fp32 for comparison", file=sys.stderr)
-        fp32_bytes, _ = to_pte(models["float"].model, size)
-        runners["fp32_pte"], programs["fp32_pte"] = load_program(fp32_bytes), {"bytes": len(fp32_bytes)}
-    for name, runner in runners.items():
-        programs[name]["latency_ms"] = latency_ms(runner, size)
-        models[name] = partial(run_pte, runner)
-    return pte_bytes, delegation, programs, runners["pte"]
+    return Program(pte, delegation, load_program(pte))
+
+
+def choose(bundles: dict, report: dict) -> tuple[str, str]:
+    """The bundle to ship, QAT's unless PTQ is measurably better on validation, and one line saying so."""
+    qat = report["accuracy"].get(PROGRAM["qat-int8"], {}).get("vs_ptq")
+    if "ptq-int8" not in bundles or qat is None:
+        return next(iter(bundles)), ""
+    difference = Difference(**{k: qat[k] for k in ("delta", "low", "high", "changed")})
+    if difference.high < 0:
+        return "ptq-int8", f"PTQ int8 is measurably better than QAT int8 on validation (QAT {difference}): shipping PTQ"
+    return "qat-int8", f"QAT int8 vs PTQ int8 on validation: {difference}: shipping QAT"
 
 
 def describe(args, hp, checkpoint: dict, scheme: str, spec: InputSpec, pte_bytes: bytes,
@@ -169,22 +205,40 @@ def _json(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2) + "\n").encode()
 
 
+def candidate_dir(out: Path, scheme: str) -> Path:
+    return out.with_name(f"{out.name}-{scheme.split('-')[0]}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         if args.out:
-            check_replaceable(args.out)  # before loading, minutes of work, and again when writing
+            for path in outputs(args.out, args.candidates):
+                check_replaceable(path)  # before loading, minutes of work, and again when writing
         module, checkpoint = load_module(args.checkpoint)
         out = args.out or Path("artifacts") / module.hparams.arch
-        check_replaceable(out)
-        meta, files, report = build(args, module, checkpoint)
+        for path in outputs(out, args.candidates):
+            check_replaceable(path)
+        bundles, report = build(args, module, checkpoint)
+        shipped, why = choose(bundles, report)
+        if args.candidates:
+            for scheme, (meta, files) in bundles.items():
+                write_bundle(candidate_dir(out, scheme), meta, files)
+        meta, files = bundles[shipped]
         write_bundle(out, meta, files)
     except (BundleError, CheckpointError, DataError, NativeError, WeightsError, VerificationError) as e:
         sys.exit(f"error: {e}")
-    parity = report["parity"]
+    parity = json.loads(files["report.json"])["parity"]
     print(f"\n{meta.name} on {report['val_images']} validation images; runtime vs PyTorch on "
-          f"{parity['images']}: top-1 agreement {100 * parity['top1_agreement']:.1f}% "
-          f"({100 * parity['top1_agreement_within_tolerance']:.1f}% within tolerance), "
-          f"max logit difference {parity['max_abs_logit_diff']:.3f}")
-    print(table(report))
+          f"{parity['images']}: {100 * parity['agreement']:.1f}% agree within tolerance (top-1 agreement "
+          f"{100 * parity['top1_agreement']:.1f}%), max logit difference {parity['max_abs_logit_diff']:.3f}")
+    print(table(json.loads(files["report.json"])))
+    if args.candidates:
+        print(f"candidates: {', '.join(str(candidate_dir(out, s)) for s in bundles)}")
+    if why:
+        print(why)
     print(f"bundle: {out}/ ({', '.join(meta.files)})")
+
+
+def outputs(out: Path, candidates: bool) -> list[Path]:
+    return [out] + ([candidate_dir(out, s) for s in ("qat-int8", "ptq-int8")] if candidates else [])

@@ -98,8 +98,9 @@ def tiny_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def bundle(runs):
+    """The QAT run exported as make qat does: QAT and PTQ candidates beside the shipped bundle."""
     out = runs / "bundle"
-    export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out)])
+    export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out), "--candidates"])
     return out
 
 

@@ -51,6 +51,17 @@ def test_folder_split_is_deterministic_and_corrupt_files_are_skipped(image_folde
     assert images.shape == (4, 3, 32, 32) and labels.dtype == torch.int64
 
 
+def test_val_size_holds_out_that_many_images_and_the_fraction_split_agrees(image_folder):
+    by_size = ImageDataModule(source=str(image_folder), resolution=32, val_size=5)
+    by_size.setup("fit")
+    by_fraction = ImageDataModule(source=str(image_folder), resolution=32, val_fraction=0.2)
+    by_fraction.setup("fit")
+    assert len(by_size.val_set) == 5 and len(by_size.train_set) == 20
+    assert by_size.val_set.samples == by_fraction.val_set.samples
+    with pytest.raises(DataError, match="val_size=25 leaves no training images"):
+        ImageDataModule(source=str(image_folder), resolution=32, val_size=25).setup("fit")
+
+
 def test_folder_with_train_and_val_subdirs_uses_them(image_folder, tmp_path):
     root = tmp_path / "split"
     shutil.copytree(image_folder, root / "train")

@@ -12,10 +12,25 @@ def test_a_near_tie_may_flip_but_a_clear_answer_may_not():
     flipped_tie = np.array([[1.97, 1.99, 0.0], [3.0, 0.01, 0.0]])
     result = parity.check(flipped_tie, reference, tolerance)
     assert result["top1_agreement"] == 0.5 and result["top1_agreement_within_tolerance"] == 1.0
-    with pytest.raises(parity.ParityError, match="top-1 agreement 0.500"):
+    with pytest.raises(parity.ParityError, match="0.500 of the inputs agree"):
         parity.check(np.array([[0.0, 2.0, 0.0], [3.0, 0.0, 0.0]]), reference, tolerance)
     with pytest.raises(parity.ParityError, match="max logit difference 0.3000"):
         parity.check(reference + [[0, 0, 0.3], [0, 0, 0]], reference, tolerance)
+
+
+def test_one_image_beyond_the_tolerance_in_a_hundred_passes_export_but_not_the_device():
+    reference = np.tile([[3.0, 0.0, 0.0]], (100, 1))
+    tolerance = parity.logit_tolerance(reference, "int8")
+    logits = reference.copy()
+    logits[7, 2] += 0.3
+    result = parity.check(logits, reference, tolerance, min_agreement=parity.EXPORT_MIN_AGREEMENT)
+    assert result["agreement"] == 0.99 and result["top1_agreement"] == 1.0
+    assert result["max_abs_logit_diff"] == pytest.approx(0.3)
+    logits[8, 2] += 0.3
+    with pytest.raises(parity.ParityError, match="0.980 of the inputs agree"):
+        parity.check(logits, reference, tolerance, min_agreement=parity.EXPORT_MIN_AGREEMENT)
+    with pytest.raises(parity.ParityError):
+        parity.check(logits[:8], reference[:8], tolerance)
 
 
 def test_fp32_is_held_closer_and_agreement_below_one_can_be_allowed():
@@ -23,6 +38,6 @@ def test_fp32_is_held_closer_and_agreement_below_one_can_be_allowed():
     assert parity.logit_tolerance(reference, "fp32") == pytest.approx(1e-2 + 1e-5)
     one_wrong = reference.copy()
     one_wrong[0] = [5, 6, 0, 0]  # within 7 of the reference, but its answer flipped from a lead of 10
-    with pytest.raises(parity.ParityError, match="0.750 within tolerance, need 1.0"):
+    with pytest.raises(parity.ParityError, match="0.750 of the inputs agree within tolerance, need 1.0"):
         parity.check(one_wrong, reference, tolerance=7.0)
     assert parity.check(one_wrong, reference, tolerance=7.0, min_agreement=0.75)["top1_agreement"] == 0.75

@@ -84,7 +84,8 @@ def argument_error(error: argparse.ArgumentError) -> str:
 def main(args: list[str] | None = None) -> None:
     try:
         TrainingCLI(
-            ImageClassifier, ImageDataModule, subclass_mode_model=True, trainer_defaults={"callbacks": [OneLineSummary()]},
+            ImageClassifier, ImageDataModule, subclass_mode_model=True,
+            trainer_defaults={"callbacks": [OneLineSummary()]},
             save_config_kwargs={"overwrite": True}, args=args,
             parser_kwargs={"prog": "python -m training", "exit_on_error": False},
         )

@@ -64,11 +64,15 @@ class ImageClassifier(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
         logits = self(images)
-        loss = self.criterion(logits, labels)
+        loss = self.training_loss(images, logits, labels)
         self.train_top1(logits, labels)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/top1", self.train_top1, on_step=False, on_epoch=True)
         return loss
+
+    def training_loss(self, images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss minimised (label-smoothed cross-entropy); QAT adds distillation from the float model."""
+        return self.criterion(logits, labels)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images, labels = batch

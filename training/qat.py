@@ -2,7 +2,9 @@
 
 The float model is exported with a dynamic batch, prepared with ExecuTorch's
 XNNPACKQuantizer (symmetric int8, per-channel weights) and trained with fake
-quantization; ``export`` later calls ``convert_pt2e`` and lowers it.
+quantization; ``export`` later calls ``convert_pt2e`` and lowers it. Training
+starts where PTQ ends (activation ranges calibrated on training images) and
+learns from the frozen float model as well as from the labels (distillation).
 
 Three things torchao 0.18 gets wrong for MobileNetV3 are repaired here: its QAT
 conv-BN pattern and its train/eval switch rebuild ``batch_norm`` with eps=1e-5 and
@@ -13,18 +15,25 @@ eps=1e-5 too (see :meth:`QATClassifier.convert`); and the exported graph ignores
 switches to ``move_exported_model_to_train/eval``.
 """
 import copy
-from functools import reduce
+from functools import partial, reduce
 
 import torch
+import torch.nn.functional as F
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.export import Dim
 from torchao.quantization.pt2e import (
+    FakeQuantizeBase,
+    disable_fake_quant,
     disable_observer,
+    enable_fake_quant,
+    enable_observer,
     move_exported_model_to_eval,
     move_exported_model_to_train,
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from torchao.quantization.pt2e.quantizer import QuantizationConfig
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     XNNPACKQuantizer,
     get_symmetric_quantization_config,
@@ -38,9 +47,13 @@ BATCH = Dim("batch", min=1, max=4096)
 CONVERT_FOLD_EPS = 1e-5
 
 
-def xnnpack_quantizer(qat: bool) -> XNNPACKQuantizer:
+def quantization_config(qat: bool) -> QuantizationConfig:
     """Symmetric int8 with per-channel weights: per-tensor weights wreck depthwise layers."""
-    return XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=qat))
+    return get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+
+
+def xnnpack_quantizer(qat: bool) -> XNNPACKQuantizer:
+    return XNNPACKQuantizer().set_global(quantization_config(qat))
 
 
 def export_float(model: nn.Module, resolution: int) -> torch.fx.GraphModule:
@@ -82,6 +95,50 @@ def ptq(model: nn.Module, resolution: int, loader) -> torch.fx.GraphModule:
     return convert_pt2e(prepared)
 
 
+@torch.no_grad()
+def calibrate(graph: torch.fx.GraphModule, loader, device: torch.device | str = "cpu") -> int:
+    """Start every activation fake-quant from the scale PTQ would choose on ``loader``'s images.
+
+    Each one's input is fed to PTQ's own activation observer (the quantizer's non-QAT config) with
+    quantization off, and its scale and zero point, and the range they span, become the fake-quant's:
+    QAT's moving averages would otherwise start from one batch. Call with ``graph`` in eval mode, so
+    BN uses its running statistics as PTQ's folded BN does; fake quantization is left on and the
+    observers off. Returns the number of images seen.
+    """
+    spec = quantization_config(qat=False).input_activation
+    make_observer = partial(spec.observer_or_fake_quant_ctr, dtype=spec.dtype, quant_min=spec.quant_min,
+                            quant_max=spec.quant_max, qscheme=spec.qscheme)
+    observers = {m: make_observer().to(device) for m in graph.modules()
+                 if isinstance(m, FakeQuantizeBase) and not m.is_per_channel}
+    hooks = [quantizer.register_forward_pre_hook(lambda q, args: observers[q](args[0])) for quantizer in observers]
+    graph.apply(disable_fake_quant)
+    graph.apply(disable_observer)
+    seen = 0
+    try:
+        for images, _ in loader:
+            graph(images.to(device))
+            seen += len(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        graph.apply(enable_fake_quant)
+    for quantizer, observer in observers.items():
+        scale, zero_point = observer.calculate_qparams()
+        quantizer.scale.resize_(scale.shape).copy_(scale)
+        quantizer.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        moving = quantizer.activation_post_process
+        moving.min_val.resize_(()).copy_((moving.quant_min - zero_point.squeeze()) * scale.squeeze())
+        moving.max_val.resize_(()).copy_((moving.quant_max - zero_point.squeeze()) * scale.squeeze())
+    return seen
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s KL(teacher || student) on temperature-softened logits, scaled by T^2 so its
+    gradients keep their size whatever T; ``teacher`` is treated as a constant."""
+    return F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher.detach() / temperature, 1),
+                    log_target=True, reduction="batchmean") * temperature ** 2
+
+
 def default_freeze_epoch(fraction: float, max_epochs: int | None) -> int:
     """``fraction`` of the run, but never epoch 0: observers frozen before they observed anything
     keep their initial scales (a 1-epoch QAT run at 224 px fell from 94% to 12% that way)."""
@@ -92,11 +149,15 @@ class QATClassifier(ImageClassifier):
     """An :class:`ImageClassifier` whose network is the QAT-prepared exported graph.
 
     Start from ``float_checkpoint`` (a ``make train`` checkpoint), from
-    torchvision-format ``weights``, or from scratch. Observers are frozen from
-    epoch ``freeze_observer_epoch`` and BN statistics from ``freeze_bn_epoch``
-    (by default 40% and 30% into the run, torchvision's 4-of-10 and 3-of-10).
-    Other arguments are :class:`ImageClassifier`'s; ``configs/qat.yaml`` sets
-    QAT's optimiser (SGD, small learning rate, no warm-up).
+    torchvision-format ``weights``, or from scratch. Before the first step the
+    activation ranges are calibrated on ``calibration_images`` training images, as
+    PTQ's are (0: from the first batch instead). Observers learn only in training
+    steps, up to epoch ``freeze_observer_epoch``; BN statistics are frozen from
+    ``freeze_bn_epoch`` (by default 40% and 30% into the run, torchvision's 4-of-10
+    and 3-of-10). With a float start point, the float model is a frozen teacher:
+    the loss is ``distill_weight`` of the distillation loss at ``distill_temperature``
+    and the rest the label loss (``distill_weight=0``: labels only). Other arguments
+    are :class:`ImageClassifier`'s; ``configs/qat.yaml`` sets QAT's optimiser.
     """
 
     def __init__(
@@ -109,6 +170,9 @@ class QATClassifier(ImageClassifier):
         freeze_observer_epoch: NonNegativeInt | None = None,
         freeze_bn_epoch: NonNegativeInt | None = None,
         bn_momentum: ClosedUnitInterval | None = None,
+        calibration_images: NonNegativeInt = 512,
+        distill_weight: ClosedUnitInterval = 0.5,
+        distill_temperature: PositiveFloat = 2.0,
         **kwargs,
     ) -> None:
         checkpoint = read_checkpoint(float_checkpoint) if float_checkpoint else None
@@ -122,6 +186,9 @@ class QATClassifier(ImageClassifier):
         if checkpoint is not None:
             self.model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
         self._bn_eps, self._bn_momentum = batchnorm_settings(self.model)
+        starts_from_float = checkpoint is not None or kwargs.get("weights") is not None
+        teacher = copy.deepcopy(self.model).eval().requires_grad_(False) if starts_from_float else None
+        object.__setattr__(self, "teacher", teacher)  # not a submodule: not trained, checkpointed or exported
         self.model = prepare_qat_pt2e(export_float(self.model, resolution), xnnpack_quantizer(qat=True))
         self._sync_graph_mode(training=False)
 
@@ -131,9 +198,15 @@ class QATClassifier(ImageClassifier):
         return default_freeze_epoch(fraction, self.trainer.max_epochs if self._trainer is not None else None)
 
     def _sync_graph_mode(self, training: bool) -> None:
+        """BN mode and settings, and observers: on in training until their freeze epoch, never in
+        evaluation (validation images must not move the ranges)."""
         (move_exported_model_to_train if training else move_exported_model_to_eval)(self.model)
-        frozen = self._trainer is not None and self.current_epoch >= self._freeze_epoch(self.hparams.freeze_bn_epoch, 0.3)
+        fitting = self._trainer is not None
+        frozen = fitting and self.current_epoch >= self._freeze_epoch(self.hparams.freeze_bn_epoch, 0.3)
         set_batchnorm_args(self.model, self._bn_eps, self._bn_momentum, frozen)
+        observing = training and not (
+            fitting and self.current_epoch >= self._freeze_epoch(self.hparams.freeze_observer_epoch, 0.4))
+        self.model.apply(enable_observer if observing else disable_observer)
 
     def train(self, mode: bool = True) -> "QATClassifier":
         """Lightning's train/eval switch, applied to the exported graph the only way it understands."""
@@ -159,7 +232,28 @@ class QATClassifier(ImageClassifier):
         set_batchnorm_args(graph, CONVERT_FOLD_EPS, self._bn_momentum, frozen=True)
         return convert_pt2e(graph)
 
+    def on_fit_start(self) -> None:
+        """Calibrate a fresh run (a resumed one keeps its ranges); move the teacher with the model."""
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+        if self.hparams.calibration_images and self.trainer.ckpt_path is None:
+            training = self.training
+            self._sync_graph_mode(training=False)
+            loader = self.trainer.datamodule.calibration_dataloader(self.hparams.calibration_images)
+            seen = calibrate(self.model, loader, self.device)
+            self._sync_graph_mode(training)
+            rank_zero_info(f"QAT: activation ranges calibrated on {seen} training images")
+
     def on_train_epoch_start(self) -> None:
         self._sync_graph_mode(training=True)
-        if self.current_epoch >= self._freeze_epoch(self.hparams.freeze_observer_epoch, 0.4):
-            self.model.apply(disable_observer)
+
+    def training_loss(self, images: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = super().training_loss(images, logits, labels)
+        weight = self.hparams.distill_weight
+        if self.teacher is None or weight == 0:
+            return loss
+        with torch.no_grad():
+            teacher = self.teacher(images)
+        distill = distillation_loss(logits, teacher, self.hparams.distill_temperature)
+        self.log("train/distill", distill)
+        return (1 - weight) * loss + weight * distill
