@@ -75,6 +75,7 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     ("--ckpt_path={missing}", "checkpoint {missing} does not exist"),
     ("--data.resolution=0", "--data.resolution: Not of type PositiveInt"),
     ("--data.val_fraction=1.5", "--data.val_fraction: Not of type OpenUnitInterval"),
+    ("--data.val_size=0", "--data.val_size: Not of type PositiveInt: does not conform to restriction v>0 (Given value: 0)"),
     ("--model.init_args.width_mult=-1", "--model.width_mult: Not of type PositiveFloat"),
     ("--model.init_args.lr=nan", "--model.lr: Not of type PositiveFloat"),
     ("--model.init_args.arch=v9", "--model.arch: Expected a typing.Literal"),

@@ -78,7 +78,12 @@ def argument_error(error: argparse.ArgumentError) -> str:
     if not found or found[-1] + 1 >= len(lines):
         return lines[0] if lines else "invalid arguments"
     path = ".".join(keys[i].group(1) for i in found)
-    return f"--{path}: {lines[found[-1] + 1]}"
+    reason = lines[found[-1] + 1]
+    if reason.startswith("Does not validate against any of the Union subtypes"):  # an Optional[...] flag
+        errors = [line[2:] for line in lines if line.startswith("- ") and "NoneType" not in line]
+        given = [line for line in lines if line.startswith("Given value:")]
+        reason = " ".join([errors[0] if errors else reason] + [f"({value})" for value in given[:1]])
+    return f"--{path}: {reason}"
 
 
 def main(args: list[str] | None = None) -> None:
