@@ -79,11 +79,11 @@ class Program:
     runner: Runner
 
 
-def build(args: argparse.Namespace, module, checkpoint: dict) -> tuple[dict[str, tuple[BundleMeta, dict]], dict]:
+def build(args: argparse.Namespace, module, checkpoint: dict) -> dict[str, tuple[BundleMeta, dict, dict]]:
     """Reference models -> lower -> evaluate and compare -> verify and describe each bundle -> golden.
 
-    Returns ``{scheme: (meta, files)}`` for each bundle (the checkpoint's scheme, and PTQ's too with
-    ``--candidates``) and the report they share.
+    Returns ``{scheme: (meta, files, report)}`` for each bundle: the checkpoint's scheme first, and
+    PTQ's too with ``--candidates``. The reports share the accuracy table.
     """
     scheme = scheme_of(module, args)
     data = ImageDataModule(**{k: v for k, v in checkpoint["datamodule_hyper_parameters"].items() if k[0] != "_"})
@@ -111,8 +111,8 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> tuple[dict[str,
                     "delegation": programs[s].delegation.to_json()}
         inputs, logits = kept["inputs"][:GOLDEN_IMAGES].numpy(), program[:GOLDEN_IMAGES].numpy()
         bundles[s] = (meta, {meta.pte: programs[s].pte, meta.golden: golden(inputs, logits, programs[s].runner, spec),
-                             "report.json": _json(report_s), "report.md": (table(report_s) + "\n").encode()})
-    return bundles, report
+                             "report.json": _json(report_s), "report.md": (table(report_s) + "\n").encode()}, report_s)
+    return bundles
 
 
 def scheme_of(module, args: argparse.Namespace) -> str:
@@ -153,8 +153,9 @@ def lower(model, scheme: str, size: int) -> Program:
     return Program(pte, delegation, load_program(pte))
 
 
-def choose(bundles: dict, report: dict) -> tuple[str, str]:
+def choose(bundles: dict[str, tuple]) -> tuple[str, str]:
     """The bundle to ship, QAT's unless PTQ is measurably better on validation, and one line saying so."""
+    report = next(iter(bundles.values()))[2]
     qat = report["accuracy"].get(PROGRAM["qat-int8"], {}).get("vs_ptq")
     if "ptq-int8" not in bundles or qat is None:
         return next(iter(bundles)), ""
@@ -219,20 +220,20 @@ def main(argv: list[str] | None = None) -> None:
         out = args.out or Path("artifacts") / module.hparams.arch
         for path in outputs(out, args.candidates):
             check_replaceable(path)
-        bundles, report = build(args, module, checkpoint)
-        shipped, why = choose(bundles, report)
+        bundles = build(args, module, checkpoint)
+        shipped, why = choose(bundles)
         if args.candidates:
-            for scheme, (meta, files) in bundles.items():
+            for scheme, (meta, files, _) in bundles.items():
                 write_bundle(candidate_dir(out, scheme), meta, files)
-        meta, files = bundles[shipped]
+        meta, files, report = bundles[shipped]
         write_bundle(out, meta, files)
     except (BundleError, CheckpointError, DataError, NativeError, WeightsError, VerificationError) as e:
         sys.exit(f"error: {e}")
-    parity = json.loads(files["report.json"])["parity"]
+    parity = report["parity"]
     print(f"\n{meta.name} on {report['val_images']} validation images; runtime vs PyTorch on "
           f"{parity['images']}: {100 * parity['agreement']:.1f}% agree within tolerance (top-1 agreement "
           f"{100 * parity['top1_agreement']:.1f}%), max logit difference {parity['max_abs_logit_diff']:.3f}")
-    print(table(json.loads(files["report.json"])))
+    print(table(report))
     if args.candidates:
         print(f"candidates: {', '.join(str(candidate_dir(out, s)) for s in bundles)}")
     if why:
