@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edge.bundle import BundleError, BundleMeta, load_bundle
-from edge.command import positive_int
+from edge.command import positive_int, with_examples
 from edge.native import NativeError
 from edge.serve import parse_address
 
@@ -237,25 +237,40 @@ def run_device_tests(target: Target, device: Device, root: str, python: str, ver
     return local
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy", description=__doc__.split("\n\n")[0])
-    parser.add_argument("device", help="a profile in configs/devices/ (rpi5, local, local-ssh)")
-    parser.add_argument("--bundle", type=Path, required=True)
-    parser.add_argument("--host", help="user@host or host (overrides the profile)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy", description=__doc__.split("\n\n")[0],
+        **with_examples("python -m deploy rpi5 --bundle artifacts/v3_small --host you@raspberrypi.local",
+                        "python -m deploy rpi5 --bundle artifacts/v3_small --host you@pi --service "
+                        "--serve 0.0.0.0:8080",
+                        "python -m deploy local --bundle artifacts/v3_small"))
+    parser.add_argument("device", help="a profile in configs/devices/ (rpi5, rpi5-emu, local, local-ssh)")
+    parser.add_argument("--bundle", type=Path, required=True, help="the bundle directory to ship (required)")
+    parser.add_argument("--host", help="user@host or host (default: the profile's; without user@, your login name)")
     parser.add_argument("--port", type=positive_int, help="SSH port (default: the profile's, 22)")
-    parser.add_argument("--key", help="SSH private key")
+    parser.add_argument("--key", help="SSH private key (default: ssh's usual keys and agent)")
     parser.add_argument("--known-hosts", help="SSH known_hosts file (default ~/.ssh/known_hosts)")
-    parser.add_argument("--remote-dir")
-    parser.add_argument("--python", help="the device's Python (a venv is created from it when the profile has one)")
+    parser.add_argument("--remote-dir", help="where releases live on the device; over SSH a relative path is under "
+                                             "the user's home (default: the profile's)")
+    parser.add_argument("--python", help="the device's Python; a venv is created from it when the profile has one "
+                                         "(default: the profile's)")
     parser.add_argument("--threads", type=positive_int, help="XNNPACK threads for the app (default: the profile's)")
-    parser.add_argument("--bwlimit", type=positive_int, metavar="KBPS", help="limit the copy's bandwidth (slow links)")
+    parser.add_argument("--bwlimit", type=positive_int, metavar="KBPS",
+                        help="limit the copy's bandwidth, for slow links (default: no limit)")
     parser.add_argument("--reports", type=Path, default=ROOT / "artifacts" / "devices",
                         help="where device reports land, as DEVICE/VERSION/ (default artifacts/devices)")
-    parser.add_argument("--no-tests", action="store_true", help="deploy without running the device tests")
-    parser.add_argument("--service", action="store_true", help="install a systemd user unit that starts the demo")
+    parser.add_argument("--no-tests", action="store_true",
+                        help="deploy without running the device tests (default: run them)")
+    parser.add_argument("--service", action="store_true",
+                        help="install a systemd user unit that starts the demo (default: none)")
     parser.add_argument("--serve", default=DEFAULT_SERVE, metavar="HOST:PORT",
                         help=f"where the service serves its page (default {DEFAULT_SERVE}: the device only; "
                              "0.0.0.0:8080 for the LAN)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         parse_address(args.serve)

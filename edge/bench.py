@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .bundle import BundleError, load_bundle
 from .classify import Classifier
-from .command import non_negative_float, positive_float, positive_int
+from .command import non_negative_float, positive_float, positive_int, with_examples
 from .files import write_atomic
 from .native import NativeError
 from .run import RunConfig, RunError, run
@@ -104,15 +104,24 @@ def table(result: dict) -> str:
         f"peak {rss.get('peak_mb', 0):.1f} MB")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m edge.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("bundle", type=Path)
-    parser.add_argument("--source", required=True, help="a video file or directory (replayed in a loop)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m edge.bench", description=__doc__.split("\n\n")[0],
+        **with_examples("python -m edge.bench artifacts/v3_small --source artifacts/demo.mp4",
+                        "python -m edge.bench artifacts/v3_small --source clip.mp4 --seconds 600 --threads 2 "
+                        "--json bench.json"))
+    parser.add_argument("bundle", type=Path, help="bundle directory (model.pte + model.json)")
+    parser.add_argument("--source", required=True, help="a video file or directory, replayed in a loop (required)")
     parser.add_argument("--seconds", type=positive_float, default=120, help="pipeline run length (default 120)")
-    parser.add_argument("--warmup", type=non_negative_float, default=10, help="seconds before RSS growth is measured")
-    parser.add_argument("--threads", type=positive_int)
-    parser.add_argument("--json", type=Path, help="write every figure here")
-    args = parser.parse_args(argv)
+    parser.add_argument("--warmup", type=non_negative_float, default=10,
+                        help="seconds before RSS growth is measured (default 10)")
+    parser.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
+    parser.add_argument("--json", type=Path, help="write every figure here (default: the table only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     try:
         classifier = Classifier(load_bundle(args.bundle, args.threads))
         source = open_source(args.source, loop=True)

@@ -12,6 +12,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def ranked(probs: np.ndarray, labels: tuple[str, ...], k: int, threshold: float = 0.0) -> list[tuple[str, float]]:
+    """The ``k`` most likely (label, probability), best first, leaving out those below ``threshold``.
+
+    Scores are rounded to 4 places first, so a score printed as 0.3 passes a threshold of 0.3.
+    """
+    top = [(labels[i], round(float(probs[i]), 4)) for i in np.argsort(-probs)[:k]]
+    return [(label, score) for label, score in top if score >= threshold]
+
+
 class Classifier:
     """``classify(x)`` -> (probabilities, inference ms); ``smooth`` in [0, 1) weighs the previous frames' average."""
 
@@ -34,5 +43,4 @@ class Classifier:
         return probs, latency_ms
 
     def top(self, probs: np.ndarray) -> list[dict]:
-        best = np.argsort(-probs)[:self.top_k]
-        return [{"label": self.bundle.labels[i], "score": round(float(probs[i]), 4)} for i in best]
+        return [{"label": label, "score": score} for label, score in ranked(probs, self.bundle.labels, self.top_k)]

@@ -12,13 +12,28 @@ def run_main(module: str) -> None:
 
     SIGTERM (a service stop, ``kill``) is handled like Ctrl-C. Commands that clean up on an interrupt
     catch it themselves; one that reaches here exits 130 with "interrupted", never a traceback.
+    An interrupt during the imports is held until they finish: OpenCV's loader has a bare ``except:``
+    that would swallow it, and the run would go on as if nothing had been asked.
     """
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    held = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: held.append(signum))
     try:
-        importlib.import_module(module).main()
+        main = importlib.import_module(module).main
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.default_int_handler)
+        if held:
+            raise KeyboardInterrupt
+        main()
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def with_examples(*commands: str) -> dict:
+    """``ArgumentParser`` keywords for a help that ends with example commands, kept as written."""
+    return {"formatter_class": argparse.RawDescriptionHelpFormatter,
+            "epilog": "examples:\n" + "\n".join(f"  {command}" for command in commands)}
 
 
 def _number(kind: type, text: str, valid, want: str):
@@ -45,6 +60,10 @@ def non_negative_float(text: str) -> float:
 
 def fraction(text: str) -> float:
     return _number(float, text, lambda v: 0 < v <= 1, "a number in (0, 1]")
+
+
+def probability(text: str) -> float:
+    return _number(float, text, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def frame_size(text: str) -> tuple[int, int]:

@@ -1,14 +1,14 @@
 """Accuracy of a bundle on an ImageFolder, through the same preprocessing and runtime as the live app."""
+import itertools
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from .bundle import Bundle, BundleError
 from .files import class_folders, folder_images
-from .preprocess import Preprocessor
+from .preprocess import Preprocessor, read_bgr
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +25,25 @@ def labelled_images(root: Path, labels: tuple[str, ...]) -> list[tuple[str, int]
     return folder_images(root, list(labels))
 
 
+def every_class_in_turn(samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The classes' images taken one from each class in turn: any first N covers every class evenly."""
+    by_class: dict[int, list] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    return [s for turn in itertools.zip_longest(*by_class.values()) for s in turn if s is not None]
+
+
 def evaluate_folder(bundle: Bundle, root: Path, limit: int | None = None, progress: bool = True) -> dict:
-    samples = labelled_images(root, bundle.labels)[:limit]
+    """Top-1/top-5 over ``root/<class>/*``; ``limit`` images are spread over the classes, not the first class's."""
+    samples = every_class_in_turn(labelled_images(root, bundle.labels))[:limit]
     preprocess = Preprocessor(bundle.input)
     top1 = top5 = n = skipped = 0
     for path, label in tqdm(samples, desc="edge eval", unit="img", disable=not progress):
-        bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
+        try:
+            bgr = read_bgr(path)
+        except (OSError, ValueError) as e:
             skipped += 1
-            log.warning("skipped unreadable image %s", path)
+            log.warning("skipped %s", e)
             continue
         logits = bundle.logits(preprocess(bgr, order="BGR"))[0]
         ranked = np.argsort(-logits)

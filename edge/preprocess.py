@@ -5,6 +5,7 @@ the device applies have one definition.
 """
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -67,6 +68,14 @@ class Preprocessor:
         top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
         return rgb[top:top + self.size, left:left + self.size]
 
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) in the frame of the square ``crop`` keeps: what the model sees."""
+        scale = self.resize / min(height, width)
+        new_w, new_h = max(self.resize, int(width * scale)), max(self.resize, int(height * scale))
+        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
+        sx, sy = width / new_w, height / new_h
+        return (round(left * sx), round(top * sy), round((left + self.size) * sx), round((top + self.size) * sy))
+
     def __call__(self, image: np.ndarray, order: str = "RGB") -> np.ndarray:
         """``order="BGR"`` for OpenCV/Picamera2 frames: channels are swapped after the crop, where it is cheap."""
         crop = self.crop(image)
@@ -77,3 +86,16 @@ class Preprocessor:
         # C-contiguous: the ExecuTorch runtime reads the raw buffer and ignores numpy strides.
         chw = np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32)
         return (chw * self.scale + self.offset)[None]
+
+
+def read_bgr(path: str | Path) -> np.ndarray:
+    """An image file as a BGR uint8 frame, decoded as the app and training do; ValueError if it is not an image.
+
+    ``np.fromfile`` + ``imdecode`` rather than ``imread``: a missing or unreadable file raises OSError
+    saying why, instead of ``imread``'s silent None.
+    """
+    data = np.fromfile(path, np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ValueError(f"{path} is not an image OpenCV can decode")
+    return image

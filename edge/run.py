@@ -1,10 +1,12 @@
 """The live loop: newest frame -> inference -> window / JSON lines / web page, and a summary at the end."""
 import json
 import math
+import os
 import sys
 import time
+from collections import deque
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TextIO
 
@@ -13,12 +15,14 @@ import cv2
 from .bundle import load_bundle
 from .capture import Capture
 from .classify import Classifier
+from .native import Runner
 from .overlay import annotate
 from .serve import Broadcast, Server, parse_address
-from .sources import open_source
-from .stats import RunStats
+from .sources import Orientation, open_source
+from .stats import RunStats, cpu_temperature_c
 
 WINDOW = "edge"
+HISTORY = 8  # top-1 label changes the page lists
 
 
 class RunError(RuntimeError):
@@ -40,6 +44,8 @@ class RunConfig:
     duration: float | None = None  # seconds
     serve: str | None = None  # HOST:PORT
     camera_size: tuple[int, int] | None = None
+    rotate: int = 0  # degrees clockwise
+    flip: str | None = None  # horizontal | vertical, after the rotation
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.smooth < 1.0:
@@ -60,30 +66,40 @@ def default_camera_size(resize: int) -> tuple[int, int]:
     return math.ceil(height * 4 / 3 / 2) * 2, height
 
 
-def _open_window() -> None:
+def open_window() -> str | None:
+    """Open the app's window; else why it cannot (checked first: GTK ends a process that has no display)."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY and WAYLAND_DISPLAY are unset)"
     try:
         cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
     except cv2.error:
-        raise RunError("this OpenCV build cannot open a window (no GUI or no display): "
-                       "add --headless, or --serve 8080 to watch in a browser") from None
+        return "this OpenCV build has no GUI support"
+    return None
 
 
 def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
     """Run until ``max_frames`` results, ``duration`` seconds, the end of a non-live source, `q` in the window,
-    or Ctrl-C/SIGTERM; returns the summary. ``log`` gets the served page's address."""
+    or Ctrl-C/SIGTERM; returns the summary. ``log`` gets the served page's address, and the reason when a
+    window was asked for and cannot open (the run goes on headless: a Pi without a screen is common)."""
     address = parse_address(cfg.serve) if cfg.serve else None  # cheap checks first: loading the runtime takes seconds
-    open_source(cfg.source)
-    if not cfg.headless:
-        _open_window()
+    orientation = Orientation(cfg.rotate, cfg.flip)
+    open_source(cfg.source, orientation=orientation)
+    no_window = None if cfg.headless else open_window()
+    if no_window:
+        watch = "" if cfg.serve else "; add --serve 8080 to watch in a browser"
+        print(f"{no_window}: running headless{watch} (--headless skips this check)", file=log, flush=True)
+        cfg = replace(cfg, headless=True)
     bundle = load_bundle(cfg.bundle, cfg.threads)
     classifier = Classifier(bundle, cfg.top_k, cfg.smooth)
-    source = open_source(cfg.source, cfg.loop, cfg.camera_size or default_camera_size(bundle.input.resize))
+    source = open_source(cfg.source, cfg.loop, cfg.camera_size or default_camera_size(bundle.input.resize),
+                         orientation=orientation)
     stats, broadcast = RunStats(), Broadcast()
     with ExitStack() as stack:
         if address:
             server = Server(address, broadcast, f"{bundle.meta.name} on {source.name}")
             stack.callback(server.close)
-            print(f"serving {server.url}", file=log, flush=True)
+            lan = f" (on your network: {server.lan_url})" if server.lan_url else ""
+            print(f"serving {server.url}{lan}", file=log, flush=True)
         source.open()
         # Opened once the run can start: a run that cannot start leaves the last run's file as it was.
         jsonl = sys.stdout if cfg.jsonl == "-" else stack.enter_context(open(cfg.jsonl, "w")) if cfg.jsonl else None
@@ -106,6 +122,8 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
           jsonl: TextIO | None) -> None:
     show = not cfg.headless or cfg.serve
     deadline = time.monotonic() + cfg.duration if cfg.duration else float("inf")
+    history: deque[dict] = deque(maxlen=HISTORY)
+    threads = cfg.threads or Runner.pool_threads()
     while (cfg.max_frames is None or stats.frames < cfg.max_frames) and time.monotonic() < deadline:
         item = capture.get(timeout=0.1)
         if item is None:
@@ -128,10 +146,15 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
             jsonl.flush()
         if show:
             live = stats.live()
-            annotated = annotate(item.frame.image, top, latency_ms, live["fps"])
+            crop = classifier.preprocess.crop_box(*item.frame.image.shape[:2])
+            annotated = annotate(item.frame.image, top, latency_ms, live["fps"], crop)
             if cfg.serve:
-                broadcast.publish(annotated, live | {"top": top, "dropped": capture.stats.dropped,
-                                                     "reconnects": capture.stats.reconnects})
+                if not history or history[0]["label"] != top[0]["label"]:
+                    history.appendleft({"label": top[0]["label"], "time": time.strftime("%H:%M:%S")})
+                broadcast.publish(annotated, live | {
+                    "top": top, "dropped": capture.stats.dropped, "reconnects": capture.stats.reconnects,
+                    "history": list(history), "threads": threads, "temperature_c": cpu_temperature_c(),
+                    "crop": crop})
             if not cfg.headless:
                 cv2.imshow(WINDOW, annotated)
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):

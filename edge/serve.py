@@ -1,4 +1,5 @@
-"""A small web view of a run: ``/`` (page), ``/stream.mjpg`` (annotated MJPEG), ``/stats.json``.
+"""A small web view of a run: ``/`` (page), ``/frame.jpg`` (the next annotated frame with its own stats,
+which the page shows), ``/stream.mjpg`` (annotated MJPEG, for players like VLC), ``/stats.json``.
 
 Standard library HTTP server in daemon threads; each frame is JPEG-encoded once, when a client
 first asks for it, so an unwatched server costs one array copy per frame. On a LAN anyone may
@@ -14,48 +15,74 @@ import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
 PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>{title}</title>
+<html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
 <style>
 body {{ font-family: sans-serif; background: #111; color: #eee; margin: 1em; }}
+h2 {{ font-size: 1.2em; overflow-wrap: anywhere; }}
 main {{ display: flex; gap: 1.5em; flex-wrap: wrap; }}
 img {{ max-width: 100%; border: 1px solid #444; }}
 table {{ align-self: flex-start; }}
 td {{ padding: 0.15em 0.8em 0.15em 0; }} td.v {{ text-align: right; font-variant-numeric: tabular-nums; }}
+ol {{ margin: 0.2em 0; padding-left: 1.4em; }} #history {{ color: #aaa; }}
 </style></head>
 <body><h2>{title}</h2>
-<main><img id="stream" src="/stream.mjpg" alt="live stream">
+<main><img id="stream" alt="live stream">
 <table id="stats">
+<tr><td colspan="2"><ol id="top"></ol></td></tr>
 <tr><td>FPS</td><td class="v" id="fps">-</td></tr>
 <tr><td>inference p50 / p90 ms</td><td class="v" id="latency">-</td></tr>
 <tr><td>capture-to-result p50 / p90 ms</td><td class="v" id="c2r">-</td></tr>
 <tr><td>frames / dropped</td><td class="v" id="frames">-</td></tr>
 <tr><td>reconnects</td><td class="v" id="reconnects">-</td></tr>
-<tr><td colspan="2"><ol id="top"></ol></td></tr>
+<tr><td>threads</td><td class="v" id="threads">-</td></tr>
+<tr><td>CPU temperature</td><td class="v" id="temperature">-</td></tr>
+<tr><td colspan="2">recent labels<ol id="history"></ol></td></tr>
 </table></main>
 <script>
+// Each frame comes with the figures of that same frame (its X-Stats header): the banner drawn on the
+// image and the list beside it cannot disagree, as a separately polled stats.json would.
+const $ = id => document.getElementById(id);
 const pair = d => d.p50 === null ? "-" : d.p50.toFixed(2) + " / " + d.p90.toFixed(2);
-async function refresh() {{
-  try {{
-    const s = await (await fetch("/stats.json", {{cache: "no-store"}})).json();
-    document.getElementById("fps").textContent = s.fps === null ? "-" : s.fps.toFixed(1);
-    document.getElementById("latency").textContent = pair(s.latency_ms);
-    document.getElementById("c2r").textContent = pair(s.capture_to_result_ms);
-    document.getElementById("frames").textContent = s.frames + " / " + s.dropped;
-    document.getElementById("reconnects").textContent = s.reconnects;
-    document.getElementById("top").replaceChildren(...s.top.map(t => {{
-      const li = document.createElement("li");
-      li.textContent = t.label + " " + (100 * t.score).toFixed(1) + "%";
-      return li;
-    }}));
-  }} catch (e) {{ document.getElementById("fps").textContent = "offline"; }}
+const items = (list, text) => list.map(t => {{
+  const li = document.createElement("li"); li.textContent = text(t); return li; }});
+function show(s) {{
+  $("top").replaceChildren(...items(s.top, t => t.label + " " + (100 * t.score).toFixed(1) + "%"));
+  $("fps").textContent = s.fps === null ? "-" : s.fps.toFixed(1);
+  $("latency").textContent = pair(s.latency_ms);
+  $("c2r").textContent = pair(s.capture_to_result_ms);
+  $("frames").textContent = s.frames + " / " + s.dropped;
+  $("reconnects").textContent = s.reconnects;
+  $("threads").textContent = s.threads;
+  $("temperature").textContent = s.temperature_c === null ? "unknown" : s.temperature_c.toFixed(1) + " \u00b0C";
+  $("history").replaceChildren(...items(s.history, h => h.time + "  " + h.label));
 }}
-setInterval(refresh, 500); refresh();
+async function frames() {{
+  let after = 0;
+  for (;;) {{
+    try {{
+      const r = await fetch("/frame.jpg?after=" + after, {{cache: "no-store"}});
+      if (r.status === 200) {{
+        after = Number(r.headers.get("X-Frame"));
+        const old = $("stream").src;
+        $("stream").src = URL.createObjectURL(await r.blob());
+        if (old) URL.revokeObjectURL(old);
+        show(JSON.parse(r.headers.get("X-Stats")));
+      }} else if (r.status !== 204) throw new Error(r.status);
+    }} catch (e) {{
+      $("fps").textContent = "offline";
+      await new Promise(done => setTimeout(done, 1000));
+    }}
+  }}
+}}
+frames();
 </script></body></html>
 """
 
@@ -68,6 +95,17 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def lan_address() -> str | None:
+    """The address this machine's default route leaves from, as the Edge Impulse runner prints it.
+    Connecting a UDP socket sends nothing; it only picks the interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            return probe.getsockname()[0]
+        except OSError:
+            return None
+
+
 class Broadcast:
     """The newest annotated frame and stats, handed from the run loop to any number of HTTP clients."""
 
@@ -77,7 +115,7 @@ class Broadcast:
         self.number = 0
         self.stats: dict = {}
         self.closed = False
-        self._jpeg: tuple[int, bytes] = (0, b"")
+        self._jpeg: tuple[int, bytes, dict] = (0, b"", {})
 
     def publish(self, frame: np.ndarray, stats: dict) -> None:
         with self.changed:
@@ -90,18 +128,19 @@ class Broadcast:
             self.closed = True
             self.changed.notify_all()
 
-    def next_jpeg(self, after: int, timeout: float = 5.0) -> tuple[int, bytes] | None:
-        """The first frame newer than ``after`` as JPEG; None once the run has ended."""
+    def next_jpeg(self, after: int, timeout: float = 5.0) -> tuple[int, bytes, dict] | None:
+        """The first frame newer than ``after`` as JPEG, with the stats published with it;
+        ``(after, b"", {})`` when none came within ``timeout``, None once the run has ended."""
         with self.changed:
             self.changed.wait_for(lambda: self.number > after or self.closed, timeout)
             if self.closed or self.number <= after:
-                return None if self.closed else (after, b"")
-            number, frame = self.number, self.frame
+                return None if self.closed else (after, b"", {})
+            number, frame, stats = self.number, self.frame, self.stats
             if self._jpeg[0] == number:
                 return self._jpeg
         ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
         with self.changed:
-            self._jpeg = (number, data.tobytes())
+            self._jpeg = (number, data.tobytes(), stats)
         return self._jpeg
 
 
@@ -116,9 +155,11 @@ def make_handler(broadcast: Broadcast, title: str, timeout: float):
         def log_message(self, format, *args):  # keep the terminal for the app's own output
             pass
 
-        def _send(self, body: bytes, content_type: str) -> None:
+        def _send(self, body: bytes, content_type: str, headers: dict | None = None) -> None:
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", content_type)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
@@ -134,10 +175,26 @@ def make_handler(broadcast: Broadcast, title: str, timeout: float):
                 self._send(json.dumps(stats).encode(), "application/json")
             elif self.path == "/stream.mjpg":
                 self._stream()
+            elif self.path.startswith("/frame.jpg"):
+                self._frame()
             else:
                 self.send_error(HTTPStatus.NOT_FOUND)
 
         do_HEAD = do_GET  # the same headers, no body
+
+        def _frame(self) -> None:
+            """``/frame.jpg?after=N``: the next frame after N with its own stats (X-Frame, X-Stats); 204 when
+            none came within a second, 503 once the run has ended."""
+            after = parse_qs(urlsplit(self.path).query).get("after", ["0"])[0]
+            item = broadcast.next_jpeg(int(after) if after.isdigit() else 0, timeout=1.0)
+            if item is None:
+                self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "the run has ended")
+            elif not item[1]:
+                self.send_response(HTTPStatus.NO_CONTENT)
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+            else:
+                self._send(item[1], "image/jpeg", {"X-Frame": str(item[0]), "X-Stats": json.dumps(item[2])})
 
         def _stream(self) -> None:
             self.send_response(HTTPStatus.OK)
@@ -146,7 +203,7 @@ def make_handler(broadcast: Broadcast, title: str, timeout: float):
             self.end_headers()
             number = 0
             while self.command != "HEAD" and (item := broadcast.next_jpeg(number, timeout=1.0)) is not None:
-                number, jpeg = item
+                number, jpeg, _ = item
                 if jpeg:
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
                                      b"Content-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg))
@@ -209,6 +266,8 @@ class Server:
         self.broadcast = broadcast
         host, port = self.httpd.server_address[:2]
         self.url = f"http://{host}:{port}/"
+        lan = lan_address() if host in ("0.0.0.0", "::") else None
+        self.lan_url = f"http://{lan}:{port}/" if lan else None  # what to open on a phone or laptop
         threading.Thread(target=self.httpd.serve_forever, name="serve", daemon=True).start()
 
     def close(self) -> None:

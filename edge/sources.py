@@ -25,6 +25,39 @@ class SourceError(RuntimeError):
     """A source that cannot be opened or read; the message says what to do."""
 
 
+@dataclass(frozen=True)
+class Orientation:
+    """Turn frames clockwise by ``rotate`` degrees, then mirror them (``flip``): for cameras mounted upside
+    down or sideways, which Pi camera mounts often are. The model and the page both see the turned frame."""
+
+    rotate: int = 0
+    flip: str | None = None  # "horizontal" (left-right) or "vertical" (top-bottom)
+
+    ROTATIONS = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}
+    FLIPS = {"horizontal": 1, "vertical": 0}  # cv2.flip's codes
+
+    def __post_init__(self) -> None:
+        if self.rotate not in (0, *self.ROTATIONS) or self.flip not in (None, *self.FLIPS):
+            raise SourceError(f"rotate must be 0, 90, 180 or 270 and flip horizontal or vertical, "
+                              f"got {self.rotate} and {self.flip}")
+
+    def __bool__(self) -> bool:
+        return bool(self.rotate or self.flip)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if self.rotate:
+            image = cv2.rotate(image, self.ROTATIONS[self.rotate])
+        return cv2.flip(image, self.FLIPS[self.flip]) if self.flip else image
+
+    def as_flips(self) -> tuple[bool, bool] | None:
+        """(hflip, vflip) that turn frames the same way, where mirroring alone can (0 and 180 degrees):
+        a Pi camera's ISP does those for free (libcamera's Transform)."""
+        if self.rotate not in (0, 180):
+            return None
+        half_turn = self.rotate == 180
+        return half_turn != (self.flip == "horizontal"), half_turn != (self.flip == "vertical")
+
+
 @dataclass
 class Frame:
     image: np.ndarray  # HxWx3 uint8 BGR
@@ -43,12 +76,13 @@ class PicameraSource:
 
     live = True
 
-    def __init__(self, size: tuple[int, int], fps: float | None = None) -> None:
-        self.size, self.fps, self.camera, self.count = size, fps, None, 0
+    def __init__(self, size: tuple[int, int], fps: float | None = None, flips: tuple[bool, bool] = (False, False)):
+        self.size, self.fps, self.flips, self.camera, self.count = size, fps, flips, None, 0
         self.name = f"picamera {size[0]}x{size[1]}"
 
     def open(self) -> None:
         try:
+            from libcamera import Transform
             from picamera2 import Picamera2
         except ImportError:
             raise SourceError("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
@@ -56,8 +90,10 @@ class PicameraSource:
         try:
             self.camera = Picamera2()
             controls = {"FrameRate": self.fps} if self.fps else {}
+            transform = {"transform": Transform(hflip=self.flips[0], vflip=self.flips[1])} if any(self.flips) else {}
             config = self.camera.create_video_configuration(
-                main={"size": self.size, "format": "RGB888"}, buffer_count=2, queue=False, controls=controls)
+                main={"size": self.size, "format": "RGB888"}, buffer_count=2, queue=False, controls=controls,
+                **transform)
             self.camera.configure(config)
             self.camera.start()
         except Exception as e:  # libcamera raises RuntimeError/IndexError when no camera is attached
@@ -94,8 +130,9 @@ class VideoSource:
     default is about 30 s, during which a stalled stream looks like a slow one.
     """
 
-    def __init__(self, target: int | str, loop: bool = False, timeout: float = 5.0) -> None:
-        self.target, self.loop, self.capture, self.count = target, loop, None, 0
+    def __init__(self, target: int | str, loop: bool = False, timeout: float = 5.0,
+                 size: tuple[int, int] | None = None) -> None:
+        self.target, self.loop, self.size, self.capture, self.count = target, loop, size, None, 0
         self.live = isinstance(target, int) or "://" in str(target)
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self.fps = None
@@ -110,6 +147,9 @@ class VideoSource:
             raise SourceError(f"cannot open {self.name}: no such camera, unreadable file or unreachable stream")
         if self.live:  # OpenCV queues several frames by default; a queue is latency.
             self.capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if self.size and isinstance(self.target, int):  # a webcam picks the supported size nearest to this
+            self.capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
+            self.capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
         self.fps = self.capture.get(cv2.CAP_PROP_FPS) or None
 
     def read(self) -> Frame | None:
@@ -191,9 +231,32 @@ class ProceduralSource:
         pass
 
 
+class Oriented:
+    """Any source, its frames turned by ``orientation``; everything else is the source's own."""
+
+    def __init__(self, source, orientation: Orientation) -> None:
+        self.source, self.orientation = source, orientation
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+    def read(self) -> Frame | None:
+        frame = self.source.read()
+        return None if frame is None else Frame(self.orientation(frame.image), frame.t_capture, frame.index)
+
+
 def open_source(spec: str, loop: bool = False, camera_size: tuple[int, int] = (640, 480),
-                camera_fps: float | None = None):
-    """The source that ``spec`` names (not yet opened); SourceError when it names nothing."""
+                camera_fps: float | None = None, orientation: Orientation = Orientation()):
+    """The source that ``spec`` names (not yet opened), its frames turned by ``orientation``;
+    SourceError when it names nothing. ``camera_size`` is asked of Pi cameras and webcams."""
+    flips = orientation.as_flips()
+    if spec == "picamera" and flips is not None:
+        return PicameraSource(camera_size, camera_fps, flips)
+    source = _source(spec, loop, camera_size, camera_fps)
+    return Oriented(source, orientation) if orientation else source
+
+
+def _source(spec: str, loop: bool, camera_size: tuple[int, int], camera_fps: float | None):
     if not spec.strip():
         raise SourceError(f"the source is empty: give {SOURCE_HELP}")
     if spec == "picamera":
@@ -201,7 +264,7 @@ def open_source(spec: str, loop: bool = False, camera_size: tuple[int, int] = (6
     if spec == "procedural":
         return ProceduralSource()
     if spec.isdigit():
-        return VideoSource(int(spec))
+        return VideoSource(int(spec), size=camera_size)
     if "://" in spec:
         return VideoSource(spec)
     path = Path(spec)

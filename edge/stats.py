@@ -3,7 +3,9 @@
 A service runs for days: the figures live in preallocated ring buffers, so memory does not grow
 with the frame count. Summary percentiles cover the last ``history`` frames (all of a shorter run).
 """
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +14,24 @@ def percentiles(values, qs=(50, 90)) -> dict:
     if len(values) == 0:
         return {f"p{q}": None for q in qs}
     return {f"p{q}": round(float(v), 3) for q, v in zip(qs, np.percentile(np.asarray(values), qs))}
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (interpreter start-up and imports included), where Linux says."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+
+
+def cpu_temperature_c(zone: Path = Path("/sys/class/thermal/thermal_zone0/temp")) -> float | None:
+    """The SoC's temperature where Linux exposes it (a Pi does; most VMs do not): a throttling Pi is slow."""
+    try:
+        return round(int(zone.read_text()) / 1000, 1)
+    except (OSError, ValueError):
+        return None
 
 
 def time_calls(call, runs: int, warmup: int = 10) -> dict:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from edge.bundle import BundleError, BundleMeta, check_replaceable, write_bundle
-from edge.command import fraction, positive_int
+from edge.command import fraction, positive_int, with_examples
 from edge.native import NativeError, Runner
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
 from edge.preprocess import InputSpec, Preprocessor
@@ -41,21 +41,34 @@ from .verify import VerificationError, check_delegation, check_parity, latency_m
 GOLDEN_IMAGES = 8
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export", description=__doc__.splitlines()[0],
+        **with_examples("python -m export runs/v3_small/qat/checkpoints/best.ckpt --candidates",
+                        "python -m export runs/v3_small/checkpoints/best.ckpt --out artifacts/v3_small_ptq",
+                        "python -m export runs/v3_small/checkpoints/best.ckpt --precision fp32 --no-baselines"))
     parser.add_argument("checkpoint", help="a .ckpt written by `make train` or `make qat`")
-    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8")
+    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8",
+                        help="int8: the QAT model converted, or a float one quantized after training (PTQ); "
+                             "fp32: the float program (default int8)")
     parser.add_argument("--out", type=Path, help="bundle directory (default: artifacts/<arch>)")
-    parser.add_argument("--calibration-images", type=positive_int, default=512, help="training images for PTQ")
-    parser.add_argument("--parity-images", type=positive_int, default=1000, help="held-out images for runtime parity")
+    parser.add_argument("--calibration-images", type=positive_int, default=512,
+                        help="training images PTQ calibrates on (default 512)")
+    parser.add_argument("--parity-images", type=positive_int, default=1000,
+                        help="held-out images for runtime/PyTorch parity (default 1000)")
     parser.add_argument("--min-agreement", type=fraction, default=EXPORT_MIN_AGREEMENT,
-                        help=f"runtime/PyTorch top-1 agreement (default {EXPORT_MIN_AGREEMENT})")
+                        help=f"share of parity images whose logits must agree (default {EXPORT_MIN_AGREEMENT})")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false",
-                        help="skip the float, PTQ and fp32 comparisons (faster; the report has only this program)")
+                        help="skip the float, PTQ and fp32 comparisons (faster; the report has only this program; "
+                             "default: compare)")
     parser.add_argument("--candidates", action="store_true",
                         help="QAT checkpoint: write the QAT and the PTQ bundle to OUT-qat and OUT-ptq, and copy to "
-                             "OUT the QAT one, unless PTQ is measurably better on validation")
-    return parser.parse_args(argv)
+                             "OUT the QAT one, unless PTQ is measurably better on validation (default: one bundle)")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def float_module_of(module, checkpoint: dict):

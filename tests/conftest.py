@@ -166,8 +166,9 @@ class FakePicamera2:
         self.config, self.started, self.released, self.closed = None, False, 0, False
         FakePicamera2.instances.append(self)
 
-    def create_video_configuration(self, main, buffer_count=6, queue=True, controls=None):
-        return {"main": main, "buffer_count": buffer_count, "queue": queue, "controls": controls or {}}
+    def create_video_configuration(self, main, buffer_count=6, queue=True, controls=None, transform=None):
+        config = {"main": main, "buffer_count": buffer_count, "queue": queue, "controls": controls or {}}
+        return config | ({"transform": transform} if transform else {})
 
     def configure(self, config):
         self.config = config
@@ -191,4 +192,5 @@ class FakePicamera2:
 def fake_picamera2(monkeypatch):
     FakePicamera2.instances.clear()
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    monkeypatch.setitem(sys.modules, "libcamera", types.SimpleNamespace(Transform=lambda **flips: flips))
     return FakePicamera2

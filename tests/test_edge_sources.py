@@ -4,14 +4,15 @@ import sys
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 
 from conftest import write_video
 from edge.capture import Capture
 from edge.serve import Broadcast, Server
-from edge.sources import (DirectorySource, Frame, PicameraSource, ProceduralSource, SourceError, VideoSource,
-                          open_source)
+from edge.sources import (DirectorySource, Frame, Orientation, PicameraSource, ProceduralSource, SourceError,
+                          VideoSource, open_source)
 
 
 def test_picamera_asks_for_the_stream_it_needs_and_stamps_sensor_time(fake_picamera2):
@@ -27,6 +28,63 @@ def test_picamera_asks_for_the_stream_it_needs_and_stamps_sensor_time(fake_picam
     assert frames[0].image.shape == (240, 320, 3) and tuple(frames[0].image[0, 0]) == (10, 20, 30)
     age = time.monotonic() - frames[-1].t_capture
     assert 0.004 < age < 0.5, "the sensor timestamp, moved onto the monotonic clock"
+
+
+@pytest.mark.parametrize("rotate", [0, 90, 180, 270])
+@pytest.mark.parametrize("flip", [None, "horizontal", "vertical"])
+def test_orientation_turns_then_mirrors_and_the_pi_isp_does_the_same(rotate, flip):
+    image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    turned = np.rot90(image, k=-rotate // 90)  # numpy turns counter-clockwise for positive k
+    expected = turned[:, ::-1] if flip == "horizontal" else turned[::-1] if flip == "vertical" else turned
+    orientation = Orientation(rotate, flip)
+    assert np.array_equal(orientation(image), expected)
+    flips = orientation.as_flips()
+    assert (flips is None) == (rotate in (90, 270))
+    if flips is not None:
+        mirrored = image[:, ::-1] if flips[0] else image
+        assert np.array_equal(mirrored[::-1] if flips[1] else mirrored, expected), "hflip, vflip: the same frame"
+
+
+def test_orientation_reaches_the_frames_or_the_camera(fake_picamera2):
+    source = open_source("procedural", orientation=Orientation(90))
+    source.open()
+    assert source.read().image.shape == (320, 240, 3) and source.name == "procedural" and not source.live
+    upside_down = open_source("picamera", camera_size=(320, 240), orientation=Orientation(180, "vertical"))
+    upside_down.open()
+    assert fake_picamera2.instances[-1].config["transform"] == {"hflip": True, "vflip": False}
+    assert upside_down.read().image.shape == (240, 320, 3), "the ISP mirrors: the frame is not turned again"
+    upside_down.close()
+    sideways = open_source("picamera", camera_size=(320, 240), orientation=Orientation(270))
+    sideways.open()
+    assert "transform" not in fake_picamera2.instances[-1].config and sideways.read().image.shape == (320, 240, 3)
+    sideways.close()
+    with pytest.raises(SourceError, match="rotate must be 0, 90, 180 or 270"):
+        Orientation(45)
+
+
+def test_a_webcam_is_asked_for_the_camera_size(monkeypatch, tmp_path):
+    asked = {}
+
+    class FakeCapture:
+        def __init__(self, target, api, params):
+            self.target = target
+
+        def isOpened(self):
+            return True
+
+        def set(self, prop, value):
+            asked[prop] = value
+
+        def get(self, prop):
+            return 30.0
+
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCapture)
+    open_source("0", camera_size=(1280, 720)).open()
+    assert asked[cv2.CAP_PROP_FRAME_WIDTH] == 1280 and asked[cv2.CAP_PROP_FRAME_HEIGHT] == 720
+    asked.clear()
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    open_source(str(tmp_path / "clip.mp4"), camera_size=(1280, 720)).open()
+    assert cv2.CAP_PROP_FRAME_WIDTH not in asked, "a video file plays at its own size"
 
 
 def test_picamera_missing_is_one_clear_error(monkeypatch):

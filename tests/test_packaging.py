@@ -10,7 +10,9 @@ ROOT = Path(__file__).resolve().parent.parent
 OURS = {"edge", "training", "export", "deploy", "device_tests"}
 EXTRAS_OF = {"edge": ["edge"], "deploy": ["edge"], "device_tests": ["edge", "dev"], "training": ["train"],
              "export": ["export"]}
-ONLY_ON_A_PI = {"picamera2": "rpi"}  # imported inside the Picamera2 source only, from apt on Raspberry Pi OS
+# Imported inside the Picamera2 source only, from apt on Raspberry Pi OS: python3-picamera2 brings
+# python3-libcamera (libcamera's Python bindings are not on PyPI).
+ONLY_ON_A_PI = {"picamera2": "rpi", "libcamera": "rpi"}
 
 
 def normalise(name: str) -> str:

@@ -12,7 +12,6 @@ import torch
 from conftest import DATA, QUIET, write_colour_images
 from edge.bundle import BundleError, load_bundle
 from export.cli import main as export_main
-from export.verify import VerificationError
 from training.cli import main as train_main
 from training.qat import QATClassifier, default_freeze_epoch
 
@@ -21,8 +20,15 @@ def batchnorm_nodes(module: QATClassifier):
     return [n for n in module.model.graph.nodes if n.target == torch.ops.aten.batch_norm.default]
 
 
-def test_qat_graph_keeps_the_float_models_batchnorm_settings_across_mode_switches():
-    module = QATClassifier("v3_small", num_classes=4, width_mult=0.5, resolution=32)
+@pytest.fixture(scope="module")
+def from_scratch():
+    """A QAT module with no float start point (building the QAT graph takes seconds: shared)."""
+    return QATClassifier("v3_small", num_classes=4, width_mult=0.5, resolution=32, dropout=0.5)
+
+
+def test_qat_graph_keeps_the_float_models_batchnorm_settings_across_mode_switches(from_scratch):
+    module = from_scratch
+    assert module.teacher is None, "from scratch there is no float model to learn from"
     for mode in (True, False, True):
         module.train(mode)
         nodes = batchnorm_nodes(module)
@@ -59,8 +65,8 @@ def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour
     assert not any(n.target == torch.ops.aten.batch_norm.default for n in int8.graph.nodes)
 
 
-def test_qat_eval_mode_is_deterministic_and_train_mode_uses_dropout():
-    module = QATClassifier("v3_small", num_classes=4, width_mult=0.5, resolution=32, dropout=0.5)
+def test_qat_eval_mode_is_deterministic_and_train_mode_uses_dropout(from_scratch):
+    module = from_scratch
     x = torch.randn(3, 3, 32, 32)
     module.eval()
     with torch.no_grad():
@@ -153,7 +159,8 @@ def test_ptq_and_fp32_exports_of_a_float_checkpoint(runs, tmp_path):
     report = json.loads((tmp_path / "ptq" / "report.json").read_text())
     assert report["quantization"]["scheme"] == "ptq-int8" and set(report["accuracy"]) == {"ptq", "ptq_pte"}
     assert report["parity"]["top1_agreement"] >= 0.99
-    export_main([str(runs / "float" / "best.ckpt"), "--precision", "fp32", "--out", str(tmp_path / "fp32")])
+    export_main([str(runs / "float" / "best.ckpt"), "--precision", "fp32", "--out", str(tmp_path / "fp32"),
+                 "--no-baselines"])
     report = json.loads((tmp_path / "fp32" / "report.json").read_text())
     assert report["quantization"]["scheme"] == "fp32"
     assert report["parity"]["top1_agreement"] == 1.0

@@ -4,6 +4,7 @@ import re
 import sys
 
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
@@ -86,13 +87,38 @@ def argument_error(error: argparse.ArgumentError) -> str:
     return f"--{path}: {reason}"
 
 
+EXAMPLES = "examples:\n" + "\n".join(f"  python -m training fit --config configs/train.yaml {example}" for example in (
+    "--config configs/model/v3_small.yaml --config configs/data/procedural.yaml",
+    "--config configs/model/v2.yaml --config configs/data/folder.yaml --data.source=data/train --trainer.max_epochs=20",
+    "--config configs/qat.yaml --config configs/data/procedural.yaml "
+    "--model.init_args.float_checkpoint=runs/v3_small/checkpoints/best.ckpt"))
+
+
+class ExamplesHelp(DefaultHelpFormatter):
+    """jsonargparse's help (every flag with its type and default), with the examples kept one per line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+HELP = {"formatter_class": ExamplesHelp, "epilog": EXAMPLES,
+        "description": "Train a MobileNet (float or QAT) with Lightning: the YAML in configs/ sets the recipe and "
+                       "any key can be given as a flag. `python -m training fit --help` lists every flag with its "
+                       "default.",
+        "fit": {"formatter_class": ExamplesHelp, "epilog": EXAMPLES,
+                "description": "Train: float, or QAT with configs/qat.yaml. Each flag shows its type and default; "
+                               "--model.help CLASS lists a model's own."}}
+
+
 def main(args: list[str] | None = None) -> None:
     try:
         TrainingCLI(
             ImageClassifier, ImageDataModule, subclass_mode_model=True,
             trainer_defaults={"callbacks": [OneLineSummary()]},
             save_config_kwargs={"overwrite": True}, args=args,
-            parser_kwargs={"prog": "python -m training", "exit_on_error": False},
+            parser_kwargs={"prog": "python -m training", "exit_on_error": False, **HELP},
         )
     except argparse.ArgumentError as e:
         print(f"error: {argument_error(e)} (python -m training fit --help lists the options)", file=sys.stderr)

@@ -24,6 +24,21 @@ class ImageClassifier(L.LightningModule):
     Argument types are jsonargparse's restricted types, so LightningCLI rejects an out-of-range value
     with one line naming the flag. Checkpoints also carry what the exporter needs (``checkpoint["data"]``: labels
     and the eval input spec) and the global RNG state, so resuming is exact.
+
+    Args:
+        arch: v1, v2, v3_small or v3_large.
+        num_classes: output classes (set from the data).
+        width_mult: the width multiplier alpha: channels of every layer scaled by it.
+        resolution: the input size (set from the data); the summary's example input.
+        dropout: dropout before the classifier.
+        weights: torchvision-format state dict (.pth) to start from; a different classifier is re-initialised.
+        bn_momentum: BatchNorm momentum for every layer (default: the architecture's).
+        label_smoothing: cross-entropy label smoothing.
+        optimizer: sgd or adamw.
+        lr: peak learning rate, after warm-up.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        momentum: SGD momentum.
+        warmup_epochs: linear warm-up length, then cosine decay to 0.
     """
 
     def __init__(

@@ -158,6 +158,19 @@ class QATClassifier(ImageClassifier):
     the loss is ``distill_weight`` of the distillation loss at ``distill_temperature``
     and the rest the label loss (``distill_weight=0``: labels only). Other arguments
     are :class:`ImageClassifier`'s; ``configs/qat.yaml`` sets QAT's optimiser.
+
+    Args:
+        arch: v1, v2, v3_small or v3_large (must match float_checkpoint's).
+        num_classes: output classes (set from the data).
+        width_mult: the width multiplier alpha (must match float_checkpoint's).
+        resolution: the input size (set from the data).
+        float_checkpoint: a make train checkpoint to start from, and the distillation teacher.
+        freeze_observer_epoch: epoch from which activation ranges stop moving (default: 40% of the run).
+        freeze_bn_epoch: epoch from which BN statistics are frozen (default: 30% of the run).
+        bn_momentum: BatchNorm momentum (default: the float run's).
+        calibration_images: training images that set the starting ranges, as PTQ does (0: none).
+        distill_weight: the share of the loss that is distillation from the float model (0: labels only).
+        distill_temperature: softmax temperature of the distillation loss.
     """
 
     def __init__(

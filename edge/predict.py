@@ -1,0 +1,123 @@
+"""python -m edge predict BUNDLE PATH...: label image files, folders and globs, one output line per file.
+
+Every file named, found in a folder or matched by a glob gets a line: its labels, or why it could not
+be read. Nothing is dropped, unlike ``edge run`` on a directory, which paces frames and drops late ones.
+"""
+import csv
+import glob
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator, TextIO
+
+from tqdm import tqdm
+
+from .api import Model
+from .files import is_image
+from .stats import process_age_s
+
+PROGRESS_FROM = 100  # files; fewer finish before a bar would say anything
+
+
+class PredictError(RuntimeError):
+    """Nothing to label; the message says why."""
+
+
+def expand(args: list[str]) -> list[Path]:
+    """Files in argument order: a folder gives its images (recursively, sorted), a glob its matches.
+
+    A name that is neither a file nor a folder nor a glob that matches stays in the list, so its
+    line in the output says it does not exist.
+    """
+    paths: list[Path] = []
+    for arg in args:
+        matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) else [arg]
+        for match in map(Path, matches or [arg]):
+            if match.is_dir():
+                paths += sorted(p for p in match.rglob("*") if p.is_file() and is_image(p))
+            else:
+                paths.append(match)
+    return paths
+
+
+def label_all(model: Model, paths: list[Path], top_k: int, threshold: float) -> Iterator[dict]:
+    """One result per path, in order: ``{"path", "top": [{"label", "score"}]}`` or ``{"path", "error"}``."""
+    for path in paths:
+        try:
+            top = model.predict(path, top_k, threshold)
+        except (OSError, ValueError) as e:
+            yield {"path": str(path), "error": _reason(e)}
+            continue
+        yield {"path": str(path), "top": [{"label": label, "score": score} for label, score in top]}
+
+
+def _reason(e: Exception) -> str:
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+
+
+def json_line(result: dict) -> str:
+    return json.dumps(result)
+
+
+def csv_format(top_k: int) -> tuple[str, Callable[[dict], str]]:
+    """``path,label_1,score_1,...,error``: a header, then one row per file."""
+    header = ["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("label", "score")), "error"]
+
+    def row(result: dict) -> str:
+        cells = [c for t in result.get("top", []) for c in (t["label"], f"{t['score']:.4f}")]
+        return _csv_line([result["path"], *cells, *[""] * (2 * top_k - len(cells)), result.get("error", "")])
+    return _csv_line(header), row
+
+
+def _csv_line(cells: list[str]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(cells)
+    return buffer.getvalue()
+
+
+def table_format(width: int) -> tuple[str, Callable[[dict], str]]:
+    """Aligned columns for a person at a terminal: the path, then each label with its score."""
+    def row(result: dict) -> str:
+        if "error" in result:
+            return f"{result['path']:<{width}}  unreadable: {result['error']}"
+        labels = "  ".join(f"{t['label']} ({t['score']:.2f})" for t in result["top"]) or "(none above threshold)"
+        return f"{result['path']:<{width}}  {labels}"
+    return f"{'file':<{width}}  labels (score)", row
+
+
+def predict(model: Model, args: list[str], top_k: int = 5, threshold: float = 0.0, fmt: str | None = None,
+            out: TextIO = sys.stdout, log: TextIO = sys.stderr) -> dict:
+    """Label everything ``args`` names, writing one line per file to ``out``; returns the counts and times.
+
+    ``fmt``: "jsonl", "csv" or "table"; None picks a table when ``out`` is a terminal, else JSON lines.
+    """
+    paths = expand(args)
+    if not paths:
+        raise PredictError("no files to label: give image files, folders or globs")
+    fmt = fmt or ("table" if out.isatty() else "jsonl")
+    header, line = {"jsonl": lambda: (None, json_line), "csv": lambda: csv_format(top_k),
+                    "table": lambda: table_format(min(60, max(len(str(p)) for p in paths)))}[fmt]()
+    if header:
+        out.write(header + "\n")
+    counts, first_result_s, start = {"labelled": 0, "unreadable": 0}, None, time.perf_counter()
+    bar = tqdm(total=len(paths), desc="edge predict", unit="img", file=log, leave=False,
+               disable=True if len(paths) < PROGRESS_FROM else None)
+    with bar:
+        for result in label_all(model, paths, top_k, threshold):
+            first_result_s = first_result_s or process_age_s()
+            counts["unreadable" if "error" in result else "labelled"] += 1
+            bar.clear()
+            out.write(line(result) + "\n")
+            out.flush()
+            bar.update()
+    seconds = time.perf_counter() - start
+    return counts | {"files": len(paths), "seconds": round(seconds, 3), "first_result_s": first_result_s}
+
+
+def format_counts(counts: dict) -> str:
+    first = "" if counts["first_result_s"] is None else f"; first result {counts['first_result_s']:.2f} s after start"
+    rate = counts["files"] / counts["seconds"] if counts["seconds"] else 0.0
+    return (f"labelled {counts['labelled']} of {counts['files']} files ({counts['unreadable']} unreadable) "
+            f"in {counts['seconds']:.1f} s, {rate:.0f} files/s{first}")

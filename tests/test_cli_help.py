@@ -1,0 +1,40 @@
+"""Every command's --help: each flag has a one-line meaning and its default, and the help ends with examples."""
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from deploy.cli import build_parser as deploy_parser
+from edge.bench import build_parser as bench_parser
+from edge.cli import build_parser as edge_parser
+from export.cli import build_parser as export_parser
+
+
+def parsers():
+    edge = edge_parser()
+    commands = next(a for a in edge._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return {"edge": edge, **{f"edge {name}": p for name, p in commands.items()}, "edge.bench": bench_parser(),
+            "export": export_parser(), "deploy": deploy_parser()}
+
+
+@pytest.mark.parametrize("name,parser", parsers().items())
+def test_each_flag_says_what_it_does_and_its_default(name, parser):
+    assert parser.epilog.startswith("examples:\n  python -m "), name
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        assert action.help and "\n" not in action.help, f"{name} {action.dest}: no one-line help"
+        if action.option_strings:
+            flag = action.option_strings[0]
+            assert "default" in action.help or action.required, f"{name} {flag}: no default"
+            assert "(required)" in action.help or not action.required, f"{name} {flag}: say it is required"
+
+
+def test_training_help_shows_each_key_with_its_meaning_and_examples():
+    out = subprocess.run([sys.executable, "-m", "training", "fit", "--help"], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "\nexamples:\n  python -m training fit --config configs/train.yaml" in out
+    for flag in ("--data.val_size", "--data.source", "--trainer.max_epochs"):
+        text = out.split(f"\n  {flag} ", 1)[1].split("\n  --", 1)[0]
+        assert "default:" in text and len(text.split("(type:")[0].split()) > 2, f"{flag}: {text}"

@@ -1,0 +1,154 @@
+"""`python -m edge predict` (every file gets a line) and the Python API (`edge.load(...).predict(...)`)."""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+import edge
+from conftest import fake_meta
+from edge.bundle import Bundle, read_golden
+from edge.classify import softmax
+from edge.evaluate import every_class_in_turn
+from edge.predict import expand, predict
+
+
+def edge_cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env=os.environ | {"PYTHONPATH": os.getcwd()})
+
+
+@pytest.fixture
+def mixed(image_folder, tmp_path):
+    """3 colour folders of 8 PNGs (one corrupt JPEG in red), an empty file, a text file, a nested folder."""
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image")
+    nested = image_folder / "green" / "more"
+    nested.mkdir()
+    cv2.imwrite(str(nested / "deep.png"), np.zeros((20, 30, 3), np.uint8))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def model(tiny_bundle):
+    with edge.load(tiny_bundle, threads=1) as loaded:
+        yield loaded
+
+
+def test_folders_globs_and_files_expand_in_order_with_none_dropped(mixed):
+    folder = mixed / "folder"
+    paths = expand([str(folder / "red"), str(mixed / "empty.png"), str(folder / "blue" / "[01].png"),
+                    str(folder / "**" / "deep.png"), str(mixed / "missing.png"), str(folder / "nothing*.png")])
+    red = sorted((folder / "red").iterdir())
+    assert paths == [*red, mixed / "empty.png", folder / "blue" / "0.png", folder / "blue" / "1.png",
+                     folder / "green" / "more" / "deep.png", mixed / "missing.png", folder / "nothing*.png"]
+    assert len(expand([str(folder)])) == 3 * 8 + 1 + 1, "a folder gives its images, recursively"
+
+
+def test_every_file_gets_one_line_and_unreadable_ones_say_why(model, mixed):
+    out = io.StringIO()
+    args = [str(mixed / "folder"), str(mixed / "empty.png"), str(mixed / "notes.txt"), str(mixed / "missing.png")]
+    counts = predict(model, args, top_k=2, fmt="jsonl", out=out)
+    results = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["path"] for r in results] == [str(p) for p in expand(args)]
+    errors = {r["path"]: r["error"] for r in results if "error" in r}
+    assert sorted(errors) == sorted([str(mixed / "folder" / "red" / "corrupt.jpg"), str(mixed / "empty.png"),
+                                     str(mixed / "notes.txt"), str(mixed / "missing.png")])
+    assert errors[str(mixed / "missing.png")] == "No such file or directory"
+    assert "not an image OpenCV can decode" in errors[str(mixed / "notes.txt")]
+    for r in results:
+        if "top" in r:
+            assert [t["label"] for t in r["top"]] != [] and len(r["top"]) == 2
+            assert set(t["label"] for t in r["top"]) <= set(model.labels)
+    assert counts["labelled"] == 25 and counts["unreadable"] == 4 and counts["files"] == 29
+
+
+def test_csv_and_table_rows_match_the_api(model, image_folder):
+    files = sorted((image_folder / "blue").glob("*.png"))
+    out = io.StringIO()
+    predict(model, [str(f) for f in files], top_k=3, fmt="csv", out=out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert len(rows) == len(files)
+    for row, path in zip(rows, files):
+        expected = model.predict(path, top_k=3)
+        assert [(row[f"label_{i}"], float(row[f"score_{i}"])) for i in (1, 2, 3)] == expected
+        assert row["path"] == str(path) and row["error"] == ""
+    out = io.StringIO()
+    predict(model, [str(files[0])], top_k=1, fmt="table", out=out)
+    header, line = out.getvalue().splitlines()
+    label, score = model.predict(files[0], top_k=1)[0]
+    assert header.startswith("file") and line == f"{files[0]}  {label} ({score:.2f})"
+
+
+def test_threshold_leaves_out_low_scores():
+    bundle = Bundle(None, fake_meta(labels=("a", "b", "c")), None)
+    bundle.logits = lambda x: np.log(np.array([[0.1, 0.6, 0.3]]))
+    model = edge.Model(bundle)
+    frame = np.zeros((10, 10, 3), np.uint8)
+    assert model.predict(frame, top_k=3) == [("b", 0.6), ("c", 0.3), ("a", 0.1)]
+    assert model.predict(frame, top_k=3, threshold=0.3) == [("b", 0.6), ("c", 0.3)]
+    assert model.predict(frame, top_k=1, threshold=0.3) == [("b", 0.6)]
+    assert model.predict(frame, threshold=0.7) == []
+
+
+def test_the_api_gives_what_the_host_gave_for_the_golden_frames(model, tiny_bundle):
+    """golden.npz keeps raw BGR frames and the logits export's own preprocessing and runtime gave for them."""
+    golden = read_golden(tiny_bundle)
+    for frame, logits in zip(golden["frames"], golden["frame_logits"]):
+        assert model.probabilities(frame) == pytest.approx(softmax(logits.astype(np.float64)), abs=1e-5)
+
+
+def test_the_api_takes_paths_grey_and_bgra_and_rejects_other_arrays(model, image_folder):
+    path = image_folder / "red" / "0.png"
+    bgr = cv2.imread(str(path))
+    assert model.predict(str(path)) == model.predict(path) == model.predict(bgr)
+    grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    assert model.predict(grey) == model.predict(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR))
+    assert model.predict(cv2.cvtColor(bgr, cv2.COLOR_BGR2BGRA)) == model.predict(bgr)
+    assert len(model.predict(bgr, top_k=10)) == len(model.labels), "top_k beyond the labels gives them all"
+    for bad in (bgr.astype(np.float32), bgr[..., :2], np.zeros((0, 4, 3), np.uint8), [[1, 2, 3]]):
+        with pytest.raises(ValueError, match="want "):
+            model.predict(bad)
+    for top_k, threshold in ((0, 0.0), (1, float("nan")), (1, -0.1)):
+        with pytest.raises(ValueError, match="want top_k >= 1"):
+            model.predict(bgr, top_k, threshold)
+    assert "labels" in repr(model)
+
+
+def test_predict_command_labels_a_folder_and_reports_unreadable_files(tiny_bundle, mixed):
+    result = edge_cli("predict", str(tiny_bundle), str(mixed / "folder"), "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 26 and sum("error" in r for r in lines) == 1, "stdout is JSON lines when piped"
+    summary = result.stderr.strip().splitlines()[-1]
+    assert summary.startswith("labelled 25 of 26 files (1 unreadable) in "), result.stderr
+    assert "first result" in summary
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nothing-here.png"], "error: none of the 1 files could be read as an image"),
+    (["--threshold", "1.5", "x.png"], "argument --threshold: want a number in [0, 1], got '1.5'"),
+    (["--top-k", "0", "x.png"], "argument --top-k: want a whole number >= 1"),
+    (["--csv", "--jsonl", "x.png"], "argument --jsonl: not allowed with argument --csv"),
+])
+def test_predict_errors_are_one_line(tiny_bundle, tmp_path, args, message):
+    result = edge_cli("predict", str(tiny_bundle), *args, cwd=tmp_path)
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr
+    assert message in result.stderr.strip().splitlines()[-1], result.stderr
+
+
+def test_predict_on_a_broken_bundle_is_one_line(tmp_path, image_folder):
+    (tmp_path / "bundle").mkdir()
+    result = edge_cli("predict", str(tmp_path / "bundle"), str(image_folder))
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_eval_limit_takes_every_class_in_turn():
+    samples = [(f"{c}{i}", c) for c in range(3) for i in range(4 if c else 1)]
+    assert every_class_in_turn(samples)[:4] == [("00", 0), ("10", 1), ("20", 2), ("11", 1)]
+    assert sorted(every_class_in_turn(samples)) == sorted(samples), "reordered, none lost"
