@@ -65,6 +65,10 @@ REPORTS ?= artifacts/devices
 BWLIMIT ?=
 NO_TESTS ?=
 SERVICE ?=
+# make test: two pytest-xdist workers, a test file each at a time; the longest file (it trains and exports the
+# QAT model) goes first, so the other worker runs the rest meanwhile. WORKERS=0 runs them in one process.
+WORKERS ?= 2
+PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests)
 opt = $(if $(2),$(1) $(2),)
 DEPLOY_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
@@ -103,10 +107,10 @@ export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoint
 	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT)
 
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
-	$(PY) -m pytest -q -m "not arm"
+	$(PY) -m pytest -q -m "not arm" $(PYTEST_WORKERS)
 
 test-fast: setup  ## the host tests that need no trained model (make test runs all)
-	$(PY) -m pytest -q -m "not arm and not slow"
+	$(PY) -m pytest -q -m "not arm and not slow" $(PYTEST_WORKERS)
 
 test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
 	@.ci/debian-test-deps

@@ -24,7 +24,9 @@ COLOURS = {"blue": (255, 0, 0), "green": (0, 255, 0), "red": (0, 0, 255)}  # BGR
 
 def pytest_collection_modifyitems(items):
     """Tests that need a trained model (the ``runs`` fixture and the ``bundle`` exported from it: minutes)
-    are ``slow``: ``pytest -m "not slow and not arm"`` runs the rest in about two minutes; ``make test`` runs all."""
+    are ``slow``: ``pytest -m "not slow and not arm"`` runs the rest; ``make test`` runs all. Under
+    pytest-xdist ``make test`` hands out whole files (``--dist loadfile``): the runs are made once, by the
+    worker that runs test_qat_export.py, the only file that needs them (make test starts it first)."""
     for item in items:
         if "runs" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
@@ -59,20 +61,47 @@ DATA = ["--config", "configs/data/folder.yaml", "--data.resolution=32", "--data.
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
+RUNS_ARCH = ["--model.init_args.arch=v1", "--model.init_args.width_mult=0.25"]
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory, colour_folder):
-    """A tiny float run that learns the colours, and a QAT run started from it (v3_small, width 0.5, 32 px)."""
+    """A tiny float run that learns the colours, and a QAT run started from it (V1 at width 0.25, 32 px).
+
+    V1 rather than V3: every V3 program takes about a minute to lower here, and this chain lowers
+    five. V3's own int8 lowering is tested on its own (test_qat_quality.py)."""
     root = tmp_path_factory.mktemp("runs")
     data = [*DATA, f"--data.source={colour_folder}"]
-    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v3_small.yaml", *data, *QUIET,
-                "--model.init_args.width_mult=0.5", "--model.init_args.lr=0.001", "--trainer.max_epochs=6",
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v1.yaml", *data, *QUIET,
+                *RUNS_ARCH, "--model.init_args.lr=0.01", "--model.init_args.warmup_epochs=0",
+                "--model.init_args.bn_momentum=0.2", "--trainer.max_epochs=6",
                 f"--trainer.logger.init_args.save_dir={root / 'float'}", f"--checkpoint.dirpath={root / 'float'}"])
     train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *data, *QUIET,
-                "--model.init_args.arch=v3_small", "--model.init_args.width_mult=0.5", "--trainer.max_epochs=2",
+                *RUNS_ARCH, "--trainer.max_epochs=2",
                 "--model.init_args.freeze_bn_epoch=1", "--model.init_args.freeze_observer_epoch=1",
                 f"--model.init_args.float_checkpoint={root / 'float' / 'best.ckpt'}",
                 f"--trainer.logger.init_args.save_dir={root / 'qat'}", f"--checkpoint.dirpath={root / 'qat'}"])
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_float_run(tmp_path_factory, colour_folder):
+    """A float checkpoint that knows the colours, in seconds (V1 at width 0.25): for the export and app
+    paths where the architecture does not matter and V3's lowering (a minute a program here) would."""
+    root = tmp_path_factory.mktemp("tiny_float")
+    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v1.yaml", *DATA, *QUIET,
+                f"--data.source={colour_folder}", "--model.init_args.width_mult=0.25", "--trainer.max_epochs=6",
+                "--model.init_args.lr=0.01", "--model.init_args.warmup_epochs=0",
+                f"--trainer.logger.init_args.save_dir={root}", f"--checkpoint.dirpath={root}"])
+    return root / "best.ckpt"
+
+
+@pytest.fixture(scope="session")
+def colour_bundle(tiny_float_run):
+    """The tiny float run exported to fp32, as `make export PRECISION=fp32 --no-baselines` does."""
+    out = tiny_float_run.parent / "fp32"
+    export_main([str(tiny_float_run), "--precision", "fp32", "--out", str(out), "--no-baselines"])
+    return out
 
 
 @pytest.fixture(scope="session")

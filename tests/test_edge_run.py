@@ -207,9 +207,9 @@ def browser_or_skip() -> tuple[str, str]:
 
 
 @pytest.fixture
-def served(bundle, red_video):
+def served(colour_bundle, red_video):
     """The app as a user starts it, serving on a port the OS picks; yields the page's URL."""
-    process = subprocess.Popen([sys.executable, "-m", "edge", "run", str(bundle), "--source", str(red_video),
+    process = subprocess.Popen([sys.executable, "-m", "edge", "run", str(colour_bundle), "--source", str(red_video),
                                 "--loop", "--headless", "--serve", "127.0.0.1:0"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -248,9 +248,11 @@ def test_served_page_renders_stream_and_stats_in_chromium(served, tmp_path):
         wait.until(lambda b: b.execute_script("return document.getElementById('stream').naturalWidth") == 320)
         wait.until(lambda b: re.fullmatch(r"[\d.]+", b.find_element("id", "fps").text))
         assert re.fullmatch(r"[\d.]+ / [\d.]+", browser.find_element("id", "latency").text)
-        top = browser.find_elements("css selector", "#top li")
-        assert len(top) == 3 and top[0].text.startswith("red ")
-        assert [li.text for li in browser.find_elements("css selector", "#history li")][-1].endswith("  red")
+        # Read in one script: the lists are rebuilt with every frame, so elements found earlier go stale.
+        top, history = browser.execute_script(
+            "return ['#top li', '#history li'].map(q => [...document.querySelectorAll(q)].map(e => e.textContent))")
+        assert len(top) == 3 and top[0].startswith("red ")
+        assert history and history[-1].endswith("  red")
         assert re.fullmatch(r"\d+", browser.find_element("id", "threads").text)
         assert re.fullmatch(r"[\d.]+ °C|unknown", browser.find_element("id", "temperature").text)
         viewport = browser.find_element("css selector", "meta[name=viewport]").get_attribute("content")

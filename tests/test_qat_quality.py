@@ -137,3 +137,26 @@ def test_calibrated_qat_starts_from_ptqs_scales_on_the_same_images(tmp_path):
     close = relative < 0.01
     assert (zero_points[0][close] - zero_points[1][close]).abs().max() <= 1
     assert not torch.allclose(torch.cat(uncalibrated), scales[1], rtol=0.5), "calibration changed nothing"
+
+
+def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
+    """V3's hard-swish and squeeze-excite, quantized, all go into one XNNPACK subgraph, and the runtime agrees
+    with the PyTorch int8 model by the export gate's rule (the trained-model tests use V1: this is V3's)."""
+    from edge.native import Runner
+    from edge.parity import check, logit_tolerance
+    from export.lower import to_pte
+    from export.verify import check_delegation
+    from training.qat import ptq
+
+    torch.manual_seed(0)
+    images = torch.randn(16, 3, 32, 32)
+    int8 = ptq(create_model("v3_small", 4, 0.5), 32, [(images[:8], None)])
+    pte, delegation = to_pte(int8, 32)
+    check_delegation(delegation)
+    assert delegation.subgraphs == 1 and not delegation.undelegated_weighted_ops
+    runner = Runner(pte, threads=1)
+    logits = np.concatenate([runner(x[None].numpy()) for x in images])
+    runner.close()
+    with torch.no_grad():
+        reference = int8(images).numpy()
+    check(logits, reference, logit_tolerance(reference, "int8"), min_agreement=0.99)

@@ -110,3 +110,12 @@ def test_a_fit_prints_one_summary_line_and_no_known_noise(tmp_path):
                   "Total params", "model summary callbacks", "LeafSpec", "_C_mxfp8"):
         assert noise not in output, noise
     assert len(output.splitlines()) <= 4, output
+
+
+def test_epoch_means_turn_step_rows_into_one_point_per_epoch(tmp_path):
+    from training.curves import epoch_means
+
+    (tmp_path / "metrics.csv").write_text("epoch,step,train/loss,val/top1\n0,1,2.0,\n0,2,1.0,\n,3,,\n0,3,,0.5\n"
+                                          "1,4,0.5,\n1,5,,0.75\n")
+    assert epoch_means(tmp_path / "metrics.csv") == {"step": {0: 2.0, 1: 4.5}, "train/loss": {0: 1.5, 1: 0.5},
+                                                     "val/top1": {0: 0.5, 1: 0.75}}

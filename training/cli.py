@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
 from .checkpoint import CheckpointError, read_checkpoint
+from .curves import CurvesPicture
 from .data import DataError, ImageDataModule
 from .models import WeightsError
 from .module import ImageClassifier
@@ -116,7 +117,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         TrainingCLI(
             ImageClassifier, ImageDataModule, subclass_mode_model=True,
-            trainer_defaults={"callbacks": [OneLineSummary()]},
+            trainer_defaults={"callbacks": [OneLineSummary(), CurvesPicture()]},
             save_config_kwargs={"overwrite": True}, args=args,
             parser_kwargs={"prog": "python -m training", "exit_on_error": False, **HELP},
         )

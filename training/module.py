@@ -41,6 +41,8 @@ class ImageClassifier(L.LightningModule):
         warmup_epochs: linear warm-up length, then cosine decay to 0.
     """
 
+    phase = "float"  # its name in the training curves
+
     def __init__(
         self,
         arch: Arch = "v3_small",

@@ -173,6 +173,8 @@ class QATClassifier(ImageClassifier):
         distill_temperature: softmax temperature of the distillation loss.
     """
 
+    phase = "qat"
+
     def __init__(
         self,
         arch: Arch = "v3_small",
