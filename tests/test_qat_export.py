@@ -11,7 +11,7 @@ import torch
 
 from conftest import DATA, QUIET, RUNS_ARCH, write_colour_images
 from edge.bundle import BundleError, load_bundle
-from edge.parity import check, logit_tolerance
+from edge.parity import compare, logit_tolerance
 from export.cli import main as export_main
 from training.cli import main as train_main
 from training.qat import QATClassifier, default_freeze_epoch
@@ -61,7 +61,8 @@ def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour
     # agreement; V1's eps is convert_pt2e's own 1e-5, so this fixture no longer exercises that repair.
     spread, diff = (fake_quant.max() - fake_quant.min()).item(), (converted - fake_quant).abs()
     reference = fake_quant.numpy()
-    check(converted.numpy(), reference, logit_tolerance(reference, "int8"))  # every image: same answer or a near tie
+    agreement = compare(converted.numpy(), reference, logit_tolerance(reference, "int8"))
+    assert agreement["top1_agreement_within_tolerance"] == 1.0, f"every image: the same answer or a near tie {agreement}"
     assert diff.mean() <= 0.02 * spread and diff.max() <= 0.15 * spread
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
     assert not any(n.target == torch.ops.aten.batch_norm.default for n in int8.graph.nodes)
