@@ -124,6 +124,7 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
     deadline = time.monotonic() + cfg.duration if cfg.duration else float("inf")
     history: deque[dict] = deque(maxlen=HISTORY)
     threads = cfg.threads or Runner.pool_threads()
+    temperature, temperature_read = None, -math.inf  # read once a second, not per frame
     while (cfg.max_frames is None or stats.frames < cfg.max_frames) and time.monotonic() < deadline:
         item = capture.get(timeout=0.1)
         if item is None:
@@ -149,11 +150,13 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
             crop = classifier.preprocess.crop_box(*item.frame.image.shape[:2])
             annotated = annotate(item.frame.image, top, latency_ms, live["fps"], crop)
             if cfg.serve:
+                if t_result - temperature_read >= 1.0:
+                    temperature, temperature_read = cpu_temperature_c(), t_result
                 if not history or history[0]["label"] != top[0]["label"]:
                     history.appendleft({"label": top[0]["label"], "time": time.strftime("%H:%M:%S")})
                 broadcast.publish(annotated, live | {
                     "top": top, "dropped": capture.stats.dropped, "reconnects": capture.stats.reconnects,
-                    "history": list(history), "threads": threads, "temperature_c": cpu_temperature_c(),
+                    "history": list(history), "threads": threads, "temperature_c": temperature,
                     "crop": crop})
             if not cfg.headless:
                 cv2.imshow(WINDOW, annotated)
