@@ -32,6 +32,7 @@ from edge.command import positive_int, with_examples
 from edge.native import NativeError
 from edge.serve import parse_address
 
+from . import pictures
 from .profile import Device, ProfileError, load_device
 from .target import DeployError, Target, connect, explain
 
@@ -230,8 +231,9 @@ def run_device_tests(target: Target, device: Device, root: str, python: str, ver
     local = reports / device.name / version
     for name in ("device_report.json", "device_report.md"):
         target.pull(f"{root}/current/{name}", local / name)
+    picture = pictures.render(local / "device_report.json")
     print((local / "device_report.md").read_text())
-    print(f"report: {local}/device_report.json", file=sys.stderr)
+    print(f"report: {local}/device_report.json{f' and {picture.name}' if picture else ''}", file=sys.stderr)
     if result.returncode != 0:
         raise DeployError(f"device tests failed on {target.where} (exit {result.returncode}): see {local}/device_report.md")
     return local

@@ -8,7 +8,7 @@ SECONDS = 10
 
 
 def record(figures, name: str, summary: dict) -> dict:
-    keep = ("frames", "fps", "latency_ms", "capture_to_result_ms", "dropped", "reconnects", "threads")
+    keep = ("frames", "fps", "latency_ms", "capture_to_result_ms", "dropped", "reconnects", "threads", "timeline")
     figures.setdefault("pipeline", {})[name] = {k: summary[k] for k in keep}
     return summary
 

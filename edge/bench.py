@@ -27,11 +27,6 @@ from .sources import SourceError, open_source
 from .stats import percentiles
 
 
-def rss_mb() -> float:
-    """Resident set size of this process (Linux /proc)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def for_seconds(step, seconds: float, desc: str) -> float:
     """Call ``step()`` repeatedly for ``seconds``, with a progress bar; returns the calls per second."""
     calls, start = 0, time.monotonic()
@@ -63,22 +58,21 @@ def capture_only(classifier: Classifier, source, seconds: float) -> dict:
 
 
 def pipeline(bundle_dir: Path, source: str, seconds: float, threads: int | None) -> dict:
-    """The live loop on the looping source, unpaced, with RSS sampled every second from another thread."""
-    samples, done = [], threading.Event()
+    """The live loop on the looping source, unpaced; RSS comes from the run's once-a-second timeline."""
+    done = threading.Event()
 
-    def sample() -> None:
-        start = time.monotonic()
+    def progress() -> None:
         with tqdm(total=int(seconds), desc="pipeline", unit="s", leave=False) as bar:
             while not done.wait(1.0):
-                samples.append((round(time.monotonic() - start, 1), round(rss_mb(), 1)))
                 bar.update(1)
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    bar = threading.Thread(target=progress, daemon=True)
+    bar.start()
     summary = run(RunConfig(bundle_dir, source, loop=True, fps=0, threads=threads, headless=True, duration=seconds))
     done.set()
-    sampler.join()
-    return {"summary": summary, "rss_mb": samples}
+    bar.join()
+    timeline = summary["timeline"]
+    return {"summary": summary, "rss_mb": list(zip(timeline["t_s"], timeline["rss_mb"]))}
 
 
 def rss_figures(samples: list[tuple[float, float]], warmup_s: float) -> dict:
@@ -138,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
               "threads": args.threads, "cpus": os.cpu_count(), "inference_only": inference, "capture_only": capture,
               "pipeline": summary,
               "pipeline_share": round(summary["fps"] / inference["fps"], 4),
-              "rss": rss_figures(piped["rss_mb"], args.warmup), "rss_samples_mb": piped["rss_mb"]}
+              "rss": rss_figures(piped["rss_mb"], args.warmup)}
     print(table(result))
     if args.json:
         write_atomic(args.json, json.dumps(result, indent=2) + "\n")

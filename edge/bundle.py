@@ -6,6 +6,7 @@ A bundle is a directory::
     model.pte     the ExecuTorch program (name in model.json's ``pte``, always inside the bundle)
     golden.npz    a few preprocessed inputs and raw frames, with the logits the host's runtime gave for them
     report.json   export's verification figures, and report.md for people
+    confusion.png the program's confusion matrix and per-class top-1 (optional: bundles before it lack it)
 
 ``export`` writes it with ``write_bundle``; the edge app, ``deploy`` and the device tests read it
 with ``read_meta`` / ``read_bundle`` / ``load_bundle``. None of this needs torch.
@@ -28,6 +29,8 @@ from .preprocess import InputSpec
 FORMAT = 1  # bump when a reader of the previous format would misread a new bundle
 META = "model.json"
 REPORTS = ("report.json", "report.md")
+CONFUSION_PICTURE = "confusion.png"
+PICTURES = (CONFUSION_PICTURE,)  # for people reading the report: optional, and not shipped to devices
 PTE_MAGIC_AT = slice(4, 6)  # a .pte is a flatbuffer whose file identifier starts "ET" at byte 4
 PTE_MIN_BYTES = 64  # the flatbuffer root offset, identifier and extended header come first
 REEXPORT = "re-export it (make export CKPT=...)"
@@ -74,7 +77,7 @@ class BundleMeta:
             raise ValueError("golden_logit_tolerance must be >= 0")
         for key in ("pte", "golden"):
             name = getattr(self, key)
-            if name in ("", ".", "..", META, *REPORTS) or Path(name).name != name or "\\" in name:
+            if name in ("", ".", "..", META, *REPORTS, *PICTURES) or Path(name).name != name or "\\" in name:
                 raise ValueError(f"{key} {name!r} must name a file inside the bundle")
 
     @property
@@ -247,7 +250,7 @@ def check_replaceable(out: Path) -> None:
     if raw is None:
         raise BundleError(f"{out} exists and is not a bundle (no readable {META}): nothing was written; "
                           "give another output path or move it away")
-    known = {META, *REPORTS, "model.pte", "golden.npz", str(raw.get("pte")), str(raw.get("golden"))}
+    known = {META, *REPORTS, *PICTURES, "model.pte", "golden.npz", str(raw.get("pte")), str(raw.get("golden"))}
     if extra := sorted(entries - known):
         raise BundleError(f"{out} is a bundle but also holds {', '.join(extra[:5])}: nothing was written; "
                           "move those files, or give another output path")
@@ -256,12 +259,12 @@ def check_replaceable(out: Path) -> None:
 def write_bundle(out: Path, meta: BundleMeta, contents: dict[str, bytes]) -> None:
     """Write the bundle into a temporary sibling of ``out``, then swap it in for the previous bundle there.
 
-    ``contents`` holds every file but model.json. ``out`` must pass ``check_replaceable``: a directory
-    that is not a bundle is never replaced.
+    ``contents`` holds every file but model.json, and any of the PICTURES. ``out`` must pass
+    ``check_replaceable``: a directory that is not a bundle is never replaced.
     """
     out = Path(out)
-    if set(contents) != set(meta.files[1:]):
-        raise ValueError(f"bundle contents {sorted(contents)} are not the files {meta.files[1:]}")
+    if set(contents) - set(PICTURES) != set(meta.files[1:]):
+        raise ValueError(f"bundle contents {sorted(contents)} are not the files {meta.files[1:]} (and pictures)")
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))

@@ -34,8 +34,14 @@ def cpu_temperature_c(zone: Path = Path("/sys/class/thermal/thermal_zone0/temp")
         return None
 
 
-def time_calls(call, runs: int, warmup: int = 10) -> dict:
-    """Latency of ``call()`` in ms after ``warmup`` untimed calls: p50/p90/p99, mean and the run count."""
+def rss_mb() -> float:
+    """Resident set size of this process (Linux /proc)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def time_calls(call, runs: int, warmup: int = 10, samples: bool = False) -> dict:
+    """Latency of ``call()`` in ms after ``warmup`` untimed calls: p50/p90/p99, mean and the run count, and
+    with ``samples`` every time in order (for a histogram, or to see drift)."""
     for _ in range(warmup):
         call()
     times = []
@@ -43,7 +49,8 @@ def time_calls(call, runs: int, warmup: int = 10) -> dict:
         start = time.perf_counter()
         call()
         times.append(1000 * (time.perf_counter() - start))
-    return percentiles(times, (50, 90, 99)) | {"mean": round(float(np.mean(times)), 3), "runs": runs}
+    row = percentiles(times, (50, 90, 99)) | {"mean": round(float(np.mean(times)), 3), "runs": runs}
+    return row | ({"samples_ms": [round(t, 3) for t in times]} if samples else {})
 
 
 class Ring:
@@ -64,13 +71,40 @@ class Ring:
         return self.values[(np.arange(self.count - n, self.count)) % len(self.values)]
 
 
+class Timeline:
+    """Every ``interval`` seconds of results: seconds since the first, frames/s since the last point, and RSS.
+
+    Read on the result path (no thread of its own), so a stalled source shows as a low point once frames
+    come back. Keeps the last ``size`` points: an hour at the default interval.
+    """
+
+    def __init__(self, interval: float = 1.0, size: int = 3600) -> None:
+        self.interval, self.start, self.last, self.frames_at_last = interval, None, None, 0
+        self.t_s, self.fps, self.rss_mb = Ring(size), Ring(size), Ring(size)
+
+    def tick(self, now: float, frames: int) -> None:
+        if self.start is None:
+            self.start, self.last, self.frames_at_last = now, now, frames
+        elif now - self.last >= self.interval:
+            self.t_s.add(now - self.start)
+            self.fps.add((frames - self.frames_at_last) / (now - self.last))
+            self.rss_mb.add(rss_mb())
+            self.last, self.frames_at_last = now, frames
+
+    def to_json(self) -> dict:
+        return {name: [round(float(v), 2) for v in ring.tail()]
+                for name, ring in (("t_s", self.t_s), ("fps", self.fps), ("rss_mb", self.rss_mb))}
+
+
 class RunStats:
-    """Inference ms, capture-to-result ms and result times; the last ``window`` frames feed the live figures."""
+    """Inference ms, capture-to-result ms and result times; the last ``window`` frames feed the live figures,
+    and a once-a-second timeline of frames/s and memory covers the run."""
 
     def __init__(self, window: int = 120, history: int = 50_000) -> None:
         self.window = window
         self.latency_ms, self.capture_to_result_ms, self.t_result = Ring(history), Ring(history), Ring(history)
         self.first_t_result: float | None = None
+        self.timeline = Timeline()
 
     @property
     def frames(self) -> int:
@@ -82,6 +116,7 @@ class RunStats:
         self.t_result.add(t_result)
         if self.first_t_result is None:
             self.first_t_result = t_result
+        self.timeline.tick(t_result, self.frames)
 
     @staticmethod
     def _fps(frames: int, first: float | None, last: float | None) -> float | None:
@@ -97,7 +132,8 @@ class RunStats:
         last = self.t_result.last() if self.frames else None
         return {"frames": self.frames, "fps": self._fps(self.frames, self.first_t_result, last),
                 "latency_ms": percentiles(self.latency_ms.tail()),
-                "capture_to_result_ms": percentiles(self.capture_to_result_ms.tail())}
+                "capture_to_result_ms": percentiles(self.capture_to_result_ms.tail()),
+                "timeline": self.timeline.to_json()}
 
 
 def format_summary(summary: dict) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.bundle import BundleError, BundleMeta, check_replaceable, write_bundle
+from edge.bundle import CONFUSION_PICTURE, BundleError, BundleMeta, check_replaceable, write_bundle
 from edge.command import fraction, positive_int, with_examples
 from edge.native import NativeError, Runner
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
@@ -35,7 +35,8 @@ from training.qat import QATClassifier, ptq
 
 from .lower import Delegation, to_pte
 from .paired import Difference
-from .report import PROGRAM, add_comparisons, evaluate, table
+from .pictures import confusion_png
+from .report import PROGRAM, add_comparisons, evaluate, markdown, per_class, table
 from .verify import VerificationError, check_delegation, check_parity, latency_ms, load_program, run_pte
 
 GOLDEN_IMAGES = 8
@@ -110,7 +111,7 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> dict[str, tuple
         models[PROGRAM[s]] = partial(run_pte, program.runner)
 
     keep = {key: args.parity_images for s in bundled for key in (REFERENCE[s], PROGRAM[s])}
-    accuracy, kept, correct = evaluate(models, data.val_dataloader(), len(data.labels), keep=keep)
+    accuracy, kept, correct, confusion = evaluate(models, data.val_dataloader(), len(data.labels), keep=keep)
     add_comparisons(accuracy, correct)
     report = {"val_images": accuracy[PROGRAM[scheme]]["n"], "accuracy": accuracy,
               "programs": {PROGRAM[s]: {"bytes": len(p.pte), "latency_ms": latency_ms(p.runner, spec.size)}
@@ -121,10 +122,14 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> dict[str, tuple
         parity = check_parity(program, reference, args.min_agreement, logit_tolerance(reference.numpy(), s))
         meta = describe(args, module.hparams, checkpoint, s, spec, programs[s].pte, parity["logit_tolerance"])
         report_s = {"name": meta.name, "quantization": meta.quantization, **report, "parity": parity,
-                    "delegation": programs[s].delegation.to_json()}
+                    "delegation": programs[s].delegation.to_json(),
+                    "per_class": per_class(confusion[PROGRAM[s]], meta.labels)}
         inputs, logits = kept["inputs"][:GOLDEN_IMAGES].numpy(), program[:GOLDEN_IMAGES].numpy()
+        picture = confusion_png(report_s["per_class"], f"{meta.name}: the .pte on {report['val_images']} "
+                                                       "validation images")
         bundles[s] = (meta, {meta.pte: programs[s].pte, meta.golden: golden(inputs, logits, programs[s].runner, spec),
-                             "report.json": _json(report_s), "report.md": (table(report_s) + "\n").encode()}, report_s)
+                             "report.json": _json(report_s), CONFUSION_PICTURE: picture,
+                             "report.md": markdown(report_s, CONFUSION_PICTURE).encode()}, report_s)
     return bundles
 
 
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"candidates: {', '.join(str(candidate_dir(out, s)) for s in bundles)}")
     if why:
         print(why)
-    print(f"bundle: {out}/ ({', '.join(meta.files)})")
+    print(f"bundle: {out}/ ({', '.join([meta.files[0], *files])})")
 
 
 def outputs(out: Path, candidates: bool) -> list[Path]:

@@ -1,23 +1,32 @@
 """Accuracy of every form of the model on the validation set, paired comparisons, and the table people compare."""
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from tqdm import tqdm
 
 from .paired import paired_difference
 
 
+class Evaluation(NamedTuple):
+    metrics: dict[str, dict]  # model -> top1, top5, n
+    kept: dict[str, torch.Tensor]  # the first N logits of the kept models, and "inputs"
+    correct: dict[str, np.ndarray]  # model -> per-image top-1 correctness, for paired comparisons
+    confusion: dict[str, np.ndarray]  # model -> counts, rows the true class, columns the predicted one
+
+
 @torch.no_grad()
 def evaluate(models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader, num_classes: int,
-             keep: dict[str, int] | None = None) -> tuple[dict[str, dict], dict[str, torch.Tensor], dict]:
-    """Top-1/top-5 of each model in one pass over ``loader``, each model's per-image top-1 correctness (for
-    paired comparisons), and the first N logits of the models in ``keep``, with their inputs."""
+             keep: dict[str, int] | None = None) -> Evaluation:
+    """Top-1/top-5 and the confusion matrix of each model in one pass over ``loader``, each model's per-image
+    top-1 correctness, and the first N logits of the models in ``keep``, with their inputs."""
     keep = keep or {}
     correct: dict[str, list[torch.Tensor]] = {name: [] for name in models}
     top1 = {name: MulticlassAccuracy(num_classes, top_k=1, average="micro") for name in models}
     top5 = {name: MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro") for name in models}
+    confusion = {name: MulticlassConfusionMatrix(num_classes) for name in models}
     kept: dict[str, list[torch.Tensor]] = {name: [] for name in keep}
     inputs: list[torch.Tensor] = []
     count = 0
@@ -29,6 +38,7 @@ def evaluate(models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader, 
             logits = model(x)
             top1[name].update(logits, y)
             top5[name].update(logits, y)
+            confusion[name].update(logits, y)
             correct[name].append(logits.argmax(1) == y)
             if name in keep and keep[name] > count:
                 kept[name].append(logits[: keep[name] - count])
@@ -38,7 +48,8 @@ def evaluate(models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader, 
         kept_tensors["inputs"] = torch.cat(inputs)
     metrics = {name: {"top1": top1[name].compute().item(), "top5": top5[name].compute().item(), "n": count}
                for name in models}
-    return metrics, kept_tensors, {name: torch.cat(parts).numpy() for name, parts in correct.items()}
+    return Evaluation(metrics, kept_tensors, {name: torch.cat(parts).numpy() for name, parts in correct.items()},
+                      {name: matrix.compute().numpy() for name, matrix in confusion.items()})
 
 
 BASELINES = {"vs_fp32": ("fp32_pte", "float"), "vs_ptq": ("ptq_pte", "ptq")}  # the program if built, else PyTorch
@@ -99,3 +110,45 @@ def _mb(x: int | None) -> str:
 
 def _ms(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}"
+
+
+PER_CLASS_SHOWN = 30  # classes listed and drawn; with more, the worst ones
+MATRIX_MAX_CLASSES = 100  # the confusion counts go into report.json up to this many classes
+
+
+def per_class(confusion: np.ndarray, labels: tuple[str, ...]) -> dict:
+    """Each class's validation images, top-1 and the class it is most often taken for, from a confusion matrix."""
+    images, hits = confusion.sum(1), np.diag(confusion)
+    wrong = confusion - np.diag(hits)
+    return {"labels": list(labels), "images": images.tolist(),
+            "top1": [round(float(h / n), 4) if n else None for h, n in zip(hits, images)],
+            "taken_for": [labels[j] if wrong[i, j] else None for i, j in enumerate(wrong.argmax(1))],
+            "confusion": confusion.tolist() if len(labels) <= MATRIX_MAX_CLASSES else None}
+
+
+def shown_classes(classes: dict) -> list[int]:
+    """Every class in label order, or the PER_CLASS_SHOWN worst (by top-1) when there are more."""
+    order = range(len(classes["labels"]))
+    if len(order) <= PER_CLASS_SHOWN:
+        return list(order)
+    return sorted(order, key=lambda i: (classes["top1"][i] is not None, classes["top1"][i] or 0))[:PER_CLASS_SHOWN]
+
+
+def per_class_table(classes: dict) -> str:
+    shown = shown_classes(classes)
+    worst = "" if len(shown) == len(classes["labels"]) else f", the {len(shown)} worst of {len(classes['labels'])}"
+    lines = [f"Per class, this bundle's program on the validation images{worst}:", "",
+             "| class | images | top-1 | most often taken for |", "|---|---:|---:|---|"]
+    lines += [f"| {classes['labels'][i]} | {classes['images'][i]} | {_pct(classes['top1'][i]) or '-'} | "
+              f"{classes['taken_for'][i] or '-'} |" for i in shown]
+    return "\n".join(lines)
+
+
+def markdown(report: dict, picture: str | None) -> str:
+    """report.md: the comparison table, then the bundle's own program class by class, with its picture."""
+    parts = [table(report)]
+    if "per_class" in report:
+        parts.append(per_class_table(report["per_class"]))
+    if picture:
+        parts.append(f"![confusion matrix and per-class top-1]({picture})")
+    return "\n\n".join(parts) + "\n"

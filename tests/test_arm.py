@@ -81,6 +81,7 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     assert report["figures"]["latency"] and report["figures"]["pipeline"]["procedural"]["frames"] > 0
     assert report["tests"] and all(t["outcome"] in ("passed", "skipped") for t in report["tests"].values())
     assert "EMULATED" in (REPORTS / "rpi5-emu" / current.name / "device_report.md").read_text()
+    assert (REPORTS / "rpi5-emu" / current.name / "device_report.png").is_file()
     requirements = (release / "requirements.txt").read_text() + (release / "requirements-nodeps.txt").read_text()
     assert "torch" not in requirements.replace("executorch", "")
 

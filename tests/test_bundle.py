@@ -12,7 +12,8 @@ import pytest
 from conftest import fake_meta, one_error_line
 from deploy.cli import check_bundle
 from deploy.target import DeployError
-from edge.bundle import FORMAT, BundleError, BundleMeta, check_replaceable, load_bundle, read_meta, write_bundle
+from edge.bundle import (CONFUSION_PICTURE, FORMAT, BundleError, BundleMeta, check_replaceable, load_bundle,
+                         read_meta, write_bundle)
 from edge.cli import main as edge_main
 
 
@@ -165,3 +166,8 @@ def test_an_output_path_is_replaced_only_when_it_is_a_bundle(bundle, tmp_path):
         assert read_meta(out) == meta and sorted(p.name for p in out.iterdir()) == sorted(meta.files)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "new", "notes", "old", "plus"], \
         "no staging or previous copies left behind"
+    write_bundle(tmp_path / "old", meta, contents | {CONFUSION_PICTURE: b"png"})  # optional: with it, then without
+    write_bundle(tmp_path / "old", meta, contents)
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == sorted(meta.files)
+    with pytest.raises(ValueError, match="are not the files"):
+        write_bundle(tmp_path / "old", meta, contents | {"plot.png": b"png"})

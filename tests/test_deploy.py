@@ -246,6 +246,11 @@ def test_deploy_over_ssh_then_an_interrupted_deploy_keeps_the_first(sshd, bundle
     assert report["figures"]["preprocessing_parity"]["images"] == 4
     assert report["bundle"]["pte_sha256"] == json.loads((bundle / "model.json").read_text())["pte_sha256"]
     assert report["tests"] and all(t["outcome"] in ("passed", "skipped") for t in report["tests"].values())
+    assert all(len(row["samples_ms"]) == row["runs"] for row in report["figures"]["latency"].values())
+    assert report["figures"]["pipeline"]["procedural"]["timeline"]["fps"], "a point per second of the pipeline run"
+    home = reports / "local-ssh" / current.name
+    assert (home / "device_report.png").stat().st_size > 10_000, "drawn on the host once the report came home"
+    assert "](device_report.png)" in (home / "device_report.md").read_text()
 
     # A slow second copy (bandwidth-limited), interrupted like Ctrl-C once it is under way.
     second = interrupt_once_copying(make_deploy(sshd, bundle, remote, reports, "BWLIMIT=50"), remote / "releases")

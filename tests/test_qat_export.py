@@ -158,6 +158,22 @@ def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
         np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-4)
 
 
+def test_bundle_holds_its_programs_confusion_matrix_and_picture_linked_from_the_report(bundle):
+    import cv2
+
+    report = json.loads((bundle / "report.json").read_text())
+    classes, program = report["per_class"], report["accuracy"]["qat_pte"]
+    matrix = np.array(classes["confusion"])
+    assert matrix.shape == (3, 3) and matrix.sum() == report["val_images"]
+    assert classes["images"] == matrix.sum(1).tolist()
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(program["top1"], abs=1e-6), "the program's own matrix"
+    assert classes["top1"] == [round(matrix[i, i] / matrix[i].sum(), 4) for i in range(3)]
+    picture = cv2.imread(str(bundle / "confusion.png"))
+    assert picture is not None and picture.shape == (550, 1200, 3) and picture.std() > 10
+    text = (bundle / "report.md").read_text()
+    assert "](confusion.png)" in text and "| blue |" in text and "most often taken for" in text
+
+
 def test_candidates_are_both_verified_bundles_and_the_shipped_one_is_a_copy(bundle):
     candidates = {scheme: bundle.with_name(f"bundle-{scheme}") for scheme in ("qat", "ptq")}
     metas = {scheme: json.loads((path / "model.json").read_text()) for scheme, path in candidates.items()}

@@ -1,0 +1,114 @@
+"""The device report as a picture, drawn on the host once deploy has brought the report home (the device
+needs no matplotlib): inference latency per thread count as histograms, and the live pipeline's frames/s
+over time with its memory.
+
+    python -m deploy.pictures artifacts/devices/rpi5/<release>/device_report.json   (writes device_report.png)
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from device_tests.report import emulated_note
+from edge.files import atomic_path, write_atomic
+
+PICTURE = "device_report.png"
+LINK = f"\n![latency per thread count, pipeline frames/s and memory over time]({PICTURE})\n"
+
+
+def has_figures(report: dict) -> bool:
+    figures = report.get("figures", {})
+    return any(row.get("samples_ms") for row in figures.get("latency", {}).values()) or any(
+        run.get("timeline", {}).get("t_s") for run in figures.get("pipeline", {}).values())
+
+
+def draw(report: dict, out: Path) -> Path:
+    """Left: a latency histogram per thread count, its p50 dashed. Right: frames/s per second of each pipeline
+    run, RSS on the second axis. A panel with nothing recorded says so rather than vanishing."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+
+    figures = report.get("figures", {})
+    fig, (latency, pipeline) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rows = sorted(((int(t), row) for t, row in figures.get("latency", {}).items() if row.get("samples_ms")))
+    for (threads, row), colour in zip(rows, plt.cm.tab10.colors):
+        latency.hist(row["samples_ms"], bins=40, histtype="step", color=colour,
+                     label=f"{threads} thread{'s' * (threads > 1)}: p50 {row['p50']:.2f} ms")
+        latency.axvline(row["p50"], color=colour, linestyle="--", linewidth=1)
+    latency.set(title="inference latency", xlabel="ms per inference", ylabel="runs")
+    _finish(latency, bool(rows), "no latency samples in this report")
+    memory = pipeline.twinx()
+    runs = [(name, run["timeline"]) for name, run in figures.get("pipeline", {}).items()
+            if run.get("timeline", {}).get("t_s")]
+    for (name, timeline), colour in zip(runs, plt.cm.tab10.colors):
+        pipeline.plot(timeline["t_s"], timeline["fps"], ".-", color=colour, label=f"{name}: frames/s")
+        memory.plot(timeline["t_s"], timeline["rss_mb"], ":", color=colour, label=f"{name}: RSS")
+    pipeline.set(title="live pipeline", xlabel="seconds since the first result", ylabel="frames/s")
+    memory.set_ylabel("RSS (MB, dotted)")
+    memory.ticklabel_format(useOffset=False)
+    pipeline.set_ylim(bottom=0)
+    _finish(pipeline, bool(runs), "no pipeline timeline in this report", memory)
+    device, bundle = report.get("device", {}), report.get("bundle", {})
+    fig.suptitle(f"{bundle.get('name')} on {report.get('profile', {}).get('name')} ({device.get('model')})"
+                 f"{emulated_note(report)}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def _finish(ax, drawn: bool, empty: str, twin=None) -> None:
+    """Grid and one legend (a twin axis's lines in it too), or the reason the panel is empty."""
+    ax.grid(alpha=0.3)
+    if drawn:
+        handles, labels = ax.get_legend_handles_labels()
+        more = twin.get_legend_handles_labels() if twin else ([], [])
+        ax.legend(handles + more[0], labels + more[1], fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes)
+
+
+def render(report_json: Path) -> Path | None:
+    """device_report.png beside ``report_json``, linked from its .md; None when there is nothing to draw or no
+    matplotlib here (an `edge`-only install), with the reason on stderr. Never fails a deploy."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("no device report picture: matplotlib is not installed (pip install matplotlib)", file=sys.stderr)
+        return None
+    try:
+        report = json.loads(report_json.read_text())
+    except (OSError, ValueError) as e:
+        print(f"no device report picture: cannot read {report_json}: {e}", file=sys.stderr)
+        return None
+    try:
+        if not has_figures(report):
+            print(f"no device report picture: {report_json} has no latency samples or pipeline timeline "
+                  "(written by older device tests?)", file=sys.stderr)
+            return None
+        out = draw(report, report_json.with_name(PICTURE))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"no device report picture: {report_json} is not a device report ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return None
+    summary = report_json.with_suffix(".md")
+    if summary.is_file() and LINK not in (text := summary.read_text()):
+        write_atomic(summary, text + LINK)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deploy.pictures", description=__doc__.split("\n\n")[0])
+    parser.add_argument("report", type=Path, help="a device_report.json, or the directory holding it")
+    args = parser.parse_args(argv)
+    path = args.report / "device_report.json" if args.report.is_dir() else args.report
+    picture = render(path)
+    if picture is None:
+        sys.exit(1)
+    print(picture)
+
+
+if __name__ == "__main__":
+    main()
