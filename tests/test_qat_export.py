@@ -56,9 +56,8 @@ def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour
     int8 = module.convert()
     with torch.no_grad():
         fake_quant, converted = module(x), int8(x)
-    # Same decisions (or near ties), and logits a few int8 output steps apart on average. On the
-    # earlier V3 fixture (BN eps 0.001) the unrepaired BN fold (README, pitfalls) cost 7.6% top-1
-    # agreement; V1's eps is convert_pt2e's own 1e-5, so this fixture no longer exercises that repair.
+    # Same decisions (or near ties), and logits a few int8 output steps apart on average. V1's BN eps
+    # is convert_pt2e's own 1e-5: test_qat_quality's BN-fold test covers V3's eps.
     spread, diff = (fake_quant.max() - fake_quant.min()).item(), (converted - fake_quant).abs()
     reference = fake_quant.numpy()
     agreement = compare(converted.numpy(), reference, logit_tolerance(reference, "int8"))

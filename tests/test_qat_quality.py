@@ -160,3 +160,48 @@ def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
     with torch.no_grad():
         reference = int8(images).numpy()
     check(logits, reference, logit_tolerance(reference, "int8"), min_agreement=0.99)
+
+
+def test_convert_folds_batchnorm_with_the_models_own_eps(monkeypatch):
+    """convert_pt2e folds BN with eps 1e-5 whatever the model's (V3: 1e-3); ``convert`` repairs that, so the int8
+    model answers as the fake-quant one does. A V1 given V3's eps, with every running variance at that eps (where
+    eps matters), keeps this to one convert; the trained V1 fixture has eps 1e-5 and cannot show it."""
+    import training.module
+    from training.qat import CONVERT_FOLD_EPS, set_batchnorm_args
+
+    v3_eps = 1e-3
+
+    def with_v3_eps(*args, **kwargs):
+        """Running statistics from a batch, then each conv scaled so its BN's variance is eps (same function)."""
+        model = create_model(*args, **kwargs)
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for bn in bns:
+            bn.momentum = 1.0
+        model.train()(torch.randn(64, 3, 32, 32))
+        for conv, bn in zip(convs, bns, strict=True):
+            k = (v3_eps / bn.running_var).sqrt()
+            conv.weight.data.mul_(k[:, None, None, None])
+            bn.running_mean.mul_(k)
+            bn.running_var.fill_(v3_eps)
+            bn.weight.data.fill_(2 ** 0.5)  # gamma / sqrt(var + eps) = 1 / sqrt(eps): unit scale again
+            bn.eps, bn.momentum = v3_eps, 0.01
+        return model.eval()
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(training.module, "create_model", with_v3_eps)
+    module = QATClassifier("v1", num_classes=4, width_mult=0.25, resolution=32)
+    x = torch.randn(16, 3, 32, 32)
+    module.train()
+    set_batchnorm_args(module.model, v3_eps, 0.01, frozen=True)  # observe weights folded with the running statistics
+    with torch.no_grad():
+        module(x)
+        module.eval()
+        fake_quant, converted = module(x), module.convert()(x)
+        set_batchnorm_args(module.model, CONVERT_FOLD_EPS, 0.01, frozen=True)
+        folded_with_1e_5 = module(x)  # what an unrepaired convert computes, up to int8 rounding (measured: 0.27)
+    spread = (fake_quant.max() - fake_quant.min()).item()
+    rounding, wrong_eps = (converted - fake_quant).abs().mean(), (folded_with_1e_5 - fake_quant).abs().mean()
+    # Measured: spread 0.56, rounding 0.08 (an untrained net's near-tied logits), wrong eps 0.28.
+    assert rounding < 0.2 * spread, f"int8 rounding apart: {rounding:.4f} of a {spread:.3f} spread"
+    assert wrong_eps > 2.5 * rounding, f"eps matters here: {wrong_eps:.4f} against {rounding:.4f}"
