@@ -27,7 +27,7 @@ PY := $(VENV)/bin/python
 # On a Raspberry Pi, picamera2 comes from apt, so the venv must see system packages.
 ON_PI := $(shell grep -qs "Raspberry Pi" /proc/device-tree/model && echo 1)
 VENV_FLAGS := $(if $(ON_PI),--system-site-packages,)
-HOST_EXTRAS := train,export,edge,dev
+HOST_EXTRAS := train,export,edge,deploy,dev
 PI_EXTRAS := edge,rpi,dev
 EXTRAS := $(if $(ON_PI),$(PI_EXTRAS),$(HOST_EXTRAS))
 # DATA empty: built-in procedural shapes; DATA=cifar10: the official archive; else an ImageFolder dir.

@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-from device_tests.report import emulated_note
 from edge.files import atomic_path, write_atomic
 
 PICTURE = "device_report.png"
@@ -22,7 +21,7 @@ def has_figures(report: dict) -> bool:
         run.get("timeline", {}).get("t_s") for run in figures.get("pipeline", {}).values())
 
 
-def draw(report: dict, out: Path) -> Path:
+def draw(report: dict, title: str, out: Path) -> Path:
     """Left: a latency histogram per thread count, its p50 dashed. Right: frames/s per second of each pipeline
     run, RSS on the second axis. A panel with nothing recorded says so rather than vanishing."""
     import matplotlib
@@ -49,9 +48,7 @@ def draw(report: dict, out: Path) -> Path:
     memory.ticklabel_format(useOffset=False)
     pipeline.set_ylim(bottom=0)
     _finish(pipeline, bool(runs), "no pipeline timeline in this report", memory)
-    device, bundle = report.get("device", {}), report.get("bundle", {})
-    fig.suptitle(f"{bundle.get('name')} on {report.get('profile', {}).get('name')} ({device.get('model')})"
-                 f"{emulated_note(report)}", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=110)
@@ -88,13 +85,15 @@ def render(report_json: Path) -> Path | None:
             print(f"no device report picture: {report_json} has no latency samples or pipeline timeline "
                   "(written by older device tests?)", file=sys.stderr)
             return None
-        out = draw(report, report_json.with_name(PICTURE))
+        summary = report_json.with_suffix(".md")
+        text = summary.read_text() if summary.is_file() else ""
+        title = text.splitlines()[0].removeprefix("# ") if text else report_json.parent.name  # the report's heading
+        out = draw(report, title, report_json.with_name(PICTURE))
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         print(f"no device report picture: {report_json} is not a device report ({type(e).__name__}: {e})",
               file=sys.stderr)
         return None
-    summary = report_json.with_suffix(".md")
-    if summary.is_file() and LINK not in (text := summary.read_text()):
+    if text and LINK not in text:
         write_atomic(summary, text + LINK)
     return out
 

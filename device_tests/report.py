@@ -46,14 +46,11 @@ def _ms(d: dict) -> str:
     return " / ".join(f"{d[k]:.2f}" for k in ("p50", "p90", "p99") if d.get(k) is not None)
 
 
-def emulated_note(report: dict) -> str:
-    return " (EMULATED: timings say nothing about real hardware)" if report.get("profile", {}).get("emulated") else ""
-
-
 def markdown(report: dict) -> str:
     d, f = report["device"], report["figures"]
+    emulated = " (EMULATED: timings say nothing about real hardware)" if report.get("profile", {}).get("emulated") else ""
     lines = [f"# {report.get('bundle', {}).get('name')} on {report.get('profile', {}).get('name')} "
-             f"({d['model']}, {d['machine']}, {d['cpus']} CPUs){emulated_note(report)}", ""]
+             f"({d['model']}, {d['machine']}, {d['cpus']} CPUs){emulated}", ""]
     if f.get("latency"):
         lines += ["| threads | p50 / p90 / p99 ms | budget |", "|---:|---|---|"]
         for threads, row in sorted(f["latency"].items(), key=lambda kv: int(kv[0])):

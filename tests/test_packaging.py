@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = {"edge", "training", "export", "deploy", "device_tests"}
-EXTRAS_OF = {"edge": ["edge"], "deploy": ["edge"], "device_tests": ["edge", "dev"], "training": ["train"],
+EXTRAS_OF = {"edge": ["edge"], "deploy": ["deploy"], "device_tests": ["edge", "dev"], "training": ["train"],
              "export": ["export"]}
 # Imported inside the Picamera2 source only, from apt on Raspberry Pi OS: python3-picamera2 brings
 # python3-libcamera (libcamera's Python bindings are not on PyPI).
