@@ -17,10 +17,12 @@ OUT ?= artifacts/$(MODEL)
 RUN ?= runs/$(MODEL)
 # Extra LightningCLI arguments, e.g. ARGS="--data.batch_size=64 --model.init_args.lr=0.01"
 ARGS ?=
+# Extra `python -m export` options for make qat, e.g. EXPORT_ARGS=--no-baselines
+EXPORT_ARGS ?=
 
 # MODEL is checked before any work: one of the configs/model/*.yaml (the numbers are checked by the CLIs).
-MODELS := $(sort $(basename $(notdir $(wildcard configs/model/*.yaml))))
-check_model = $(if $(and $(filter 1,$(words $(MODEL))),$(filter $(MODEL),$(MODELS))),,$(error MODEL=$(MODEL) is not one of: $(MODELS)))
+MODEL_CONFIGS := $(sort $(basename $(notdir $(wildcard configs/model/*.yaml))))
+check_model = $(if $(and $(filter 1,$(words $(MODEL))),$(filter $(MODEL),$(MODEL_CONFIGS))),,$(error MODEL=$(MODEL) is not one of: $(MODEL_CONFIGS)))
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -70,11 +72,21 @@ SERVICE ?=
 WORKERS ?= 2
 PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests)
 opt = $(if $(2),$(1) $(2),)
-DEPLOY_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
+DEVICE_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
-	$(call opt,--known-hosts,$(KNOWN_HOSTS)) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service --serve $(SERVE),)
+	$(call opt,--known-hosts,$(KNOWN_HOSTS))
+DEPLOY_ARGS := $(DEVICE_ARGS) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service --serve $(SERVE),)
 
-.PHONY: help setup train qat export test test-fast test-deps demo bench-edge deploy device-report bench-train bench-qat clean \
+# make sweep: every MODELS x WIDTHS x RES point built by make qat (EPOCHS, QAT_EPOCHS, DATA, WEIGHTS, ARGS as there)
+# and timed on DEVICE (here: local unless given; rpi5 with HOST=...). BUDGET_MS= copies the best bundle within it
+# (p90) to artifacts/sweep/best; JOBS= points built at once.
+MODELS ?= v3_small v1
+WIDTHS ?= 0.5 1.0
+BUDGET_MS ?=
+JOBS ?= 1
+SWEEP_DEVICE := $(if $(filter command line environment environment override,$(origin DEVICE)),$(DEVICE),local)
+
+.PHONY: help setup train qat export test test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat clean \
 	pi-emu pi-emu-down test-arm
 
 help:  ## list targets
@@ -100,7 +112,7 @@ qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, ver
 	@echo "== make qat 2/3: quantization-aware training ($(QAT_EPOCHS) epochs)" >&2
 	$(PY) -m training fit $(QAT_ARGS)
 	@echo "== make qat 3/3: convert to int8 (QAT, and PTQ to compare), lower to ExecuTorch/XNNPACK, verify, compare, write the bundles" >&2
-	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT) --candidates
+	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT) --candidates $(EXPORT_ARGS)
 
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=]
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
@@ -144,6 +156,11 @@ test-arm: setup test-deps  ## on ARM: emulated Pi up, deploy + device tests ther
 device-report: setup  ## compare two device reports: make device-report A=path/device_report.json B=...
 	$(if $(and $(A),$(B)),,$(error give two reports: make device-report A=... B=... (under artifacts/devices/)))
 	$(PY) -m device_tests.compare $(A) $(B)
+
+sweep: setup  ## accuracy/MACs/size/latency over MODELS x WIDTHS x RES, Pareto plots, BUDGET_MS= pick (README)
+	$(PY) -m sweep --models $(MODELS) --widths $(WIDTHS) --res $(RES) --data="$(DATA)" --epochs $(EPOCHS) \
+		--qat-epochs $(QAT_EPOCHS) --weights="$(WEIGHTS)" --args="$(ARGS)" --device $(SWEEP_DEVICE) \
+		--deploy-args="$(strip $(DEVICE_ARGS))" $(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 	$(PY) -m training.bench

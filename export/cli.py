@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from edge.bundle import CONFUSION_PICTURE, BundleError, BundleMeta, check_replaceable, write_bundle
 from edge.command import fraction, positive_int, with_examples
@@ -33,7 +34,7 @@ from training.models import WeightsError
 from training.module import ImageClassifier
 from training.qat import QATClassifier, ptq
 
-from .lower import Delegation, to_pte
+from .lower import Delegation, activation_scales, to_pte
 from .paired import Difference
 from .pictures import confusion_png
 from .report import PROGRAM, add_comparisons, evaluate, markdown, per_class, table
@@ -168,7 +169,17 @@ def lower(model, scheme: str, size: int) -> Program:
     pte, delegation = to_pte(model.model if isinstance(model, ImageClassifier) else model, size)
     print(f"{scheme}: {delegation.summary()}", file=sys.stderr)
     check_delegation(delegation)
-    return Program(pte, delegation, load_program(pte))
+    try:
+        return Program(pte, delegation, load_program(pte))
+    except NativeError as e:
+        scales = activation_scales(model) if isinstance(model, torch.fx.GraphModule) else None
+        if scales is None:
+            raise
+        raise VerificationError(
+            f"XNNPACK would not load the {scheme} program ({e}); its int8 activation scales span {scales[0]:.2g} "
+            f"to {scales[1]:.2g}. Seen here with a barely trained QAT model whose scales span 1e5: its kernels "
+            "refuse scales out of their range. Train longer or with a lower learning rate (the run's curves.png "
+            "shows a diverged run)") from None
 
 
 def choose(bundles: dict[str, tuple]) -> tuple[str, str]:

@@ -46,3 +46,10 @@ def to_pte(model: torch.nn.Module | torch.fx.GraphModule, resolution: int) -> tu
         {op: (b.delegated, b.non_delegated) for op, b in info.delegation_by_operator.items()},
     )
     return edge.to_executorch().buffer, delegation
+
+
+def activation_scales(model: torch.fx.GraphModule) -> tuple[float, float] | None:
+    """The smallest and largest activation scale of a converted int8 graph (None: no quantized activations)."""
+    scales = [n.args[1] for n in model.graph.nodes
+              if n.op == "call_function" and "quantize_per_tensor" in str(n.target) and isinstance(n.args[1], float)]
+    return (min(scales), max(scales)) if scales else None

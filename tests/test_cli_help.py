@@ -9,13 +9,14 @@ from deploy.cli import build_parser as deploy_parser
 from edge.bench import build_parser as bench_parser
 from edge.cli import build_parser as edge_parser
 from export.cli import build_parser as export_parser
+from sweep.cli import build_parser as sweep_parser
 
 
 def parsers():
     edge = edge_parser()
     commands = next(a for a in edge._actions if isinstance(a, argparse._SubParsersAction)).choices
     return {"edge": edge, **{f"edge {name}": p for name, p in commands.items()}, "edge.bench": bench_parser(),
-            "export": export_parser(), "deploy": deploy_parser()}
+            "export": export_parser(), "deploy": deploy_parser(), "sweep": sweep_parser()}
 
 
 @pytest.mark.parametrize("name,parser", parsers().items())

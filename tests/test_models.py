@@ -4,7 +4,7 @@ import torch
 from torch.export import Dim
 
 from training.models import MODELS, WeightsError, create_model
-from training.models.__main__ import count
+from training.models.cost import count
 from training.models.blocks import make_divisible
 
 # (model, width, resolution) -> (MACs, params) from the papers; None where the paper gives none.

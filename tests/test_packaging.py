@@ -7,9 +7,9 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"edge", "training", "export", "deploy", "device_tests"}
+OURS = {"edge", "training", "export", "deploy", "device_tests", "sweep"}
 EXTRAS_OF = {"edge": ["edge"], "deploy": ["deploy"], "device_tests": ["edge", "dev"], "training": ["train"],
-             "export": ["export"]}
+             "export": ["export"], "sweep": ["export", "deploy"]}
 # Imported inside the Picamera2 source only, from apt on Raspberry Pi OS: python3-picamera2 brings
 # python3-libcamera (libcamera's Python bindings are not on PyPI).
 ONLY_ON_A_PI = {"picamera2": "rpi", "libcamera": "rpi"}

@@ -205,3 +205,24 @@ def test_convert_folds_batchnorm_with_the_models_own_eps(monkeypatch):
     # Measured: spread 0.56, rounding 0.08 (an untrained net's near-tied logits), wrong eps 0.28.
     assert rounding < 0.2 * spread, f"int8 rounding apart: {rounding:.4f} of a {spread:.3f} spread"
     assert wrong_eps > 2.5 * rounding, f"eps matters here: {wrong_eps:.4f} against {rounding:.4f}"
+
+
+def test_a_program_xnnpack_will_not_load_is_explained_with_its_scales(monkeypatch):
+    """A lowered int8 program XNNPACK refuses at load (seen with a barely trained QAT model) is one error that
+    gives the activation scales' span and what to do, not the runtime's bare "Init failed"."""
+    import export.cli
+    from edge.native import NativeError
+    from export.lower import Delegation
+    from export.verify import VerificationError
+    from training.qat import ptq
+
+    model = ptq(create_model("v1", 3, 0.25).eval(), 32, [(torch.randn(4, 3, 32, 32), None)])
+    monkeypatch.setattr(export.cli, "to_pte", lambda *_: (b"", Delegation(1, {})))
+
+    def refuse(_):
+        raise NativeError("cannot load method forward: error 0x1 (Init failed for backend XnnpackBackend: 0x1)")
+
+    monkeypatch.setattr(export.cli, "load_program", refuse)
+    with pytest.raises(VerificationError, match=r"would not load the ptq-int8 program .*Init failed.*scales span "
+                                                r"[0-9.e-]+ to [0-9.e-]+\. .*Train longer"):
+        export.cli.lower(model, "ptq-int8", 32)

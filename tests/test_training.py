@@ -79,6 +79,8 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     ("--model.init_args.width_mult=-1", "--model.width_mult: Not of type PositiveFloat"),
     ("--model.init_args.lr=nan", "--model.lr: Not of type PositiveFloat"),
     ("--model.init_args.arch=v9", "--model.arch: Expected a typing.Literal"),
+    ("--trainer.logger.init_args.save_dir={junk}/run", "{junk} exists and is not a directory"),
+    ("--checkpoint.dirpath={junk}", "--checkpoint.dirpath={junk}: {junk} exists and is not a directory"),
 ])
 def test_bad_files_and_values_are_one_line_not_a_traceback(tmp_path, capsys, flag, message):
     files = {"junk": tmp_path / "junk.pt", "pickled": tmp_path / "pickled.pt", "missing": tmp_path / "missing.pt"}

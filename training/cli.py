@@ -2,6 +2,7 @@
 import argparse
 import re
 import sys
+from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from jsonargparse import DefaultHelpFormatter
@@ -60,9 +61,30 @@ class TrainingCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and path not in ("last", "best", "hpc", "registry"):
             read_checkpoint(path)
+        if subcommand == "fit":
+            check_output_dirs(self.config[subcommand])
 
 
-USER_ERRORS = (CheckpointError, DataError, WeightsError)
+class OutputError(RuntimeError):
+    """Where a run writes is taken by something that is not a directory."""
+
+
+def check_output_dirs(config) -> None:
+    """The log and checkpoint directories are directories or absent: a file there is one line now, not
+    Lightning's traceback at the first write."""
+    for key in ("trainer.logger.init_args.save_dir", "checkpoint.dirpath"):
+        try:
+            value = config.get(key)
+        except (AttributeError, KeyError, TypeError):  # no logger, or a list of them
+            continue
+        path = Path(str(value)) if value else None
+        for where in [path, *path.parents] if path else []:
+            if where.exists() and not where.is_dir():
+                raise OutputError(f"--{key}={value}: {where} exists and is not a directory; move it away or give "
+                                  "another RUN=")
+
+
+USER_ERRORS = (CheckpointError, DataError, WeightsError, OutputError)
 
 
 def user_error(error: BaseException | None) -> Exception | None:

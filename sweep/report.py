@@ -1,0 +1,79 @@
+"""What a sweep tells its user: the table, the Pareto fronts of accuracy against latency and against MACs
+(PNG), and the most accurate bundle within a latency budget."""
+from pathlib import Path
+
+from edge.bundle import PICTURES, read_meta, write_bundle
+from edge.files import atomic_path
+
+FRONTS = {"latency": ("p50", "latency p50 (ms)"), "macs": ("macs", "multiply-accumulates (M)")}
+
+
+def front(rows: list[dict], cost: str) -> list[dict]:
+    """The rows no other row beats on both accuracy and ``cost`` (lower is better), cheapest first."""
+    best, kept = -1.0, []
+    for row in sorted((r for r in rows if r.get(cost) is not None), key=lambda r: (r[cost], -r["top1"])):
+        if row["top1"] > best:
+            kept.append(row)
+            best = row["top1"]
+    return kept
+
+
+def pick(rows: list[dict], budget_ms: float) -> dict | None:
+    """The most accurate point whose p90 latency is within the budget (p90: 9 inferences in 10 make it)."""
+    within = [r for r in rows if r.get("p90") is not None and r["p90"] <= budget_ms]
+    return max(within, key=lambda r: (r["top1"], -r["p90"])) if within else None
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table(rows: list[dict], failed: dict[str, str]) -> str:
+    """Markdown, fastest first; failed points after, with their reason."""
+    on_front = {id(r) for r in front(rows, "p50")}
+    lines = ["| model | α | ρ | MACs (M) | params (M) | .pte (MB) | top-1 | p50 / p90 (ms) | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(rows, key=lambda r: (r.get("p50") is None, r.get("p50") or 0, r["name"])):
+        notes = (["Pareto"] if id(r) in on_front else []) + (["PTQ shipped"] if r["scheme"] == "ptq-int8" else [])
+        notes += [f"failed {t}" for t in r.get("failed_tests", [])] + ([] if "p50" in r else ["not measured"])
+        lines.append(f"| {r['model']} | {r['width']:g} | {r['resolution']} | {r['macs'] / 1e6:.1f} | "
+                     f"{r['params'] / 1e6:.2f} | {r['pte_bytes'] / 1e6:.2f} | {100 * r['top1']:.2f}% | "
+                     f"{_num(r.get('p50'), '.2f')} / {_num(r.get('p90'), '.2f')} | {', '.join(notes)} |")
+    lines += [f"| {name} | | | | | | | | **failed**: {why} |" for name, why in failed.items()]
+    return "\n".join(lines)
+
+
+def plot_front(rows: list[dict], cost: str, out: Path, title: str) -> Path:
+    """Every point (one colour per model, labelled α/ρ) and the front as a step line."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display needed, none opened
+    import matplotlib.pyplot as plt
+
+    key, label = FRONTS[cost]
+    scale = 1e-6 if cost == "macs" else 1.0
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    drawn = [r for r in rows if r.get(key) is not None]
+    for model, colour in zip(dict.fromkeys(r["model"] for r in drawn), plt.cm.tab10.colors):
+        mine = [r for r in drawn if r["model"] == model]
+        ax.scatter([r[key] * scale for r in mine], [100 * r["top1"] for r in mine], color=colour, label=model, s=30)
+        for r in mine:
+            ax.annotate(f"α{r['width']:g} ρ{r['resolution']}", (r[key] * scale, 100 * r["top1"]), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")
+    best = front(drawn, key)
+    ax.step([r[key] * scale for r in best], [100 * r["top1"] for r in best], where="post", color="grey",
+            linestyle="--", linewidth=1, label="Pareto front")
+    ax.set(xlabel=label, ylabel="top-1 of the int8 .pte (%)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def copy_bundle(source: Path, out: Path) -> None:
+    """The picked bundle to ``out``, whole or not at all (never over something that is not a bundle)."""
+    meta = read_meta(source)
+    names = [*meta.files[1:], *(p for p in PICTURES if (source / p).is_file())]
+    write_bundle(out, meta, {name: (source / name).read_bytes() for name in names})
