@@ -67,10 +67,11 @@ REPORTS ?= artifacts/devices
 BWLIMIT ?=
 NO_TESTS ?=
 SERVICE ?=
-# make test: two pytest-xdist workers, a test file each at a time; the longest file (it trains and exports the
-# QAT model) goes first, so the other worker runs the rest meanwhile. WORKERS=0 runs them in one process.
+# make test: two pytest-xdist workers, a test file each at a time; the two longest files (one trains and exports the
+# QAT model, the other sweeps a tiny grid through make qat) go first, one per worker, and the rest fill in after.
+# WORKERS=0 runs them in one process.
 WORKERS ?= 2
-PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests)
+PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests/test_sweep.py tests)
 opt = $(if $(2),$(1) $(2),)
 DEVICE_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \

@@ -38,6 +38,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def blocking_file(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a directory: what stops a mkdir there."""
+    return next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from deploy.profile import ProfileError, load_device
 from edge.bundle import BundleError
 from edge.command import positive_float, positive_int, with_examples
-from edge.files import write_atomic
+from edge.files import blocking_file, write_atomic
 from training.models import MODELS
 
 from . import report
@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         deploy_args = shlex.split(args.deploy_args)
     except (ProfileError, ValueError) as e:
         parser.error(str(e))
+    for flag, path in (("--out", args.out), ("--runs", args.runs)):
+        if where := blocking_file(path.absolute()):
+            parser.error(f"{flag} {path}: {where} exists and is not a directory")
     if args.data and args.data != "cifar10" and not Path(args.data).is_dir():
         parser.error(f"--data {args.data} is not a directory (an ImageFolder: one folder per class) or cifar10")
     data = str(Path(args.data).resolve()) if args.data and args.data != "cifar10" else args.data

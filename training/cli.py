@@ -10,6 +10,8 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
+from edge.files import blocking_file
+
 from .checkpoint import CheckpointError, read_checkpoint
 from .curves import CurvesPicture
 from .data import DataError, ImageDataModule
@@ -77,11 +79,9 @@ def check_output_dirs(config) -> None:
             value = config.get(key)
         except (AttributeError, KeyError, TypeError):  # no logger, or a list of them
             continue
-        path = Path(str(value)) if value else None
-        for where in [path, *path.parents] if path else []:
-            if where.exists() and not where.is_dir():
-                raise OutputError(f"--{key}={value}: {where} exists and is not a directory; move it away or give "
-                                  "another RUN=")
+        if value and (where := blocking_file(Path(str(value)))):
+            raise OutputError(f"--{key}={value}: {where} exists and is not a directory; move it away or give "
+                              "another RUN=")
 
 
 USER_ERRORS = (CheckpointError, DataError, WeightsError, OutputError)
