@@ -137,7 +137,7 @@ def rows_of(points: list[Point], recipe: Recipe, layout: Layout, device: str) ->
         folder = layout.point(point, recipe)
         built = done(folder / BUILT)
         if built is not None:
-            rows.append(built | (done(folder / latency_file(device)) or {}))
+            rows.append(built | {"point": point.name(recipe)} | (done(folder / latency_file(device)) or {}))
     return rows
 
 

@@ -69,10 +69,10 @@ def build(point: Point, recipe: Recipe, layout: Layout, threads: int | None = No
     """``make qat`` for the point, then its bundle's figures: the shipped program's accuracy on the held-out
     split and its size (from the bundle's report), and MACs and parameters (training.models.count)."""
     bundle, log = layout.bundle(point, recipe), layout.point(point, recipe) / "build.log"
-    command = ["make", "-s", "-C", str(ROOT), "qat", f"MODEL={point.model}", f"WIDTH={point.width:g}", f"RES={point.resolution}",
-               f"EPOCHS={recipe.epochs}", f"QAT_EPOCHS={recipe.qat_epochs}", f"DATA={recipe.data}",
-               f"WEIGHTS={point.weights(recipe)}", "CKPT=", f"RUN={layout.run(point, recipe)}", f"OUT={bundle}",
-               f"ARGS={recipe.args}", f"EXPORT_ARGS={EXPORT_ARGS}"]
+    command = ["make", "-s", "-C", str(ROOT), "qat", f"MODEL={point.model}", f"WIDTH={point.width:g}",
+               f"RES={point.resolution}", f"EPOCHS={recipe.epochs}", f"QAT_EPOCHS={recipe.qat_epochs}",
+               f"DATA={recipe.data}", f"WEIGHTS={point.weights(recipe)}", "CKPT=", f"RUN={layout.run(point, recipe)}",
+               f"OUT={bundle}", f"ARGS={recipe.args}", f"EXPORT_ARGS={EXPORT_ARGS}"]
     code = run_logged(command, log, threads)
     if code != 0:
         raise PointFailed(f"make qat failed (exit {code}): {last_line(log)} (log: {log})")

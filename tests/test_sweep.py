@@ -9,7 +9,7 @@ import pytest
 
 from edge.bundle import load_bundle, read_meta
 from sweep.grid import Layout, Point, Recipe
-from sweep.report import front, pick
+from sweep.report import front, pick, table
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +103,11 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path):
                                 capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": "200"})
         assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
         assert not (tmp_path / "out").exists()
+
+
+def test_a_point_built_but_not_measured_keeps_its_row_with_the_reason():
+    built = {"point": "v1-a", "name": "v1-0.25-32-qat-int8", "model": "v1", "width": 0.25, "resolution": 32,
+             "macs": 8e5, "params": 2.2e5, "pte_bytes": 2.8e5, "top1": 0.5, "scheme": "qat-int8"}
+    lines = table([built], {"v1-a": "deploy to rpi5 failed (exit 1)", "v1-b": "make qat failed (exit 2)"}).splitlines()
+    assert lines[2].startswith("| v1 | 0.25 | 32 |") and lines[2].endswith("not measured: deploy to rpi5 failed (exit 1) |")
+    assert lines[3] == "| v1-b | | | | | | | | **failed**: make qat failed (exit 2) |" and len(lines) == 4
