@@ -67,11 +67,10 @@ REPORTS ?= artifacts/devices
 BWLIMIT ?=
 NO_TESTS ?=
 SERVICE ?=
-# make test: two pytest-xdist workers, a test file each at a time; the two longest files (one trains and exports the
-# QAT model, the other sweeps a tiny grid through make qat) go first, one per worker, and the rest fill in after.
-# WORKERS=0 runs them in one process.
+# make test: two pytest-xdist workers, a test file each at a time; the longest file (it trains and exports the
+# QAT model) goes first, so the other worker runs the rest meanwhile. WORKERS=0 runs them in one process.
 WORKERS ?= 2
-PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests/test_sweep.py tests)
+PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests)
 opt = $(if $(2),$(1) $(2),)
 DEVICE_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
@@ -87,7 +86,7 @@ BUDGET_MS ?=
 JOBS ?= 1
 SWEEP_DEVICE := $(if $(filter command line environment environment override,$(origin DEVICE)),$(DEVICE),local)
 
-.PHONY: help setup train qat export test test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat clean \
+.PHONY: help setup train qat export test test-sweep test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat clean \
 	pi-emu pi-emu-down test-arm
 
 help:  ## list targets
@@ -120,10 +119,13 @@ export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoint
 	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT)
 
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
-	$(PY) -m pytest -q -m "not arm" $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -m "not arm and not sweep" $(PYTEST_WORKERS)
+
+test-sweep: setup test-deps  ## make sweep end to end on a tiny grid (about 4 min; CI runs it after make test)
+	$(PY) -m pytest -q -m sweep tests/test_sweep.py
 
 test-fast: setup  ## the host tests that need no trained model (make test runs all)
-	$(PY) -m pytest -q -m "not arm and not slow" $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -m "not arm and not slow and not sweep" $(PYTEST_WORKERS)
 
 test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
 	@.ci/debian-test-deps

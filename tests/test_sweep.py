@@ -11,7 +11,8 @@ from edge.bundle import load_bundle, read_meta
 from sweep.grid import Layout, Point, Recipe
 from sweep.report import front, pick, table
 
-pytestmark = pytest.mark.slow
+# The sweep end to end (make qat, then a deploy) takes minutes even on this grid: `make test-sweep` runs the
+# tests marked sweep, apart from `make test`, which keeps the cheap ones.
 
 TINY = ("--data.procedural_train_size=256 --data.procedural_val_size=48 --data.batch_size=16 --data.num_workers=0 "
         "--model.init_args.lr=0.01 --model.init_args.warmup_epochs=0 --model.init_args.bn_momentum=0.2 "
@@ -49,6 +50,7 @@ def table_rows(swept) -> list[str]:
             if line.startswith("| v1")]
 
 
+@pytest.mark.sweep
 def test_a_failing_point_is_reported_and_the_others_finish(swept):
     first = swept["first"]
     assert first.returncode == 1, first.stderr[-3000:]
@@ -58,6 +60,7 @@ def test_a_failing_point_is_reported_and_the_others_finish(swept):
     assert rows[1].startswith("| v1-0.35-32-") and "**failed**: make qat failed" in rows[1]
 
 
+@pytest.mark.sweep
 def test_a_second_run_skips_finished_points_and_retries_the_failed_one(swept):
     second = swept["second"]
     assert second.returncode == 1 and "1 of 2 points already built: skipped" in second.stderr, second.stderr[-3000:]
@@ -67,6 +70,7 @@ def test_a_second_run_skips_finished_points_and_retries_the_failed_one(swept):
     assert len(table_rows(swept)) == 2
 
 
+@pytest.mark.sweep
 def test_the_table_plots_and_the_pick_are_written(swept):
     out = swept["tmp"] / "sweep"
     for cost in ("latency", "macs"):
@@ -80,6 +84,7 @@ def test_the_table_plots_and_the_pick_are_written(swept):
     assert f"-> {out / 'best'}/" in swept["first"].stdout
 
 
+@pytest.mark.sweep
 def test_the_macs_in_the_table_are_training_models_counts(swept):
     row = json.loads((swept["built"] / "built.json").read_text())
     counted = subprocess.run([sys.executable, "-m", "training.models", "v1", "--width", "0.25", "--resolution", "32",
