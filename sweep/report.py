@@ -32,8 +32,8 @@ def table(rows: list[dict], failed: dict[str, str]) -> str:
     """Markdown, fastest first; points that failed before they were built after, with their reason (a built
     point that failed on the device keeps its row, with the reason in its note)."""
     on_front = {id(r) for r in front(rows, "p50")}
-    lines = ["| model | α | ρ | MACs (M) | params (M) | .pte (MB) | top-1 | p50 / p90 (ms) | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| model | α | ρ | MACs (M) | params (M) | .pte (MB) | top-1 | p50 / p90 (ms) | build (min) | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in sorted(rows, key=lambda r: (r.get("p50") is None, r.get("p50") or 0, r["name"])):
         notes = (["Pareto"] if id(r) in on_front else []) + (["PTQ shipped"] if r["scheme"] == "ptq-int8" else [])
         notes += [f"failed {t}" for t in r.get("failed_tests", [])]
@@ -41,9 +41,10 @@ def table(rows: list[dict], failed: dict[str, str]) -> str:
             notes.append(f"not measured: {failed[r['point']]}" if r["point"] in failed else "not measured")
         lines.append(f"| {r['model']} | {r['width']:g} | {r['resolution']} | {r['macs'] / 1e6:.1f} | "
                      f"{r['params'] / 1e6:.2f} | {r['pte_bytes'] / 1e6:.2f} | {100 * r['top1']:.2f}% | "
-                     f"{_num(r.get('p50'), '.2f')} / {_num(r.get('p90'), '.2f')} | {', '.join(notes)} |")
+                     f"{_num(r.get('p50'), '.2f')} / {_num(r.get('p90'), '.2f')} | "
+                     f"{_num(r['build_s'] / 60 if 'build_s' in r else None, '.1f')} | {', '.join(notes)} |")
     built = {r["point"] for r in rows}
-    lines += [f"| {name} | | | | | | | | **failed**: {why} |" for name, why in failed.items() if name not in built]
+    lines += [f"| {name} | | | | | | | | | **failed**: {why} |" for name, why in failed.items() if name not in built]
     return "\n".join(lines)
 
 

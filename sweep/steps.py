@@ -73,6 +73,7 @@ def build(point: Point, recipe: Recipe, layout: Layout, threads: int | None = No
                f"RES={point.resolution}", f"EPOCHS={recipe.epochs}", f"QAT_EPOCHS={recipe.qat_epochs}",
                f"DATA={recipe.data}", f"WEIGHTS={point.weights(recipe)}", "CKPT=", f"RUN={layout.run(point, recipe)}",
                f"OUT={bundle}", f"ARGS={recipe.args}", f"EXPORT_ARGS={EXPORT_ARGS}"]
+    started = time.monotonic()
     code = run_logged(command, log, threads)
     if code != 0:
         raise PointFailed(f"make qat failed (exit {code}): {last_line(log)} (log: {log})")
@@ -82,7 +83,7 @@ def build(point: Point, recipe: Recipe, layout: Layout, threads: int | None = No
     return {"model": point.model, "width": point.width, "resolution": point.resolution, "bundle": str(bundle),
             "name": meta.name, "scheme": meta.quantization["scheme"], "top1": report["accuracy"][program]["top1"],
             "top5": report["accuracy"][program]["top5"], "val_images": report["val_images"],
-            "pte_bytes": report["programs"][program]["bytes"],
+            "pte_bytes": report["programs"][program]["bytes"], "build_s": round(time.monotonic() - started, 1),
             **count(point.model, point.width, point.resolution, meta.num_classes)}
 
 

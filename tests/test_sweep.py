@@ -112,7 +112,8 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path):
 
 def test_a_point_built_but_not_measured_keeps_its_row_with_the_reason():
     built = {"point": "v1-a", "name": "v1-0.25-32-qat-int8", "model": "v1", "width": 0.25, "resolution": 32,
-             "macs": 8e5, "params": 2.2e5, "pte_bytes": 2.8e5, "top1": 0.5, "scheme": "qat-int8"}
+             "macs": 8e5, "params": 2.2e5, "pte_bytes": 2.8e5, "top1": 0.5, "scheme": "qat-int8",
+             "build_s": 150.0}
     lines = table([built], {"v1-a": "deploy to rpi5 failed (exit 1)", "v1-b": "make qat failed (exit 2)"}).splitlines()
-    assert lines[2].startswith("| v1 | 0.25 | 32 |") and lines[2].endswith("not measured: deploy to rpi5 failed (exit 1) |")
-    assert lines[3] == "| v1-b | | | | | | | | **failed**: make qat failed (exit 2) |" and len(lines) == 4
+    assert lines[2].startswith("| v1 | 0.25 | 32 |") and "| 2.5 |" in lines[2] and lines[2].endswith("not measured: deploy to rpi5 failed (exit 1) |")
+    assert lines[3] == "| v1-b | | | | | | | | | **failed**: make qat failed (exit 2) |" and len(lines) == 4
