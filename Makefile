@@ -80,13 +80,15 @@ DEPLOY_ARGS := $(DEVICE_ARGS) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMI
 # make sweep: every MODELS x WIDTHS x RES point built by make qat (EPOCHS, QAT_EPOCHS, DATA, WEIGHTS, ARGS as there)
 # and timed on DEVICE (here: local unless given; rpi5 with HOST=...). BUDGET_MS= copies the best bundle within it
 # (p90) to artifacts/sweep/best; JOBS= points built at once.
+# Unless EPOCHS/QAT_EPOCHS are given, points train python -m sweep's default epochs (fewer than make qat's).
 MODELS ?= v3_small v1
 WIDTHS ?= 0.5 1.0
 BUDGET_MS ?=
 JOBS ?= 1
-SWEEP_DEVICE := $(if $(filter command line environment environment override,$(origin DEVICE)),$(DEVICE),local)
+given = $(filter command line environment environment override,$(origin $(1)))
+SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
-.PHONY: help setup train qat export test test-sweep test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat clean \
+.PHONY: help setup train qat export test test-sweep test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep clean \
 	pi-emu pi-emu-down test-arm
 
 help:  ## list targets
@@ -161,8 +163,8 @@ device-report: setup  ## compare two device reports: make device-report A=path/d
 	$(PY) -m device_tests.compare $(A) $(B)
 
 sweep: setup  ## accuracy/MACs/size/latency over MODELS x WIDTHS x RES, Pareto plots, BUDGET_MS= pick (README)
-	$(PY) -m sweep --models $(MODELS) --widths $(WIDTHS) --res $(RES) --data="$(DATA)" --epochs $(EPOCHS) \
-		--qat-epochs $(QAT_EPOCHS) --weights="$(WEIGHTS)" --args="$(ARGS)" --device $(SWEEP_DEVICE) \
+	$(PY) -m sweep --models $(MODELS) --widths $(WIDTHS) --res $(RES) --data="$(DATA)" \
+		$(if $(call given,EPOCHS),--epochs $(EPOCHS)) $(if $(call given,QAT_EPOCHS),--qat-epochs $(QAT_EPOCHS)) --weights="$(WEIGHTS)" --args="$(ARGS)" --device $(SWEEP_DEVICE) \
 		--deploy-args="$(strip $(DEVICE_ARGS))" $(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
@@ -177,6 +179,15 @@ bench-qat: setup  ## float -> QAT -> int8 .pte on CIFAR-10, 10,000 held out, per
 	$(foreach seed,$(SEEDS),$(MAKE) qat MODEL=v3_small DATA=$(BENCH_DATA) RES=64 EPOCHS=8 QAT_EPOCHS=2 \
 		RUN=runs/bench-qat/seed$(seed) OUT=artifacts/bench-qat-v3_small-seed$(seed) \
 		ARGS="$(BENCH_QAT_ARGS) --seed_everything=$(seed) $(ARGS)" &&) true
+
+# The README's CIFAR-10 sweep: each point trains on a quarter of the 40,000 training images per epoch (4 short
+# epochs: one pass in all, a fresh quarter each time), then one short QAT epoch; 10,000 held out for top-1.
+BENCH_SWEEP_ARGS := --data.crop_fraction=1.0 --data.min_scale=0.35 --data.val_size=10000 \
+	--trainer.limit_train_batches=0.25 --trainer.enable_progress_bar=false
+bench-sweep: setup  ## make sweep on CIFAR-10: V3-Small/Large x α 0.75/1.0 x ρ 64/96, latency here (long: hours)
+	$(PY) -m sweep --models v3_small v3_large --widths 0.75 1.0 --res 64 96 --data=$(BENCH_DATA) --epochs 4 \
+		--qat-epochs 1 --args="$(BENCH_SWEEP_ARGS) $(ARGS)" --device local --out artifacts/bench-sweep \
+		--runs runs/bench-sweep $(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
 
 clean:  ## remove runs and artifacts (keeps .venv)
 	rm -rf runs artifacts

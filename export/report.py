@@ -147,6 +147,7 @@ def per_class_table(classes: dict) -> str:
 def markdown(report: dict, picture: str | None) -> str:
     """report.md: the comparison table, then the bundle's own program class by class, with its picture."""
     parts = [table(report)]
+    parts += [f"{scheme} candidate left out: {why}" for scheme, why in report.get("left_out", {}).items()]
     if "per_class" in report:
         parts.append(per_class_table(report["per_class"]))
     if picture:
