@@ -5,6 +5,7 @@ from pathlib import Path
 from edge.bundle import PICTURES, read_meta, write_bundle
 from edge.files import atomic_path
 
+FASTER = 0.9  # another thread count's p50 below this share of the profile's is worth a note
 FRONTS = {"latency": ("p50", "latency p50 (ms)"), "macs": ("macs", "multiply-accumulates (M)")}
 
 
@@ -37,6 +38,8 @@ def table(rows: list[dict], failed: dict[str, str]) -> str:
     for r in sorted(rows, key=lambda r: (r.get("p50") is None, r.get("p50") or 0, r["name"])):
         notes = (["Pareto"] if id(r) in on_front else []) + (["PTQ shipped"] if r["scheme"] == "ptq-int8" else [])
         notes += [f"failed {t}" for t in r.get("failed_tests", [])]
+        if (fast := r.get("fastest")) and fast["p50"] < FASTER * r["p50"]:
+            notes.append(f"{fast['p50']:.2f} ms at {fast['threads']} thread{'s' * (fast['threads'] > 1)}")
         if "p50" not in r:
             notes.append(f"not measured: {failed[r['point']]}" if r["point"] in failed else "not measured")
         lines.append(f"| {r['model']} | {r['width']:g} | {r['resolution']} | {r['macs'] / 1e6:.1f} | "

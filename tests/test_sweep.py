@@ -80,6 +80,7 @@ def test_the_table_plots_and_the_pick_are_written(swept):
     row = json.loads((swept["built"] / "built.json").read_text())
     row |= json.loads((swept["built"] / "latency-local.json").read_text())
     assert row["p50"] > 0 and row["p90"] >= row["p50"] and row["threads"] == 2 and 0 <= row["top1"] <= 1
+    assert row["fastest"]["threads"] in (1, 2) and 0 < row["fastest"]["p50"] <= row["p50"]
     assert read_meta(out / "best") == read_meta(row["bundle"]) and load_bundle(out / "best").meta.name
     assert f"-> {out / 'best'}/" in swept["first"].stdout
 
@@ -108,6 +109,15 @@ def test_bad_arguments_are_one_line_before_any_work(tmp_path):
                                 capture_output=True, text=True, timeout=120, env=os.environ | {"COLUMNS": "200"})
         assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
         assert not (tmp_path / "out").exists()
+
+
+def test_a_thread_count_faster_than_the_profiles_is_noted():
+    row = {"point": "v3-a", "name": "v3_small-0.5-64-qat-int8", "model": "v3_small", "width": 0.5, "resolution": 64,
+           "macs": 1.8e6, "params": 4e5, "pte_bytes": 5.6e5, "top1": 0.6, "scheme": "qat-int8", "threads": 2,
+           "p50": 0.5, "p90": 0.55, "fastest": {"threads": 1, "p50": 0.31}}
+    assert table([row], {}).splitlines()[2].endswith("| Pareto, 0.31 ms at 1 thread |")
+    row["fastest"] = {"threads": 1, "p50": 0.46}
+    assert table([row], {}).splitlines()[2].endswith("| Pareto |")
 
 
 def test_a_point_built_but_not_measured_keeps_its_row_with_the_reason():
