@@ -164,7 +164,8 @@ device-report: setup  ## compare two device reports: make device-report A=path/d
 
 sweep: setup  ## accuracy/MACs/size/latency over MODELS x WIDTHS x RES, Pareto plots, BUDGET_MS= pick (README)
 	$(PY) -m sweep --models $(MODELS) --widths $(WIDTHS) --res $(RES) --data="$(DATA)" \
-		$(if $(call given,EPOCHS),--epochs $(EPOCHS)) $(if $(call given,QAT_EPOCHS),--qat-epochs $(QAT_EPOCHS)) --weights="$(WEIGHTS)" --args="$(ARGS)" --device $(SWEEP_DEVICE) \
+		$(if $(call given,EPOCHS),--epochs $(EPOCHS)) $(if $(call given,QAT_EPOCHS),--qat-epochs $(QAT_EPOCHS)) \
+		--weights="$(WEIGHTS)" --args="$(ARGS)" --device $(SWEEP_DEVICE) \
 		--deploy-args="$(strip $(DEVICE_ARGS))" $(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
