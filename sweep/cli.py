@@ -150,11 +150,11 @@ def write_report(rows: list[dict], failed: dict[str, str], args: argparse.Namesp
     emulated = " (EMULATED device: the latency orders models, it does not predict real hardware)" if any(
         r.get("emulated") for r in rows) else ""
     plots = []
-    for cost in report.FRONTS:
-        if any(r.get(report.FRONTS[cost][0]) is not None for r in rows):
+    for cost, (key, _, name) in report.FRONTS.items():
+        if any(r.get(key) is not None for r in rows):
             out = report.plot_front(rows, cost, args.out / f"front-{cost}.png",
-                                    f"int8 .pte on {data}: accuracy vs {cost}")
-            plots.append(f"![accuracy vs {cost}]({out.name})")
+                                    f"int8 .pte on {data}: accuracy vs {name}")
+            plots.append(f"![accuracy vs {name}]({out.name})")
     write_atomic(args.out / "report.md", "\n\n".join([
         f"# Sweep on {data}: {recipe.epochs} float + {recipe.qat_epochs} QAT epochs, latency on {args.device}"
         f"{emulated}", text, *plots]) + "\n")

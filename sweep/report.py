@@ -6,7 +6,8 @@ from edge.bundle import PICTURES, read_meta, write_bundle
 from edge.files import atomic_path
 
 FASTER = 0.9  # another thread count's p50 below this share of the profile's is worth a note
-FRONTS = {"latency": ("p50", "latency p50 (ms)"), "macs": ("macs", "multiply-accumulates (M)")}
+FRONTS = {"latency": ("p50", "latency p50 (ms)", "latency"),
+          "macs": ("macs", "multiply-accumulates (M)", "MACs")}
 
 
 def front(rows: list[dict], cost: str) -> list[dict]:
@@ -52,32 +53,52 @@ def table(rows: list[dict], failed: dict[str, str]) -> str:
 
 
 def plot_front(rows: list[dict], cost: str, out: Path, title: str) -> Path:
-    """Every point (one colour per model, labelled α/ρ) and the front as a step line."""
+    """The figure of :func:`front_figure`, written to ``out``."""
+    fig = front_figure(rows, cost, title)
+    import matplotlib.pyplot as plt  # after front_figure chose the file-only backend
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def front_figure(rows: list[dict], cost: str, title: str):
+    """Every point (one colour per model, labelled α/ρ; a model's points of one α joined across ρ, as the
+    papers draw the resolution multiplier) and the front as a step line. MACs go on a log axis, as in the
+    papers' accuracy-vs-MACs figures."""
     import matplotlib
     matplotlib.use("Agg")  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter
 
-    key, label = FRONTS[cost]
+    key, label, _ = FRONTS[cost]
     scale = 1e-6 if cost == "macs" else 1.0
     fig, ax = plt.subplots(figsize=(7, 4.8))
     drawn = [r for r in rows if r.get(key) is not None]
     for model, colour in zip(dict.fromkeys(r["model"] for r in drawn), plt.cm.tab10.colors):
         mine = [r for r in drawn if r["model"] == model]
         ax.scatter([r[key] * scale for r in mine], [100 * r["top1"] for r in mine], color=colour, label=model, s=30)
+        for width in dict.fromkeys(r["width"] for r in mine):
+            line = sorted((r for r in mine if r["width"] == width), key=lambda r: r["resolution"])
+            ax.plot([r[key] * scale for r in line], [100 * r["top1"] for r in line], color=colour, alpha=0.4,
+                    linewidth=1)
         for r in mine:
             ax.annotate(f"α{r['width']:g} ρ{r['resolution']}", (r[key] * scale, 100 * r["top1"]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
     best = front(drawn, key)
     ax.step([r[key] * scale for r in best], [100 * r["top1"] for r in best], where="post", color="grey",
             linestyle="--", linewidth=1, label="Pareto front")
+    if cost == "macs":
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel=label, ylabel="top-1 of the int8 .pte (%)", title=title)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
 
 
 def copy_bundle(source: Path, out: Path) -> None:

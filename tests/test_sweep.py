@@ -9,7 +9,7 @@ import pytest
 
 from edge.bundle import load_bundle, read_meta
 from sweep.grid import Layout, Point, Recipe
-from sweep.report import front, pick, table
+from sweep.report import front, front_figure, pick, table
 
 # The sweep end to end (make qat, then a deploy) takes minutes even on this grid: `make test-sweep` runs the
 # tests marked sweep, apart from `make test`, which keeps the cheap ones.
@@ -127,3 +127,16 @@ def test_a_point_built_but_not_measured_keeps_its_row_with_the_reason():
     lines = table([built], {"v1-a": "deploy to rpi5 failed (exit 1)", "v1-b": "make qat failed (exit 2)"}).splitlines()
     assert lines[2].startswith("| v1 | 0.25 | 32 |") and "| 2.5 |" in lines[2] and lines[2].endswith("not measured: deploy to rpi5 failed (exit 1) |")
     assert lines[3] == "| v1-b | | | | | | | | | **failed**: make qat failed (exit 2) |" and len(lines) == 4
+
+
+def test_the_macs_plot_joins_each_width_across_resolutions_on_a_log_axis():
+    rows = [{"model": m, "width": w, "resolution": r, "macs": m_ * 1e6, "p50": m_ / 10, "top1": t}
+            for m, w, r, m_, t in (("v3_small", 1.0, 64, 5.5, 0.60), ("v3_small", 1.0, 96, 12.0, 0.65),
+                                   ("v3_large", 1.0, 64, 20.0, 0.66), ("v3_large", 1.0, 96, 45.0, 0.68),
+                                   ("v3_large", 0.75, 64, 14.0, 0.62))]
+    macs = front_figure(rows, "macs", "t").axes[0]
+    assert macs.get_xscale() == "log" and macs.get_title() == "t"
+    joined = [list(line.get_xdata()) for line in macs.get_lines()[:-1]]
+    assert joined == [[5.5, 12.0], [20.0, 45.0], [14.0]], "one line per model and width, across resolutions"
+    assert list(macs.get_lines()[-1].get_xdata()) == [5.5, 12.0, 20.0, 45.0], "the front (not v3_large α0.75)"
+    assert front_figure(rows, "latency", "t").axes[0].get_xscale() == "linear"
