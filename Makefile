@@ -185,10 +185,11 @@ bench-qat: setup  ## float -> QAT -> int8 .pte on CIFAR-10, 10,000 held out, per
 # epochs: two passes in all), then one short QAT epoch; 10,000 held out for top-1.
 BENCH_SWEEP_ARGS := --data.crop_fraction=1.0 --data.min_scale=0.35 --data.val_size=10000 \
 	--trainer.limit_train_batches=0.25 --trainer.enable_progress_bar=false
-bench-sweep: setup  ## make sweep on CIFAR-10: V3-Small/Large x α 0.75/1.0 x ρ 64/96, latency here (long: hours)
+bench-sweep: setup  ## make sweep on CIFAR-10: V3-Small/Large x α 0.75/1.0 x ρ 64/96, latency here or DEVICE= (hours)
 	$(PY) -m sweep --models v3_small v3_large --widths 0.75 1.0 --res 64 96 --data=$(BENCH_DATA) --epochs 8 \
-		--qat-epochs 1 --args="$(BENCH_SWEEP_ARGS) $(ARGS)" --device local --out artifacts/bench-sweep \
-		--runs runs/bench-sweep $(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
+		--qat-epochs 1 --args="$(BENCH_SWEEP_ARGS) $(ARGS)" --device $(SWEEP_DEVICE) \
+		--deploy-args="$(strip $(DEVICE_ARGS))" --out artifacts/bench-sweep --runs runs/bench-sweep \
+		$(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
 
 clean:  ## remove runs and artifacts (keeps .venv)
 	rm -rf runs artifacts

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import cv2
+import matplotlib.pyplot as plt
 import pytest
 
 from edge.bundle import load_bundle, read_meta
@@ -134,9 +135,11 @@ def test_the_macs_plot_joins_each_width_across_resolutions_on_a_log_axis():
             for m, w, r, m_, t in (("v3_small", 1.0, 64, 5.5, 0.60), ("v3_small", 1.0, 96, 12.0, 0.65),
                                    ("v3_large", 1.0, 64, 20.0, 0.66), ("v3_large", 1.0, 96, 45.0, 0.68),
                                    ("v3_large", 0.75, 64, 14.0, 0.62))]
-    macs = front_figure(rows, "macs", "t").axes[0]
-    assert macs.get_xscale() == "log" and macs.get_title() == "t"
+    figures = [front_figure(rows, "macs", "t"), front_figure(rows, "latency", "t")]
+    macs, latency = (figure.axes[0] for figure in figures)
+    assert macs.get_xscale() == "log" and macs.get_title() == "t" and latency.get_xscale() == "linear"
     joined = [list(line.get_xdata()) for line in macs.get_lines()[:-1]]
     assert joined == [[5.5, 12.0], [20.0, 45.0], [14.0]], "one line per model and width, across resolutions"
     assert list(macs.get_lines()[-1].get_xdata()) == [5.5, 12.0, 20.0, 45.0], "the front (not v3_large α0.75)"
-    assert front_figure(rows, "latency", "t").axes[0].get_xscale() == "linear"
+    for figure in figures:
+        plt.close(figure)
