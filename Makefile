@@ -17,7 +17,7 @@ OUT ?= artifacts/$(MODEL)
 RUN ?= runs/$(MODEL)
 # Extra LightningCLI arguments, e.g. ARGS="--data.batch_size=64 --model.init_args.lr=0.01"
 ARGS ?=
-# Extra `python -m export` options for make qat, e.g. EXPORT_ARGS=--no-baselines
+# Extra `python -m export` options for make qat and make export, e.g. EXPORT_ARGS=--no-baselines
 EXPORT_ARGS ?=
 
 # MODEL is checked before any work: one of the configs/model/*.yaml (the numbers are checked by the CLIs).
@@ -118,7 +118,7 @@ qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, ver
 
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=]
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
-	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT)
+	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT) $(EXPORT_ARGS)
 
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
 	$(PY) -m pytest -q -m "not arm and not sweep" $(PYTEST_WORKERS)

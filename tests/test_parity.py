@@ -41,3 +41,21 @@ def test_fp32_is_held_closer_and_agreement_below_one_can_be_allowed():
     with pytest.raises(parity.ParityError, match="0.750 of the inputs agree within tolerance, need 1.0"):
         parity.check(one_wrong, reference, tolerance=7.0)
     assert parity.check(one_wrong, reference, tolerance=7.0, min_agreement=0.75)["top1_agreement"] == 0.75
+
+
+def test_export_names_rounding_and_the_flag_that_accepts_it_but_not_for_a_wrong_answer():
+    """Seen with a PTQ program of a CIFAR-10 model: 88% within tolerance, every changed answer a near-tie."""
+    import torch
+    from export.verify import VerificationError, check_parity
+    reference = torch.tensor([[3.0, 0.0, 0.0]]).repeat(100, 1)
+    tolerance = parity.logit_tolerance(reference.numpy(), "int8")
+    strayed = reference.clone()
+    strayed[:12, 2] += 0.3  # 12 images beyond the tolerance, every answer kept
+    with pytest.raises(VerificationError, match=r"0\.880 of the inputs agree.*int8 rounding, not a wrong program: "
+                                                r"--min-agreement 0\.88 accepts it"):
+        check_parity(strayed, reference, parity.EXPORT_MIN_AGREEMENT, tolerance)
+    assert check_parity(strayed, reference, 0.88, tolerance)["agreement"] == 0.88
+    strayed[:2] = torch.tensor([0.0, 3.0, 0.0])  # two clear answers changed: no hint
+    with pytest.raises(VerificationError) as error:
+        check_parity(strayed, reference, parity.EXPORT_MIN_AGREEMENT, tolerance)
+    assert "min-agreement" not in str(error.value)
