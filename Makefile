@@ -116,7 +116,7 @@ qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, ver
 	@echo "== make qat 3/3: convert to int8 (QAT, and PTQ to compare), lower to ExecuTorch/XNNPACK, verify, compare, write the bundles" >&2
 	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT) --candidates $(EXPORT_ARGS)
 
-export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=]
+export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=] [EXPORT_ARGS=]
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
 	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT) $(EXPORT_ARGS)
 
