@@ -51,10 +51,13 @@ def test_export_names_rounding_and_the_flag_that_accepts_it_but_not_for_a_wrong_
     tolerance = parity.logit_tolerance(reference.numpy(), "int8")
     strayed = reference.clone()
     strayed[:12, 2] += 0.3  # 12 images beyond the tolerance, every answer kept
-    with pytest.raises(VerificationError, match=r"0\.880 of the inputs agree.*int8 rounding, not a wrong program: "
-                                                r"--min-agreement 0\.88 accepts it"):
+    with pytest.raises(VerificationError, match=r"0\.880 of the inputs agree.*int8 rounding rather than a wrong "
+                                                r"program: if so, --min-agreement 0\.88 accepts it"):
         check_parity(strayed, reference, parity.EXPORT_MIN_AGREEMENT, tolerance)
     assert check_parity(strayed, reference, 0.88, tolerance)["agreement"] == 0.88
+    with pytest.raises(VerificationError) as error:  # every logit doubled: answers kept, but no rounding
+        check_parity(reference * 2, reference, parity.EXPORT_MIN_AGREEMENT, tolerance)
+    assert "min-agreement" not in str(error.value)
     strayed[:2] = torch.tensor([0.0, 3.0, 0.0])  # two clear answers changed: no hint
     with pytest.raises(VerificationError) as error:
         check_parity(strayed, reference, parity.EXPORT_MIN_AGREEMENT, tolerance)
