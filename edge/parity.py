@@ -18,7 +18,11 @@ EXPORT_MIN_AGREEMENT = 0.99  # over export's held-out images; the device's few g
 
 
 class ParityError(AssertionError):
-    """Logits that do not count as the same answer; the message gives the figures."""
+    """Logits that do not count as the same answer; the message gives the figures, ``result`` all of them."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
 
 
 def logit_tolerance(reference: np.ndarray, scheme: str) -> float:
@@ -49,5 +53,5 @@ def check(logits: np.ndarray, reference: np.ndarray, tolerance: float, min_agree
             f"{result['agreement']:.3f} of the inputs agree within tolerance, need {min_agreement} (top-1 "
             f"agreement {result['top1_agreement']:.3f}, {result['top1_agreement_within_tolerance']:.3f} within "
             f"tolerance; max logit difference {result['max_abs_logit_diff']:.4f}, allowed {tolerance:.4f}) "
-            f"on {result['images']} inputs")
+            f"on {result['images']} inputs", result)
     return result
