@@ -11,7 +11,7 @@ import torch
 
 from conftest import DATA, QUIET, RUNS_ARCH, write_colour_images
 from edge.bundle import BundleError, load_bundle, read_meta
-from edge.parity import check as check_parity, compare, logit_tolerance
+from edge.parity import check as check_parity, logit_tolerance
 from export.cli import main as export_main
 from training.cli import main as train_main
 from training.qat import QATClassifier, default_freeze_epoch
@@ -56,13 +56,14 @@ def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour
     int8 = module.convert()
     with torch.no_grad():
         fake_quant, converted = module(x), int8(x)
-    # Same decisions (or near ties), and logits a few int8 output steps apart on average. V1's BN eps
-    # is convert_pt2e's own 1e-5: test_qat_quality's BN-fold test covers V3's eps.
+    # Convert quantizes with the scales QAT trained with, so the int8 model computes what fake-quant
+    # did, up to float rounding: measured mean 0.01% and max 1.3% of the logit range. With convert's own
+    # scales (0.4% off for the weights) they were 1.5% and 11%, and 3 of 120 images beyond tolerance.
+    # V1's BN eps is convert_pt2e's own 1e-5: test_qat_quality's BN-fold test covers V3's eps.
     spread, diff = (fake_quant.max() - fake_quant.min()).item(), (converted - fake_quant).abs()
     reference = fake_quant.numpy()
-    agreement = compare(converted.numpy(), reference, logit_tolerance(reference, "int8"))
-    assert agreement["top1_agreement_within_tolerance"] == 1.0, f"every image: the same answer or a near tie {agreement}"
-    assert diff.mean() <= 0.02 * spread and diff.max() <= 0.15 * spread
+    check_parity(converted.numpy(), reference, logit_tolerance(reference, "int8"))
+    assert diff.mean() <= 0.002 * spread and diff.max() <= 0.05 * spread, (diff.mean() / spread, diff.max() / spread)
     assert all(torch.equal(v, before[k]) for k, v in module.state_dict().items())
     assert not any(n.target == torch.ops.aten.batch_norm.default for n in int8.graph.nodes)
 

@@ -202,8 +202,9 @@ def test_convert_folds_batchnorm_with_the_models_own_eps(monkeypatch):
         folded_with_1e_5 = module(x)  # what an unrepaired convert computes, up to int8 rounding (measured: 0.27)
     spread = (fake_quant.max() - fake_quant.min()).item()
     rounding, wrong_eps = (converted - fake_quant).abs().mean(), (folded_with_1e_5 - fake_quant).abs().mean()
-    # Measured: spread 0.56, rounding 0.08 (an untrained net's near-tied logits), wrong eps 0.28.
-    assert rounding < 0.2 * spread, f"int8 rounding apart: {rounding:.4f} of a {spread:.3f} spread"
+    # Measured: spread 0.68, rounding 0 (0.08 when QAT's fused weight fake-quant trained on other scales
+    # than convert's), wrong eps 0.31.
+    assert rounding < 0.01 * spread, f"int8 rounding apart: {rounding:.4f} of a {spread:.3f} spread"
     assert wrong_eps > 2.5 * rounding, f"eps matters here: {wrong_eps:.4f} against {rounding:.4f}"
 
 

@@ -6,15 +6,17 @@ quantization; ``export`` later calls ``convert_pt2e`` and lowers it. Training
 starts where PTQ ends (activation ranges calibrated on training images) and
 learns from the frozen float model as well as from the labels (distillation).
 
-Three things torchao 0.18 gets wrong for MobileNetV3 are repaired here: its QAT
+Four things torchao 0.18 gets wrong are repaired here. For MobileNetV3, its QAT
 conv-BN pattern and its train/eval switch rebuild ``batch_norm`` with eps=1e-5 and
 momentum=0.1 (V3 uses 0.001 and 0.01), so the float model's values are written
 back after every graph rewrite; ``convert_pt2e`` folds BN into the conv with
 eps=1e-5 too (see :meth:`QATClassifier.convert`); and the exported graph ignores
 ``.train()``/``.eval()``, so :meth:`QATClassifier.train` routes Lightning's mode
-switches to ``move_exported_model_to_train/eval``.
+switches to ``move_exported_model_to_train/eval``. For every model, the quantizer's fused weight
+fake-quant trains on other scales than ``convert_pt2e`` quantizes with (see :func:`quantization_config`).
 """
 import copy
+from dataclasses import replace
 from functools import partial, reduce
 
 import torch
@@ -24,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.export import Dim
 from torchao.quantization.pt2e import (
+    FakeQuantize,
     FakeQuantizeBase,
     disable_fake_quant,
     disable_observer,
@@ -48,8 +51,19 @@ CONVERT_FOLD_EPS = 1e-5
 
 
 def quantization_config(qat: bool) -> QuantizationConfig:
-    """Symmetric int8 with per-channel weights: per-tensor weights wreck depthwise layers."""
-    return get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    """Symmetric int8 with per-channel weights: per-tensor weights wreck depthwise layers.
+
+    QAT fake-quantizes its weights with FakeQuantize, not the quantizer's fused module. The fused
+    kernel derives a weight's scale with another formula than the observer ``convert_pt2e`` asks: 0.4%
+    off for a symmetric [-127, 127] range (torchao #4824), and with a non-zero zero point for a channel
+    of one sign, which XNNPACK's int8 weights cannot have. The int8 weights then lay on another grid than
+    the trained one.
+    """
+    config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
+    if not qat:
+        return config
+    weight = FakeQuantize.with_args(**config.weight.observer_or_fake_quant_ctr.p.keywords)
+    return replace(config, weight=replace(config.weight, observer_or_fake_quant_ctr=weight))
 
 
 def xnnpack_quantizer(qat: bool) -> XNNPACKQuantizer:
@@ -93,6 +107,19 @@ def ptq(model: nn.Module, resolution: int, loader) -> torch.fx.GraphModule:
     for batch, _ in loader:
         prepared(batch)
     return convert_pt2e(prepared)
+
+
+@torch.no_grad()
+def observe_weights(graph: torch.fx.GraphModule, resolution: int) -> None:
+    """Give each weight fake-quant its range now: unlike the fused module, FakeQuantize has no
+    per-channel scale until it observes, and its input (the weight, BN folded in) needs no data.
+    Call with ``graph`` in eval mode; its observers are left off."""
+    graph.apply(disable_observer)
+    for quantizer in graph.modules():
+        if isinstance(quantizer, FakeQuantizeBase) and quantizer.is_per_channel:
+            quantizer.enable_observer()
+    graph(torch.zeros(1, 3, resolution, resolution))
+    graph.apply(disable_observer)
 
 
 @torch.no_grad()
@@ -206,6 +233,7 @@ class QATClassifier(ImageClassifier):
         object.__setattr__(self, "teacher", teacher)  # not a submodule: not trained, checkpointed or exported
         self.model = prepare_qat_pt2e(export_float(self.model, resolution), xnnpack_quantizer(qat=True))
         self._sync_graph_mode(training=False)
+        observe_weights(self.model, resolution)
 
     def _freeze_epoch(self, explicit: int | None, fraction: float) -> int:
         if explicit is not None:
