@@ -162,6 +162,22 @@ def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
     check(logits, reference, logit_tolerance(reference, "int8"), min_agreement=0.99)
 
 
+def test_qat_fake_quantizes_weights_with_the_scales_convert_will_use():
+    """convert_pt2e takes each weight fake-quant's scale and zero point from its observer; a training
+    step must have used exactly those (the quantizer's fused module did not: scales 0.4% off, and
+    zero points of +-127 for a channel whose weights share one sign)."""
+    torch.manual_seed(0)
+    module = QATClassifier("v1", num_classes=4, width_mult=0.25, resolution=32).train()
+    with torch.no_grad():
+        module(torch.randn(8, 3, 32, 32))
+    weights = [m for m in module.model.modules() if isinstance(m, FakeQuantizeBase) and m.is_per_channel]
+    assert len(weights) == 28, "every conv and the classifier"
+    for quantizer in weights:
+        scale, zero_point = quantizer.calculate_qparams()
+        assert torch.equal(quantizer.scale, scale) and torch.equal(quantizer.zero_point, zero_point.int())
+        assert not zero_point.any(), "XNNPACK's int8 weights are symmetric"
+
+
 def test_convert_folds_batchnorm_with_the_models_own_eps(monkeypatch):
     """convert_pt2e folds BN with eps 1e-5 whatever the model's (V3: 1e-3); ``convert`` repairs that, so the int8
     model answers as the fake-quant one does. A V1 given V3's eps, with every running variance at that eps (where
