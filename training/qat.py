@@ -56,7 +56,7 @@ def quantization_config(qat: bool) -> QuantizationConfig:
     QAT fake-quantizes its weights with FakeQuantize, not the quantizer's fused module. The fused
     kernel derives a weight's scale with another formula than the observer ``convert_pt2e`` asks: 0.4%
     off for a symmetric [-127, 127] range (torchao #4824), and with a non-zero zero point for a channel
-    of one sign, which XNNPACK's int8 weights cannot have. The int8 weights then lay on another grid than
+    of one sign, which XNNPACK's int8 weights cannot have. The int8 weights then lie on another grid than
     the trained one.
     """
     config = get_symmetric_quantization_config(is_per_channel=True, is_qat=qat)
