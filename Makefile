@@ -8,7 +8,7 @@ DATA ?=
 EPOCHS ?= 10
 RES ?= 64
 WIDTH ?= 1.0
-QAT_EPOCHS ?= 3
+QAT_EPOCHS ?= 2
 # QAT starting point: CKPT= a float checkpoint, WEIGHTS= torchvision-format weights, else a float run first.
 CKPT ?=
 WEIGHTS ?=
@@ -176,7 +176,7 @@ BENCH_DATA ?= $(if $(wildcard ../shared/data/cifar10/train),../shared/data/cifar
 SEEDS ?= 0 1
 BENCH_QAT_ARGS := --data.crop_fraction=1.0 --data.min_scale=0.35 --data.val_size=10000 \
 	--model.init_args.bn_momentum=0.01 --trainer.enable_progress_bar=false
-bench-qat: setup  ## float -> QAT -> int8 .pte on CIFAR-10, 10,000 held out, per seed in SEEDS (long: ~1.5 h per seed)
+bench-qat: setup  ## float -> QAT -> int8 .pte on CIFAR-10, 10,000 held out, per seed in SEEDS (long: 20 min to 2 h per seed on 2 cores, by CPU)
 	$(foreach seed,$(SEEDS),$(MAKE) qat MODEL=v3_small DATA=$(BENCH_DATA) RES=64 EPOCHS=8 QAT_EPOCHS=2 \
 		RUN=runs/bench-qat/seed$(seed) OUT=artifacts/bench-qat-v3_small-seed$(seed) \
 		ARGS="$(BENCH_QAT_ARGS) --seed_everything=$(seed) $(ARGS)" &&) true
