@@ -81,6 +81,8 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     ("--model.init_args.width_mult=-1", "--model.width_mult: Not of type PositiveFloat"),
     ("--model.init_args.lr=nan", "--model.lr: Not of type PositiveFloat"),
     ("--model.init_args.arch=v9", "--model.arch: Expected a typing.Literal"),
+    ("--trainer.max_epochs=-1", "--trainer.max_epochs=-1: give 1 or more epochs"),
+    ("--trainer.max_epochs=0", "--trainer.max_epochs=0: give 1 or more epochs"),
     ("--trainer.logger.init_args.save_dir={junk}/run", "{junk} exists and is not a directory"),
     ("--checkpoint.dirpath={junk}", "--checkpoint.dirpath={junk}: {junk} exists and is not a directory"),
 ])

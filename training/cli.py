@@ -64,7 +64,16 @@ class TrainingCLI(LightningCLI):
         if path and path not in ("last", "best", "hpc", "registry"):
             read_checkpoint(path)
         if subcommand == "fit":
+            check_epochs(self.config[subcommand])
             check_output_dirs(self.config[subcommand])
+
+
+def check_epochs(config) -> None:
+    """A fit has a finite number of epochs: the learning-rate schedule and QAT's freeze epochs are fractions of
+    it, so Lightning's -1 (no limit) ends in a traceback at the first step and 0 in a run with no checkpoint."""
+    epochs = config.get("trainer.max_epochs")
+    if epochs is not None and epochs < 1:
+        raise argparse.ArgumentError(None, f"--trainer.max_epochs={epochs}: give 1 or more epochs")
 
 
 class OutputError(RuntimeError):
