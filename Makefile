@@ -88,7 +88,7 @@ JOBS ?= 1
 given = $(filter command line environment environment override,$(origin $(1)))
 SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
-.PHONY: help setup train qat export test test-sweep test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep clean \
+.PHONY: help setup train qat export test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep clean \
 	pi-emu pi-emu-down test-arm
 
 help:  ## list targets
@@ -125,6 +125,12 @@ test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the
 
 test-sweep: setup test-deps  ## make sweep end to end on a tiny grid (about 4 min; CI runs it after make test)
 	$(PY) -m pytest -q -m sweep tests/test_sweep.py
+
+N ?= 3
+test-repeat: setup test-deps  ## the tests on trained fixtures, threads or time, N=3 times with fresh fixtures: flakes show here first
+	$(if $(shell [[ "$(N)" =~ ^[1-9][0-9]*$$ ]] && echo ok),,$(error N=$(N): give the number of repeats, a whole number of 1 or more))
+	@for i in $$(seq $(N)); do echo "== make test-repeat: run $$i of $(N)" >&2; \
+		$(PY) -m pytest -q -p no:cacheprovider -m "repeat and not arm and not sweep" $(PYTEST_WORKERS) || exit 1; done
 
 test-fast: setup  ## the host tests that need no trained model (make test runs all)
 	$(PY) -m pytest -q -m "not arm and not slow and not sweep" $(PYTEST_WORKERS)

@@ -6,6 +6,9 @@ deep instead of growing with a queue. Preprocessing runs here too, hidden behind
 A live source that stops is reopened with exponential back-off; the gap is counted from the last
 frame received, and a live source that has sent nothing for ``warn_after`` seconds is warned about
 while it is still silent.
+
+Every time here comes from one injected ``clock`` (``time.monotonic`` by default) and every wait goes
+through ``sleep``, so pacing, gaps and warnings can be tested against a fake clock, to the microsecond.
 """
 import logging
 import threading
@@ -37,13 +40,19 @@ class Capture(threading.Thread):
 
     ``fps`` paces non-live sources like a camera would (None: the source's own rate if it has one,
     0: as fast as they read). ``backoff`` is the first and the longest wait between reconnects.
+    ``clock`` gives the time (the sources' frames must be stamped on the same one); ``sleep(seconds)``
+    waits, returning True when capture is being stopped (default: a wait that ``stop()`` cuts short).
     """
 
     def __init__(self, source, prepare: Callable[[Any], Any] = lambda image: None, fps: float | None = None,
-                 backoff: tuple[float, float] = (0.25, 8.0), warn_after: float = 3.0) -> None:
+                 backoff: tuple[float, float] = (0.25, 8.0), warn_after: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], bool] | None = None) -> None:
         super().__init__(name="capture", daemon=True)
         self.source, self.prepare, self.backoff, self.warn_after = source, prepare, backoff, warn_after
-        self.last_frame = time.monotonic()  # when the newest frame arrived (or capture started)
+        self.clock = clock
+        self._stopping = threading.Event()
+        self.sleep = sleep or self._stopping.wait
+        self.last_frame = clock()  # when the newest frame arrived (or capture started)
         self._warned = False
         rate = fps if fps is not None else source.fps
         self.interval = 1.0 / rate if rate and not source.live else 0.0
@@ -51,7 +60,6 @@ class Capture(threading.Thread):
         self.error: BaseException | None = None
         self._newest: Captured | None = None
         self._ended = False
-        self._stopping = threading.Event()
         self._changed = threading.Condition()
 
     def run(self) -> None:
@@ -66,11 +74,12 @@ class Capture(threading.Thread):
                 self._changed.notify_all()
 
     def _loop(self) -> None:
-        next_due = time.monotonic()
+        next_due = self.clock()
         while not self._stopping.is_set():
             if self.interval:
-                next_due = max(next_due + self.interval, time.monotonic())  # late: no catch-up burst
-                self._stopping.wait(next_due - time.monotonic())
+                next_due += self.interval
+                self.sleep(max(0.0, next_due - self.clock()))
+                next_due = max(next_due, self.clock())  # woke late: pace on from now, no catch-up burst
             frame = self._read()
             if frame is None:
                 if not self.source.live or not self._reconnect():
@@ -78,7 +87,7 @@ class Capture(threading.Thread):
                 continue
             item = Captured(frame, self.prepare(frame.image))
             with self._changed:
-                self.last_frame, self._warned = time.monotonic(), False
+                self.last_frame, self._warned = self.clock(), False
                 self.stats.captured += 1
                 self.stats.dropped += self._newest is not None
                 self._newest = item
@@ -97,7 +106,7 @@ class Capture(threading.Thread):
         """Reopen the live source, waiting longer after each failure; False only when stopped."""
         delay = self.backoff[0]
         self.source.close()
-        while not self._stopping.wait(delay):
+        while not self.sleep(delay) and not self._stopping.is_set():
             log.warning("%s stopped delivering frames; reconnecting", self.source.name)
             try:
                 self.source.open()
@@ -107,8 +116,9 @@ class Capture(threading.Thread):
                 continue
             with self._changed:
                 self.stats.reconnects += 1
-                self.stats.gap_s += time.monotonic() - self.last_frame
-                self.last_frame = time.monotonic()  # a gap is counted once
+                now = self.clock()
+                self.stats.gap_s += now - self.last_frame
+                self.last_frame = now  # a gap is counted once
             return True
         return False
 
@@ -117,7 +127,7 @@ class Capture(threading.Thread):
         with self._changed:
             self._changed.wait_for(lambda: self._newest is not None or self._ended, timeout)
             item, self._newest = self._newest, None
-            silent = time.monotonic() - self.last_frame
+            silent = self.clock() - self.last_frame
             if item is None and self.source.live and silent > self.warn_after and not self._warned:
                 self._warned = True
                 log.warning("%s has sent no frame for %.0f s", self.source.name, silent)

@@ -8,7 +8,7 @@ from collections import deque
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 import cv2
 
@@ -77,10 +77,11 @@ def open_window() -> str | None:
     return None
 
 
-def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
+def run(cfg: RunConfig, log: TextIO = sys.stderr, clock: Callable[[], float] = time.monotonic) -> dict:
     """Run until ``max_frames`` results, ``duration`` seconds, the end of a non-live source, `q` in the window,
     or Ctrl-C/SIGTERM; returns the summary. ``log`` gets the served page's address, and the reason when a
-    window was asked for and cannot open (the run goes on headless: a Pi without a screen is common)."""
+    window was asked for and cannot open (the run goes on headless: a Pi without a screen is common).
+    ``clock`` stamps frames and results, paces files and times ``duration``."""
     address = parse_address(cfg.serve) if cfg.serve else None  # cheap checks first: loading the runtime takes seconds
     orientation = Orientation(cfg.rotate, cfg.flip)
     open_source(cfg.source, orientation=orientation)
@@ -92,8 +93,8 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
     bundle = load_bundle(cfg.bundle, cfg.threads)
     classifier = Classifier(bundle, cfg.top_k, cfg.smooth)
     source = open_source(cfg.source, cfg.loop, cfg.camera_size or default_camera_size(bundle.input.resize),
-                         orientation=orientation)
-    stats, broadcast = RunStats(), Broadcast()
+                         orientation=orientation, clock=clock)
+    stats, broadcast = RunStats(clock=clock), Broadcast()
     with ExitStack() as stack:
         if address:
             server = Server(address, broadcast, f"{bundle.meta.name} on {source.name}")
@@ -103,7 +104,7 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
         source.open()
         # Opened once the run can start: a run that cannot start leaves the last run's file as it was.
         jsonl = sys.stdout if cfg.jsonl == "-" else stack.enter_context(open(cfg.jsonl, "w")) if cfg.jsonl else None
-        capture = Capture(source, classifier.prepare, cfg.fps)
+        capture = Capture(source, classifier.prepare, cfg.fps, clock=clock)
         capture.start()
         stack.callback(capture.stop)
         try:
@@ -121,11 +122,11 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr) -> dict:
 def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunStats, broadcast: Broadcast,
           jsonl: TextIO | None) -> None:
     show = not cfg.headless or cfg.serve
-    deadline = time.monotonic() + cfg.duration if cfg.duration else float("inf")
+    deadline = stats.clock() + cfg.duration if cfg.duration else float("inf")
     history: deque[dict] = deque(maxlen=HISTORY)
     threads = cfg.threads or Runner.pool_threads()
     temperature, temperature_read = None, -math.inf  # read once a second, not per frame
-    while (cfg.max_frames is None or stats.frames < cfg.max_frames) and time.monotonic() < deadline:
+    while (cfg.max_frames is None or stats.frames < cfg.max_frames) and stats.clock() < deadline:
         item = capture.get(timeout=0.1)
         if item is None:
             if capture.ended:
@@ -134,9 +135,8 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
                 return
             continue
         probs, latency_ms = classifier.classify(item.prepared)
-        t_result = time.monotonic()
+        t_result = stats.add(latency_ms, item.frame.t_capture)
         top = classifier.top(probs)
-        stats.add(latency_ms, item.frame.t_capture, t_result)
         if jsonl:
             record = {"frame": stats.frames - 1, "source_frame": item.frame.index,
                       "t_capture": round(item.frame.t_capture, 6), "t_result": round(t_result, 6),

@@ -1,7 +1,8 @@
 """Frame sources behind one small interface: ``open()``, ``read() -> Frame | None``, ``close()``.
 
 Frames are BGR uint8 (OpenCV's order, and what Picamera2's "RGB888" format holds in memory),
-stamped with ``time.monotonic()`` so capture and result times share one clock.
+stamped with a ``clock`` (``time.monotonic`` unless a test gives a fake one) so capture and result times
+share one clock.
 ``live`` sources (cameras, network streams) are reconnected when they stop; for the others
 ``None`` from ``read()`` is the end.
 """
@@ -10,6 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from .files import IMAGE_SUFFIXES, is_image
 
 log = logging.getLogger(__name__)
+Clock = Callable[[], float]
 SOURCE_HELP = ("picamera, a camera index (0), a video file, a directory of images, "
                "an rtsp://, http:// URL, or procedural")
 
@@ -61,7 +64,7 @@ class Orientation:
 @dataclass
 class Frame:
     image: np.ndarray  # HxWx3 uint8 BGR
-    t_capture: float  # time.monotonic() seconds at capture (sensor time for Picamera2)
+    t_capture: float  # the source's clock (time.monotonic) at capture, in seconds (sensor time for Picamera2)
     index: int  # frames delivered by this source so far, from 0
 
 
@@ -71,13 +74,16 @@ class PicameraSource:
     ``queue=False`` makes each capture wait for a frame exposed after the request instead of
     handing back one queued earlier (picamera2 #914, #950); a small stream keeps the copy cheap (#426).
     ``capture_request`` + ``make_array`` is ``capture_array`` keeping the request's metadata
-    (SensorTimestamp).
+    (SensorTimestamp), which counts ``boottime`` nanoseconds.
     """
 
     live = True
 
-    def __init__(self, size: tuple[int, int], fps: float | None = None, flips: tuple[bool, bool] = (False, False)):
+    def __init__(self, size: tuple[int, int], fps: float | None = None, flips: tuple[bool, bool] = (False, False),
+                 clock: Clock = time.monotonic,
+                 boottime: Clock = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)) -> None:
         self.size, self.fps, self.flips, self.camera, self.count = size, fps, flips, None, 0
+        self.clock, self.boottime = clock, boottime
         self.name = f"picamera {size[0]}x{size[1]}"
 
     def open(self) -> None:
@@ -109,8 +115,8 @@ class PicameraSource:
         finally:
             request.release()
         # SensorTimestamp counts CLOCK_BOOTTIME nanoseconds: move it onto the monotonic clock.
-        now = time.monotonic()
-        t_capture = now if sensor_ns is None else sensor_ns / 1e9 - (time.clock_gettime(time.CLOCK_BOOTTIME) - now)
+        now = self.clock()
+        t_capture = now if sensor_ns is None else sensor_ns / 1e9 - (self.boottime() - now)
         self.count += 1
         return Frame(image[..., :3], t_capture, self.count - 1)
 
@@ -131,8 +137,9 @@ class VideoSource:
     """
 
     def __init__(self, target: int | str, loop: bool = False, timeout: float = 5.0,
-                 size: tuple[int, int] | None = None) -> None:
+                 size: tuple[int, int] | None = None, clock: Clock = time.monotonic) -> None:
         self.target, self.loop, self.size, self.capture, self.count = target, loop, size, None, 0
+        self.clock = clock
         self.live = isinstance(target, int) or "://" in str(target)
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
         self.fps = None
@@ -160,7 +167,7 @@ class VideoSource:
         if not ok:
             return None
         self.count += 1
-        return Frame(image, time.monotonic(), self.count - 1)
+        return Frame(image, self.clock(), self.count - 1)
 
     def close(self) -> None:
         if self.capture is not None:
@@ -174,8 +181,8 @@ class DirectorySource:
     live = False
     fps = 30.0
 
-    def __init__(self, root: Path, loop: bool = False) -> None:
-        self.root, self.loop, self.count = Path(root), loop, 0
+    def __init__(self, root: Path, loop: bool = False, clock: Clock = time.monotonic) -> None:
+        self.root, self.loop, self.count, self.clock = Path(root), loop, 0, clock
         self.name = str(root)
         self.paths: list[Path] = []
 
@@ -192,7 +199,7 @@ class DirectorySource:
             self.count += 1
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is not None:
-                return Frame(image, time.monotonic(), self.count - 1)
+                return Frame(image, self.clock(), self.count - 1)
             log.warning("skipped unreadable image %s", path)
         return None
 
@@ -206,8 +213,9 @@ class ProceduralSource:
     live = False
     fps = 30.0
 
-    def __init__(self, size: tuple[int, int] = (320, 240), frames: int | None = None) -> None:
-        self.size, self.frames, self.count = size, frames, 0
+    def __init__(self, size: tuple[int, int] = (320, 240), frames: int | None = None,
+                 clock: Clock = time.monotonic) -> None:
+        self.size, self.frames, self.count, self.clock = size, frames, 0, clock
         self.name = "procedural"
         w, h = size
         self.background = np.dstack([np.tile(np.linspace(40, 200, w, dtype=np.uint8), (h, 1))] * 3)
@@ -225,7 +233,7 @@ class ProceduralSource:
         cv2.circle(image, centre, min(w, h) // 6, (40, 90, 230), -1, cv2.LINE_AA)
         cv2.putText(image, str(self.count), (8, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1, cv2.LINE_AA)
         self.count += 1
-        return Frame(image, time.monotonic(), self.count - 1)
+        return Frame(image, self.clock(), self.count - 1)
 
     def close(self) -> None:
         pass
@@ -246,32 +254,33 @@ class Oriented:
 
 
 def open_source(spec: str, loop: bool = False, camera_size: tuple[int, int] = (640, 480),
-                camera_fps: float | None = None, orientation: Orientation = Orientation()):
-    """The source that ``spec`` names (not yet opened), its frames turned by ``orientation``;
-    SourceError when it names nothing. ``camera_size`` is asked of Pi cameras and webcams."""
+                camera_fps: float | None = None, orientation: Orientation = Orientation(),
+                clock: Clock = time.monotonic):
+    """The source that ``spec`` names (not yet opened), its frames turned by ``orientation`` and stamped by
+    ``clock``; SourceError when it names nothing. ``camera_size`` is asked of Pi cameras and webcams."""
     flips = orientation.as_flips()
     if spec == "picamera" and flips is not None:
-        return PicameraSource(camera_size, camera_fps, flips)
-    source = _source(spec, loop, camera_size, camera_fps)
+        return PicameraSource(camera_size, camera_fps, flips, clock=clock)
+    source = _source(spec, loop, camera_size, camera_fps, clock)
     return Oriented(source, orientation) if orientation else source
 
 
-def _source(spec: str, loop: bool, camera_size: tuple[int, int], camera_fps: float | None):
+def _source(spec: str, loop: bool, camera_size: tuple[int, int], camera_fps: float | None, clock: Clock):
     if not spec.strip():
         raise SourceError(f"the source is empty: give {SOURCE_HELP}")
     if spec == "picamera":
-        return PicameraSource(camera_size, camera_fps)
+        return PicameraSource(camera_size, camera_fps, clock=clock)
     if spec == "procedural":
-        return ProceduralSource()
+        return ProceduralSource(clock=clock)
     if spec.isdigit():
-        return VideoSource(int(spec), size=camera_size)
+        return VideoSource(int(spec), size=camera_size, clock=clock)
     if "://" in spec:
-        return VideoSource(spec)
+        return VideoSource(spec, clock=clock)
     path = Path(spec)
     if path.is_dir():
-        return DirectorySource(path, loop)
+        return DirectorySource(path, loop, clock)
     if path.is_file():
         if is_image(path):
             raise SourceError(f"{spec} is a single image: use `python -m edge eval` or give its directory")
-        return VideoSource(str(path), loop)
+        return VideoSource(str(path), loop, clock=clock)
     raise SourceError(f"source {spec!r} does not exist: give {SOURCE_HELP}")

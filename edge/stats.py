@@ -6,6 +6,7 @@ with the frame count. Summary percentiles cover the last ``history`` frames (all
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -98,10 +99,13 @@ class Timeline:
 
 class RunStats:
     """Inference ms, capture-to-result ms and result times; the last ``window`` frames feed the live figures,
-    and a once-a-second timeline of frames/s and memory covers the run."""
+    and a once-a-second timeline of frames/s and memory covers the run.
 
-    def __init__(self, window: int = 120, history: int = 50_000) -> None:
-        self.window = window
+    Result times are read from ``clock``, the one the frames' capture times come from (``time.monotonic``
+    unless a test gives a fake one), so frame rates can be tested without waiting for them."""
+
+    def __init__(self, window: int = 120, history: int = 50_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window, self.clock = window, clock
         self.latency_ms, self.capture_to_result_ms, self.t_result = Ring(history), Ring(history), Ring(history)
         self.first_t_result: float | None = None
         self.timeline = Timeline()
@@ -110,13 +114,16 @@ class RunStats:
     def frames(self) -> int:
         return self.t_result.count
 
-    def add(self, latency_ms: float, t_capture: float, t_result: float) -> None:
+    def add(self, latency_ms: float, t_capture: float, t_result: float | None = None) -> float:
+        """One frame's figures; ``t_result`` defaults to now on the clock. Returns the result time."""
+        t_result = self.clock() if t_result is None else t_result
         self.latency_ms.add(latency_ms)
         self.capture_to_result_ms.add(1000 * (t_result - t_capture))
         self.t_result.add(t_result)
         if self.first_t_result is None:
             self.first_t_result = t_result
         self.timeline.tick(t_result, self.frames)
+        return t_result
 
     @staticmethod
     def _fps(frames: int, first: float | None, last: float | None) -> float | None:

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+import edge as edge_api
 from edge.bundle import Bundle
 from edge.classify import Classifier
 from edge.native.build import library_path
@@ -21,7 +22,7 @@ from edge.overlay import CROP_COLOUR, annotate
 from edge.preprocess import InputSpec, Preprocessor
 from edge.run import RunConfig, default_camera_size, run
 from edge.serve import parse_address
-from conftest import fake_meta, write_video
+from conftest import FakeClock, fake_meta, write_video
 
 RECORD_KEYS = {"frame", "source_frame", "t_capture", "t_result", "latency_ms", "capture_to_result_ms", "top", "dropped"}
 
@@ -54,12 +55,15 @@ def test_headless_jsonl_to_stdout_with_max_frames_summary(tiny_bundle, red_video
                     r"[\d.]+ / p90 [\d.]+ ms \| dropped \d+ \| reconnects 0", summary), summary
 
 
+@pytest.mark.repeat
 def test_video_paced_at_its_own_rate_and_ends_with_the_file(tiny_bundle, red_video, tmp_path):
     out = tmp_path / "run.jsonl"
     summary = run(RunConfig(tiny_bundle, str(red_video), headless=True, jsonl=str(out)))
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert summary["frames"] == len(records) == 60 - summary["dropped"]
-    assert 20 < summary["fps"] < 40, "a 30 FPS file plays like a 30 FPS camera, not as fast as it decodes"
+    # The one real-time test of pacing (test_edge_sources.py tests it exactly on a fake clock): a 30 FPS file
+    # plays at 30 FPS, not as fast as it decodes. The lower bound is loose: a loaded machine may drop frames.
+    assert 5 < summary["fps"] < 33, summary
     assert records[-1]["source_frame"] == 59
 
 
@@ -206,10 +210,29 @@ def browser_or_skip() -> tuple[str, str]:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="module")
+def bright_red_video(tmp_path_factory, colour_bundle):
+    """Bright red frames, each of which the colour model calls red by a margin: the page's top label is then
+    red whichever frame it shows. Dark red ones it may call blue. The margin (red's probability over the next
+    label's) was 0.25 or more on the fixture trained with seeds 0 to 4 at 1 and 2 threads; the setup asks for
+    0.1, so a fixture that drifts fails here and says so, not in the browser."""
+    video = write_video(tmp_path_factory.mktemp("video") / "bright-red.mp4", frames=60, bgr=(0, 0, 230),
+                        size=(320, 240), level=1.0)
+    capture, probabilities = cv2.VideoCapture(str(video)), []
+    with edge_api.load(colour_bundle) as model:
+        while (frame := capture.read())[0]:
+            probabilities.append(model.probabilities(frame[1]))
+    capture.release()
+    red = model.labels.index("red")
+    margins = [p[red] - np.delete(p, red).max() for p in probabilities]
+    assert len(margins) == 60 and min(margins) >= 0.1, f"the fixture is not sure these frames are red: {margins}"
+    return video
+
+
 @pytest.fixture
-def served(colour_bundle, red_video):
+def served(colour_bundle, bright_red_video):
     """The app as a user starts it, serving on a port the OS picks; yields the page's URL."""
-    process = subprocess.Popen([sys.executable, "-m", "edge", "run", str(colour_bundle), "--source", str(red_video),
+    process = subprocess.Popen([sys.executable, "-m", "edge", "run", str(colour_bundle), "--source", str(bright_red_video),
                                 "--loop", "--headless", "--serve", "127.0.0.1:0"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -311,9 +334,11 @@ def test_bench_compares_pipeline_with_inference_alone(tiny_bundle, red_video, tm
 def test_run_stats_keep_fixed_memory_and_exact_short_run_figures():
     from edge.stats import RunStats
 
-    stats = RunStats(window=4, history=100)
+    clock = FakeClock(0.0)
+    stats = RunStats(window=4, history=100, clock=clock)
     for i in range(10):
-        stats.add(latency_ms=float(i), t_capture=i * 0.1, t_result=i * 0.1 + 0.005)
+        clock.now = i * 0.1 + 0.005
+        assert stats.add(latency_ms=float(i), t_capture=i * 0.1) == clock.now, "result time: now on the clock"
     assert stats.summary()["latency_ms"] == {"p50": 4.5, "p90": 8.1} and stats.summary()["fps"] == pytest.approx(10)
     assert stats.live()["latency_ms"]["p50"] == 7.5 and stats.live()["capture_to_result_ms"]["p50"] == pytest.approx(5)
     for i in range(10, 1000):

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import write_video
+from conftest import FakeClock, write_video
 from edge.capture import Capture
 from edge.serve import Broadcast, Server
 from edge.sources import (DirectorySource, Frame, Orientation, PicameraSource, ProceduralSource, SourceError,
@@ -16,7 +16,8 @@ from edge.sources import (DirectorySource, Frame, Orientation, PicameraSource, P
 
 
 def test_picamera_asks_for_the_stream_it_needs_and_stamps_sensor_time(fake_picamera2):
-    source = open_source("picamera", camera_size=(320, 240), camera_fps=30)
+    fake_picamera2.exposed_ns = 7_000_000_000  # 7 s after boot; read at 7.005 s, when the monotonic clock says 100
+    source = PicameraSource((320, 240), 30, clock=lambda: 100.0, boottime=lambda: 7.005)
     source.open()
     frames = [source.read() for _ in range(3)]
     camera = fake_picamera2.instances[0]
@@ -26,8 +27,8 @@ def test_picamera_asks_for_the_stream_it_needs_and_stamps_sensor_time(fake_picam
     assert camera.released == 3 and camera.closed and not camera.started
     assert [f.index for f in frames] == [0, 1, 2]
     assert frames[0].image.shape == (240, 320, 3) and tuple(frames[0].image[0, 0]) == (10, 20, 30)
-    age = time.monotonic() - frames[-1].t_capture
-    assert 0.004 < age < 0.5, "the sensor timestamp, moved onto the monotonic clock"
+    assert frames[-1].t_capture == pytest.approx(100.0 - 0.005, abs=1e-9), "sensor time, on the monotonic clock"
+    assert open_source("picamera", camera_size=(320, 240), camera_fps=30).size == (320, 240)
 
 
 @pytest.mark.parametrize("rotate", [0, 90, 180, 270])
@@ -136,6 +137,7 @@ def test_a_file_that_is_not_a_video_cannot_open(tmp_path):
         open_source(str(tmp_path / "notes.mp4")).open()
 
 
+@pytest.mark.repeat
 def test_capture_keeps_only_the_newest_frame_and_counts_drops():
     capture = Capture(ProceduralSource(frames=10), prepare=lambda image: image.mean(), fps=0)
     capture.start()
@@ -146,29 +148,86 @@ def test_capture_keeps_only_the_newest_frame_and_counts_drops():
     assert capture.get(timeout=0.1) is None and capture.ended
 
 
+class GatedSource:
+    """A source whose frames come only when the test lets them: ``allow(n)`` delivers n more, ``open_gate()``
+    all the rest. Its frames are stamped on the test's clock."""
+
+    live, fps, name = False, None, "gated"
+
+    def __init__(self, source):
+        self.source, self.gate, self.unlimited = source, threading.Semaphore(0), False
+
+    def allow(self, frames: int) -> None:
+        self.gate.release(frames)
+
+    def open_gate(self) -> None:
+        self.unlimited = True
+        self.gate.release()
+
+    def read(self):
+        if not self.unlimited:
+            self.gate.acquire()
+        return self.source.read()
+
+    def close(self):
+        pass
+
+
+def wait_until(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition``: the timeout only bounds a hang, no figure is read from the wall clock."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"still waiting after {timeout} s: {what}"
+        time.sleep(0.001)
+
+
+@pytest.mark.repeat
 def test_slow_consumer_sees_fresh_frames_not_a_backlog():
-    capture = Capture(ProceduralSource(), fps=200)
+    """A 200 FPS source paced on a fake clock, and inference taking 10 frames' time: each frame taken is the
+    newest, at most one frame interval old, and the 9 before it were dropped rather than queued."""
+    clock = FakeClock()
+    source = GatedSource(ProceduralSource(clock=clock))
+    capture = Capture(source, fps=200, clock=clock, sleep=clock.sleep)
+    start = clock()
     capture.start()
-    taken = []
-    for _ in range(8):
-        time.sleep(0.05)  # inference much slower than the 200 FPS source
-        item = capture.get(timeout=1)
-        taken.append((item.frame.index, time.monotonic() - item.frame.t_capture))
+    for batch in range(1, 9):
+        source.allow(10)  # the camera delivers 10 frames while the model works on one
+        wait_until(lambda: capture.stats.captured == 10 * batch, f"frame {10 * batch}")
+        item = capture.get(timeout=30)
+        assert item.frame.index == 10 * batch - 1, "the newest frame, not the oldest of a queue"
+        assert item.frame.t_capture == pytest.approx(start + 10 * batch / 200), "paced at 200 FPS"
+        assert 0 <= clock() - item.frame.t_capture <= 1 / 200 + 1e-9, "one frame interval old at most"
+    source.open_gate()
     capture.stop()
-    indices, ages = zip(*taken)
-    assert all(b - a >= 3 for a, b in zip(indices, indices[1:])), f"frames were skipped, not queued: {indices}"
-    assert max(ages) < 0.1, "each frame taken was a few frames old at most, not the 0.4 s a queue would hold"
-    stats = capture.stats
-    assert stats.dropped >= stats.captured - len(taken) - 1 > 0
+    assert capture.stats.dropped >= 8 * 9 and not capture.is_alive()
+
+
+@pytest.mark.repeat
+def test_pacing_after_a_late_wake_up_does_not_catch_up_in_a_burst():
+    """A wait that overslept by 0.25 s (a loaded machine) is not made up with frames back to back."""
+    clock, read_at = FakeClock(), []
+    waits = iter([0.0, 0.0, 0.25])
+
+    def oversleep(seconds: float) -> bool:
+        clock.sleep(seconds + next(waits, 0.0))
+        return False
+
+    capture = Capture(ProceduralSource(frames=6, clock=clock), prepare=lambda image: read_at.append(clock()),
+                      fps=10, clock=clock, sleep=oversleep)
+    start = clock()
+    capture.start()
+    capture.join(timeout=30)
+    gaps = [round(b - a, 9) for a, b in zip([start, *read_at], read_at)]
+    assert gaps == [0.1, 0.1, 0.35, 0.1, 0.1, 0.1], gaps
 
 
 class FlakyCamera:
-    """A live source that stops after 3 frames, refuses the first reopen, then works again."""
+    """A live 30 FPS source on a fake clock that stops after 3 frames, refuses the first reopen, then works again."""
 
     live, fps, name = True, None, "flaky camera"
 
-    def __init__(self):
-        self.opens, self.count, self.delivered_since_open = 0, 0, 0
+    def __init__(self, clock):
+        self.opens, self.count, self.delivered_since_open, self.clock = 0, 0, 0, clock
 
     def open(self):
         self.opens += 1
@@ -179,31 +238,51 @@ class FlakyCamera:
     def read(self):
         if self.opens == 1 and self.delivered_since_open == 3:
             raise OSError("USB disconnect")
-        time.sleep(0.002)
+        self.clock.sleep(1 / 30)  # a camera's frame interval
         self.delivered_since_open += 1
         self.count += 1
-        return Frame(np.zeros((8, 8, 3), np.uint8), time.monotonic(), self.count - 1)
+        return Frame(np.zeros((8, 8, 3), np.uint8), self.clock(), self.count - 1)
 
     def close(self):
         pass
 
 
+@pytest.mark.repeat
 def test_a_live_source_that_stops_is_reconnected_with_back_off():
-    camera = FlakyCamera()
+    clock = FakeClock()
+    camera = FlakyCamera(clock)
     camera.open()
-    capture = Capture(camera, backoff=(0.02, 0.1))
+    capture = Capture(camera, backoff=(0.02, 0.1), clock=clock, sleep=clock.sleep)
     capture.start()
-    seen = []
-    deadline = time.monotonic() + 5
-    while len(seen) < 10 and time.monotonic() < deadline:
-        if (item := capture.get(timeout=0.5)) is not None:
-            seen.append(item.frame.index)
+    wait_until(lambda: capture.stats.captured > 10, "frames after the reconnect")
     capture.stop()
     assert camera.opens == 3, "one refused reopen, then a successful one"
-    assert capture.stats.reconnects == 1 and capture.stats.gap_s >= 0.02 + 0.04
-    assert max(seen) > 3 and capture.error is None, "frames keep coming after the gap"
+    assert capture.stats.reconnects == 1
+    assert capture.stats.gap_s == pytest.approx(0.02 + 0.04), "the two back-off waits: 0.02 s, then twice that"
+    assert capture.error is None
 
 
+@pytest.mark.repeat
+def test_a_silent_live_source_is_warned_about_once_while_it_stays_silent(caplog):
+    clock = FakeClock()
+    source = GatedSource(ProceduralSource(clock=clock))
+    source.live = True
+    capture = Capture(source, clock=clock, warn_after=3.0)
+    capture.start()
+    with caplog.at_level(logging.WARNING, logger="edge.capture"):
+        source.allow(1)
+        assert capture.get(timeout=30) is not None
+        clock.sleep(2.9)
+        assert capture.get(timeout=0.01) is None
+        clock.sleep(0.2)
+        assert capture.get(timeout=0.01) is None and capture.get(timeout=0.01) is None
+    source.open_gate()
+    capture.stop()
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == ["gated has sent no frame for 3 s"], warnings
+
+
+@pytest.mark.repeat
 def test_a_stalled_stream_is_warned_about_timed_out_and_its_gap_counted_from_the_last_frame(caplog):
     """An HTTP MJPEG stream that stops sending without closing (our own server as the camera)."""
     broadcast = Broadcast()

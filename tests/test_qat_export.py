@@ -84,7 +84,7 @@ def test_each_run_draws_its_curves_and_qat_draws_its_float_run_first(runs):
     import cv2
     from training.curves import epoch_means, metrics_of_run
 
-    for run, epochs in (("float", 6), ("qat", 2)):
+    for run, epochs in (("float", 12), ("qat", 2)):
         picture = cv2.imread(str(runs / run / "curves.png"))
         assert picture is not None and picture.shape == (440, 1210, 3) and picture.std() > 10, run
         assert len(epoch_means(metrics_of_run(runs / run / "best.ckpt"))["val/top1"]) == epochs
@@ -135,7 +135,10 @@ def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
     report = json.loads((bundle / "report.json").read_text())
     assert meta["quantization"]["scheme"] == "qat-int8" and meta["arch"] == "v1"
     assert meta["labels"] == ["blue", "green", "red"] and meta["num_classes"] == 3
-    assert report["accuracy"]["qat_pte"]["top1"] >= 0.9, "the fixture model should have learnt the colours"
+    # Counts, not float32 fractions. The fixture holds 29 or 30 of the 30 held-out images (seeds 0 to 4, 1 and 2
+    # threads); 27 leaves room for a machine whose float rounding differs.
+    correct = int(np.trace(np.array(report["per_class"]["confusion"])))
+    assert report["val_images"] == 30 and correct >= 27, f"the fixture model learnt the colours: {correct} of 30"
     assert meta["input"]["size"] == 32 and meta["input"]["mean"] == [0.485, 0.456, 0.406]
     pte = (bundle / "model.pte").read_bytes()
     assert hashlib.sha256(pte).hexdigest() == meta["pte_sha256"]
@@ -195,7 +198,8 @@ def test_ptq_and_fp32_exports_of_a_float_checkpoint(tiny_float_run, colour_bundl
     assert report["parity"]["top1_agreement"] >= 0.99
     report = json.loads((colour_bundle / "report.json").read_text())
     assert report["quantization"]["scheme"] == "fp32" and set(report["accuracy"]) == {"float", "fp32_pte"}
-    assert report["parity"]["top1_agreement"] == 1.0 and report["accuracy"]["fp32_pte"]["top1"] >= 0.9
+    correct = round(report["accuracy"]["fp32_pte"]["top1"] * report["val_images"])
+    assert report["parity"]["top1_agreement"] == 1.0 and correct >= 27, f"{correct} of 30 held-out images"
 
 
 def export_error(*args) -> str:
@@ -288,7 +292,7 @@ def test_edge_eval_prints_one_json_line(bundle, tmp_path):
     assert result.returncode == 0, result.stderr
     line = json.loads(result.stdout.strip())
     assert set(line) == {"top1", "top5", "n"} and line["n"] == 15
-    assert 0.8 <= line["top1"] <= line["top5"] == 1.0
+    assert round(line["top1"] * 15) >= 12 and line["top5"] == 1.0, line
 
 
 def test_edge_eval_errors(bundle, tmp_path):
