@@ -54,9 +54,10 @@ BENCH_SECONDS ?= 120
 THREADS ?=
 
 # Deploy: DEVICE is a profile in configs/devices/; HOST= (user@host) PORT= KEY= REMOTE_DIR= DEVICE_PYTHON= THREADS=
-# override it. NO_TESTS=1 skips the device tests, SERVICE=1 installs a systemd user unit serving its page on
+# override it (SERIAL= picks an Android device when several are attached). NO_TESTS=1 skips the device tests, SERVICE=1 installs a systemd user unit serving its page on
 # SERVE= (127.0.0.1:8080: the device only; 0.0.0.0:8080 for the LAN), BWLIMIT= (KB/s).
 DEVICE ?= rpi5
+SERIAL ?=
 HOST ?=
 PORT ?=
 KEY ?=
@@ -72,7 +73,7 @@ SERVICE ?=
 WORKERS ?= 2
 PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests)
 opt = $(if $(2),$(1) $(2),)
-DEVICE_ARGS := $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
+DEVICE_ARGS := $(call opt,--serial,$(SERIAL)) $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
 	$(call opt,--known-hosts,$(KNOWN_HOSTS))
 DEPLOY_ARGS := $(DEVICE_ARGS) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service --serve $(SERVE),)
@@ -89,7 +90,7 @@ given = $(filter command line environment environment override,$(origin $(1)))
 SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
 .PHONY: help setup train qat export test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep clean \
-	pi-emu pi-emu-down test-arm
+	pi-emu pi-emu-down test-arm android-runner android-emu android-emu-down test-android
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -121,7 +122,7 @@ export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoint
 	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT) $(EXPORT_ARGS)
 
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
-	$(PY) -m pytest -q -m "not arm and not sweep" $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -m "not arm and not sweep and not android" $(PYTEST_WORKERS)
 
 test-sweep: setup test-deps  ## make sweep end to end on a tiny grid (about 4 min; CI runs it after make test)
 	$(PY) -m pytest -q -m sweep tests/test_sweep.py
@@ -130,10 +131,10 @@ N ?= 3
 test-repeat: setup test-deps  ## the tests on trained fixtures, threads or time, N=3 times with fresh fixtures: flakes show here first
 	$(if $(shell [[ "$(N)" =~ ^[1-9][0-9]*$$ ]] && echo ok),,$(error N=$(N): give the number of repeats, a whole number of 1 or more))
 	@for i in $$(seq $(N)); do echo "== make test-repeat: run $$i of $(N)" >&2; \
-		$(PY) -m pytest -q -p no:cacheprovider -m "repeat and not arm and not sweep" $(PYTEST_WORKERS) || exit 1; done
+		$(PY) -m pytest -q -p no:cacheprovider -m "repeat and not arm and not sweep and not android" $(PYTEST_WORKERS) || exit 1; done
 
 test-fast: setup  ## the host tests that need no trained model (make test runs all)
-	$(PY) -m pytest -q -m "not arm and not slow and not sweep" $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -m "not arm and not slow and not sweep and not android" $(PYTEST_WORKERS)
 
 test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
 	@.ci/debian-test-deps
@@ -154,6 +155,18 @@ bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-o
 
 deploy: setup $(BUNDLE)/model.json  ## ship bundle + app + device tests to DEVICE=rpi5|local|local-ssh, run the tests there
 	$(PY) -m deploy $(DEVICE) --bundle $(BUNDLE) $(DEPLOY_ARGS)
+
+android-runner: setup  ## the native runner cross-compiled for aarch64 with its C library (cached; what DEVICE=android runs)
+	$(PY) -m deploy.runner_package
+
+android-emu: setup  ## start an emulated Android phone: aarch64 root with no C library, adbd for the real adb (as root)
+	PYTHON=$(abspath $(PY)) deploy/android-emu.sh up
+
+android-emu-down:  ## stop the emulated phone: adb disconnect, adbd, its mounts, its binfmt entry
+	deploy/android-emu.sh down
+
+test-android: setup test-deps  ## the emulated phone up, make deploy DEVICE=android-emu of a QAT bundle, bad inputs, down (as root)
+	$(PY) -m pytest -q -s -m android tests/test_android.py
 
 pi-emu:  ## start an emulated Raspberry Pi 5 (arm64 under qemu, as root; builds its root once, ~6 min)
 	deploy/pi-emu.sh up

@@ -32,7 +32,7 @@ from edge.command import positive_int, with_examples
 from edge.native import NativeError
 from edge.serve import parse_address
 
-from . import pictures
+from . import android, pictures
 from .profile import Device, ProfileError, load_device
 from .target import DeployError, Target, connect, explain
 
@@ -126,10 +126,12 @@ def setup_python(target: Target, device: Device, venv: str | None, release: str,
 
 def deploy(args: argparse.Namespace) -> Path | None:
     device = load_device(args.device, args.host, args.port, args.key, args.remote_dir, args.python, args.threads,
-                         args.known_hosts)
+                         args.known_hosts, args.serial)
+    if device.adb:
+        return deploy_android(args, device)
     target = connect(device)
     meta = check_bundle(args.bundle)
-    version = f"{time.strftime('%Y%m%d-%H%M%S')}-{meta.name}-{secrets.token_hex(2)}"
+    version = release_name(meta)
     # Absolute paths on the device: relative ones in the profile are under the SSH login directory
     # (the project directory for DEVICE=local), and commands run from inside the release.
     home = target.run(["pwd"], what=f"connecting to {target.where}").stdout.strip()
@@ -174,6 +176,20 @@ def deploy(args: argparse.Namespace) -> Path | None:
     if args.no_tests:
         return None
     return run_device_tests(target, device, root, python, version, args.reports)
+
+
+def release_name(meta: BundleMeta) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{meta.name}-{secrets.token_hex(2)}"
+
+
+def deploy_android(args: argparse.Namespace, device) -> Path:
+    """A phone over adb (deploy/android.py): the program measured with edge-bench, no Python on the device."""
+    for flag, given in (("--service", args.service), ("--no-tests", args.no_tests), ("--host", args.host),
+                        ("--bwlimit", args.bwlimit)):
+        if given:
+            raise DeployError(f"{flag} is for a Raspberry Pi; on an Android device the deploy is the measurement")
+    meta = check_bundle(args.bundle)
+    return android.deploy(device, args.bundle, meta, release_name(meta), args.reports)
 
 
 def smoke_run(target: Target, python: str, partial: str, release: str) -> None:
@@ -245,8 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         **with_examples("python -m deploy rpi5 --bundle artifacts/v3_small --host you@raspberrypi.local",
                         "python -m deploy rpi5 --bundle artifacts/v3_small --host you@pi --service "
                         "--serve 0.0.0.0:8080",
-                        "python -m deploy local --bundle artifacts/v3_small"))
-    parser.add_argument("device", help="a profile in configs/devices/ (rpi5, rpi5-emu, local, local-ssh)")
+                        "python -m deploy local --bundle artifacts/v3_small",
+                        "python -m deploy android --bundle artifacts/v3_small --serial R58M123ABC"))
+    parser.add_argument("device", help="a profile in configs/devices/ (rpi5, rpi5-emu, android, android-emu, local, "
+                                       "local-ssh)")
     parser.add_argument("--bundle", type=Path, required=True, help="the bundle directory to ship (required)")
     parser.add_argument("--host", help="user@host or host (default: the profile's; without user@, your login name)")
     parser.add_argument("--port", type=positive_int, help="SSH port (default: the profile's, 22)")
@@ -257,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--python", help="the device's Python; a venv is created from it when the profile has one "
                                          "(default: the profile's)")
     parser.add_argument("--threads", type=positive_int, help="XNNPACK threads for the app (default: the profile's)")
+    parser.add_argument("--serial", help="adb: the Android device's serial when several are attached (adb devices)")
     parser.add_argument("--bwlimit", type=positive_int, metavar="KBPS",
                         help="limit the copy's bandwidth, for slow links (default: no limit)")
     parser.add_argument("--reports", type=Path, default=ROOT / "artifacts" / "devices",

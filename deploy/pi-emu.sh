@@ -29,6 +29,8 @@ MIDR=0x00000000414fd0b1
 
 die() { echo "error: $*" >&2; exit 1; }
 say() { echo "pi-emu: $*" >&2; }
+# register_binfmt / unregister_binfmt: every aarch64 process a Cortex-A76 under qemu (shared with android-emu.sh).
+source "$(dirname "$0")/qemu-a76.sh"
 
 need_root() {
     [ "$(id -u)" -eq 0 ] || die "the emulated Pi needs root (mount, chroot, binfmt_misc): run it with sudo"
@@ -47,52 +49,6 @@ install_tools() {
     say "installing ${need[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-}
-
-# binfmt_misc entry whose interpreter runs qemu as a Cortex-A76: qemu's default CPU model gives
-# silently wrong int8 results, and a fake cpuinfo naming another core ends in SIGILL.
-register_binfmt() {
-    mountpoint -q "$BINFMT" || { mount -t binfmt_misc binfmt_misc "$BINFMT"; touch "$STATE/binfmt-mounted"; }
-    local wrapper=$STATE/qemu-a76
-    cat > "$STATE/qemu-a76.c" <<EOF
-#include <stdio.h>
-#include <stdlib.h>
-#include <unistd.h>
-/* binfmt_misc flags P and F: argv = [this, path of the binary, its argv[0], its arguments...]. */
-int main(int argc, char **argv) {
-    if (argc < 3) { fprintf(stderr, "qemu-a76: started by binfmt_misc only\n"); return 127; }
-    char **args = calloc(argc + 6, sizeof *args);
-    int n = 0;
-    args[n++] = "$QEMU"; args[n++] = "-cpu"; args[n++] = "cortex-a76"; args[n++] = "-0"; args[n++] = argv[2];
-    args[n++] = argv[1];
-    for (int i = 3; i < argc; i++) args[n++] = argv[i];
-    execv("$QEMU", args);
-    perror("$QEMU");
-    return 127;
-}
-EOF
-    cc -static -O2 -o "$wrapper" "$STATE/qemu-a76.c"
-    # Debian's own qemu-aarch64 entry would compete for the same binaries: off while we are up.
-    if [ -f "$BINFMT/qemu-aarch64" ] && head -1 "$BINFMT/qemu-aarch64" | grep -q enabled; then
-        echo 0 > "$BINFMT/qemu-aarch64"
-        touch "$STATE/debian-entry-disabled"
-    fi
-    [ -f "$BINFMT/$ENTRY" ] && echo -1 > "$BINFMT/$ENTRY"
-    local magic='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
-    local mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
-    echo ":$ENTRY:M::$magic:$mask:$wrapper:PF" > "$BINFMT/register"
-}
-
-unregister_binfmt() {
-    [ -f "$BINFMT/$ENTRY" ] && echo -1 > "$BINFMT/$ENTRY"
-    if [ -f "$STATE/debian-entry-disabled" ]; then
-        [ -f "$BINFMT/qemu-aarch64" ] && echo 1 > "$BINFMT/qemu-aarch64"
-        rm -f "$STATE/debian-entry-disabled"
-    fi
-    if [ -f "$STATE/binfmt-mounted" ]; then
-        umount "$BINFMT" 2>/dev/null || true
-        rm -f "$STATE/binfmt-mounted"
-    fi
 }
 
 build_root() {

@@ -92,9 +92,3 @@ def bundle(bundle_dir, device):
 @pytest.fixture(scope="session")
 def golden(bundle_dir) -> dict:
     return read_golden(bundle_dir)
-
-
-def budget_for(device: dict, model: str) -> dict | None:
-    """The budget whose key is the longest prefix of the bundle's name (e.g. v3_small-1-64)."""
-    keys = [k for k in device["budgets_ms"] if model.startswith(k)]
-    return device["budgets_ms"][max(keys, key=len)] if keys else None

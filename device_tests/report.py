@@ -35,6 +35,12 @@ def versions() -> dict:
     return found
 
 
+def budget_for(device: dict, model: str) -> dict | None:
+    """The budget whose key is the longest prefix of the bundle's name (e.g. v3_small-1-64)."""
+    keys = [k for k in device["budgets_ms"] if model.startswith(k)]
+    return device["budgets_ms"][max(keys, key=len)] if keys else None
+
+
 def write(path: Path, report: dict) -> None:
     """Atomically: the JSON and a short markdown summary next to it."""
     report = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "device": device_info(), "versions": versions()} | report
@@ -65,6 +71,10 @@ def markdown(report: dict) -> str:
     for name, run in f.get("pipeline", {}).items():
         lines.append(f"- pipeline ({name}): {run['fps']} FPS, capture-to-result {_ms(run['capture_to_result_ms'])} ms, "
                      f"{run['dropped']} dropped")
+    if f.get("cores"):
+        lines.append("- cores: " + ", ".join(
+            f"{group} {group_cpus['cpus']} (CPU part {group_cpus['part']}, {group_cpus['max_mhz']} MHz)"
+            for group, group_cpus in f["cores"].items()))
     if "memory" in f:
         lines.append(f"- peak RSS {f['memory']['peak_rss_mb']:.1f} MB")
     if "environment" in f:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from deploy.cli import main as deploy_main, prune, prune_environments, requirements, service_unit, smoke_run, stage
-from deploy.profile import ProfileError, load_device, ssh_settings_from
+from deploy.profile import ProfileError, load_device, settings_from
 from deploy.target import DeployError, SSHTarget, connect, explain
 from edge.bundle import read_meta
 from conftest import interrupt_once_copying
@@ -67,7 +67,7 @@ def test_deploy_arguments_name_the_flag(args, message, capsys):
 
 
 def test_profile_errors_name_the_fix():
-    with pytest.raises(ProfileError, match="pick one of local, local-ssh, rpi5, rpi5-emu"):
+    with pytest.raises(ProfileError, match="pick one of android, android-emu, local, local-ssh, rpi5, rpi5-emu"):
         load_device("jetson")
     with pytest.raises(ProfileError, match="needs python.*DEVICE_PYTHON="):
         load_device("local-ssh")
@@ -75,12 +75,12 @@ def test_profile_errors_name_the_fix():
 
 def test_an_emulator_profile_reads_the_ssh_settings_it_wrote(tmp_path):
     with pytest.raises(ProfileError, match="start the device first"):
-        ssh_settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu")
+        settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu", "SSH", "make pi-emu")
     (tmp_path / "ssh.yaml").write_text("host: 127.0.0.1\nport: 4022\nuser: pi\nkey: /k\n")
-    assert ssh_settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu")["port"] == 4022
+    assert settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu", "SSH", "make pi-emu")["port"] == 4022
     (tmp_path / "ssh.yaml").write_text("just text")
     with pytest.raises(ProfileError, match="not a YAML mapping"):
-        ssh_settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu")
+        settings_from(str(tmp_path / "ssh.yaml"), "rpi5-emu", "SSH", "make pi-emu")
     device = load_device("rpi5-emu", host="pi@10.1.1.1", port=2022)
     assert device.emulated and device.facts()["emulated"] and device.budgets_ms == {}
 

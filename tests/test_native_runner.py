@@ -141,3 +141,58 @@ def test_build_is_keyed_by_source_and_machine():
     path = native_build.library_path()
     assert path.is_file() and path.parent.parent == Path(sys.prefix) / "lib"
     assert native_build.source_key() in path.name and os.uname().machine in path.name
+
+
+@pytest.fixture(scope="module")
+def edge_bench(tmp_path_factory):
+    """edge-bench built for this machine, as deploy/runner_package.py builds it for a phone."""
+    from deploy.runner_package import compile_command
+    out = tmp_path_factory.mktemp("edge_bench") / "edge-bench"
+    compile_command(os.environ.get("CXX") or "g++", native_build.executorch_dir() / "include",
+                    native_build.runtime_lib_dir(), out)
+    return out
+
+
+def bench(edge_bench, *args) -> subprocess.CompletedProcess:
+    env = os.environ | {"LD_LIBRARY_PATH": str(native_build.runtime_lib_dir())}
+    return subprocess.run([str(edge_bench), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_thread_count(edge_bench, tiny_bundle,
+                                                                                         tmp_path):
+    golden = np.load(tiny_bundle / "golden.npz")
+    golden["inputs"].astype(np.float32).tofile(tmp_path / "in.f32")
+    result = bench(edge_bench, tiny_bundle / "model.pte", "--inputs", tmp_path / "in.f32", "--outputs",
+                   tmp_path / "out.f32", "--threads", "1,2", "--runs", "7", "--warmup", "1")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    outputs = np.fromfile(tmp_path / "out.f32", np.float32).reshape(len(golden["inputs"]), -1)
+    runner = Runner((tiny_bundle / "model.pte").read_bytes(), threads=1)
+    library = np.concatenate([runner(x[None]) for x in golden["inputs"]])
+    runner.close()
+    np.testing.assert_array_equal(outputs, library)
+    assert figures["input_shape"] == [1, 3, 32, 32] and figures["output_shape"] == [1, 3] and figures["images"] == 8
+    assert [row["threads"] for row in figures["latency_ms"]] == [1, 2]
+    assert all(len(row["samples_ms"]) == 7 and row["p50"] <= row["p90"] <= row["p99"] for row in figures["latency_ms"])
+    assert figures["peak_rss_kb"] > 0 and figures["load_ms"] > 0 and figures["cpus"]["cores"]
+    assert not (tmp_path / "out.f32.partial").exists()
+
+
+@pytest.mark.parametrize("args,code,message", [
+    ([], 2, "give the program"),
+    (["{pte}", "--runs", "-1"], 2, "--runs: want a whole number from 1"),
+    (["{pte}", "--threads", "0"], 2, "--threads: want a whole number from 1"),
+    (["{pte}", "--threads", ""], 2, "--threads wants a list"),
+    (["{pte}", "--bogus", "1"], 2, "unknown option --bogus"),
+    (["{missing}"], 1, "cannot read program"),
+    (["{junk}"], 1, "cannot load the program: not an ExecuTorch program"),
+    (["{pte}", "--inputs", "{junk}"], 1, "not a whole number of float32 inputs of [1, 3, 32, 32]"),
+    (["{pte}", "--outputs", "{out}"], 2, "--outputs needs --inputs"),
+])
+def test_the_command_says_what_is_wrong_in_one_line(edge_bench, tiny_bundle, tmp_path, args, code, message):
+    (tmp_path / "junk").write_bytes(os.urandom(1000))
+    files = {"pte": tiny_bundle / "model.pte", "missing": tmp_path / "missing.pte", "junk": tmp_path / "junk",
+             "out": tmp_path / "out.f32"}
+    result = bench(edge_bench, *(a.format(**files) for a in args))
+    assert result.returncode == code and result.stdout == "", result
+    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1

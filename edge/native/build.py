@@ -20,6 +20,7 @@ from pathlib import Path
 from ..files import atomic_path
 
 SOURCE = Path(__file__).resolve().with_name("runner.cpp")
+COMMAND_SOURCE = SOURCE.with_name("bench_main.cpp")  # edge-bench: the runner as a command (deploy/runner_package.py)
 # Linked with --no-as-needed: the XNNPACK backend and the kernels register themselves when loaded.
 LIBRARIES = ("executorch", "executorch_backend_xnnpack", "executorch_threadpool", "executorch_kernels_optimized")
 
@@ -56,21 +57,30 @@ def library_path() -> Path:
     return Path(sys.prefix) / "lib" / "edge-runner" / f"libedge_runner-{platform.machine()}-{source_key()}.so"
 
 
-def compile_command(out: Path) -> list[str]:
-    include, lib = executorch_dir() / "include", runtime_lib_dir()
+def compile_flags(include: Path) -> list[str]:
+    """The flags every build of the runner uses, this machine's library and the cross-built command alike."""
     if not (include / "executorch" / "runtime" / "executor" / "program.h").is_file():
         raise NativeError(f"the ExecuTorch headers are missing from {include}: "
                           "reinstall with pip install --force-reinstall --no-deps executorch")
+    # C10_USING_CUSTOM_GENERATED_MACROS: the wheel lacks the generated cmake_macros.h, which this replaces.
+    return ["-std=c++17", "-O2", "-DC10_USING_CUSTOM_GENERATED_MACROS", f"-I{include}",
+            f"-I{include}/executorch/runtime/core/portable_type/c10"]
+
+
+def link_flags(lib: Path) -> list[str]:
+    return [f"-L{lib}", "-Wl,--no-as-needed", *(f"-l{name}" for name in LIBRARIES), "-Wl,--as-needed"]
+
+
+def compile_command(out: Path) -> list[str]:
+    include, lib = executorch_dir() / "include", runtime_lib_dir()
+    flags = compile_flags(include)
     if os.environ.get("CXX") and not shutil.which(os.environ["CXX"]):
         raise NativeError(f"CXX={os.environ['CXX']} is not a compiler found on this machine: fix or unset CXX")
     compiler = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
     if not compiler:
         raise NativeError("no C++ compiler found to build the native runner: install one "
                           "(Debian/Raspberry Pi OS: sudo apt install g++), or set CXX=")
-    # C10_USING_CUSTOM_GENERATED_MACROS: the wheel lacks the generated cmake_macros.h, which this replaces.
-    return [compiler, "-std=c++17", "-O2", "-fPIC", "-shared", "-DC10_USING_CUSTOM_GENERATED_MACROS",
-            f"-I{include}", f"-I{include}/executorch/runtime/core/portable_type/c10", str(SOURCE), "-o", str(out),
-            f"-L{lib}", "-Wl,--no-as-needed", *(f"-l{name}" for name in LIBRARIES), "-Wl,--as-needed",
+    return [compiler, *flags, "-fPIC", "-shared", str(SOURCE), "-o", str(out), *link_flags(lib),
             f"-Wl,-rpath,{lib.resolve()}"]
 
 

@@ -1,0 +1,57 @@
+# Sourced by deploy/pi-emu.sh and deploy/android-emu.sh: a binfmt_misc entry, named $ENTRY, under which every
+# aarch64 ELF runs in qemu-user as a Cortex-A76. Each emulator registers its own entry, so stopping one
+# leaves the other running. Needs QEMU, BINFMT, STATE and ENTRY set, and root.
+# What was changed for all of them (Debian's entry turned off, binfmt_misc mounted) is recorded in one shared
+# place and undone by the last one down.
+SHARED=${EMU_SHARED_DIR:-$HOME/.cache/mobilenet-edge}
+
+# binfmt_misc entry whose interpreter runs qemu as a Cortex-A76: qemu's default CPU model gives
+# silently wrong int8 results, and a fake cpuinfo naming another core ends in SIGILL.
+register_binfmt() {
+    mkdir -p "$SHARED"
+    mountpoint -q "$BINFMT" || { mount -t binfmt_misc binfmt_misc "$BINFMT"; touch "$SHARED/binfmt-mounted"; }
+    local wrapper=$STATE/qemu-a76
+    cat > "$STATE/qemu-a76.c" <<EOF
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+/* binfmt_misc flags P and F: argv = [this, path of the binary, its argv[0], its arguments...]. */
+int main(int argc, char **argv) {
+    if (argc < 3) { fprintf(stderr, "qemu-a76: started by binfmt_misc only\n"); return 127; }
+    char **args = calloc(argc + 6, sizeof *args);
+    int n = 0;
+    args[n++] = "$QEMU"; args[n++] = "-cpu"; args[n++] = "cortex-a76"; args[n++] = "-0"; args[n++] = argv[2];
+    args[n++] = argv[1];
+    for (int i = 3; i < argc; i++) args[n++] = argv[i];
+    execv("$QEMU", args);
+    perror("$QEMU");
+    return 127;
+}
+EOF
+    cc -static -O2 -o "$wrapper" "$STATE/qemu-a76.c"
+    # Debian's own qemu-aarch64 entry would compete for the same binaries: off while we are up.
+    if [ -f "$BINFMT/qemu-aarch64" ] && head -1 "$BINFMT/qemu-aarch64" | grep -q enabled; then
+        echo 0 > "$BINFMT/qemu-aarch64"
+        touch "$SHARED/debian-entry-disabled"
+    fi
+    [ -f "$BINFMT/$ENTRY" ] && echo -1 > "$BINFMT/$ENTRY"
+    local magic='\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00'
+    local mask='\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff'
+    echo ":$ENTRY:M::$magic:$mask:$wrapper:PF" > "$BINFMT/register"
+}
+
+# Debian's entry comes back, and binfmt_misc is unmounted, only when no other emulator's entry is left.
+unregister_binfmt() {
+    [ -f "$BINFMT/$ENTRY" ] && echo -1 > "$BINFMT/$ENTRY"
+    local others
+    others=$(find "$BINFMT" -maxdepth 1 -name '*-emu-aarch64' 2>/dev/null | head -1)
+    [ -n "$others" ] && return 0
+    if [ -f "$SHARED/debian-entry-disabled" ]; then
+        [ -f "$BINFMT/qemu-aarch64" ] && echo 1 > "$BINFMT/qemu-aarch64"
+        rm -f "$SHARED/debian-entry-disabled"
+    fi
+    if [ -f "$SHARED/binfmt-mounted" ]; then
+        umount "$BINFMT" 2>/dev/null || true
+        rm -f "$SHARED/binfmt-mounted"
+    fi
+}
