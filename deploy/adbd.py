@@ -31,6 +31,7 @@ from pathlib import Path
 VERSION = 0x01000001
 MAX_PAYLOAD = 256 * 1024
 SYNC_DATA_MAX = 64 * 1024
+AUTH_TOKEN, AUTH_SIGNATURE = 1, 2
 COMMANDS = {name: struct.unpack("<I", name.encode())[0] for name in ("CNXN", "AUTH", "OPEN", "OKAY", "CLSE", "WRTE")}
 FEATURES = "shell_v2,cmd,fixed_push_mkdir"  # stat_v2 and sendrecv_v2 left out: the client falls back to v1
 SHELL_STDIN, SHELL_STDOUT, SHELL_STDERR, SHELL_EXIT, SHELL_CLOSE_STDIN = 0, 1, 2, 3, 4
@@ -89,9 +90,13 @@ class Connection:
             return
         if command == "CNXN":
             if self.mode == "refuse-auth":
-                self.send("AUTH", 1, 0, secrets.token_bytes(20))  # a token to sign: the client cannot pass
+                self.send("AUTH", AUTH_TOKEN, 0, secrets.token_bytes(20))  # a token to sign: the client cannot pass
             else:
                 self.send("CNXN", VERSION, MAX_PAYLOAD, self.banner.encode())
+        elif command == "AUTH" and arg0 == AUTH_SIGNATURE:
+            # Every signature is refused with a new token; the client then offers its public key, which
+            # a phone would show in its "Allow USB debugging?" prompt: here nobody answers it.
+            self.send("AUTH", AUTH_TOKEN, 0, secrets.token_bytes(20))
         elif command == "OPEN":
             service = data.rstrip(b"\0").decode(errors="replace")
             local = self.next_id

@@ -32,7 +32,7 @@ CORES=8  # 4 big, 4 little
 
 die() { echo "error: $*" >&2; exit 1; }
 say() { echo "android-emu: $*" >&2; }
-source "$(dirname "$0")/qemu-a76.sh"
+source "$(dirname "$0")/emu-lib.sh"
 
 need_root() {
     [ "$(id -u)" -eq 0 ] || die "the emulated phone needs root (mount, chroot, binfmt_misc): run it with sudo"
@@ -104,11 +104,6 @@ EOF
     chroot "$ROOT" /system/bin/busybox --install -s /system/bin
 }
 
-# The interpreter execs $QEMU by path inside the root too (a static x86 program: no C library).
-install_qemu() {
-    cmp -s "$QEMU" "$ROOT$QEMU" 2>/dev/null || install -D -m 755 "$QEMU" "$ROOT$QEMU"
-}
-
 fake_cpu() {
     local i core
     : > "$STATE/cpuinfo"
@@ -133,25 +128,10 @@ fake_cpu() {
     done
 }
 
-mounted() { findmnt -n "$1" >/dev/null 2>&1; }
-
-mount_once() {
-    local target=$1; shift
-    mounted "$target" && return
-    mount "$@" "$target"
-    echo "$target" >> "$STATE/mounts"
-}
-
 mount_root() {
     mount_once "$ROOT/proc" -t proc proc
     mount_once "$ROOT/proc/cpuinfo" --bind "$STATE/cpuinfo"
     mount_once "$ROOT/dev" --bind /dev
-}
-
-unmount_root() {
-    [ -f "$STATE/mounts" ] || return 0
-    tac "$STATE/mounts" | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-    rm -f "$STATE/mounts"
 }
 
 running() {
@@ -213,9 +193,7 @@ down() {
         for _ in $(seq 20); do running || break; sleep 0.25; done
         running && kill -9 "$(cat "$STATE/adbd.pid")" 2>/dev/null || true
     fi
-    local pids
-    pids=$(for p in /proc/[0-9]*; do [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && basename "$p"; done || true)
-    [ -n "$pids" ] && kill $pids 2>/dev/null || true
+    end_root_processes
     rm -f "$STATE/adbd.pid" "$STATE/adbd.port" "$DIR/adb.yaml"
     unmount_root
     unregister_binfmt

@@ -60,8 +60,8 @@ class Adb:
                                     timeout=timeout)
         except subprocess.TimeoutExpired:
             raise DeployError(f"{what}: {self.where} did not answer within {timeout:.0f} s") from None
-        if check and result.returncode != 0:
-            raise DeployError(f"{what} failed: {explain_adb(result.stderr or result.stdout, self.where)}")
+        if check and result.returncode != 0:  # adb push and pull print their errors among the progress
+            raise DeployError(f"{what} failed: {explain_adb(result.stderr + chr(10) + result.stdout, self.where)}")
         return result
 
     def run(self, argv: list[str], what: str, timeout: float = TIMEOUT_S, check: bool = True):
@@ -76,15 +76,17 @@ class Adb:
 
 
 def explain_adb(text: str, where: str) -> str:
-    """One line for adb's usual failures, else the deploy's own explanations."""
+    """One line for adb's usual failures, else the deploy's own explanations of adb's error line."""
+    errors = [line.strip() for line in text.replace("\r", "\n").splitlines() if "error:" in line]
+    text = errors[-1] if errors else text
+    if "No space left" in text:
+        return explain(text, where)
     known = [("not found", f"{where} is gone: is it still connected (adb devices)?"),
              ("device offline", f"{where} went offline: reconnect it (adb reconnect) and deploy again"),
              ("unauthorized", f"{where} is unauthorized: accept the USB debugging prompt on the phone"),
+             ("couldn't read from device", f"{where} stopped answering: is it still connected (adb devices)?"),
              ("closed", f"{where} closed the connection: is it still connected (adb devices)?")]
-    for needle, message in known:
-        if needle in text and "No space left" not in text:
-            return message
-    return explain(text, where)
+    return next((message for needle, message in known if needle in text), None) or explain(text, where)
 
 
 def attached(binary: str) -> dict[str, str]:
@@ -123,6 +125,7 @@ def pick(serial: str | None) -> Adb:
     if state != "device":
         raise DeployError(f"the Android device {serial} is {state}: " + {
             "unauthorized": "accept the USB debugging prompt on the phone, then deploy again",
+            "authorizing": "accept the USB debugging prompt on the phone, then deploy again",
             "offline": "reconnect it (adb reconnect) and deploy again"}.get(state, "wait until adb devices says device"))
     adb = Adb(serial)
     abi = adb.run(["getprop", "ro.product.cpu.abi"], "reading the device's ABI").stdout.strip()

@@ -29,8 +29,8 @@ MIDR=0x00000000414fd0b1
 
 die() { echo "error: $*" >&2; exit 1; }
 say() { echo "pi-emu: $*" >&2; }
-# register_binfmt / unregister_binfmt: every aarch64 process a Cortex-A76 under qemu (shared with android-emu.sh).
-source "$(dirname "$0")/qemu-a76.sh"
+# What both emulators share: the binfmt entry, qemu in the root, mounts, ending the root's processes.
+source "$(dirname "$0")/emu-lib.sh"
 
 need_root() {
     [ "$(id -u)" -eq 0 ] || die "the emulated Pi needs root (mount, chroot, binfmt_misc): run it with sudo"
@@ -63,11 +63,6 @@ build_root() {
     mv "$ROOT.tmp" "$ROOT"
 }
 
-# The interpreter execs $QEMU by path inside the root too; mmdebstrap removes its copy when done.
-install_qemu() {
-    cmp -s "$QEMU" "$ROOT$QEMU" || install -m 755 "$QEMU" "$ROOT$QEMU"
-}
-
 # The device reaches PyPI through this machine's network: let it trust what this machine trusts
 # (a TLS-inspecting proxy's CA included), as a Pi on the same network would be set up to.
 share_trust() {
@@ -95,27 +90,11 @@ fake_cpu() {
     done
 }
 
-mounted() { findmnt -n "$1" >/dev/null 2>&1; }
-
-# Each mount is recorded as it is made, so `down` undoes exactly these, even after a failed `up`.
-mount_once() {
-    local target=$1; shift
-    mounted "$target" && return
-    mount "$@" "$target"
-    echo "$target" >> "$STATE/mounts"
-}
-
 mount_root() {
     mount_once "$ROOT/proc" -t proc proc
     mount_once "$ROOT/proc/cpuinfo" --bind "$STATE/cpuinfo"
     mount_once "$ROOT/dev" --bind /dev
     mount_once "$ROOT/dev/pts" --bind /dev/pts
-}
-
-unmount_root() {
-    [ -f "$STATE/mounts" ] || return 0
-    tac "$STATE/mounts" | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-    rm -f "$STATE/mounts"
 }
 
 add_user() {
@@ -187,10 +166,7 @@ down() {
         for _ in $(seq 20); do running || break; sleep 0.25; done
         running && kill -9 "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
     fi
-    # Processes left by interrupted deploys still run inside the root: end them before unmounting.
-    local pids
-    pids=$(for p in /proc/[0-9]*; do [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && basename "$p"; done || true)
-    [ -n "$pids" ] && kill $pids 2>/dev/null || true
+    end_root_processes
     rm -f "$STATE/sshd.pid" "$DIR/ssh.yaml"
     unmount_root
     unregister_binfmt

@@ -299,3 +299,27 @@ def test_one_demo_command_here_and_on_the_device(tmp_path):
     device = printed("-f", str(Path(__file__).parent.parent / "deploy" / "device.mk"), "demo", cwd=release)
     assert device == ("/usr/bin/python3 -m edge run bundle --source picamera --serve 127.0.0.1:8080 --threads 4 "
                       "--headless")
+
+
+def test_a_phones_big_and_little_cores_are_told_apart_by_frequency_and_part():
+    from deploy.android import cores
+    phone = {"cores": [{"cpu": str(i), "cpu_part": "0xd0b" if i < 2 else "0xd05",
+                        "max_freq_khz": 2400000 if i < 2 else 1800000} for i in range(6)]}
+    assert cores(phone) == {"big": {"cpus": "0-1", "part": "0xd0b", "max_mhz": 2400},
+                            "little": {"cpus": "2-5", "part": "0xd05", "max_mhz": 1800}}
+    pi = {"cores": [{"cpu": str(i), "cpu_part": "0xd0b", "max_freq_khz": None} for i in range(4)]}
+    assert cores(pi) == {"all": {"cpus": "0-3", "part": "0xd0b", "max_mhz": None}}
+
+
+@pytest.mark.parametrize("output,says", [
+    ("adb: error: failed to copy 'a' to 'b': remote couldn't create file: No space left on device",
+     "is out of disk space"),
+    ("[ 10%] /data/x\r\nadb: error: failed to copy '/tmp/a' to '/data/a': couldn't read from device",
+     "stopped answering"),
+    ("error: device '127.0.0.1:5555' not found", "is gone"),
+    ("error: device offline", "went offline"),
+])
+def test_adbs_failures_are_explained_in_one_line(output, says):
+    from deploy.android import explain_adb
+    line = explain_adb(output, "the Android device X")
+    assert says in line and "\n" not in line

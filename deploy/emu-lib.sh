@@ -1,6 +1,7 @@
-# Sourced by deploy/pi-emu.sh and deploy/android-emu.sh: a binfmt_misc entry, named $ENTRY, under which every
-# aarch64 ELF runs in qemu-user as a Cortex-A76. Each emulator registers its own entry, so stopping one
-# leaves the other running. Needs QEMU, BINFMT, STATE and ENTRY set, and root.
+# Sourced by deploy/pi-emu.sh and deploy/android-emu.sh: what both emulators do alike. A binfmt_misc entry,
+# named $ENTRY, under which every aarch64 ELF runs in qemu-user as a Cortex-A76 (each emulator registers its
+# own, so stopping one leaves the other running), qemu inside the root, mounts recorded as they are made,
+# and ending what still runs in the root. Needs QEMU, BINFMT, STATE, ROOT and ENTRY set, and root.
 # What was changed for all of them (Debian's entry turned off, binfmt_misc mounted) is recorded in one shared
 # place and undone by the last one down.
 SHARED=${EMU_SHARED_DIR:-$HOME/.cache/mobilenet-edge}
@@ -54,4 +55,32 @@ unregister_binfmt() {
         umount "$BINFMT" 2>/dev/null || true
         rm -f "$SHARED/binfmt-mounted"
     fi
+}
+
+# The interpreter execs $QEMU by path inside the root too (a static x86 program, it needs no C library there).
+install_qemu() {
+    cmp -s "$QEMU" "$ROOT$QEMU" 2>/dev/null || install -D -m 755 "$QEMU" "$ROOT$QEMU"
+}
+
+mounted() { findmnt -n "$1" >/dev/null 2>&1; }
+
+# Each mount is recorded as it is made, so `down` undoes exactly these, even after a failed `up`.
+mount_once() {
+    local target=$1; shift
+    mounted "$target" && return
+    mount "$@" "$target"
+    echo "$target" >> "$STATE/mounts"
+}
+
+unmount_root() {
+    [ -f "$STATE/mounts" ] || return 0
+    tac "$STATE/mounts" | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+    rm -f "$STATE/mounts"
+}
+
+# Processes left by interrupted deploys still run inside the root: end them before unmounting.
+end_root_processes() {
+    local pids
+    pids=$(for p in /proc/[0-9]*; do [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && basename "$p"; done || true)
+    [ -n "$pids" ] && kill $pids 2>/dev/null || true
 }
