@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from device_tests import report as report_file
+from edge import device_report as report_file
 from edge import parity
 from edge.bundle import BundleMeta, read_golden
 

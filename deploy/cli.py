@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--python", help="the device's Python; a venv is created from it when the profile has one "
                                          "(default: the profile's)")
     parser.add_argument("--threads", type=positive_int, help="XNNPACK threads for the app (default: the profile's)")
-    parser.add_argument("--serial", help="adb: the Android device's serial when several are attached (adb devices)")
+    parser.add_argument("--serial", help="adb: the Android device's serial when several are attached (adb devices "
+                                         "lists them; default: the profile's, else the only one attached)")
     parser.add_argument("--bwlimit", type=positive_int, metavar="KBPS",
                         help="limit the copy's bandwidth, for slow links (default: no limit)")
     parser.add_argument("--reports", type=Path, default=ROOT / "artifacts" / "devices",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from device_tests import report as report_file
+from edge import device_report as report_file
 from edge.bundle import BundleError, load_bundle, read_golden, read_meta
 
 

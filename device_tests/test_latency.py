@@ -1,7 +1,7 @@
 """Inference latency of the bundle at every thread count, against the profile's budget at its default."""
 import pytest
 
-from device_tests.report import budget_for
+from edge.device_report import budget_for
 from edge.bundle import load_bundle
 from edge.stats import time_calls
 

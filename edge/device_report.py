@@ -1,4 +1,8 @@
-"""device_report.json: the device, the versions, the bundle and every figure, so two runs can be compared."""
+"""device_report.json: the device, the versions, the bundle and every figure, so two runs can be compared.
+
+Written on the device by the device tests (device_tests/), and on the host for a phone (deploy/android.py),
+which runs no Python: one format, so `make device-report` and the picture read both.
+"""
 import json
 import os
 import platform
