@@ -196,3 +196,38 @@ def test_the_command_says_what_is_wrong_in_one_line(edge_bench, tiny_bundle, tmp
     result = bench(edge_bench, *(a.format(**files) for a in args))
     assert result.returncode == code and result.stdout == "", result
     assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_closing_while_other_threads_run_is_a_clean_error_not_a_crash(tiny_bundle):
+    """Four threads calling the model while it is closed, 30 times over, in a subprocess so that a crash shows as
+    a signal: the old runner freed its handle under them (a segfault or an abort within a few rounds)."""
+    script = textwrap.dedent(f"""
+        import threading, numpy as np
+        from edge.bundle import load_bundle
+        from edge.native import NativeError
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        closed = 0
+        for _ in range(30):
+            runner = load_bundle({str(tiny_bundle)!r}).runner
+            started, outcomes = threading.Barrier(5), []
+            def work():
+                started.wait()
+                try:
+                    while True:
+                        runner(x)
+                except NativeError as e:
+                    outcomes.append(str(e))
+            threads = [threading.Thread(target=work) for _ in range(4)]
+            for t in threads:
+                t.start()
+            started.wait()
+            runner(x)
+            runner.close()
+            for t in threads:
+                t.join(60)
+            closed += outcomes == ["the runner is closed"] * 4
+        print(closed)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, f"exit {result.returncode} (negative: a signal): {result.stderr[-2000:]}"
+    assert result.stdout.strip() == "30", "every thread ended with the one clean error, every round"

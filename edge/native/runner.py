@@ -5,6 +5,7 @@ running while a frame is inferred; the C++ side serialises what the shared threa
 """
 import ctypes
 import platform
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -61,10 +62,15 @@ class Runner:
     ``threads`` sizes the XNNPACK pool (None: leave it as it is, one thread per performance core
     by default). The pool is shared by the process: runners with different counts take turns,
     each re-loading its method when the pool was resized under it.
+
+    Calls from several threads are counted: ``close()`` refuses new calls at once, waits for the ones
+    under way, and only then frees the native handle, so a model closed while other threads are inside
+    it (a server reloading its model) gives them "the runner is closed", not a crash.
     """
 
     def __init__(self, pte: bytes, threads: int | None = None) -> None:
         self._lib, self._handle = library(), ctypes.c_void_p()
+        self._calls, self._closing, self._idle = 0, False, threading.Condition()
         if threads is not None and threads < 1:
             raise NativeError(f"threads must be at least 1, got {threads}")
         self._call("edge_runner_open", pte, len(pte), threads or 0, ctypes.byref(self._handle))
@@ -82,12 +88,19 @@ class Runner:
             raise NativeError(err.value.decode(errors="replace") or CODES.get(code, f"native runner error {code}"))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self._handle.value is None:
-            raise NativeError("the runner is closed")
         if tuple(x.shape) != self.input_shape:
             raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
         x, out = np.ascontiguousarray(x, np.float32), np.empty(self.output_shape, np.float32)
-        self._call("edge_runner_run", self._handle, x.ctypes.data, x.size, out.ctypes.data, out.size)
+        with self._idle:
+            if self._closing or self._handle.value is None:
+                raise NativeError("the runner is closed")
+            self._calls += 1
+        try:
+            self._call("edge_runner_run", self._handle, x.ctypes.data, x.size, out.ctypes.data, out.size)
+        finally:
+            with self._idle:
+                self._calls -= 1
+                self._idle.notify_all()
         return out
 
     @staticmethod
@@ -95,10 +108,14 @@ class Runner:
         return library().edge_runner_pool_threads()
 
     def close(self) -> None:
-        if self._handle.value is not None:
-            self._lib.edge_runner_close(self._handle)
-            self._handle = ctypes.c_void_p()
+        """Free the program once no call is under way; later calls raise NativeError."""
+        with self._idle:
+            self._closing = True
+            self._idle.wait_for(lambda: self._calls == 0)
+            if self._handle.value is not None:
+                self._lib.edge_runner_close(self._handle)
+                self._handle = ctypes.c_void_p()
 
     def __del__(self) -> None:
-        if getattr(self, "_handle", None) is not None:
+        if getattr(self, "_idle", None) is not None:
             self.close()
