@@ -93,7 +93,7 @@ SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 	pi-emu pi-emu-down test-arm android-runner android-emu android-emu-down test-android
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	@echo "== setup: $(VENV) with the project and its extras [$(EXTRAS)] (the first time: a few minutes, about 2 GB)" >&2
