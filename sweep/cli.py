@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "machine), rpi5, rpi5-emu (default local)")
     parser.add_argument("--deploy-args", default="", help="extra `python -m deploy` options, e.g. '--host you@pi' "
                                                           "(default none)")
+    parser.add_argument("--export-args", default="", help="extra `python -m export` options for every point, as "
+                                                          "make's EXPORT_ARGS=, e.g. '--min-agreement 0.97' "
+                                                          "(default none)")
     parser.add_argument("--budget-ms", type=positive_float,
                         help="copy the most accurate bundle whose p90 latency is within this to OUT/best "
                              "(default: no pick)")
@@ -80,7 +83,8 @@ def done(path: Path) -> dict | None:
         return None
 
 
-def build_all(points: list[Point], recipe: Recipe, layout: Layout, jobs: int, failed: dict[str, str]) -> None:
+def build_all(points: list[Point], recipe: Recipe, layout: Layout, jobs: int, failed: dict[str, str],
+              export_args: str = "") -> None:
     """`make qat` for each point not built yet, ``jobs`` at a time; failures are noted in ``failed``."""
     todo = [p for p in points if done(layout.point(p, recipe) / BUILT) is None]
     if len(todo) < len(points):
@@ -93,7 +97,7 @@ def build_all(points: list[Point], recipe: Recipe, layout: Layout, jobs: int, fa
     pool = ThreadPoolExecutor(jobs)
     try:
         with tqdm(total=len(todo), desc="make qat", unit="point") as bar:
-            futures = {pool.submit(build, p, recipe, layout, threads): p for p in todo}
+            futures = {pool.submit(build, p, recipe, layout, threads, export_args): p for p in todo}
             for future in as_completed(futures):
                 point = futures[future]
                 _record(layout.point(point, recipe), BUILT, future.result, point.name(recipe), failed, bar)
@@ -182,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"sweep: {len(points)} points ({' '.join(args.models)} × α {' '.join(f'{w:g}' for w in args.widths)} × "
           f"ρ {' '.join(map(str, args.res))})", file=sys.stderr)
     try:
-        build_all(points, recipe, layout, args.jobs, failed)
+        build_all(points, recipe, layout, args.jobs, failed, args.export_args)
         measure_all(points, recipe, layout, args.device, deploy_args, failed)
     except KeyboardInterrupt:
         stop_all()

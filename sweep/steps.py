@@ -65,14 +65,14 @@ def last_line(log: Path) -> str:
     return lines[-1][:300] if lines else "(no output)"
 
 
-def build(point: Point, recipe: Recipe, layout: Layout, threads: int | None = None) -> dict:
+def build(point: Point, recipe: Recipe, layout: Layout, threads: int | None = None, export_args: str = "") -> dict:
     """``make qat`` for the point, then its bundle's figures: the shipped program's accuracy on the held-out
     split and its size (from the bundle's report), and MACs and parameters (training.models.count)."""
     bundle, log = layout.bundle(point, recipe), layout.point(point, recipe) / "build.log"
     command = ["make", "-s", "-C", str(ROOT), "qat", f"MODEL={point.model}", f"WIDTH={point.width:g}",
                f"RES={point.resolution}", f"EPOCHS={recipe.epochs}", f"QAT_EPOCHS={recipe.qat_epochs}",
                f"DATA={recipe.data}", f"WEIGHTS={point.weights(recipe)}", "CKPT=", f"RUN={layout.run(point, recipe)}",
-               f"OUT={bundle}", f"ARGS={recipe.args}", f"EXPORT_ARGS={EXPORT_ARGS}"]
+               f"OUT={bundle}", f"ARGS={recipe.args}", f"EXPORT_ARGS={EXPORT_ARGS} {export_args}".strip()]
     started = time.monotonic()
     code = run_logged(command, log, threads)
     if code != 0:

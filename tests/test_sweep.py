@@ -22,7 +22,11 @@ GRID = ["--models", "v1", "--widths", "0.25", "0.35", "--res", "32"]
 
 
 def sweep(tmp_path, *extra):
+    # One float and one QAT epoch leave near-ties: here the int8 program's logits differed from PyTorch's by 0.1135
+    # (tolerance 0.089) on 1 of the 48 held-out images, every run, with the same answers. The gate is tested in
+    # test_qat_export.py; this test is about the sweep, so it accepts int8 rounding as make's EXPORT_ARGS would.
     command = [sys.executable, "-m", "sweep", *GRID, "--epochs", "1", "--qat-epochs", "1", f"--args={TINY}",
+               "--export-args=--min-agreement 0.97",
                "--device", "local", f"--deploy-args=--remote-dir {tmp_path / 'device'} --python {sys.executable}",
                "--out", str(tmp_path / "sweep"), "--runs", str(tmp_path / "runs"), "--budget-ms", "1000", *extra]
     return subprocess.run(command, capture_output=True, text=True, timeout=900)
