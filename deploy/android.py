@@ -34,10 +34,9 @@ from edge.bundle import BundleMeta, read_golden
 from . import pictures
 from .profile import Device
 from .runner_package import COMMAND, LOADER, PackageError, build as build_package
-from .target import DeployError, explain
+from .target import KEEP_RELEASES, DeployError, explain
 
 ABI = "arm64-v8a"
-KEEP_RELEASES = 3
 WARMUP = 10
 TIMEOUT_S = 120  # one adb command; the benchmark gets its own
 INSTALL_ADB = "sudo apt install adb (Debian/Ubuntu), or put Android's platform-tools on PATH"

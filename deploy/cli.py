@@ -34,10 +34,9 @@ from edge.serve import parse_address
 
 from . import android, pictures
 from .profile import Device, ProfileError, load_device
-from .target import DeployError, Target, connect, explain
+from .target import KEEP_RELEASES, DeployError, Target, connect, explain
 
 ROOT = Path(__file__).resolve().parent.parent
-KEEP_RELEASES = 3
 DEFAULT_SERVE = "127.0.0.1:8080"
 SERVICE = "mobilenet-edge.service"
 

@@ -26,6 +26,7 @@ import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from edge.files import blocking_file
 from edge.native.build import COMMAND_SOURCE, LIBRARIES, SOURCE, compile_flags, link_flags
 
 CROSS_COMPILER = "aarch64-linux-gnu-g++"
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"where packages and the downloaded wheel are kept (default {DEFAULT_CACHE})")
     parser.add_argument("--force", action="store_true", help="build again even when the package is cached")
     args = parser.parse_args(argv)
+    if where := blocking_file(args.cache.absolute()):
+        parser.error(f"--cache {args.cache}: {where} exists and is not a directory")
     try:
         package = build(args.cache, args.force)
     except PackageError as e:

@@ -11,6 +11,9 @@ from pathlib import Path
 from .profile import Device
 
 
+KEEP_RELEASES = 3  # finished releases kept on a device, whatever the transport
+
+
 class DeployError(RuntimeError):
     """A deploy step that failed; the message is one line that says what to do."""
 
