@@ -77,7 +77,7 @@ def render(report_json: Path) -> Path | None:
         return None
     try:
         report = json.loads(report_json.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         print(f"no device report picture: cannot read {report_json}: {e}", file=sys.stderr)
         return None
     try:
@@ -89,7 +89,7 @@ def render(report_json: Path) -> Path | None:
         text = summary.read_text() if summary.is_file() else ""
         title = text.splitlines()[0].removeprefix("# ") if text else report_json.parent.name  # the report's heading
         out = draw(report, title, report_json.with_name(PICTURE))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError, OverflowError) as e:
         print(f"no device report picture: {report_json} is not a device report ({type(e).__name__}: {e})",
               file=sys.stderr)
         return None

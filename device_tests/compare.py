@@ -12,28 +12,45 @@ def flatten(value, prefix: str = "") -> dict:
     return {prefix.rstrip("."): value} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
 
 
+class ReportError(ValueError):
+    """A file that is not a device report; the message says which and why."""
+
+
 def load(path: Path) -> dict:
+    """A device report: a JSON object with a ``figures`` object. The other parts are shown when present."""
     path = path / "device_report.json" if path.is_dir() else path
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        sys.exit(f"error: cannot read {path}: {e}")
+        report = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise ReportError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("figures"), dict):
+        raise ReportError(f"{path} is not a device report (no figures object): give a device_report.json "
+                          "that make deploy brought home")
+    return report
+
+
+def _part(report: dict, key: str) -> dict:
+    value = report.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _title(report: dict) -> str:
+    device = _part(report, "device")
+    return (f"{_part(report, 'bundle').get('name', '?')} on {device.get('hostname', '?')} "
+            f"({device.get('model', '?')}), {report.get('created', '?')}")
 
 
 def table(a: dict, b: dict) -> str:
-    def title(r):
-        return f"{r['bundle']['name']} on {r['device']['hostname']} ({r['device']['model']})"
-
     fa, fb = flatten(a["figures"]), flatten(b["figures"])
-    rows = [f"A: {title(a)}, {a['created']}", f"B: {title(b)}, {b['created']}", "",
+    rows = [f"A: {_title(a)}", f"B: {_title(b)}", "",
             "| figure | A | B | change |", "|---|---:|---:|---:|"]
     for key in sorted(fa.keys() | fb.keys(), key=lambda k: (k.split(".")[0], k)):
         va, vb = fa.get(key), fb.get(key)
         change = f"{100 * (vb - va) / va:+.1f}%" if va and vb is not None else "-"
         rows.append(f"| {key} | {'-' if va is None else va} | {'-' if vb is None else vb} | {change} |")
-    versions = sorted(a["versions"].keys() | b["versions"].keys())
+    va, vb = _part(a, "versions"), _part(b, "versions")
     rows += ["", "| version | A | B |", "|---|---|---|"]
-    rows += [f"| {p} | {a['versions'].get(p, '-')} | {b['versions'].get(p, '-')} |" for p in versions]
+    rows += [f"| {p} | {va.get(p, '-')} | {vb.get(p, '-')} |" for p in sorted(va.keys() | vb.keys())]
     return "\n".join(rows)
 
 
@@ -42,7 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("a", type=Path, help="a device_report.json or the directory holding it")
     parser.add_argument("b", type=Path)
     args = parser.parse_args(argv)
-    print(table(load(args.a), load(args.b)))
+    try:
+        print(table(load(args.a), load(args.b)))
+    except ReportError as e:
+        sys.exit(f"error: {e}")
+    except (RecursionError, OverflowError) as e:  # figures nested or sized past what a report holds
+        sys.exit(f"error: {args.a} or {args.b} is not a device report: {e}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import numpy as np
 
 from .bundle import Bundle, load_bundle
 from .classify import ranked, softmax
-from .preprocess import Preprocessor, read_bgr
+from .images import read_bgr
+from .preprocess import Preprocessor
 
 GREY_OR_ALPHA = {2: cv2.COLOR_GRAY2BGR, 4: cv2.COLOR_BGRA2BGR}
 

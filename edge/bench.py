@@ -20,11 +20,13 @@ from tqdm import tqdm
 from .bundle import BundleError, load_bundle
 from .classify import Classifier
 from .command import non_negative_float, positive_float, positive_int, with_examples
-from .files import write_atomic
+from .files import output_problem, write_atomic
 from .native import NativeError
 from .run import RunConfig, RunError, run
 from .sources import SourceError, open_source
 from .stats import percentiles
+
+MIN_SECONDS = 1
 
 
 def for_seconds(step, seconds: float, desc: str) -> float:
@@ -98,6 +100,14 @@ def table(result: dict) -> str:
         f"peak {rss.get('peak_mb', 0):.1f} MB")
 
 
+def bench_seconds(text: str) -> float:
+    """Seconds of pipeline run; a quarter of it (at most 20 s) measures each stage alone first."""
+    seconds = positive_float(text)
+    if seconds < MIN_SECONDS:
+        raise argparse.ArgumentTypeError(f"want a number of seconds >= {MIN_SECONDS}, got {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m edge.bench", description=__doc__.split("\n\n")[0],
@@ -106,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--json bench.json"))
     parser.add_argument("bundle", type=Path, help="bundle directory (model.pte + model.json)")
     parser.add_argument("--source", required=True, help="a video file or directory, replayed in a loop (required)")
-    parser.add_argument("--seconds", type=positive_float, default=120, help="pipeline run length (default 120)")
+    parser.add_argument("--seconds", type=bench_seconds, default=120,
+                        help=f"pipeline run length, at least {MIN_SECONDS} (default 120)")
     parser.add_argument("--warmup", type=non_negative_float, default=10,
                         help="seconds before RSS growth is measured (default 10)")
     parser.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
@@ -117,15 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
+        if args.json and (problem := output_problem(args.json, make_parents=True)):
+            raise ValueError(f"--json: {problem}")
+        if args.warmup >= args.seconds:
+            raise ValueError(f"--warmup ({args.warmup:g} s) must be shorter than --seconds ({args.seconds:g} s): "
+                             "memory growth is measured after it")
         classifier = Classifier(load_bundle(args.bundle, args.threads))
         source = open_source(args.source, loop=True)
         source.open()
+        if (first := source.read()) is None:
+            raise SourceError(f"{args.source} gave no frame to measure with: give a video or a folder of images")
         alone = min(20.0, args.seconds / 4)
-        inference = inference_only(classifier, classifier.prepare(source.read().image), alone)
+        inference = inference_only(classifier, classifier.prepare(first.image), alone)
         capture = capture_only(classifier, source, alone)
         source.close()
         piped = pipeline(args.bundle, args.source, args.seconds, args.threads)
-    except (BundleError, NativeError, SourceError, RunError) as e:
+        if not piped["summary"]["frames"] or not piped["rss_mb"]:
+            raise RunError(f"the pipeline gave no result in {args.seconds:g} s: give more --seconds")
+    except (BundleError, NativeError, SourceError, RunError, OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     summary = piped["summary"]
     result = {"bundle": str(args.bundle), "model": summary["model"], "source": args.source, "seconds": args.seconds,

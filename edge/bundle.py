@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import typing
 from dataclasses import MISSING, asdict, dataclass, fields
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ PICTURES = (CONFUSION_PICTURE,)  # for people reading the report: optional, and 
 PTE_MAGIC_AT = slice(4, 6)  # a .pte is a flatbuffer whose file identifier starts "ET" at byte 4
 PTE_MIN_BYTES = 64  # the flatbuffer root offset, identifier and extended header come first
 REEXPORT = "re-export it (make export CKPT=...)"
+PREVIOUS = ".previous-"  # a bundle set aside while its replacement is renamed in
 
 
 class BundleError(RuntimeError):
@@ -150,6 +152,9 @@ def read_meta(path: str | Path) -> BundleMeta:
     """model.json of the bundle at ``path``, validated."""
     meta_path = Path(path) / META
     if not meta_path.is_file():
+        if not Path(path).exists() and (found := leftovers(Path(path))):
+            raise BundleError(f"{path} is missing, and an interrupted export left the previous bundle at "
+                              f"{found[0]}: rename it back, or export again (which does)")
         raise BundleError(f"{path} is not a bundle: no {META} (build one with `make qat` or `make export`)")
     try:
         raw = json.loads(meta_path.read_bytes())
@@ -260,27 +265,45 @@ def write_bundle(out: Path, meta: BundleMeta, contents: dict[str, bytes]) -> Non
     """Write the bundle into a temporary sibling of ``out``, then swap it in for the previous bundle there.
 
     ``contents`` holds every file but model.json, and any of the PICTURES. ``out`` must pass
-    ``check_replaceable``: a directory that is not a bundle is never replaced.
+    ``check_replaceable``: a directory that is not a bundle is never replaced. The previous bundle is
+    set aside, not deleted, until the new one is in place: an interrupt between the two renames puts
+    it back, and a write cut short harder than that (power, SIGKILL) leaves it beside ``out``, where
+    the next write restores it first.
     """
     out = Path(out)
     if set(contents) - set(PICTURES) != set(meta.files[1:]):
         raise ValueError(f"bundle contents {sorted(contents)} are not the files {meta.files[1:]} (and pictures)")
+    recover_previous(out)
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
-    previous = staging.with_name(staging.name.replace(".staging-", ".previous-"))
+    previous = staging.with_name(staging.name.replace(".staging-", PREVIOUS))
     try:
         staging.chmod(0o755)
         for name, data in {META: meta.to_json(), **contents}.items():
             (staging / name).write_bytes(data)
         if out.exists():
             out.rename(previous)
-        try:
-            staging.rename(out)
-        except OSError:
-            if previous.exists():
-                previous.rename(out)
-            raise
+        staging.rename(out)
     finally:
+        if previous.exists() and not out.exists():
+            previous.rename(out)
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(previous, ignore_errors=True)
+        for old in [previous, *leftovers(out)] if out.exists() else []:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def leftovers(out: Path) -> list[Path]:
+    """Previous bundles of ``out`` that a write cut short left beside it, newest first."""
+    if not out.parent.is_dir():
+        return []
+    found = out.parent.glob(f".{glob_escape(out.name)}{PREVIOUS}*")
+    return sorted((p for p in found if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def recover_previous(out: Path) -> Path | None:
+    """Put back the previous bundle of ``out`` when a cut-short write left ``out`` missing; its path, or None."""
+    if out.exists() or out.is_symlink() or not (found := leftovers(out)):
+        return None
+    found[0].rename(out)
+    return out

@@ -33,7 +33,7 @@ def _add_run(commands) -> None:
                    help="pace a file/directory at this rate (default: the video's own, 30 for a directory); "
                         "0 = as fast as it decodes")
     p.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
-    p.add_argument("--top-k", type=positive_int, default=3, help="labels per result (default 3)")
+    p.add_argument("--top-k", type=positive_int, default=3, help="labels per result (default 3; at most the model's labels)")
     p.add_argument("--smooth", type=float, default=0.0, metavar="ALPHA",
                    help="exponential moving average of the scores over frames: weight of the past, in [0, 1) "
                         "(default 0: none)")
@@ -68,7 +68,7 @@ def _add_predict(commands) -> None:
     p.add_argument("bundle", type=Path, help="bundle directory (model.pte + model.json)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders and globs (quote a glob "
                                                             "for recursive **; at least one)")
-    p.add_argument("--top-k", type=positive_int, default=5, help="labels per file (default 5)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="labels per file (default 5; at most the model's labels)")
     p.add_argument("--threshold", type=probability, default=0.0,
                    help="leave out labels scored below this, in [0, 1] (default 0: keep all)")
     p.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
@@ -109,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # a label a strict or narrow locale cannot encode is escaped, not fatal
+        sys.stdout.reconfigure(errors="backslashreplace")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our own messages say what failed
     try:

@@ -8,13 +8,17 @@ from tqdm import tqdm
 
 from .bundle import Bundle, BundleError
 from .files import class_folders, folder_images
-from .preprocess import Preprocessor, read_bgr
+from .images import read_bgr, unreadable
+from .preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
 
 def labelled_images(root: Path, labels: tuple[str, ...]) -> list[tuple[str, int]]:
     """(path, label index) for ``root/<class>/*``; the class folders must be the bundle's labels."""
+    if root.is_file():
+        raise BundleError(f"{root} is a file; edge eval wants a folder with a folder of images per class "
+                          f"(to label single images: python -m edge predict BUNDLE {root})")
     if not root.is_dir():
         raise BundleError(f"data directory {root} does not exist")
     classes = class_folders(root)
@@ -43,7 +47,7 @@ def evaluate_folder(bundle: Bundle, root: Path, limit: int | None = None, progre
             bgr = read_bgr(path)
         except (OSError, ValueError) as e:
             skipped += 1
-            log.warning("skipped %s", e)
+            log.warning("skipped %s", unreadable(path, e))
             continue
         logits = bundle.logits(preprocess(bgr, order="BGR"))[0]
         ranked = np.argsort(-logits)

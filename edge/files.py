@@ -43,6 +43,23 @@ def blocking_file(path: Path) -> Path | None:
     return next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
 
 
+def output_problem(path: Path, make_parents: bool = False) -> str | None:
+    """Why ``path`` cannot be written as a file, checked before the work that fills it; None when it can.
+
+    ``make_parents``: the writer creates missing folders (``atomic_path`` does), so only a file in the way
+    of one stops it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return f"{path} is a folder: give a file name for the output"
+    if make_parents:
+        blocker = blocking_file(path.parent)
+        return f"cannot create {path.parent}: {blocker} is a file" if blocker else None
+    if not path.parent.is_dir():
+        return f"{path.parent} does not exist: create it, or give another output path"
+    return None
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)

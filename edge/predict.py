@@ -4,9 +4,9 @@ Every file named, found in a folder or matched by a glob gets a line: its labels
 be read. Nothing is dropped, unlike ``edge run`` on a directory, which paces frames and drops late ones.
 """
 import csv
-import glob
 import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Callable, Iterator, TextIO
 from tqdm import tqdm
 
 from .api import Model
-from .files import is_image
+from .paths import expand
 from .stats import process_age_s
 
 PROGRESS_FROM = 100  # files; fewer finish before a bar would say anything
@@ -23,23 +23,6 @@ PROGRESS_FROM = 100  # files; fewer finish before a bar would say anything
 
 class PredictError(RuntimeError):
     """Nothing to label; the message says why."""
-
-
-def expand(args: list[str]) -> list[Path]:
-    """Files in argument order: a folder gives its images (recursively, sorted), a glob its matches.
-
-    A name that is neither a file nor a folder nor a glob that matches stays in the list, so its
-    line in the output says it does not exist.
-    """
-    paths: list[Path] = []
-    for arg in args:
-        matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) else [arg]
-        for match in map(Path, matches or [arg]):
-            if match.is_dir():
-                paths += sorted(p for p in match.rglob("*") if p.is_file() and is_image(p))
-            else:
-                paths.append(match)
-    return paths
 
 
 def label_all(model: Model, paths: list[Path], top_k: int, threshold: float) -> Iterator[dict]:
@@ -61,13 +44,26 @@ def json_line(result: dict) -> str:
     return json.dumps(result)
 
 
+def shown(path: str) -> str:
+    """A path as text any terminal or file takes: bytes that are not UTF-8 (a name from another system)
+    as ``\\xff`` escapes, where ``str`` holds unencodable surrogates."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def inert(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with = + - @ or a control character would be
+    run as a formula (OWASP's CSV injection), so it gets a leading apostrophe."""
+    return f"'{cell}" if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+
+
 def csv_format(top_k: int) -> tuple[str, Callable[[dict], str]]:
     """``path,label_1,score_1,...,error``: a header, then one row per file."""
     header = ["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("label", "score")), "error"]
 
     def row(result: dict) -> str:
-        cells = [c for t in result.get("top", []) for c in (t["label"], f"{t['score']:.4f}")]
-        return _csv_line([result["path"], *cells, *[""] * (2 * top_k - len(cells)), result.get("error", "")])
+        cells = [c for t in result.get("top", []) for c in (inert(t["label"]), f"{t['score']:.4f}")]
+        return _csv_line([inert(shown(result["path"])), *cells, *[""] * (2 * top_k - len(cells)),
+                          inert(shown(result.get("error", "")))])
     return _csv_line(header), row
 
 
@@ -80,10 +76,11 @@ def _csv_line(cells: list[str]) -> str:
 def table_format(width: int) -> tuple[str, Callable[[dict], str]]:
     """Aligned columns for a person at a terminal: the path, then each label with its score."""
     def row(result: dict) -> str:
+        path = shown(result["path"])
         if "error" in result:
-            return f"{result['path']:<{width}}  unreadable: {result['error']}"
+            return f"{path:<{width}}  unreadable: {shown(result['error'])}"
         labels = "  ".join(f"{t['label']} ({t['score']:.2f})" for t in result["top"]) or "(none above threshold)"
-        return f"{result['path']:<{width}}  {labels}"
+        return f"{path:<{width}}  {labels}"
     return f"{'file':<{width}}  labels (score)", row
 
 
@@ -93,7 +90,10 @@ def predict(model: Model, args: list[str], top_k: int = 5, threshold: float = 0.
 
     ``fmt``: "jsonl", "csv" or "table"; None picks a table when ``out`` is a terminal, else JSON lines.
     """
-    paths = expand(args)
+    found = expand(args)
+    for line in found.skipped:
+        print(line, file=log)
+    paths, top_k = found.paths, min(top_k, len(model.labels))
     if not paths:
         raise PredictError("no files to label: give image files, folders or globs")
     fmt = fmt or ("table" if out.isatty() else "jsonl")

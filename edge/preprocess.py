@@ -1,17 +1,24 @@
 """The eval preprocessing: its numbers (``InputSpec``, model.json's ``input``) and its OpenCV implementation.
 
-Training imports ``InputSpec`` from here, so the numbers the model was trained with and the ones
-the device applies have one definition.
+Training imports ``InputSpec``, ``resize`` and ``Preprocessor.crop`` from here, so the numbers and the pixels
+the model was trained with and the ones the device applies have one definition.
 """
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_RESIZE = 2048  # the resized frame is at most MAX_ASPECT * MAX_RESIZE**2 pixels: 50 MB as uint8 BGR
+MAX_ASPECT = 4  # a frame's long side is cut to this many times its short side before the resize
+
+
+def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """OpenCV's area filter when shrinking (no aliasing), bilinear when enlarging."""
+    shrinking = width * height < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 @dataclass(frozen=True)
@@ -29,10 +36,13 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         """Only what this app implements: anything else would be preprocessed wrongly without a sound."""
-        if not 1 <= self.size <= self.resize:
-            raise ValueError(f"input size {self.size} and resize {self.resize} need 1 <= size <= resize")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ValueError(f"input mean/std need 3 values each and std > 0, got {self.mean} / {self.std}")
+        if not 1 <= self.size <= self.resize <= MAX_RESIZE:
+            raise ValueError(f"input size {self.size} and resize {self.resize} need 1 <= size <= resize <= "
+                             f"{MAX_RESIZE}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(_folds_to_float32(m, s)
+                                                                 for m, s in zip(self.mean, self.std)):
+            raise ValueError(f"input mean/std need 3 values each, std > 0 and both usable as float32 (the device "
+                             f"computes in it), got {self.mean} / {self.std}")
         supported = {"crop": "center", "interpolation": "area_down_linear_up", "channel_order": "RGB",
                      "layout": "NCHW"}
         for key, value in supported.items():
@@ -47,6 +57,15 @@ class InputSpec:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+def _folds_to_float32(mean: float, std: float) -> bool:
+    """Whether ``(x / 255 - mean) / std`` folds into a finite float32 scale and offset, as ``Preprocessor``
+    computes it: a std of 1e-50 is positive as a float64 and 0 as a float32."""
+    with np.errstate(all="ignore"):
+        std32 = np.float32(std)
+        scale, offset = np.float32(1.0) / (np.float32(255.0) * std32), -np.float32(mean) / std32
+    return bool(std32 > 0 and np.isfinite(scale) and np.isfinite(offset))
+
+
 class Preprocessor:
     """uint8 HWC frame -> (1, 3, size, size) float32 RGB: resize shorter side, center crop, normalise.
 
@@ -59,22 +78,34 @@ class Preprocessor:
         self.scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
         self.offset = (-np.asarray(spec.mean, np.float32) / std).reshape(3, 1, 1)
 
+    def _geometry(self, height: int, width: int) -> tuple[tuple[int, int, int, int], tuple[int, int], int, int]:
+        """Where ``crop`` cuts: the window of the frame it resizes (top, left, height, width), the size it
+        resizes that to, and the top-left of the square it then keeps.
+
+        The window is the whole frame unless the frame is more than ``MAX_ASPECT`` times wider than high (or
+        higher than wide): then its central MAX_ASPECT:1 part, which still holds the square. This bounds the
+        resized frame (a 1x40000 image would otherwise become 256x10 million pixels) without changing the
+        pixels of any frame a camera makes.
+        """
+        short = min(height, width)
+        window_h, window_w = min(height, MAX_ASPECT * short), min(width, MAX_ASPECT * short)
+        window = ((height - window_h) // 2, (width - window_w) // 2, window_h, window_w)
+        scale = self.resize / short
+        new_w, new_h = max(self.resize, int(window_w * scale)), max(self.resize, int(window_h * scale))
+        return window, (new_w, new_h), (new_h - self.size) // 2, (new_w - self.size) // 2
+
     def crop(self, rgb: np.ndarray) -> np.ndarray:
-        h, w = rgb.shape[:2]
-        scale = self.resize / min(h, w)
-        new_w, new_h = max(self.resize, int(w * scale)), max(self.resize, int(h * scale))
-        shrinking = new_w * new_h < h * w
-        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        top, left = (new_h - self.size) // 2, (new_w - self.size) // 2
-        return rgb[top:top + self.size, left:left + self.size]
+        """The ``size`` square the model sees, uint8 as given: the geometric part, alone for parity tests."""
+        (top0, left0, h, w), (new_w, new_h), top, left = self._geometry(*rgb.shape[:2])
+        resized = resize(rgb[top0:top0 + h, left0:left0 + w], new_w, new_h)
+        return resized[top:top + self.size, left:left + self.size]
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) in the frame of the square ``crop`` keeps: what the model sees."""
-        scale = self.resize / min(height, width)
-        new_w, new_h = max(self.resize, int(width * scale)), max(self.resize, int(height * scale))
-        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
-        sx, sy = width / new_w, height / new_h
-        return (round(left * sx), round(top * sy), round((left + self.size) * sx), round((top + self.size) * sy))
+        (top0, left0, h, w), (new_w, new_h), top, left = self._geometry(height, width)
+        sx, sy = w / new_w, h / new_h
+        return (left0 + round(left * sx), top0 + round(top * sy),
+                left0 + round((left + self.size) * sx), top0 + round((top + self.size) * sy))
 
     def __call__(self, image: np.ndarray, order: str = "RGB") -> np.ndarray:
         """``order="BGR"`` for OpenCV/Picamera2 frames: channels are swapped after the crop, where it is cheap."""
@@ -86,16 +117,3 @@ class Preprocessor:
         # C-contiguous: the ExecuTorch runtime reads the raw buffer and ignores numpy strides.
         chw = np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32)
         return (chw * self.scale + self.offset)[None]
-
-
-def read_bgr(path: str | Path) -> np.ndarray:
-    """An image file as a BGR uint8 frame, decoded as the app and training do; ValueError if it is not an image.
-
-    ``np.fromfile`` + ``imdecode`` rather than ``imread``: a missing or unreadable file raises OSError
-    saying why, instead of ``imread``'s silent None.
-    """
-    data = np.fromfile(path, np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image is None:
-        raise ValueError(f"{path} is not an image OpenCV can decode")
-    return image

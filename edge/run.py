@@ -15,6 +15,7 @@ import cv2
 from .bundle import load_bundle
 from .capture import Capture
 from .classify import Classifier
+from .files import output_problem
 from .native import Runner
 from .overlay import annotate
 from .serve import Broadcast, Server, parse_address
@@ -83,6 +84,8 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr, clock: Callable[[], float] = t
     window was asked for and cannot open (the run goes on headless: a Pi without a screen is common).
     ``clock`` stamps frames and results, paces files and times ``duration``."""
     address = parse_address(cfg.serve) if cfg.serve else None  # cheap checks first: loading the runtime takes seconds
+    if cfg.jsonl not in (None, "-") and (problem := output_problem(Path(cfg.jsonl))):
+        raise RunError(f"--jsonl: {problem}")
     orientation = Orientation(cfg.rotate, cfg.flip)
     open_source(cfg.source, orientation=orientation)
     no_window = None if cfg.headless else open_window()

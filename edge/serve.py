@@ -3,8 +3,9 @@ which the page shows), ``/stream.mjpg`` (annotated MJPEG, for players like VLC),
 
 Standard library HTTP server in daemon threads; each frame is JPEG-encoded once, when a client
 first asks for it, so an unwatched server costs one array copy per frame. On a LAN anyone may
-connect: clients are capped (503 beyond), idle ones time out, and a client that hangs up is
-logged at debug level, never as a traceback.
+connect: clients are capped (503 beyond), idle ones time out, a request's headers must all arrive
+within ``header_time`` seconds (a client sending a line every few seconds cannot hold a slot), a
+malformed request gets 400, and a client that hangs up is logged at debug level, never as a traceback.
 """
 import html
 import json
@@ -13,6 +14,7 @@ import select
 import socket
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -88,11 +90,17 @@ frames();
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``PORT``, ``:PORT`` or ``HOST:PORT``; the host defaults to loopback so nothing is exposed by accident."""
+    """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[IPv6]:PORT``; the host defaults to loopback so nothing is
+    exposed by accident."""
     host, _, port = text.rpartition(":")
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"--serve wants HOST:PORT or PORT, got {text!r}")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"--serve wants HOST:PORT, [IPv6]:PORT or PORT, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL spells it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def lan_address() -> str | None:
@@ -144,13 +152,57 @@ class Broadcast:
         return self._jpeg
 
 
-def make_handler(broadcast: Broadcast, title: str, timeout: float):
+class _HeaderDeadline:
+    """The request's reader until its headers are in: each line may take only what is left of ``seconds``.
+
+    The socket's own timeout restarts with every byte received, so on its own it lets a client that
+    sends one header line every few seconds keep its connection, and a server slot, for ever.
+    """
+
+    def __init__(self, rfile, connection: socket.socket, seconds: float, timeout: float) -> None:
+        self.rfile, self.connection, self.timeout = rfile, connection, timeout
+        self.deadline = time.monotonic() + seconds
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's headers took too long")
+        self.connection.settimeout(min(left, self.timeout))
+        return self.rfile.readline(limit)
+
+    def __getattr__(self, name: str):
+        return getattr(self.rfile, name)
+
+
+def after_frame(query: str) -> int | None:
+    """``after`` of ``/frame.jpg?after=N``: 0 when absent, None when it is not a plain decimal number."""
+    values = parse_qs(query).get("after")
+    if not values:
+        return 0
+    text = values[0]
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+def make_handler(broadcast: Broadcast, title: str, timeout: float, header_time: float):
     page = PAGE.format(title=html.escape(title)).encode()
 
     class Handler(BaseHTTPRequestHandler):
         def setup(self) -> None:
             self.timeout = timeout  # for every read and write: an idle or stalled client lets go of its thread
             super().setup()
+
+        def handle_one_request(self) -> None:
+            reader = self.rfile = _HeaderDeadline(self.rfile, self.connection, header_time, timeout)
+            try:
+                super().handle_one_request()
+            finally:
+                self.rfile = reader.rfile
+
+        def parse_request(self) -> bool:
+            """The headers are in (or refused): writes get the whole ``timeout`` again."""
+            parsed = super().parse_request()
+            self.connection.settimeout(timeout)
+            return parsed
 
         def log_message(self, format, *args):  # keep the terminal for the app's own output
             pass
@@ -185,8 +237,11 @@ def make_handler(broadcast: Broadcast, title: str, timeout: float):
         def _frame(self) -> None:
             """``/frame.jpg?after=N``: the next frame after N with its own stats (X-Frame, X-Stats); 204 when
             none came within a second, 503 once the run has ended."""
-            after = parse_qs(urlsplit(self.path).query).get("after", ["0"])[0]
-            item = broadcast.next_jpeg(int(after) if after.isdigit() else 0, timeout=1.0)
+            after = after_frame(urlsplit(self.path).query)
+            if after is None:
+                self.send_error(HTTPStatus.BAD_REQUEST, "after= wants a frame number")
+                return
+            item = broadcast.next_jpeg(after, timeout=1.0)
             if item is None:
                 self.send_error(HTTPStatus.SERVICE_UNAVAILABLE, "the run has ended")
             elif not item[1]:
@@ -228,6 +283,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address, handler, max_clients: int) -> None:
         self.slots = threading.BoundedSemaphore(max_clients)
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:
@@ -258,14 +314,14 @@ class Server:
     """Serves ``broadcast`` on ``address`` in a background thread; ``url`` says where (port 0 picks one)."""
 
     def __init__(self, address: tuple[str, int], broadcast: Broadcast, title: str, timeout: float = 10.0,
-                 max_clients: int = 16) -> None:
+                 max_clients: int = 16, header_time: float = 10.0) -> None:
         try:
-            self.httpd = _HTTPServer(address, make_handler(broadcast, title, timeout), max_clients)
-        except OSError as e:
-            raise OSError(f"cannot serve on {address[0]}:{address[1]}: {e.strerror}") from None
+            self.httpd = _HTTPServer(address, make_handler(broadcast, title, timeout, header_time), max_clients)
+        except (OSError, OverflowError) as e:
+            raise OSError(f"cannot serve on {address[0]}:{address[1]}: {getattr(e, 'strerror', None) or e}") from None
         self.broadcast = broadcast
         host, port = self.httpd.server_address[:2]
-        self.url = f"http://{host}:{port}/"
+        self.url = f"http://{url_host(host)}:{port}/"
         lan = lan_address() if host in ("0.0.0.0", "::") else None
         self.lan_url = f"http://{lan}:{port}/" if lan else None  # what to open on a phone or laptop
         threading.Thread(target=self.httpd.serve_forever, name="serve", daemon=True).start()

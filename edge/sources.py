@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 
 from .files import IMAGE_SUFFIXES, is_image
+from .images import read_bgr, unreadable
+from .paths import folder_images
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
@@ -187,7 +189,10 @@ class DirectorySource:
         self.paths: list[Path] = []
 
     def open(self) -> None:
-        self.paths = sorted(p for p in self.root.rglob("*") if is_image(p))
+        found = folder_images(self.root)
+        for line in found.skipped:
+            log.warning(line)
+        self.paths = found.paths
         if not self.paths:
             raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {self.root}")
 
@@ -197,10 +202,10 @@ class DirectorySource:
                 return None
             path = self.paths[self.count % len(self.paths)]
             self.count += 1
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is not None:
-                return Frame(image, self.clock(), self.count - 1)
-            log.warning("skipped unreadable image %s", path)
+            try:
+                return Frame(read_bgr(path), self.clock(), self.count - 1)
+            except (OSError, ValueError) as e:
+                log.warning("skipped %s", unreadable(path, e))
         return None
 
     def close(self) -> None:
@@ -281,6 +286,9 @@ def _source(spec: str, loop: bool, camera_size: tuple[int, int], camera_fps: flo
         return DirectorySource(path, loop, clock)
     if path.is_file():
         if is_image(path):
-            raise SourceError(f"{spec} is a single image: use `python -m edge eval` or give its directory")
+            raise SourceError(f"{spec} is a single image: label it with `python -m edge predict BUNDLE {spec}`, "
+                              "or give its folder as the source")
         return VideoSource(str(path), loop, clock=clock)
+    if path.exists():
+        raise SourceError(f"source {spec!r} is neither a file nor a folder: give {SOURCE_HELP}")
     raise SourceError(f"source {spec!r} does not exist: give {SOURCE_HELP}")

@@ -15,7 +15,8 @@ from conftest import fake_meta
 from edge.bundle import Bundle, read_golden
 from edge.classify import softmax
 from edge.evaluate import every_class_in_turn
-from edge.predict import expand, predict
+from edge.paths import expand
+from edge.predict import predict
 
 
 def edge_cli(*args, cwd=None) -> subprocess.CompletedProcess:
@@ -43,11 +44,11 @@ def model(tiny_bundle):
 def test_folders_globs_and_files_expand_in_order_with_none_dropped(mixed):
     folder = mixed / "folder"
     paths = expand([str(folder / "red"), str(mixed / "empty.png"), str(folder / "blue" / "[01].png"),
-                    str(folder / "**" / "deep.png"), str(mixed / "missing.png"), str(folder / "nothing*.png")])
+                    str(folder / "**" / "deep.png"), str(mixed / "missing.png"), str(folder / "nothing*.png")]).paths
     red = sorted((folder / "red").iterdir())
     assert paths == [*red, mixed / "empty.png", folder / "blue" / "0.png", folder / "blue" / "1.png",
                      folder / "green" / "more" / "deep.png", mixed / "missing.png", folder / "nothing*.png"]
-    assert len(expand([str(folder)])) == 3 * 8 + 1 + 1, "a folder gives its images, recursively"
+    assert len(expand([str(folder)]).paths) == 3 * 8 + 1 + 1, "a folder gives its images, recursively"
 
 
 def test_every_file_gets_one_line_and_unreadable_ones_say_why(model, mixed):
@@ -55,7 +56,7 @@ def test_every_file_gets_one_line_and_unreadable_ones_say_why(model, mixed):
     args = [str(mixed / "folder"), str(mixed / "empty.png"), str(mixed / "notes.txt"), str(mixed / "missing.png")]
     counts = predict(model, args, top_k=2, fmt="jsonl", out=out)
     results = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [r["path"] for r in results] == [str(p) for p in expand(args)]
+    assert [r["path"] for r in results] == [str(p) for p in expand(args).paths]
     errors = {r["path"]: r["error"] for r in results if "error" in r}
     assert sorted(errors) == sorted([str(mixed / "folder" / "red" / "corrupt.jpg"), str(mixed / "empty.png"),
                                      str(mixed / "notes.txt"), str(mixed / "missing.png")])

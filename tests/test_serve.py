@@ -53,7 +53,7 @@ def test_each_frame_comes_with_its_own_figures_then_204_then_503_at_the_end(serv
     start = time.monotonic()
     assert request(server, "GET", "/frame.jpg?after=2")[0] == 204, "nothing newer within the wait"
     assert 0.5 < time.monotonic() - start < 60, "the server's one-second wait, then an answer"
-    assert request(server, "GET", "/frame.jpg?after=junk")[0] == 200, "a bad number is 0, the newest frame"
+    assert request(server, "GET", "/frame.jpg?after=junk")[0] == 400, "not a frame number"
     server.broadcast.close()
     assert request(server, "GET", "/frame.jpg?after=2")[0] == 503
 

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from edge.files import atomic_path, class_folders, folder_images
-from edge.preprocess import InputSpec, read_bgr
+from edge.images import read_bgr
+from edge.preprocess import InputSpec
 
 from .procedural import ProceduralShapes
 from .transforms import EvalTransform, TrainTransform

@@ -1,24 +1,17 @@
 """Train and eval transforms, on uint8 RGB HWC arrays, written once.
 
 The eval transform is fully described by :class:`edge.preprocess.InputSpec`, which
-is what the bundle's ``model.json`` carries to the device; the edge app implements it
-from those numbers with OpenCV, so both sides use the same resize kernels.
+is what the bundle's ``model.json`` carries to the device; its crop is the edge app's own
+(``edge.preprocess``), so both sides cut and resize the same pixels.
 Randomness comes from torch's RNG so DataLoader worker seeding and checkpoint
 RNG restore make augmentation reproducible.
 """
 import math
 
-import cv2
 import numpy as np
 import torch
 
-from edge.preprocess import InputSpec
-
-
-def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """OpenCV area filter when shrinking (no aliasing), bilinear when enlarging."""
-    shrinking = width * height < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+from edge.preprocess import InputSpec, Preprocessor, resize
 
 
 def to_tensor(image: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
@@ -30,16 +23,7 @@ class EvalTransform:
     """Resize the shorter side to ``spec.resize``, then take the central ``spec.size`` square."""
 
     def __init__(self, spec: InputSpec) -> None:
-        self.spec = spec
-
-    def crop(self, image: np.ndarray) -> np.ndarray:
-        """The geometric part, kept separate so parity tests can compare uint8 pixels."""
-        h, w = image.shape[:2]
-        scale = self.spec.resize / min(h, w)
-        new_w, new_h = max(self.spec.resize, int(w * scale)), max(self.spec.resize, int(h * scale))
-        image = resize(image, new_w, new_h)
-        top, left = (new_h - self.spec.size) // 2, (new_w - self.spec.size) // 2
-        return image[top:top + self.spec.size, left:left + self.spec.size]
+        self.spec, self.crop = spec, Preprocessor(spec).crop
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         return to_tensor(self.crop(image), self.spec.mean, self.spec.std)

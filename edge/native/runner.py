@@ -14,6 +14,7 @@ import numpy as np
 from .build import NativeError, library_path, runtime_lib_dir
 
 MAX_DIMS = 8
+MAX_THREADS = 1024  # the C ABI takes a uint32; a count past any CPU's cores is a typo, not a wish
 # ELF e_machine -> platform.machine(): a build for another CPU gets a clear message, not dlopen's.
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 243: "riscv64"}
 CODES = {1: "not a program", 2: "load failed", 3: "unsupported program", 4: "bad input", 5: "execute failed"}
@@ -71,8 +72,8 @@ class Runner:
     def __init__(self, pte: bytes, threads: int | None = None) -> None:
         self._lib, self._handle = library(), ctypes.c_void_p()
         self._calls, self._closing, self._idle = 0, False, threading.Condition()
-        if threads is not None and threads < 1:
-            raise NativeError(f"threads must be at least 1, got {threads}")
+        if threads is not None and not 1 <= threads <= MAX_THREADS:
+            raise NativeError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
         self._call("edge_runner_open", pte, len(pte), threads or 0, ctypes.byref(self._handle))
         self.input_shape, self.output_shape = self._shape(0), self._shape(1)
 

@@ -17,6 +17,8 @@ MODELS = {
     "v3_large": partial(MobileNetV3, "large"),
 }
 
+MAX_WIDTH = 4.0  # the papers go to 1.4; far beyond, channel counts overflow what any device holds
+
 
 class WeightsError(ValueError):
     """A weights file that does not fit the requested architecture."""
@@ -36,6 +38,8 @@ def create_model(
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if not 0 < width_mult <= MAX_WIDTH:
+        raise ValueError(f"width_mult must be in (0, {MAX_WIDTH}], got {width_mult}")
     model = MODELS[name](num_classes=num_classes, width_mult=width_mult, dropout=dropout)
     if weights is not None:
         load_weights(model, weights)

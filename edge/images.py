@@ -1,0 +1,89 @@
+"""Image files to BGR frames, as every reader here decodes them (predict, eval, run, the API, training).
+
+A file is checked before it is decoded: it must be a regular file (a FIFO or /dev/stdin would block the
+read), not larger on disk than ``MAX_FILE_BYTES``, and its header must promise at most ``MAX_PIXELS``.
+A few hundred bytes of PNG can claim 60000x60000 pixels: decoded, that is gigabytes, and on a 4 GB Pi the
+out-of-memory killer ends the app rather than the file being reported as unreadable.
+"""
+import os
+import stat
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MAX_PIXELS = 64_000_000  # an 8000x8000 photo: 192 MB as BGR; phone cameras' full-size shots stay under it
+MAX_FILE_BYTES = 256 * 2**20
+FILE_KINDS = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+              stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+
+
+def regular_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an image file without blocking, or None when it can be read.
+
+    ``stat`` follows symlinks, so /dev/stdin (a pipe or a terminal) is named for what it is.
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in FILE_KINDS.items() if test(mode)), "not a regular file")
+    hint = ": save what it holds to a file and give that" if not stat.S_ISDIR(mode) else ""
+    return f"{path} is {kind}, not an image file{hint}"
+
+
+def check_header(data: bytes, name: str) -> None:
+    """Refuse a file whose header claims more than ``MAX_PIXELS``, read without decoding the pixels.
+
+    A format Pillow cannot identify passes: OpenCV then decides, within its own limits.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data)) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:  # Pillow's own limit is above ours: the same answer
+        width = height = MAX_PIXELS
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return
+    if width * height > MAX_PIXELS:
+        claim = "" if width == height == MAX_PIXELS else f" {width}x{height} pixels,"
+        raise ValueError(f"{name} claims{claim} more than the {MAX_PIXELS // 10**6} megapixels this app "
+                         "decodes: scale it down first")
+
+
+def read_bgr(path: str | Path) -> np.ndarray:
+    """An image file as a BGR uint8 frame; ValueError (or OSError for a missing file) saying why it is not one.
+
+    ``np.fromfile`` + ``imdecode`` rather than ``imread``: a missing or unreadable file raises OSError
+    saying why, instead of ``imread``'s silent None.
+    """
+    if problem := regular_file_problem(path):
+        raise ValueError(problem)
+    if (size := os.path.getsize(path)) > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is {size / 2**20:.0f} MB, more than the {MAX_FILE_BYTES // 2**20} MB an image "
+                         "file may be here")
+    data = np.fromfile(path, np.uint8)
+    return decode_bgr(data, str(path))
+
+
+def decode_bgr(data: np.ndarray, name: str) -> np.ndarray:
+    """Encoded image bytes as a BGR uint8 frame, refused before decoding when the header is too large."""
+    if data.size:
+        check_header(data.tobytes(), name)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    except cv2.error:  # OpenCV's own limits, for a format Pillow could not read the header of
+        image = None
+    if image is None:
+        raise ValueError(f"{name} is not an image OpenCV can decode")
+    return image
+
+
+def unreadable(path: str | Path, error: OSError | ValueError) -> str:
+    """One line for a file ``read_bgr`` refused, naming it once: ``x.jpg: No such file or directory``."""
+    if isinstance(error, OSError):
+        return f"{path}: {error.strerror or error}"
+    return str(error)
