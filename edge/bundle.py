@@ -206,8 +206,14 @@ class Bundle:
         return self.meta.input
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Run one preprocessed (1, 3, H, W) float32 input; returns (1, classes) logits."""
-        return self.runner(batch)
+        """Run one preprocessed (1, 3, H, W) float32 input; returns (1, classes) logits, all finite.
+
+        A NaN would rank below every label and leave an empty top-k, which the app would count as a result.
+        """
+        logits = self.runner(batch)
+        if not np.isfinite(logits).all():
+            raise NativeError(f"{self.path / self.meta.pte} returned NaN or infinite logits; {REEXPORT}")
+        return logits
 
 
 def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-MAX_PIXELS = 64_000_000  # an 8000x8000 photo: 192 MB as BGR; phone cameras' full-size shots stay under it
+MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo (8160x6120); OpenCV holds it twice while decoding: 300 MB
 MAX_FILE_BYTES = 256 * 2**20
 FILE_KINDS = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
               stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
@@ -37,7 +37,8 @@ def regular_file_problem(path: str | Path) -> str | None:
 def check_header(data: bytes, name: str) -> None:
     """Refuse a file whose header claims more than ``MAX_PIXELS``, read without decoding the pixels.
 
-    A format Pillow cannot identify passes: OpenCV then decides, within its own limits.
+    A file Pillow cannot identify is refused too: OpenCV would still decode some of those (Radiance
+    HDR, for one), with no size check short of its own billion pixels, as 4-byte floats.
     """
     try:
         with warnings.catch_warnings():
@@ -47,7 +48,8 @@ def check_header(data: bytes, name: str) -> None:
     except Image.DecompressionBombError:  # Pillow's own limit is above ours: the same answer
         width = height = MAX_PIXELS
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        return
+        raise ValueError(f"{name} is not an image in a format this app reads (JPEG, PNG, BMP, WebP, TIFF, ...)") \
+            from None
     if width * height > MAX_PIXELS:
         claim = "" if width == height == MAX_PIXELS else f" {width}x{height} pixels,"
         raise ValueError(f"{name} claims{claim} more than the {MAX_PIXELS // 10**6} megapixels this app "
@@ -71,11 +73,12 @@ def read_bgr(path: str | Path) -> np.ndarray:
 
 def decode_bgr(data: np.ndarray, name: str) -> np.ndarray:
     """Encoded image bytes as a BGR uint8 frame, refused before decoding when the header is too large."""
-    if data.size:
-        check_header(data.tobytes(), name)
+    if not data.size:
+        raise ValueError(f"{name} is empty")
+    check_header(data.tobytes(), name)
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    except cv2.error:  # OpenCV's own limits, for a format Pillow could not read the header of
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:
         image = None
     if image is None:
         raise ValueError(f"{name} is not an image OpenCV can decode")
