@@ -22,7 +22,6 @@ import signal
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 from tqdm import tqdm
@@ -32,32 +31,20 @@ from edge.command import positive_int, with_examples
 from edge.native import NativeError
 from edge.serve import parse_address
 
-from . import android, pictures
+from . import android, pictures, provision
 from .profile import Device, ProfileError, load_device
 from .target import KEEP_RELEASES, DeployError, Target, connect, explain
+from .wheelhouse import device_requirements
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVE = "127.0.0.1:8080"
 SERVICE = "mobilenet-edge.service"
 
 
-def requirements() -> tuple[str, str]:
-    """The device's pip requirements, from pyproject.toml (the one place versions are pinned).
-
-    Two files: the ordinary ones, and the ExecuTorch wheel, installed with --no-deps because the
-    device uses only its lib/ and include/ (the native runner), never its torch dependency.
-    """
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"]
-    pins = [*project["dependencies"], *extras["edge"], *(r for r in extras["dev"] if r.startswith("pytest"))]
-    runtime = [r for r in extras["train"] if r.startswith("executorch")]
-    return "\n".join(dict.fromkeys(pins)) + "\n", "\n".join(runtime) + "\n"
-
-
 def environment_dir(venv: str) -> str:
     """One environment per set of requirements: a release whose requirements change gets a new one,
     and the running release keeps its own until the switch (and until it is pruned)."""
-    digest = hashlib.sha256("".join(requirements()).encode()).hexdigest()[:12]
+    digest = hashlib.sha256("".join(device_requirements()).encode()).hexdigest()[:12]
     return f"{venv}-{digest}"
 
 
@@ -90,7 +77,7 @@ def stage(bundle: Path, device: Device, root: str, python: str, version: str, me
     for name in meta.files:
         shutil.copy2(bundle / name, into / "bundle" / name)
     shutil.copy2(ROOT / "deploy" / "device.mk", into / "Makefile")
-    packages, runtime = requirements()
+    packages, runtime = device_requirements()
     (into / "requirements.txt").write_text(packages)
     (into / "requirements-nodeps.txt").write_text(runtime)
     (into / "device.json").write_text(json.dumps(device.facts(), indent=2) + "\n")
@@ -106,21 +93,18 @@ def stage(bundle: Path, device: Device, root: str, python: str, version: str, me
     (into / "MANIFEST.sha256").write_text("".join(lines))
 
 
-def setup_python(target: Target, device: Device, venv: str | None, release: str, python: str) -> None:
-    """Create the release's environment once (it is keyed by its requirements), then build the native
-    runner in it with the device's own compiler (a no-op when this runner source is built there)."""
+def setup_python(target: Target, device: Device, venv: str | None, root: str, release: str, python: str,
+                 bwlimit: int | None, plan: provision.RunnerPlan | None, facts: provision.DeviceFacts | None) -> None:
+    """Create the release's environment once (it is keyed by its requirements) from wheels fetched on this
+    machine, and give it the native runner built here (or by the device); a no-op when both are there."""
     if venv and target.run(["test", "-f", f"{venv}/.complete"], check=False).returncode != 0:
         print(f"\nsetting up the Python environment on {target.where} (once per requirements; several minutes)",
               file=sys.stderr)
-        target.run(["rm", "-rf", venv], what="removing an unfinished environment")
-        target.run([device.python, "-m", "venv", *device.venv_flags, venv], what="creating the venv")
-        target.run([python, "-m", "pip", "install", "--upgrade", "pip"], capture=False, what="upgrading pip")
-        target.run([python, "-m", "pip", "install", "-r", f"{release}/requirements.txt"], capture=False,
-                   what="installing numpy/OpenCV/pytest on the device")
-        target.run([python, "-m", "pip", "install", "--no-deps", "-r", f"{release}/requirements-nodeps.txt"],
-                   capture=False, what="installing the ExecuTorch runtime libraries on the device")
-        target.run(["touch", f"{venv}/.complete"], what="recording the environment")
-    target.run([python, "-m", "edge.native"], cwd=release, what="building the native runner on the device")
+        provision.install_packages(target, facts, root, venv, release, bwlimit)
+    if venv:
+        provision.install_runner(target, plan, facts, venv, release, python)
+    else:
+        target.run([python, "-m", "edge.native"], cwd=release, what="building the native runner on the device")
 
 
 def deploy(args: argparse.Namespace) -> Path | None:
@@ -139,6 +123,9 @@ def deploy(args: argparse.Namespace) -> Path | None:
     python = f"{venv}/bin/python" if venv else device.python
     python = python if "/" not in python or python.startswith("/") else f"{home}/{python}"
     releases, release = f"{root}/releases", f"{root}/releases/{version}"
+    # What the device is decides which wheels and which runner build fit it; both are prepared here.
+    facts = provision.probe(target, device.python) if venv else None
+    plan = provision.plan_runner(target, facts, venv) if venv else None
     steps = tqdm(total=6, desc=f"deploy to {device.name}", unit="step", file=sys.stderr)
 
     def step(text: str) -> None:
@@ -152,13 +139,15 @@ def deploy(args: argparse.Namespace) -> Path | None:
     partial = f"{release}.partial"
     with tempfile.TemporaryDirectory(prefix="release-") as tmp:
         stage(args.bundle, device, root, python, version, meta, Path(tmp), args.serve)
+        if plan:
+            provision.stage_runner(plan, Path(tmp))
         step("copying")
         target.push(Path(tmp), partial, args.bwlimit)
     step("verifying")
     target.run(["sha256sum", "--quiet", "--strict", "-c", "MANIFEST.sha256"], cwd=partial,
                what="checking the copy against its manifest")
     step("environment")
-    setup_python(target, device, venv, partial, python)
+    setup_python(target, device, venv, root, partial, python, args.bwlimit, plan, facts)
     step("smoke run")
     smoke_run(target, python, partial, release)
     target.run(["mv", "-T", partial, release], what="finishing the release")

@@ -20,9 +20,12 @@ SUITE=bookworm
 QEMU=/usr/bin/qemu-aarch64-static
 BINFMT=/proc/sys/fs/binfmt_misc
 ENTRY=pi-emu-aarch64
-# What the root needs: Bookworm's Python 3.11 with venv/pip, sshd and rsync for deploy, g++ to build
-# the native runner on the device (as `make deploy` does on a real Pi).
-PACKAGES=python3,python3-venv,python3-pip,openssh-server,rsync,ca-certificates,g++,make,procps
+# What the root has: what a Pi needs for `make deploy` (Python 3 with venv, rsync, sshd), make and procps.
+# No compiler, and pip's index unreachable (see offline): a Pi in the field has neither, and the deploy
+# brings the wheels and the native runner from this machine.
+PACKAGES=python3,python3-venv,openssh-server,rsync,make,procps
+COMPILERS="g++ g++-12 gcc gcc-12 cpp cpp-12"  # in roots built before the line above
+DEAD_INDEX=http://127.0.0.1:9/simple/  # the discard port: nothing listens, a connection is refused at once
 # Cortex-A76 as on a Pi 5: MIDR 0x414fd0b1 (ARM, variant 4, part 0xd0b, revision 1).
 FEATURES="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
 MIDR=0x00000000414fd0b1
@@ -63,12 +66,20 @@ build_root() {
     mv "$ROOT.tmp" "$ROOT"
 }
 
-# The device reaches PyPI through this machine's network: let it trust what this machine trusts
-# (a TLS-inspecting proxy's CA included), as a Pi on the same network would be set up to.
-share_trust() {
-    local bundle=/etc/ssl/certs/ca-certificates.crt
-    [ -f "$bundle" ] && install -m 644 "$bundle" "$ROOT$bundle"
-    return 0
+# A Pi in the field: no compiler, and no package index. The root shares this machine's network (qemu-user
+# emulates a CPU, not a network), so pip is pointed at a closed local port for every user: a deploy that
+# reached for an index would fail. Roots built with a compiler lose it once.
+offline() {
+    local installed=()
+    for package in $COMPILERS; do
+        grep -qx "Package: $package" "$ROOT/var/lib/dpkg/status" && installed+=("$package")
+    done
+    if [ ${#installed[@]} -gt 0 ]; then
+        say "removing the compiler from the root (${installed[*]}): a Pi in the field has none"
+        chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq "${installed[@]}" >/dev/null 2>&1 \
+            || die "could not remove ${installed[*]} from the root: rm -rf $ROOT and run again"
+    fi
+    printf '[global]\nindex-url = %s\nretries = 0\ntimeout = 5\n' "$DEAD_INDEX" > "$ROOT/etc/pip.conf"
 }
 
 fake_cpu() {
@@ -149,12 +160,12 @@ up() {
     register_binfmt
     build_root
     install_qemu
-    share_trust
+    offline
     fake_cpu "$(nproc)"
     mount_root
     add_user
     start_sshd
-    say "up: Debian $SUITE arm64, Cortex-A76 x $(nproc) under qemu, sshd on 127.0.0.1:$(sed -n 's/^port: //p' "$DIR/ssh.yaml")"
+    say "up: Debian $SUITE arm64, Cortex-A76 x $(nproc) under qemu, no compiler, pip index $DEAD_INDEX, sshd on 127.0.0.1:$(sed -n 's/^port: //p' "$DIR/ssh.yaml")"
     echo "now: make deploy DEVICE=rpi5-emu    (stop it with: make pi-emu-down)"
 }
 

@@ -27,7 +27,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from edge.files import blocking_file
-from edge.native.build import COMMAND_SOURCE, LIBRARIES, SOURCE, compile_flags, link_flags
+from edge.native.build import COMMAND_SOURCE, LIBRARIES, SOURCE, compile_flags, library_name, link_flags
 
 CROSS_COMPILER = "aarch64-linux-gnu-g++"
 CROSS_PACKAGE = "g++-aarch64-linux-gnu"  # Debian and Ubuntu
@@ -116,10 +116,11 @@ def needed(elf: Path) -> list[str]:
     return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", result.stdout)
 
 
-def glibc_needed(elf: Path) -> tuple[int, ...]:
-    """The newest GLIBC_x.y symbol version ``elf`` asks for: the oldest glibc it loads with."""
+def glibc_needed(elf: Path, library: str = "GLIBC") -> tuple[int, ...]:
+    """The newest ``GLIBC_x.y`` (or ``GLIBCXX_3.4.z`` for ``library="GLIBCXX"``) symbol version ``elf`` asks
+    for: the oldest C (C++) library it loads with."""
     result = subprocess.run(["readelf", "-V", str(elf)], capture_output=True, text=True)
-    found = [tuple(int(p) for p in v.split(".")) for v in re.findall(r"GLIBC_(\d+(?:\.\d+)+)", result.stdout)]
+    found = [tuple(int(p) for p in v.split(".")) for v in re.findall(rf"\b{library}_(\d+(?:\.\d+)+)", result.stdout)]
     return max(found, default=(0,))
 
 
@@ -155,6 +156,39 @@ def compile_command(compiler: str, include: Path, lib: Path, out: Path) -> None:
     if result.returncode != 0:
         first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
         raise PackageError(f"compiling {COMMAND} failed: {first[:400]}")
+
+
+def build_library(python: str, cache: Path = DEFAULT_CACHE) -> Path:
+    """The runner library for an aarch64 Linux device whose environment is Python ``python`` ("3.11").
+
+    What ``python -m edge.native`` would build there, with the same flags, named as the device names its
+    own build and found by it in place of one. It loads ExecuTorch's libraries from the environment's
+    executorch wheel, by a path relative to itself (the environment's ``lib/edge-runner/``).
+    """
+    compiler, runtime = cross_compiler(), executorch_version()
+    out = cache / f"library-{package_key(compiler, runtime)}-py{python}" / library_name("aarch64")
+    if out.is_file():
+        return out
+    wheel = download_wheel(runtime, cache)
+    print(f"cross-compiling the native runner for aarch64 (Python {python}, executorch {runtime})", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as work:
+        lib, include = extract_runtime(wheel, Path(work))
+        tmp = Path(work) / out.name
+        result = subprocess.run([compiler, *compile_flags(include), "-fPIC", "-shared", str(SOURCE), "-s", "-o", str(tmp),
+                                 *link_flags(lib), f"-Wl,-rpath,$ORIGIN/../python{python}/site-packages/executorch/lib"],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
+            raise PackageError(f"cross-compiling the native runner failed: {first[:400]}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.replace(out)
+    return out
+
+
+def compiler_version(compiler: str) -> str:
+    """``aarch64-linux-gnu-g++ 12.2.0``: the compiler's name and version, as reports quote it."""
+    result = subprocess.run([compiler, "-dumpfullversion"], capture_output=True, text=True)
+    return f"{Path(compiler).name} {result.stdout.strip() or 'unknown version'}"
 
 
 def build(cache: Path = DEFAULT_CACHE, force: bool = False) -> Path:

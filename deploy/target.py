@@ -27,7 +27,9 @@ def explain(stderr: str, where: str) -> str:
              ("Connection refused", f"{where} refused the connection: is sshd running, is PORT= right?"),
              ("Connection timed out", f"{where} did not answer: is it on the network, is HOST= right?"),
              ("No route to host", f"no route to {where}: is it on the network?"),
-             ("Host key verification failed", f"{where}'s host key changed: check it, then fix ~/.ssh/known_hosts")]
+             ("Host key verification failed", f"{where}'s host key changed: check it, then fix ~/.ssh/known_hosts"),
+             ("Permission denied (13)", f"{where} refused a write (permission denied): check who owns the "
+                                        "deploy's directory there (REMOTE_DIR=)")]
     for needle, message in known:
         if needle in text:
             return message

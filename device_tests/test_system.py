@@ -45,3 +45,14 @@ def test_environment_has_no_torch(device, figures):
     if not device.get("own_environment"):
         pytest.skip(f"the {device['name']} profile runs in an environment it shares (size recorded)")
     assert importlib.util.find_spec("torch") is None, f"torch is installed in {prefix}: the device does not need it"
+
+
+def test_runtime_origin(device, figures):
+    """How the runtime got here, as make deploy recorded it beside what it made: the packages (wheels
+    downloaded on the host, installed with no index) and the runner (built on the host or on the device)."""
+    from edge.native.build import origins
+
+    figures["runtime"] = found = origins()
+    if not device.get("own_environment"):
+        pytest.skip(f"the {device['name']} profile runs in an environment deploy did not make")
+    assert all(found.values()), f"deploy recorded no origin for {[k for k, v in found.items() if not v]}"

@@ -5,10 +5,14 @@ import importlib
 import math
 import signal
 import sys
+from typing import Callable
 
 
-def run_main(module: str) -> None:
+def run_main(module: str, quiet: Callable[[], None] | None = None) -> None:
     """Import ``module`` and call its ``main()``; the imports alone take seconds (torch, the runtime).
+
+    ``quiet`` installs a command's log and warning filters first, before the libraries it filters are
+    imported: importing a package never changes them.
 
     SIGTERM (a service stop, ``kill``) is handled like Ctrl-C. Commands that clean up on an interrupt
     catch it themselves; one that reaches here exits 130 with "interrupted", never a traceback.
@@ -19,6 +23,8 @@ def run_main(module: str) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda signum, frame: held.append(signum))
     try:
+        if quiet:
+            quiet()
         main = importlib.import_module(module).main
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.default_int_handler)

@@ -81,6 +81,8 @@ def markdown(report: dict) -> str:
             for group, group_cpus in f["cores"].items()))
     if "memory" in f:
         lines.append(f"- peak RSS {f['memory']['peak_rss_mb']:.1f} MB")
+    if f.get("runtime"):
+        lines.append("- runtime: " + "; ".join(f"{what} {how or 'not recorded'}" for what, how in f["runtime"].items()))
     if "environment" in f:
         lines.append(f"- Python environment {f['environment']['size_mb']:.0f} MB ({f['environment']['prefix']})")
     if "vcgencmd" in f:

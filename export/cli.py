@@ -29,7 +29,8 @@ from edge.command import fraction, positive_int, with_examples
 from edge.native import NativeError, Runner
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
 from edge.preprocess import InputSpec, Preprocessor
-from training.checkpoint import CheckpointError, load_module
+from training.checkpoint import CheckpointError
+from training.restore import load_module
 from training.data import DataError, ImageDataModule
 from training.models import WeightsError
 from training.module import ImageClassifier

@@ -19,12 +19,18 @@ from edge.native import Runner
 from edge.preprocess import InputSpec
 from export.cli import main as export_main
 from training.cli import main as train_main
+from training.quiet import silence_known_noise
 
 
 COLOURS = {"blue": (255, 0, 0), "green": (0, 255, 0), "red": (0, 0, 255)}  # BGR on disk
 
 
 TRAINED = {"runs", "bundle", "tiny_float_run", "colour_bundle"}
+
+
+def pytest_configure(config):
+    """The tests are an entry point, like ``python -m training``: they install its log and warning filters."""
+    silence_known_noise()
 
 
 def pytest_collection_modifyitems(items):

@@ -1,5 +1,9 @@
 """End to end on ARM: `make pi-emu`, `make deploy DEVICE=rpi5-emu`, the device tests on an emulated Cortex-A76.
 
+The emulated Pi is a Pi in the field: no compiler, and pip's index unreachable. Each run starts it without
+a Python environment, so the deploy installs one from the wheels this machine downloaded and the runner
+it cross-compiled, every time.
+
 Run by `make test-arm` (not by `make test`: the first run builds the arm64 root, ~5 min, and installs the
 device's environment under emulation). Needs root for mount/chroot/binfmt_misc.
 """
@@ -57,19 +61,46 @@ def make_deploy(bundle: Path, *extra: str) -> list[str]:
     return ["make", "-s", "deploy", "DEVICE=rpi5-emu", f"BUNDLE={bundle}", f"REPORTS={REPORTS}", *extra]
 
 
-def test_the_emulated_pi_is_an_arm_cortex_a76(pi):
-    result = ssh(pi, ["sh", "-c", "uname -m; grep -m1 'CPU part' /proc/cpuinfo; python3 --version"])
+DEVICE_ROOT = EMU_DIR / "root" / "home" / "pi" / "mobilenet-edge"
+
+
+def test_the_emulated_pi_is_an_arm_cortex_a76_without_compiler_or_index(pi):
+    result = ssh(pi, ["sh", "-c", "uname -m; grep -m1 'CPU part' /proc/cpuinfo; python3 --version; "
+                                  "command -v g++ gcc cc c++ || echo no compiler; "
+                                  "python3 -m venv /tmp/probe && /tmp/probe/bin/pip download -q --no-deps -d /tmp "
+                                  "tqdm >/dev/null 2>&1 || echo no index; rm -rf /tmp/probe"], timeout=600)
     assert result.returncode == 0, result.stderr
-    machine, part, python = result.stdout.splitlines()
+    machine, part, python, compiler, index = result.stdout.splitlines()
     assert machine == "aarch64" and part.endswith("0xd0b") and python.startswith("Python 3.11")
+    assert compiler == "no compiler" and index == "no index"
 
 
-def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_the_release(pi, bundle):
+def test_a_full_disk_while_the_wheelhouse_is_copied_is_one_line_and_nothing_switches(pi, bundle):
+    """A 16 MB file system where the wheelhouse (about 80 MB) goes: rsync runs out of space mid-copy."""
+    assert ssh(pi, ["sh", "-c", "rm -rf mobilenet-edge/venv-*"]).returncode == 0  # a device without its environment
+    current = (DEVICE_ROOT / "current").resolve() if (DEVICE_ROOT / "current").exists() else None
+    wheels = DEVICE_ROOT / "wheelhouse"
+    wheels.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0777", "tmpfs", str(wheels)], check=True)
+    try:
+        full = subprocess.run(make_deploy(bundle, "NO_TESTS=1"), capture_output=True, text=True, timeout=1800)
+    finally:
+        subprocess.run(["umount", str(wheels)], check=True)
+        wheels.rmdir()  # made here, by root: the pi user could not write into it
+    assert full.returncode != 0 and "out of disk space" in full.stderr and "Traceback" not in full.stderr, \
+        full.stderr[-3000:]
+    assert [line for line in full.stderr.splitlines() if line.startswith("error:")], full.stderr[-2000:]
+    assert ((DEVICE_ROOT / "current").resolve() if (DEVICE_ROOT / "current").exists() else None) == current
+
+
+def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_the_release(pi, bundle, tiny_bundle):
     started = time.monotonic()
     first = subprocess.run(make_deploy(bundle), capture_output=True, text=True, timeout=3600)
     assert first.returncode == 0, first.stderr[-4000:]
-    print(f"\nfirst deploy (environment, native build, device tests) in {time.monotonic() - started:.0f} s")
-    device_root = EMU_DIR / "root" / "home" / "pi" / "mobilenet-edge"
+    print(f"\nfirst deploy (environment from the host's wheels, runner from the host, device tests) in "
+          f"{time.monotonic() - started:.0f} s")
+    assert "setting up the Python environment" in first.stderr and "compile its native runner" not in first.stderr
+    device_root = DEVICE_ROOT
     current = (device_root / "current").resolve()
     release = device_root / "releases" / current.name
     report = json.loads((REPORTS / "rpi5-emu" / current.name / "device_report.json").read_text())
@@ -78,6 +109,9 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     assert report["figures"]["parity"]["top1_agreement"] == 1.0 and report["figures"]["parity"]["images"] == 8
     assert report["figures"]["preprocessing_parity"]["top1_agreement"] == 1.0
     assert "torch" not in report["versions"] and report["versions"]["executorch"] == "1.5.1"
+    runtime = report["figures"]["runtime"]
+    assert runtime["packages"].startswith("wheels downloaded on the deploying host"), runtime
+    assert runtime["runner"].startswith("cross-compiled on the deploying host with aarch64-linux-gnu-g++"), runtime
     assert report["figures"]["latency"] and report["figures"]["pipeline"]["procedural"]["frames"] > 0
     assert report["tests"] and all(t["outcome"] in ("passed", "skipped") for t in report["tests"].values())
     assert "EMULATED" in (REPORTS / "rpi5-emu" / current.name / "device_report.md").read_text()
@@ -94,12 +128,14 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
                                  "--fps 0 --headless --max-frames 5"])
     assert smoke.returncode == 0 and "5 frames" in smoke.stdout, smoke.stderr[-2000:]
 
-    # The next deploy clears the unfinished copy and switches; the environment and native build are reused.
+    # The next deploy, of another bundle, clears the unfinished copy and switches; the environment and the
+    # runner are reused, and nothing is downloaded or compiled here or there.
     started = time.monotonic()
-    third = subprocess.run(make_deploy(bundle, "NO_TESTS=1"), capture_output=True, text=True, timeout=1800)
+    third = subprocess.run(make_deploy(tiny_bundle, "NO_TESTS=1"), capture_output=True, text=True, timeout=1800)
     assert third.returncode == 0, third.stderr[-3000:]
-    print(f"re-deploy (environment reused) in {time.monotonic() - started:.0f} s")
+    print(f"re-deploy of another bundle (environment reused) in {time.monotonic() - started:.0f} s")
     assert (device_root / "current").resolve() != current
     assert not list((device_root / "releases").glob("*.partial"))
-    assert "setting up the Python environment" not in third.stderr
+    for work in ("setting up the Python environment", "downloading", "cross-compiling", "compile its native runner"):
+        assert work not in third.stderr, third.stderr[-2000:]
 

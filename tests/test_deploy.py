@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cli import main as deploy_main, prune, prune_environments, requirements, service_unit, smoke_run, stage
+from deploy.cli import main as deploy_main, prune, prune_environments, service_unit, smoke_run, stage
 from deploy.profile import ProfileError, load_device, settings_from
 from deploy.target import DeployError, SSHTarget, connect, explain
+from deploy.wheelhouse import device_requirements
 from edge.bundle import read_meta
 from conftest import interrupt_once_copying
 from device_tests.compare import flatten, table
@@ -104,7 +105,7 @@ def test_failures_are_explained_in_one_line(stderr, expected):
 
 
 def test_requirements_come_from_pyproject_without_torch():
-    packages, runtime = requirements()
+    packages, runtime = device_requirements()
     pins = packages.split()
     assert any(p.startswith("pytest") for p in pins) and any(p.startswith("opencv-python-headless") for p in pins)
     assert not any(p.startswith(("torch", "executorch", "lightning", "torchvision")) for p in pins)

@@ -2,6 +2,7 @@
 import ast
 import importlib.metadata
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -72,3 +73,57 @@ def test_each_extra_installs_what_its_code_imports():
 def test_the_check_sees_a_missing_extra():
     assert "torch" in imports("training") and "torch" not in declared(["edge"])
     assert {"torch", "lightning", "executorch"} <= declared(["export"]), "export follows its reference to train"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Our modules that ``path`` imports, at its top or inside a function: a cycle that works only because
+    one side's import is deferred is still a cycle."""
+    name, found = module_name(path), set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+    return {m for m in found if m.split(".")[0] in OURS}
+
+
+def test_the_tree_has_no_import_cycle():
+    files = {module_name(p): p for top in OURS for p in (ROOT / top).rglob("*.py")}
+    graph = {name: {m for m in imports_of(path) if m in files and m != name} for name, path in files.items()}
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = "open"
+        for other in sorted(graph[name]):
+            assert state.get(other) != "open", f"import cycle: {' -> '.join(trail[trail.index(other):] + [other])}"
+            if other not in state:
+                visit(other, trail + [other])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+def test_importing_our_packages_changes_no_log_or_warning_filter():
+    """The libraries are imported first; then ours, which must leave the filters as they were."""
+    probe = ("import logging, warnings, lightning, torchao, executorch.exir\n"
+             "def filters():\n"
+             "    return (len(warnings.filters), {n: len(l.filters) for n, l in logging.Logger.manager.loggerDict.items()"
+             " if isinstance(l, logging.Logger)})\n"
+             "before = filters()\n"
+             "import training.cli, training.restore, export.cli, sweep.cli, deploy.cli, edge.cli\n"
+             "after = filters()\n"
+             "print(before[0] == after[0] and all(after[1].get(k) == v for k, v in before[1].items()) and "
+             "not any(v for k, v in after[1].items() if k not in before[1]))\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.stdout.strip() == "True", result.stderr[-2000:]

@@ -42,7 +42,7 @@ def test_qat_graph_keeps_the_float_models_batchnorm_settings_across_mode_switche
 def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour_folder):
     import cv2
 
-    from training.checkpoint import load_module
+    from training.restore import load_module
     from edge.preprocess import InputSpec
     from training.transforms import EvalTransform
 

@@ -1,4 +1,1 @@
-"""Models, data, float training and QAT; quiet about the libraries' known noise (see quiet.py)."""
-from .quiet import silence_known_noise
-
-silence_known_noise()
+"""Models, data, float training and QAT. Entry points quiet the libraries' known noise (see quiet.py)."""

@@ -15,6 +15,10 @@ def safe_load(path: Path, what: str, error: type[Exception]):
     Torch's message for a file with arbitrary Python objects advises ``weights_only=False``: the wrong
     advice for a file from elsewhere, so it is never repeated.
     """
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ckpt"))[:3]
+        raise error(f"{what} {path} is a folder, not a file" + (f": give one in it ({', '.join(inside)})" if inside
+                                                                  else ""))
     if not path.is_file():
         raise error(f"{what} {path} does not exist")
     try:
@@ -39,26 +43,6 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"{path} is not a checkpoint written by `make train` or `make qat`")
     return checkpoint
-
-
-def load_module(path: str | Path):
-    """The LightningModule a checkpoint was written by (float or QAT), rebuilt in eval mode with its
-    weights, and the checkpoint."""
-    from .module import ImageClassifier  # here, not at the top: the model zoo imports this module
-    from .qat import QATClassifier
-
-    checkpoint = read_checkpoint(path)
-    hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if not k.startswith("_")}
-    classes = {"training.module.ImageClassifier": ImageClassifier, "training.qat.QATClassifier": QATClassifier}
-    cls = classes.get(checkpoint["hyper_parameters"].get("_class_path"), ImageClassifier)
-    if "data" not in checkpoint:
-        raise CheckpointError(f"{path} has no data description (labels, input); re-train with `make train`")
-    hparams.update(weights=None)  # the state dict below has the trained weights
-    if cls is QATClassifier:
-        hparams.update(float_checkpoint=None)
-    module = cls(**hparams)
-    module.load_state_dict(checkpoint["state_dict"])
-    return module.eval(), checkpoint
 
 
 def check_architecture(checkpoint: dict, path: str | Path, **expected) -> None:

@@ -52,9 +52,26 @@ def source_key() -> str:
     return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
 
 
+def library_name(machine: str) -> str:
+    """The runner's file name for a CPU architecture and the current source: a deploy that builds it on the
+    host for a device names it so, and the device loads it as its own build."""
+    return f"libedge_runner-{machine}-{source_key()}.so"
+
+
 def library_path() -> Path:
     """Where this environment's build of the current source lives."""
-    return Path(sys.prefix) / "lib" / "edge-runner" / f"libedge_runner-{platform.machine()}-{source_key()}.so"
+    return Path(sys.prefix) / "lib" / "edge-runner" / library_name(platform.machine())
+
+
+PACKAGES_ORIGIN = "edge-packages.origin"  # in an environment's root: how deploy installed its packages
+ORIGIN_SUFFIX = ".origin"  # beside the runner: how it got there
+
+
+def origins() -> dict[str, str | None]:
+    """How this environment's packages and runner got here, as deploy recorded it (None: not by deploy)."""
+    runner = library_path()
+    files = {"packages": Path(sys.prefix) / PACKAGES_ORIGIN, "runner": runner.with_name(runner.name + ORIGIN_SUFFIX)}
+    return {what: path.read_text().strip() if path.is_file() else None for what, path in files.items()}
 
 
 def compile_flags(include: Path) -> list[str]:
