@@ -89,7 +89,7 @@ JOBS ?= 1
 given = $(filter command line environment environment override,$(origin $(1)))
 SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
-.PHONY: help setup train qat export test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep clean \
+.PHONY: help setup train qat export lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep clean \
 	pi-emu pi-emu-down test-arm android-runner android-emu android-emu-down test-android
 
 help:  ## list targets
@@ -120,6 +120,11 @@ qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, ver
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=] [EXPORT_ARGS=]
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
 	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT) $(EXPORT_ARGS)
+
+lint: setup  ## ruff (checks and format) over the tree, mypy over edge/ (the code that ships to devices)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy edge/
 
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
 	$(PY) -m pytest -q -m "not arm and not sweep and not android" $(PYTEST_WORKERS)

@@ -1,4 +1,5 @@
 """python -m deploy: see deploy/cli.py."""
+
 from edge.command import run_main
 
 run_main("deploy.cli")

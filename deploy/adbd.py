@@ -13,6 +13,7 @@ and ``--kbps`` receives pushed files no faster than that (a slow USB link, to in
 
 It binds to 127.0.0.1 only and is for tests: it trusts whoever connects, as adbd with auth off does.
 """
+
 import argparse
 import contextlib
 import os
@@ -20,7 +21,6 @@ import secrets
 import shutil
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import sys
@@ -36,8 +36,13 @@ COMMANDS = {name: struct.unpack("<I", name.encode())[0] for name in ("CNXN", "AU
 FEATURES = "shell_v2,cmd,fixed_push_mkdir"  # stat_v2 and sendrecv_v2 left out: the client falls back to v1
 SHELL_STDIN, SHELL_STDOUT, SHELL_STDERR, SHELL_EXIT, SHELL_CLOSE_STDIN = 0, 1, 2, 3, 4
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
-SHELL_ENV = {"PATH": "/system/bin:/system/xbin", "HOME": "/data/local/tmp", "TMPDIR": "/data/local/tmp",
-             "ANDROID_DATA": "/data", "ANDROID_ROOT": "/system"}
+SHELL_ENV = {
+    "PATH": "/system/bin:/system/xbin",
+    "HOME": "/data/local/tmp",
+    "TMPDIR": "/data/local/tmp",
+    "ANDROID_DATA": "/data",
+    "ANDROID_ROOT": "/system",
+}
 
 
 class Connection:
@@ -147,7 +152,7 @@ class Stream:
                 if self.finished.is_set():
                     raise EOFError
             self.ready.clear()
-            self.connection.send("WRTE", self.local, self.remote, data[start:start + MAX_PAYLOAD])
+            self.connection.send("WRTE", self.local, self.remote, data[start : start + MAX_PAYLOAD])
 
     def acknowledged(self) -> None:
         self.ready.set()
@@ -194,14 +199,22 @@ class Shell(Stream):
 
     def run(self) -> None:
         argv = [CHROOT, str(self.connection.root), "/system/bin/sh", *(["-c", self.command] if self.command else [])]
-        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   env=SHELL_ENV, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=SHELL_ENV,
+            start_new_session=True,
+        )
         if self.v2:
             threading.Thread(target=self._stdin, args=(process,), daemon=True).start()
         else:
             process.stdin.close()
-        pumps = [threading.Thread(target=self._pump, args=(pipe, packet), daemon=True)
-                 for pipe, packet in ((process.stdout, SHELL_STDOUT), (process.stderr, SHELL_STDERR))]
+        pumps = [
+            threading.Thread(target=self._pump, args=(pipe, packet), daemon=True)
+            for pipe, packet in ((process.stdout, SHELL_STDOUT), (process.stderr, SHELL_STDERR))
+        ]
         for pump in pumps:
             pump.start()
         while process.poll() is None:
@@ -283,8 +296,9 @@ class Sync(Stream):
             entries = []
         for entry in entries:
             st, name = entry.stat(follow_symlinks=False), entry.name.encode(errors="surrogateescape")
-            self.write(struct.pack("<4s4I", b"DENT", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime),
-                                   len(name)) + name)
+            self.write(
+                struct.pack("<4s4I", b"DENT", st.st_mode, st.st_size & 0xFFFFFFFF, int(st.st_mtime), len(name)) + name
+            )
         self.write(struct.pack("<4s4I", b"DONE", 0, 0, 0, 0))
 
     def send(self, spec: str) -> None:
@@ -367,8 +381,9 @@ def banner(root: Path) -> str:
         for line in prop_file.read_text().splitlines():
             key, _, value = line.partition("=")
             props[key.strip()] = value.strip()
-    named = ";".join(f"{k}={props[k]}" for k in ("ro.product.name", "ro.product.model", "ro.product.device")
-                     if k in props)
+    named = ";".join(
+        f"{k}={props[k]}" for k in ("ro.product.name", "ro.product.model", "ro.product.device") if k in props
+    )
     return f"device::{named};features={FEATURES}"
 
 
@@ -390,10 +405,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default 0: a free one)")
     parser.add_argument("--port-file", type=Path, help="write the port here once listening")
     modes = parser.add_mutually_exclusive_group()
-    modes.add_argument("--refuse-auth", dest="mode", action="store_const", const="refuse-auth",
-                       help="ask for AUTH and never accept: an unauthorized device")
-    modes.add_argument("--mute", dest="mode", action="store_const", const="mute",
-                       help="accept connections and never answer: an offline device")
+    modes.add_argument(
+        "--refuse-auth",
+        dest="mode",
+        action="store_const",
+        const="refuse-auth",
+        help="ask for AUTH and never accept: an unauthorized device",
+    )
+    modes.add_argument(
+        "--mute",
+        dest="mode",
+        action="store_const",
+        const="mute",
+        help="accept connections and never answer: an offline device",
+    )
     parser.add_argument("--kbps", type=float, help="receive pushed files at most this fast (KB/s)")
     args = parser.parse_args(argv)
     if not (args.root / "system" / "bin" / "sh").exists():

@@ -14,6 +14,7 @@ the host's logits by the bundle's parity rule is it renamed to ``<version>`` and
 one that fails is kept aside as ``<version>.failed`` until the next deploy. The report comes home as
 ``device_report.{json,md,png}``, in the format of the Pi's device tests.
 """
+
 import hashlib
 import json
 import re
@@ -33,7 +34,8 @@ from edge.bundle import BundleMeta, read_golden
 
 from . import pictures
 from .profile import Device
-from .runner_package import COMMAND, LOADER, PackageError, build as build_package
+from .runner_package import COMMAND, LOADER, PackageError
+from .runner_package import build as build_package
 from .target import KEEP_RELEASES, DeployError, explain
 
 ABI = "arm64-v8a"
@@ -52,11 +54,13 @@ class Adb:
             raise DeployError(f"adb is not installed: {INSTALL_ADB}")
         self.serial, self.where = serial, f"the Android device {serial}"
 
-    def adb(self, args: list[str], what: str, timeout: float = TIMEOUT_S,
-            check: bool = True) -> subprocess.CompletedProcess:
+    def adb(
+        self, args: list[str], what: str, timeout: float = TIMEOUT_S, check: bool = True
+    ) -> subprocess.CompletedProcess:
         try:
-            result = subprocess.run([self.binary, "-s", self.serial, *args], capture_output=True, text=True,
-                                    timeout=timeout)
+            result = subprocess.run(
+                [self.binary, "-s", self.serial, *args], capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             raise DeployError(f"{what}: {self.where} did not answer within {timeout:.0f} s") from None
         if check and result.returncode != 0:  # adb push and pull print their errors among the progress
@@ -80,11 +84,13 @@ def explain_adb(text: str, where: str) -> str:
     text = errors[-1] if errors else text
     if "No space left" in text:
         return explain(text, where)
-    known = [("not found", f"{where} is gone: is it still connected (adb devices)?"),
-             ("device offline", f"{where} went offline: reconnect it (adb reconnect) and deploy again"),
-             ("unauthorized", f"{where} is unauthorized: accept the USB debugging prompt on the phone"),
-             ("couldn't read from device", f"{where} stopped answering: is it still connected (adb devices)?"),
-             ("closed", f"{where} closed the connection: is it still connected (adb devices)?")]
+    known = [
+        ("not found", f"{where} is gone: is it still connected (adb devices)?"),
+        ("device offline", f"{where} went offline: reconnect it (adb reconnect) and deploy again"),
+        ("unauthorized", f"{where} is unauthorized: accept the USB debugging prompt on the phone"),
+        ("couldn't read from device", f"{where} stopped answering: is it still connected (adb devices)?"),
+        ("closed", f"{where} closed the connection: is it still connected (adb devices)?"),
+    ]
     return next((message for needle, message in known if needle in text), None) or explain(text, where)
 
 
@@ -111,40 +117,64 @@ def pick(serial: str | None) -> Adb:
         devices = attached(binary)
     if serial is None:
         if not devices:
-            raise DeployError("no Android device attached: connect one with USB debugging on (adb devices lists "
-                              "none), or start the emulated one (make android-emu)")
+            raise DeployError(
+                "no Android device attached: connect one with USB debugging on (adb devices lists "
+                "none), or start the emulated one (make android-emu)"
+            )
         if len(devices) > 1:
-            raise DeployError(f"{len(devices)} Android devices attached ({', '.join(sorted(devices))}): "
-                              "pick one with SERIAL=")
+            raise DeployError(
+                f"{len(devices)} Android devices attached ({', '.join(sorted(devices))}): pick one with SERIAL="
+            )
         serial = next(iter(devices))
     state = devices.get(serial)
     if state is None:
-        raise DeployError(f"no Android device {serial} attached (adb devices lists "
-                          f"{', '.join(sorted(devices)) or 'none'}): check SERIAL=")
+        raise DeployError(
+            f"no Android device {serial} attached (adb devices lists "
+            f"{', '.join(sorted(devices)) or 'none'}): check SERIAL="
+        )
     if state != "device":
-        raise DeployError(f"the Android device {serial} is {state}: " + {
-            "unauthorized": "accept the USB debugging prompt on the phone, then deploy again",
-            "authorizing": "accept the USB debugging prompt on the phone, then deploy again",
-            "offline": "reconnect it (adb reconnect) and deploy again"}.get(state, "wait until adb devices says device"))
+        raise DeployError(
+            f"the Android device {serial} is {state}: "
+            + {
+                "unauthorized": "accept the USB debugging prompt on the phone, then deploy again",
+                "authorizing": "accept the USB debugging prompt on the phone, then deploy again",
+                "offline": "reconnect it (adb reconnect) and deploy again",
+            }.get(state, "wait until adb devices says device")
+        )
     adb = Adb(serial)
     abi = adb.run(["getprop", "ro.product.cpu.abi"], "reading the device's ABI").stdout.strip()
     if abi != ABI:
-        raise DeployError(f"the Android device {serial} is {abi or 'of an unknown ABI'}: the runner is built for "
-                          f"{ABI} (64-bit ARM) only")
+        raise DeployError(
+            f"the Android device {serial} is {abi or 'of an unknown ABI'}: the runner is built for "
+            f"{ABI} (64-bit ARM) only"
+        )
     return adb
 
 
 def manifest(root: Path) -> str:
-    return "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(root).as_posix()}\n"
-                   for p in sorted(root.rglob("*")) if p.is_file() and p.name != "MANIFEST.sha256")
+    return "".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(root).as_posix()}\n"
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "MANIFEST.sha256"
+    )
 
 
 def stage(bundle: Path, meta: BundleMeta, version: str, device: Device, package: str, into: Path) -> None:
     """The release as pushed: the program, the golden inputs as raw float32, and its manifest."""
     shutil.copy2(bundle / meta.pte, into / "model.pte")
     np.ascontiguousarray(read_golden(bundle)["inputs"], np.float32).tofile(into / "golden.f32")
-    (into / "release.json").write_text(json.dumps({"version": version, "model": meta.name, "device": device.name,
-                                                   "pte_sha256": meta.pte_sha256, "runner": package}) + "\n")
+    (into / "release.json").write_text(
+        json.dumps(
+            {
+                "version": version,
+                "model": meta.name,
+                "device": device.name,
+                "pte_sha256": meta.pte_sha256,
+                "runner": package,
+            }
+        )
+        + "\n"
+    )
     (into / "MANIFEST.sha256").write_text(manifest(into))
 
 
@@ -159,8 +189,10 @@ def push_runner(adb: Adb, package: Path, runners: str) -> str:
         (copy / "MANIFEST.sha256").write_text(manifest(copy))
         adb.run(["rm", "-rf", f"{remote}.partial"], "removing an unfinished runner copy")
         adb.push(copy, f"{remote}.partial", "pushing the runner (once per runner build)")
-    adb.run(["sh", "-c", 'cd "$1" && sha256sum -c MANIFEST.sha256 >/dev/null', "sh", f"{remote}.partial"],
-            "checking the runner's copy against its hashes")
+    adb.run(
+        ["sh", "-c", 'cd "$1" && sha256sum -c MANIFEST.sha256 >/dev/null', "sh", f"{remote}.partial"],
+        "checking the runner's copy against its hashes",
+    )
     adb.run(["mv", f"{remote}.partial", remote], "finishing the runner's copy")
     return remote
 
@@ -168,9 +200,26 @@ def push_runner(adb: Adb, package: Path, runners: str) -> str:
 def bench_command(runner: str, release: str, runs: int) -> list[str]:
     """edge-bench in ``release``, through the package's own loader: the phone's C library (bionic) is never used.
     It writes the golden inputs' outputs, then times every thread count from 1 to the phone's cores."""
-    return ["sh", "-c", 'cd "$1" && shift && "$@" > bench.json', "sh", release, f"{runner}/lib/{LOADER}",
-            "--library-path", f"{runner}/lib", f"{runner}/{COMMAND}", "model.pte", "--inputs", "golden.f32",
-            "--outputs", "outputs.f32", "--warmup", str(WARMUP), "--runs", str(runs)]
+    return [
+        "sh",
+        "-c",
+        'cd "$1" && shift && "$@" > bench.json',
+        "sh",
+        release,
+        f"{runner}/lib/{LOADER}",
+        "--library-path",
+        f"{runner}/lib",
+        f"{runner}/{COMMAND}",
+        "model.pte",
+        "--inputs",
+        "golden.f32",
+        "--outputs",
+        "outputs.f32",
+        "--warmup",
+        str(WARMUP),
+        "--runs",
+        str(runs),
+    ]
 
 
 def cores(cpus: dict) -> dict:
@@ -180,45 +229,73 @@ def cores(cpus: dict) -> dict:
         groups.setdefault((core.get("max_freq_khz") or 0, core.get("cpu_part", "?")), []).append(int(core["cpu"]))
     names = ["big", "little"] if len(groups) == 2 else ["big", "middle", "little"] if len(groups) == 3 else None
     ordered = sorted(groups.items(), key=lambda item: -item[0][0])
-    return {(names[i] if names else f"group{i}" if len(groups) > 1 else "all"):
-            {"cpus": _span(cpus_of), "part": part, "max_mhz": round(khz / 1000) if khz else None}
-            for i, ((khz, part), cpus_of) in enumerate(ordered)}
+    return {
+        (names[i] if names else f"group{i}" if len(groups) > 1 else "all"): {
+            "cpus": _span(cpus_of),
+            "part": part,
+            "max_mhz": round(khz / 1000) if khz else None,
+        }
+        for i, ((khz, part), cpus_of) in enumerate(ordered)
+    }
 
 
 def _span(cpus: list[int]) -> str:
     cpus = sorted(cpus)
-    return f"{cpus[0]}-{cpus[-1]}" if cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 1 else \
-        ",".join(map(str, cpus))
+    return (
+        f"{cpus[0]}-{cpus[-1]}"
+        if cpus == list(range(cpus[0], cpus[-1] + 1)) and len(cpus) > 1
+        else ",".join(map(str, cpus))
+    )
 
 
 def device_facts(adb: Adb, bench: dict) -> dict:
-    props = {key: adb.run(["getprop", key], f"reading {key}").stdout.strip()
-             for key in ("ro.product.manufacturer", "ro.product.model", "ro.build.version.release",
-                         "ro.build.version.sdk")}
+    props = {
+        key: adb.run(["getprop", key], f"reading {key}").stdout.strip()
+        for key in ("ro.product.manufacturer", "ro.product.model", "ro.build.version.release", "ro.build.version.sdk")
+    }
     uname = adb.run(["uname", "-m", "-r"], "reading the kernel").stdout.split()
-    return {"hostname": adb.serial, "machine": uname[-1] if uname else None, "cpus": len(bench["cpus"]["cores"]),
-            "model": f"{props['ro.product.manufacturer']} {props['ro.product.model']}".strip(),
-            "kernel": uname[0] if uname else None, "python": None, "abi": ABI,
-            "android": props["ro.build.version.release"], "sdk": props["ro.build.version.sdk"],
-            "hardware": bench["cpus"].get("hardware")}
+    return {
+        "hostname": adb.serial,
+        "machine": uname[-1] if uname else None,
+        "cpus": len(bench["cpus"]["cores"]),
+        "model": f"{props['ro.product.manufacturer']} {props['ro.product.model']}".strip(),
+        "kernel": uname[0] if uname else None,
+        "python": None,
+        "abi": ABI,
+        "android": props["ro.build.version.release"],
+        "sdk": props["ro.build.version.sdk"],
+        "hardware": bench["cpus"].get("hardware"),
+    }
 
 
 def figures_of(bench: dict, outputs: np.ndarray, golden: dict, meta: BundleMeta) -> dict:
-    latency = {str(row["threads"]): {k: row[k] for k in ("p50", "p90", "p99", "mean", "runs", "samples_ms")}
-               for row in bench["latency_ms"]}
-    return {"latency": latency, "load_ms": bench["load_ms"], "cores": cores(bench["cpus"]),
-            "parity": parity.compare(outputs, golden["logits"], meta.golden_logit_tolerance),
-            "memory": {"peak_rss_mb": round(bench["peak_rss_kb"] / 1024, 1)},
-            "thermal": {"before": bench["thermal_before"], "after": bench["thermal_after"]}}
+    latency = {
+        str(row["threads"]): {k: row[k] for k in ("p50", "p90", "p99", "mean", "runs", "samples_ms")}
+        for row in bench["latency_ms"]
+    }
+    return {
+        "latency": latency,
+        "load_ms": bench["load_ms"],
+        "cores": cores(bench["cpus"]),
+        "parity": parity.compare(outputs, golden["logits"], meta.golden_logit_tolerance),
+        "memory": {"peak_rss_mb": round(bench["peak_rss_kb"] / 1024, 1)},
+        "thermal": {"before": bench["thermal_before"], "after": bench["thermal_after"]},
+    }
 
 
 def outcomes(figures: dict, device: Device, meta: BundleMeta) -> dict:
     """The checks a Pi's device tests make, as their report records them: parity, and the budget at the
     profile's threads (never on an emulated device)."""
     p = figures["parity"]
-    tests = {"android::golden_parity": {"outcome": "passed"} if p["agreement"] == 1.0 else
-             {"outcome": "failed", "reason": f"{p['agreement']:.3f} of the golden inputs agree, max logit "
-                                             f"difference {p['max_abs_logit_diff']:.4f} > {p['logit_tolerance']:.4f}"}}
+    tests = {
+        "android::golden_parity": {"outcome": "passed"}
+        if p["agreement"] == 1.0
+        else {
+            "outcome": "failed",
+            "reason": f"{p['agreement']:.3f} of the golden inputs agree, max logit "
+            f"difference {p['max_abs_logit_diff']:.4f} > {p['logit_tolerance']:.4f}",
+        }
+    }
     budget = None if device.emulated else report_file.budget_for(device.facts(), meta.name)
     for threads, row in figures["latency"].items():
         entry = {"outcome": "passed"}
@@ -245,22 +322,27 @@ def deploy(device: Device, bundle: Path, meta: BundleMeta, version: str, reports
     root = device.remote_dir.rstrip("/")
     releases, partial = f"{root}/releases", f"{root}/releases/{version}.partial"
     adb.run(["mkdir", "-p", releases, f"{root}/runners"], f"creating {releases}")
-    adb.run(["sh", "-c", 'rm -rf "$1"/*.partial "$1"/*.failed', "sh", releases],
-            "removing unfinished and failed releases")
+    adb.run(
+        ["sh", "-c", 'rm -rf "$1"/*.partial "$1"/*.failed', "sh", releases], "removing unfinished and failed releases"
+    )
     step("runner")
     runner = push_runner(adb, package, f"{root}/runners")
     step("copying")
     with tempfile.TemporaryDirectory(prefix="release-") as tmp:
         stage(bundle, meta, version, device, package.name, Path(tmp))
         adb.push(Path(tmp), partial, "pushing the release")
-    adb.run(["sh", "-c", 'cd "$1" && sha256sum -c MANIFEST.sha256 >/dev/null', "sh", partial],
-            "checking the copy against its manifest")
+    adb.run(
+        ["sh", "-c", 'cd "$1" && sha256sum -c MANIFEST.sha256 >/dev/null', "sh", partial],
+        "checking the copy against its manifest",
+    )
     step("measuring")
     result = adb.run(bench_command(runner, partial, device.runs), "running the program", timeout=3600, check=False)
     if result.returncode != 0:
         adb.run(["mv", partial, f"{releases}/{version}.failed"], "keeping the failed release aside", check=False)
-        raise DeployError(f"the program failed on {adb.where} ({explain(result.stderr, adb.where)}); current is "
-                          f"unchanged, the failed copy is {releases}/{version}.failed")
+        raise DeployError(
+            f"the program failed on {adb.where} ({explain(result.stderr, adb.where)}); current is "
+            f"unchanged, the failed copy is {releases}/{version}.failed"
+        )
     step("parity")
     with tempfile.TemporaryDirectory(prefix="results-") as tmp:
         adb.pull(f"{partial}/bench.json", Path(tmp) / "bench.json", "fetching the measurements")
@@ -275,36 +357,66 @@ def deploy(device: Device, bundle: Path, meta: BundleMeta, version: str, reports
     failed = {name: t["reason"] for name, t in tests.items() if t["outcome"] == "failed"}
     if "android::golden_parity" in failed:
         adb.run(["mv", partial, f"{releases}/{version}.failed"], "keeping the failed release aside", check=False)
-        raise DeployError(f"the phone's outputs differ from the host's ({failed['android::golden_parity']}); current "
-                          f"is unchanged: see {local}/device_report.md")
+        raise DeployError(
+            f"the phone's outputs differ from the host's ({failed['android::golden_parity']}); current "
+            f"is unchanged: see {local}/device_report.md"
+        )
     step("switching")
     adb.run(["mv", partial, f"{releases}/{version}"], "finishing the release")
-    adb.run(["sh", "-c", 'echo "$2" > "$1/current.new" && mv -f "$1/current.new" "$1/current"', "sh", root, version],
-            "switching current")
+    adb.run(
+        ["sh", "-c", 'echo "$2" > "$1/current.new" && mv -f "$1/current.new" "$1/current"', "sh", root, version],
+        "switching current",
+    )
     prune(adb, releases, f"{root}/runners", version)
     step("done")
     steps.close()
     print((local / "device_report.md").read_text())
-    print(f"deployed {meta.name} to {adb.where} as {releases}/{version}; report: {local}/device_report.json",
-          file=sys.stderr)
+    print(
+        f"deployed {meta.name} to {adb.where} as {releases}/{version}; report: {local}/device_report.json",
+        file=sys.stderr,
+    )
     if failed:
         raise DeployError(f"{', '.join(failed)} failed on {adb.where}: see {local}/device_report.md")
     return local
 
 
-def write_report(adb: Adb, device: Device, meta: BundleMeta, version: str, package: Path, bench: dict,
-                 figures: dict, tests: dict, reports: Path) -> Path:
+def write_report(
+    adb: Adb,
+    device: Device,
+    meta: BundleMeta,
+    version: str,
+    package: Path,
+    bench: dict,
+    figures: dict,
+    tests: dict,
+    reports: Path,
+) -> Path:
     facts = device_facts(adb, bench)
     name = "android-" + (re.sub(r"[^A-Za-z0-9._-]+", "-", facts["model"].split(" ", 1)[-1]).strip("-") or "phone")
     local = reports / name / version
     info = json.loads((package / "package.json").read_text())
-    report = {"device": facts, "versions": {"executorch": info["executorch"]}, "figures": figures, "tests": tests,
-              "bundle": {"name": meta.name, "arch": meta.arch, "pte_sha256": meta.pte_sha256,
-                         "quantization": meta.quantization, "input_size": meta.input.size},
-              "profile": device.facts(),
-              "release": {"version": version, "model": meta.name, "device": device.name},
-              "runtime": {"runner": COMMAND, "package": package.name, "package_mb": round(info["bytes"] / 2**20, 1),
-                          "glibc": info["glibc_shipped"], "how": "cross-compiled on the host, pushed with adb"}}
+    report = {
+        "device": facts,
+        "versions": {"executorch": info["executorch"]},
+        "figures": figures,
+        "tests": tests,
+        "bundle": {
+            "name": meta.name,
+            "arch": meta.arch,
+            "pte_sha256": meta.pte_sha256,
+            "quantization": meta.quantization,
+            "input_size": meta.input.size,
+        },
+        "profile": device.facts(),
+        "release": {"version": version, "model": meta.name, "device": device.name},
+        "runtime": {
+            "runner": COMMAND,
+            "package": package.name,
+            "package_mb": round(info["bytes"] / 2**20, 1),
+            "glibc": info["glibc_shipped"],
+            "how": "cross-compiled on the host, pushed with adb",
+        },
+    }
     report_file.write(local / "device_report.json", report)
     pictures.render(local / "device_report.json")
     return local
@@ -314,12 +426,22 @@ def prune(adb: Adb, releases: str, runners: str, keep: str) -> None:
     """Keep the newest finished releases, and the runners they use."""
     listing = adb.run(["ls", "-1", releases], "listing releases").stdout.split()
     finished = sorted(n for n in listing if not n.endswith((".partial", ".failed")))
-    old = [n for n in finished if n != keep][:-(KEEP_RELEASES - 1) or None]
+    old = [n for n in finished if n != keep][: -(KEEP_RELEASES - 1) or None]
     if old:
         adb.run(["rm", "-rf", *(f"{releases}/{n}" for n in old)], "removing old releases")
     kept = [n for n in finished if n not in old]
-    used = set(adb.run(["sh", "-c", 'cat "$@" 2>/dev/null | sed -n \'s/.*"runner": "\\([^"]*\\)".*/\\1/p\'', "sh",
-                        *(f"{releases}/{n}/release.json" for n in kept)], "reading the releases' runners").stdout.split())
+    used = set(
+        adb.run(
+            [
+                "sh",
+                "-c",
+                'cat "$@" 2>/dev/null | sed -n \'s/.*"runner": "\\([^"]*\\)".*/\\1/p\'',
+                "sh",
+                *(f"{releases}/{n}/release.json" for n in kept),
+            ],
+            "reading the releases' runners",
+        ).stdout.split()
+    )
     stale = [n for n in adb.run(["ls", "-1", runners], "listing runners").stdout.split() if n not in used]
     if stale and used:
         adb.run(["rm", "-rf", *(f"{runners}/{n}" for n in stale)], "removing unused runners")

@@ -4,6 +4,7 @@ over time with its memory.
 
     python -m deploy.pictures artifacts/devices/rpi5/<release>/device_report.json   (writes device_report.png)
 """
+
 import argparse
 import json
 import sys
@@ -18,29 +19,39 @@ LINK = f"\n![latency per thread count, pipeline frames/s and memory over time]({
 def has_figures(report: dict) -> bool:
     figures = report.get("figures", {})
     return any(row.get("samples_ms") for row in figures.get("latency", {}).values()) or any(
-        run.get("timeline", {}).get("t_s") for run in figures.get("pipeline", {}).values())
+        run.get("timeline", {}).get("t_s") for run in figures.get("pipeline", {}).values()
+    )
 
 
 def draw(report: dict, title: str, out: Path) -> Path:
     """Left: a latency histogram per thread count, its p50 dashed. Right: frames/s per second of each pipeline
     run, RSS on the second axis. A panel with nothing recorded says so rather than vanishing."""
     import matplotlib
+
     matplotlib.use("Agg")  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
 
     figures = report.get("figures", {})
     fig, (latency, pipeline) = plt.subplots(1, 2, figsize=(11, 4.2))
     rows = sorted(((int(t), row) for t, row in figures.get("latency", {}).items() if row.get("samples_ms")))
-    for (threads, row), colour in zip(rows, plt.cm.tab10.colors):
-        latency.hist(row["samples_ms"], bins=40, histtype="step", color=colour,
-                     label=f"{threads} thread{'s' * (threads > 1)}: p50 {row['p50']:.2f} ms")
+    for (threads, row), colour in zip(rows, plt.cm.tab10.colors, strict=False):
+        latency.hist(
+            row["samples_ms"],
+            bins=40,
+            histtype="step",
+            color=colour,
+            label=f"{threads} thread{'s' * (threads > 1)}: p50 {row['p50']:.2f} ms",
+        )
         latency.axvline(row["p50"], color=colour, linestyle="--", linewidth=1)
     latency.set(title="inference latency", xlabel="ms per inference", ylabel="runs")
     _finish(latency, bool(rows), "no latency samples in this report")
     memory = pipeline.twinx()
-    runs = [(name, run["timeline"]) for name, run in figures.get("pipeline", {}).items()
-            if run.get("timeline", {}).get("t_s")]
-    for (name, timeline), colour in zip(runs, plt.cm.tab10.colors):
+    runs = [
+        (name, run["timeline"])
+        for name, run in figures.get("pipeline", {}).items()
+        if run.get("timeline", {}).get("t_s")
+    ]
+    for (name, timeline), colour in zip(runs, plt.cm.tab10.colors, strict=False):
         pipeline.plot(timeline["t_s"], timeline["fps"], ".-", color=colour, label=f"{name}: frames/s")
         memory.plot(timeline["t_s"], timeline["rss_mb"], ":", color=colour, label=f"{name}: RSS")
     pipeline.set(title="live pipeline", xlabel="seconds since the first result", ylabel="frames/s")
@@ -82,16 +93,20 @@ def render(report_json: Path) -> Path | None:
         return None
     try:
         if not has_figures(report):
-            print(f"no device report picture: {report_json} has no latency samples or pipeline timeline "
-                  "(written by older device tests?)", file=sys.stderr)
+            print(
+                f"no device report picture: {report_json} has no latency samples or pipeline timeline "
+                "(written by older device tests?)",
+                file=sys.stderr,
+            )
             return None
         summary = report_json.with_suffix(".md")
         text = summary.read_text() if summary.is_file() else ""
         title = text.splitlines()[0].removeprefix("# ") if text else report_json.parent.name  # the report's heading
         out = draw(report, title, report_json.with_name(PICTURE))
     except (AttributeError, KeyError, TypeError, ValueError, RecursionError, OverflowError) as e:
-        print(f"no device report picture: {report_json} is not a device report ({type(e).__name__}: {e})",
-              file=sys.stderr)
+        print(
+            f"no device report picture: {report_json} is not a device report ({type(e).__name__}: {e})", file=sys.stderr
+        )
         return None
     if text and LINK not in text:
         write_atomic(summary, text + LINK)

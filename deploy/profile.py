@@ -1,4 +1,5 @@
 """Device profiles (configs/devices/*.yaml) and the command-line overrides applied on top."""
+
 import getpass
 import re
 from dataclasses import dataclass, field
@@ -58,11 +59,13 @@ class Device:
         if not _is_int(self.threads) or self.threads < 1:
             raise ProfileError(f"threads {self.threads!r} must be a whole number >= 1: check THREADS=")
         if self.key is not None and not Path(self.key).expanduser().is_file():
-            raise ProfileError(f"SSH key {self.key} does not exist: check KEY= (or leave it out and ssh picks "
-                               "your usual keys)")
+            raise ProfileError(
+                f"SSH key {self.key} does not exist: check KEY= (or leave it out and ssh picks your usual keys)"
+            )
         if self.known_hosts is not None and not Path(self.known_hosts).expanduser().parent.is_dir():
-            raise ProfileError(f"the directory of known_hosts file {self.known_hosts} does not exist: "
-                               "check KNOWN_HOSTS=")
+            raise ProfileError(
+                f"the directory of known_hosts file {self.known_hosts} does not exist: check KNOWN_HOSTS="
+            )
 
     @property
     def ssh(self) -> bool:
@@ -74,9 +77,15 @@ class Device:
 
     def facts(self) -> dict:
         """What the device tests need to know, shipped with each release as device.json."""
-        return {"name": self.name, "threads": self.threads, "camera": self.camera, "budgets_ms": self.budgets_ms,
-                "memory_budget_mb": self.memory_budget_mb, "emulated": self.emulated,
-                "own_environment": self.venv is not None}
+        return {
+            "name": self.name,
+            "threads": self.threads,
+            "camera": self.camera,
+            "budgets_ms": self.budgets_ms,
+            "memory_budget_mb": self.memory_budget_mb,
+            "emulated": self.emulated,
+            "own_environment": self.venv is not None,
+        }
 
 
 def settings_from(path: str | None, name: str, what: str, start: str) -> dict:
@@ -86,17 +95,27 @@ def settings_from(path: str | None, name: str, what: str, start: str) -> dict:
         return {}
     file = Path(path).expanduser()
     if not file.is_file():
-        raise ProfileError(f"the {name} profile reads its {what} settings from {file}, which is missing: "
-                           f"start the device first ({start})")
+        raise ProfileError(
+            f"the {name} profile reads its {what} settings from {file}, which is missing: "
+            f"start the device first ({start})"
+        )
     settings = yaml.safe_load(file.read_text())
     if not isinstance(settings, dict):
         raise ProfileError(f"{file} is not a YAML mapping of {what} settings: restart the device ({start})")
     return settings
 
 
-def load_device(name: str, host: str | None = None, port: int | None = None, key: str | None = None,
-                remote_dir: str | None = None, python: str | None = None, threads: int | None = None,
-                known_hosts: str | None = None, serial: str | None = None) -> Device:
+def load_device(
+    name: str,
+    host: str | None = None,
+    port: int | None = None,
+    key: str | None = None,
+    remote_dir: str | None = None,
+    python: str | None = None,
+    threads: int | None = None,
+    known_hosts: str | None = None,
+    serial: str | None = None,
+) -> Device:
     """The profile ``name`` with overrides; ``host`` may be ``user@host``."""
     path = PROFILES / f"{name}.yaml"
     if not path.is_file():
@@ -112,8 +131,15 @@ def load_device(name: str, host: str | None = None, port: int | None = None, key
         user, _, host = host.rpartition("@")
         ssh = {**ssh, "host": host, **({"user": user} if user else {})}
     values = {**raw, **{k: v for k, v in ssh.items() if k in ("host", "user", "port", "key", "known_hosts")}}
-    overrides = {"port": port, "key": key, "remote_dir": remote_dir, "python": python, "threads": threads,
-                 "known_hosts": known_hosts, "serial": serial}
+    overrides = {
+        "port": port,
+        "key": key,
+        "remote_dir": remote_dir,
+        "python": python,
+        "threads": threads,
+        "known_hosts": known_hosts,
+        "serial": serial,
+    }
     values |= {k: v for k, v in overrides.items() if v not in (None, "")}
     if values.get("host") and not values.get("user"):
         values["user"] = getpass.getuser()

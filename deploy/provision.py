@@ -7,6 +7,7 @@ no cross-compiler is found here (or the device's C library is too old for that b
 compile the runner itself, and the deploy says which. Each way is recorded on the device beside what it
 made, so its device report says how the runtime got there.
 """
+
 import json
 import shutil
 import sys
@@ -22,7 +23,7 @@ from .target import DeployError, Target
 PROBE = r"""
 import glob, json, platform, re, shutil, sys
 cxx = []
-for path in glob.glob("/usr/lib/*/libstdc++.so.6") + glob.glob("/lib/*/libstdc++.so.6") + glob.glob("/usr/lib*/libstdc++.so.6"):
+for path in sum((glob.glob(p + "/libstdc++.so.6") for p in ("/usr/lib/*", "/lib/*", "/usr/lib*")), []):
     with open(path, "rb") as f:
         cxx += [tuple(map(int, v.split(b"."))) for v in re.findall(rb"GLIBCXX_(\d+\.\d+(?:\.\d+)?)", f.read())]
 print(json.dumps({"python": "%d.%d" % sys.version_info[:2], "machine": platform.machine(),
@@ -55,8 +56,9 @@ def probe(target: Target, python: str) -> DeviceFacts:
     try:
         return DeviceFacts(**json.loads(result.stdout.strip().splitlines()[-1]))
     except (ValueError, TypeError, IndexError):
-        raise DeployError(f"{python} on {target.where} did not describe itself ({result.stdout.strip()[:200]!r}): "
-                          "is it Python 3?") from None
+        raise DeployError(
+            f"{python} on {target.where} did not describe itself ({result.stdout.strip()[:200]!r}): is it Python 3?"
+        ) from None
 
 
 def version(text: str) -> tuple[int, ...]:
@@ -86,8 +88,10 @@ def plan_runner(target: Target, facts: DeviceFacts, venv: str) -> RunnerPlan:
                 compiler = runner_package.compiler_version(runner_package.cross_compiler())
                 return RunnerPlan(library, f"cross-compiled on the deploying host with {compiler}")
     if not facts.compiler:
-        raise DeployError(f"cannot give the device a native runner: {why}, and the device has no C++ compiler "
-                          "(sudo apt install g++ there, or fix this machine's cross-compiler)")
+        raise DeployError(
+            f"cannot give the device a native runner: {why}, and the device has no C++ compiler "
+            "(sudo apt install g++ there, or fix this machine's cross-compiler)"
+        )
     print(f"the device will compile its native runner: {why}", file=sys.stderr)
     return RunnerPlan(None, f"compiled on the device ({why})")
 
@@ -97,13 +101,16 @@ def too_old(library: Path, facts: DeviceFacts) -> str | None:
     for name, have in (("GLIBC", facts.glibc), ("GLIBCXX", facts.glibcxx)):
         needs = runner_package.glibc_needed(library, name)
         if have and version(have) < needs:
-            return (f"the runner built here needs {name} {'.'.join(map(str, needs))} and the device has {have} "
-                    "(build on a machine whose cross toolchain is as old as the device's system)")
+            return (
+                f"the runner built here needs {name} {'.'.join(map(str, needs))} and the device has {have} "
+                "(build on a machine whose cross toolchain is as old as the device's system)"
+            )
     return None
 
 
-def install_packages(target: Target, facts: DeviceFacts, root: str, venv: str, release: str,
-                     bwlimit: int | None) -> None:
+def install_packages(
+    target: Target, facts: DeviceFacts, root: str, venv: str, release: str, bwlimit: int | None
+) -> None:
     """Make the environment from wheels fetched here: the device reaches no index (``--no-index``)."""
     packages, runtime = wheelhouse.device_requirements()
     try:
@@ -112,25 +119,41 @@ def install_packages(target: Target, facts: DeviceFacts, root: str, venv: str, r
         raise DeployError(str(e)) from None
     info = json.loads((wheels / wheelhouse.COMPLETE).read_text())
     size = f"{len(info['wheels'])} wheels, {info['bytes'] / 2**20:.0f} MB"
-    print(f"copying the wheelhouse ({size}, {'downloaded now' if downloaded else 'cached here'}) to {target.where}",
-          file=sys.stderr)
+    print(
+        f"copying the wheelhouse ({size}, {'downloaded now' if downloaded else 'cached here'}) to {target.where}",
+        file=sys.stderr,
+    )
     remote = f"{root}/wheelhouse"
     target.push(wheels, remote, bwlimit)
     target.run(["rm", "-rf", venv], what="removing an unfinished environment")
     target.run([target.device.python, "-m", "venv", *target.device.venv_flags, venv], what="creating the venv")
-    pip = [f"{venv}/bin/python", "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
-           "--find-links", remote]
+    pip = [
+        f"{venv}/bin/python",
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-index",
+        "--find-links",
+        remote,
+    ]
     target.run([*pip, "-r", f"{release}/requirements.txt"], what="installing numpy/OpenCV/pytest from the wheelhouse")
-    target.run([*pip, "--no-deps", "-r", f"{release}/requirements-nodeps.txt"],
-               what="installing the ExecuTorch runtime libraries from the wheelhouse")
-    record(target, f"{venv}/{PACKAGES_ORIGIN}", f"wheels downloaded on the deploying host ({size}, for "
-                                                 f"{facts.platform().describe()}), installed with pip --no-index")
+    target.run(
+        [*pip, "--no-deps", "-r", f"{release}/requirements-nodeps.txt"],
+        what="installing the ExecuTorch runtime libraries from the wheelhouse",
+    )
+    record(
+        target,
+        f"{venv}/{PACKAGES_ORIGIN}",
+        f"wheels downloaded on the deploying host ({size}, for "
+        f"{facts.platform().describe()}), installed with pip --no-index",
+    )
     target.run(["touch", f"{venv}/.complete"], what="recording the environment")
     target.run(["rm", "-rf", remote], what="removing the copied wheelhouse")
 
 
-def install_runner(target: Target, plan: RunnerPlan, facts: DeviceFacts, venv: str, release: str,
-                   python: str) -> None:
+def install_runner(target: Target, plan: RunnerPlan, facts: DeviceFacts, venv: str, release: str, python: str) -> None:
     """Put the runner where the environment's ``python -m edge.native`` finds it, once per runner source:
     the one built here, else the device's own build."""
     if plan.present:
@@ -141,8 +164,11 @@ def install_runner(target: Target, plan: RunnerPlan, facts: DeviceFacts, venv: s
         target.run(["mkdir", "-p", runners], what="creating the runner's directory")
         target.run(["cp", f"{release}/runner/{plan.library.name}", f"{library}.tmp"], what="installing the runner")
         target.run(["mv", "-f", f"{library}.tmp", library], what="installing the runner")
-    target.run([python, "-m", "edge.native"], cwd=release,
-               what="checking the native runner" if plan.library else "building the native runner on the device")
+    target.run(
+        [python, "-m", "edge.native"],
+        cwd=release,
+        what="checking the native runner" if plan.library else "building the native runner on the device",
+    )
     record(target, library + ORIGIN_SUFFIX, plan.origin)
 
 

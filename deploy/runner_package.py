@@ -14,6 +14,7 @@ libraries come from its cross sysroot, and ``readelf`` checks that every library
 needs is in the package. The result is cached under ``--cache``, keyed by the sources, the wheel's version
 and the compiler's, so a second build (and a second deploy) does nothing.
 """
+
 import argparse
 import hashlib
 import json
@@ -81,14 +82,31 @@ def download_wheel(runtime: str, cache: Path) -> Path:
     print(f"downloading executorch {runtime} for {WHEEL_PLATFORM}", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=wheels) as tmp:
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-             "--platform", WHEEL_PLATFORM, "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}",
-             "--dest", tmp, f"executorch=={runtime}"], capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--platform",
+                WHEEL_PLATFORM,
+                "--python-version",
+                f"{sys.version_info.major}.{sys.version_info.minor}",
+                "--dest",
+                tmp,
+                f"executorch=={runtime}",
+            ],
+            capture_output=True,
+            text=True,
+        )
         downloaded = sorted(Path(tmp).glob("executorch-*.whl"))
         if result.returncode != 0 or not downloaded:
             last = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise PackageError(f"cannot download the executorch {runtime} wheel for {WHEEL_PLATFORM} ({last}); "
-                               "is PyPI reachable?")
+            raise PackageError(
+                f"cannot download the executorch {runtime} wheel for {WHEEL_PLATFORM} ({last}); is PyPI reachable?"
+            )
         wheel = wheels / downloaded[0].name
         downloaded[0].replace(wheel)
     return wheel
@@ -98,8 +116,9 @@ def extract_runtime(wheel: Path, into: Path) -> tuple[Path, Path]:
     """The wheel's executorch/lib/*.so and executorch/include/ under ``into``: (lib, include)."""
     with zipfile.ZipFile(wheel) as archive:
         for name in archive.namelist():
-            if (name.startswith("executorch/include/") or re.fullmatch(r"executorch/lib/lib[\w.-]+\.so", name)) \
-                    and not name.endswith("/"):
+            if (
+                name.startswith("executorch/include/") or re.fullmatch(r"executorch/lib/lib[\w.-]+\.so", name)
+            ) and not name.endswith("/"):
                 archive.extract(name, into)
     lib, include = into / "executorch" / "lib", into / "executorch" / "include"
     missing = [name for name in LIBRARIES if not (lib / f"lib{name}.so").is_file()]
@@ -151,8 +170,11 @@ def check_complete(package: Path) -> None:
 
 def compile_command(compiler: str, include: Path, lib: Path, out: Path) -> None:
     """Build edge-bench with ``compiler`` against a runtime's headers and libraries (stripped: smaller)."""
-    result = subprocess.run([compiler, *compile_flags(include), str(SOURCE), str(COMMAND_SOURCE), "-s",
-                             "-o", str(out), *link_flags(lib)], capture_output=True, text=True)
+    result = subprocess.run(
+        [compiler, *compile_flags(include), str(SOURCE), str(COMMAND_SOURCE), "-s", "-o", str(out), *link_flags(lib)],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
         raise PackageError(f"compiling {COMMAND} failed: {first[:400]}")
@@ -174,9 +196,22 @@ def build_library(python: str, cache: Path = DEFAULT_CACHE) -> Path:
     with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as work:
         lib, include = extract_runtime(wheel, Path(work))
         tmp = Path(work) / out.name
-        result = subprocess.run([compiler, *compile_flags(include), "-fPIC", "-shared", str(SOURCE), "-s", "-o", str(tmp),
-                                 *link_flags(lib), f"-Wl,-rpath,$ORIGIN/../python{python}/site-packages/executorch/lib"],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                compiler,
+                *compile_flags(include),
+                "-fPIC",
+                "-shared",
+                str(SOURCE),
+                "-s",
+                "-o",
+                str(tmp),
+                *link_flags(lib),
+                f"-Wl,-rpath,$ORIGIN/../python{python}/site-packages/executorch/lib",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode != 0:
             first = next((line for line in result.stderr.splitlines() if "error" in line), result.stderr.strip())
             raise PackageError(f"cross-compiling the native runner failed: {first[:400]}")
@@ -208,12 +243,22 @@ def build(cache: Path = DEFAULT_CACHE, force: bool = False) -> Path:
         check_complete(tmp)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         glibc = max(glibc_needed(p) for p in files if p.name not in GLIBC)
-        (tmp / "package.json").write_text(json.dumps({
-            "command": COMMAND, "loader": f"lib/{LOADER}", "executorch": runtime, "platform": "linux-aarch64",
-            "glibc_shipped": glibc_of_sysroot(), "glibc_needed": ".".join(map(str, glibc)),
-            "bytes": sum(p.stat().st_size for p in files),
-            "files": {p.relative_to(tmp).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}},
-            indent=2) + "\n")
+        (tmp / "package.json").write_text(
+            json.dumps(
+                {
+                    "command": COMMAND,
+                    "loader": f"lib/{LOADER}",
+                    "executorch": runtime,
+                    "platform": "linux-aarch64",
+                    "glibc_shipped": glibc_of_sysroot(),
+                    "glibc_needed": ".".join(map(str, glibc)),
+                    "bytes": sum(p.stat().st_size for p in files),
+                    "files": {p.relative_to(tmp).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         shutil.rmtree(out, ignore_errors=True)  # --force, or a copy without package.json: never used
         tmp.rename(out)
     return out
@@ -228,8 +273,12 @@ def glibc_of_sysroot() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deploy.runner_package", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
-                        help=f"where packages and the downloaded wheel are kept (default {DEFAULT_CACHE})")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"where packages and the downloaded wheel are kept (default {DEFAULT_CACHE})",
+    )
     parser.add_argument("--force", action="store_true", help="build again even when the package is cached")
     args = parser.parse_args(argv)
     if where := blocking_file(args.cache.absolute()):
@@ -241,8 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     info = json.loads((package / "package.json").read_text())
     size = info["bytes"] / 2**20
     goal = "within" if size <= SIZE_GOAL_MB else "over"
-    print(f"{package}: {size:.1f} MB ({goal} the {SIZE_GOAL_MB} MB goal), {len(info['files'])} files, executorch "
-          f"{info['executorch']}, glibc {info['glibc_shipped']} shipped (needs {info['glibc_needed']})")
+    print(
+        f"{package}: {size:.1f} MB ({goal} the {SIZE_GOAL_MB} MB goal), {len(info['files'])} files, executorch "
+        f"{info['executorch']}, glibc {info['glibc_shipped']} shipped (needs {info['glibc_needed']})"
+    )
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 Over SSH the remote side runs one command line, so every argument is quoted with ``shlex.join``;
 a hostile file name or host string stays one argument.
 """
+
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 from .profile import Device
-
 
 KEEP_RELEASES = 3  # finished releases kept on a device, whatever the transport
 
@@ -21,15 +21,19 @@ class DeployError(RuntimeError):
 def explain(stderr: str, where: str) -> str:
     """One line for the usual SSH/rsync failures, else the tool's own last line."""
     text = stderr.strip()
-    known = [("No space left on device", f"{where} is out of disk space: free some (old releases are under releases/)"),
-             ("Permission denied (publickey", f"{where} refused the SSH key(s) offered: ssh-copy-id yours, or set KEY="),
-             ("Could not resolve hostname", f"cannot resolve the host of {where}: check HOST="),
-             ("Connection refused", f"{where} refused the connection: is sshd running, is PORT= right?"),
-             ("Connection timed out", f"{where} did not answer: is it on the network, is HOST= right?"),
-             ("No route to host", f"no route to {where}: is it on the network?"),
-             ("Host key verification failed", f"{where}'s host key changed: check it, then fix ~/.ssh/known_hosts"),
-             ("Permission denied (13)", f"{where} refused a write (permission denied): check who owns the "
-                                        "deploy's directory there (REMOTE_DIR=)")]
+    known = [
+        ("No space left on device", f"{where} is out of disk space: free some (old releases are under releases/)"),
+        ("Permission denied (publickey", f"{where} refused the SSH key(s) offered: ssh-copy-id yours, or set KEY="),
+        ("Could not resolve hostname", f"cannot resolve the host of {where}: check HOST="),
+        ("Connection refused", f"{where} refused the connection: is sshd running, is PORT= right?"),
+        ("Connection timed out", f"{where} did not answer: is it on the network, is HOST= right?"),
+        ("No route to host", f"no route to {where}: is it on the network?"),
+        ("Host key verification failed", f"{where}'s host key changed: check it, then fix ~/.ssh/known_hosts"),
+        (
+            "Permission denied (13)",
+            f"{where} refused a write (permission denied): check who owns the deploy's directory there (REMOTE_DIR=)",
+        ),
+    ]
     for needle, message in known:
         if needle in text:
             return message
@@ -46,19 +50,32 @@ class Target:
     def command(self, argv: list[str], cwd: str | None = None) -> list[str]:
         return argv
 
-    def run(self, argv: list[str], cwd: str | None = None, capture: bool = True, check: bool = True,
-            what: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, argv: list[str], cwd: str | None = None, capture: bool = True, check: bool = True, what: str | None = None
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` (in ``cwd`` on the target); a failure is a DeployError naming ``what`` was being done."""
         local_cwd = cwd if not self.device.ssh else None
-        result = subprocess.run(self.command(argv, cwd), cwd=local_cwd, text=True,
-                                stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE)
+        result = subprocess.run(
+            self.command(argv, cwd),
+            cwd=local_cwd,
+            text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE,
+        )
         if check and result.returncode != 0:
             raise DeployError(f"{what or argv[0]} failed: {explain(result.stderr, self.where)}")
         return result
 
     def push(self, local_dir: Path, remote_dir: str, bwlimit_kbps: int | None = None) -> None:
         """Copy ``local_dir``'s contents into ``remote_dir`` (created)."""
-        argv = ["rsync", "-a", "--delete", *self.rsync_options(bwlimit_kbps), f"{local_dir}/", self.rsync_path(remote_dir) + "/"]
+        argv = [
+            "rsync",
+            "-a",
+            "--delete",
+            *self.rsync_options(bwlimit_kbps),
+            f"{local_dir}/",
+            self.rsync_path(remote_dir) + "/",
+        ]
         if shutil.which("rsync") is None:
             raise DeployError("rsync is not installed on this machine: apt install rsync")
         result = subprocess.run(argv, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -67,8 +84,12 @@ class Target:
 
     def pull(self, remote_path: str, local_path: Path) -> None:
         local_path.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["rsync", "-a", *self.rsync_options(None), self.rsync_path(remote_path), str(local_path)],
-                                text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        result = subprocess.run(
+            ["rsync", "-a", *self.rsync_options(None), self.rsync_path(remote_path), str(local_path)],
+            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         if result.returncode != 0:
             raise DeployError(f"fetching {remote_path} failed: {explain(result.stderr, self.where)}")
 
@@ -88,8 +109,17 @@ class SSHTarget(Target):
 
     def ssh_argv(self) -> list[str]:
         d = self.device
-        argv = ["ssh", "-p", str(d.port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
-                "-o", "StrictHostKeyChecking=accept-new"]
+        argv = [
+            "ssh",
+            "-p",
+            str(d.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "StrictHostKeyChecking=accept-new",
+        ]
         if d.key:  # only the key asked for; without one, ssh tries the user's usual keys and agent
             argv += ["-i", str(Path(d.key).expanduser()), "-o", "IdentitiesOnly=yes"]
         if d.known_hosts:

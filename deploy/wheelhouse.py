@@ -4,6 +4,7 @@
 the device installs them with ``pip install --no-index --find-links`` and never reaches an index. A
 wheelhouse is cached per (platform, Python version, requirements), so a second deploy downloads nothing.
 """
+
 import hashlib
 import json
 import re
@@ -39,10 +40,13 @@ class Platform:
         """Every manylinux tag this glibc runs, newest first: pip takes the best wheel among them."""
         major, minor = (int(part) for part in self.glibc.split(".")[:2])
         if major != 2 or minor < OLDEST_MANYLINUX:
-            raise WheelhouseError(f"the device's glibc {self.glibc} is older than any wheel on PyPI is built for "
-                                  f"(2.{OLDEST_MANYLINUX}): update its operating system")
+            raise WheelhouseError(
+                f"the device's glibc {self.glibc} is older than any wheel on PyPI is built for "
+                f"(2.{OLDEST_MANYLINUX}): update its operating system"
+            )
         return [f"manylinux_2_{m}_{self.machine}" for m in range(minor, OLDEST_MANYLINUX - 1, -1)] + [
-            f"manylinux2014_{self.machine}"]
+            f"manylinux2014_{self.machine}"
+        ]
 
     def describe(self) -> str:
         return f"Python {self.python} on {self.machine} with glibc {self.glibc}"
@@ -62,8 +66,9 @@ def device_requirements() -> tuple[str, str]:
 
 
 def key(platform: Platform, packages: str, runtime: str) -> str:
-    return hashlib.sha256(json.dumps([platform.machine, platform.glibc, platform.python, packages, runtime])
-                          .encode()).hexdigest()[:16]
+    return hashlib.sha256(
+        json.dumps([platform.machine, platform.glibc, platform.python, packages, runtime]).encode()
+    ).hexdigest()[:16]
 
 
 def build(platform: Platform, packages: str, runtime: str, cache: Path = DEFAULT_CACHE) -> tuple[Path, bool]:
@@ -83,10 +88,20 @@ def build(platform: Platform, packages: str, runtime: str, cache: Path = DEFAULT
         download(platform, ["-r", str(Path(tmp) / "packages.txt")], wheels)
         download(platform, ["--no-deps", "-r", str(Path(tmp) / "runtime.txt")], wheels)
         files = sorted(wheels.iterdir())
-        (wheels / COMPLETE).write_text(json.dumps({
-            "platform": platform.__dict__, "tags": platform.tags(), "packages": packages, "runtime": runtime,
-            "wheels": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
-            "bytes": sum(p.stat().st_size for p in files)}, indent=2) + "\n")
+        (wheels / COMPLETE).write_text(
+            json.dumps(
+                {
+                    "platform": platform.__dict__,
+                    "tags": platform.tags(),
+                    "packages": packages,
+                    "runtime": runtime,
+                    "wheels": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+                    "bytes": sum(p.stat().st_size for p in files),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         shutil.rmtree(out, ignore_errors=True)  # a copy without wheelhouse.json is never used
         wheels.rename(out)
     return out, True
@@ -95,10 +110,29 @@ def build(platform: Platform, packages: str, runtime: str, cache: Path = DEFAULT
 def download(platform: Platform, requirements: list[str], into: Path) -> None:
     """``pip download`` of binary wheels for ``platform`` only: a source package would need a compiler there."""
     tags = [flag for tag in platform.tags() for flag in ("--platform", tag)]
-    result = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                             "--only-binary=:all:", "--implementation", "cp", "--python-version", platform.python,
-                             "--abi", "cp" + platform.python.replace(".", ""),
-                             *tags, "--dest", str(into), *requirements], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            platform.python,
+            "--abi",
+            "cp" + platform.python.replace(".", ""),
+            *tags,
+            "--dest",
+            str(into),
+            *requirements,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise WheelhouseError(explain(result.stderr, platform))
 
@@ -107,8 +141,10 @@ def explain(stderr: str, platform: Platform) -> str:
     """One line for pip's usual failures: no wheel for this device, or no index reachable from here."""
     missing = re.search(r"No matching distribution found for (\S+)", stderr)
     if missing:
-        return (f"no wheel of {missing.group(1)} for {platform.describe()}: PyPI has none for this device "
-                "(its Python or its glibc too old or too new for it); set python: in its profile to another Python")
+        return (
+            f"no wheel of {missing.group(1)} for {platform.describe()}: PyPI has none for this device "
+            "(its Python or its glibc too old or too new for it); set python: in its profile to another Python"
+        )
     if re.search(r"Max retries exceeded|Temporary failure in name resolution|Network is unreachable", stderr):
         return "cannot reach the package index from this machine to fetch the device's wheels: check its network"
     lines = [line for line in stderr.strip().splitlines() if line.strip()]

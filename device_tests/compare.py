@@ -1,4 +1,5 @@
 """python -m device_tests.compare A B: two device_report.json side by side (every figure, with the change)."""
+
 import argparse
 import json
 import sys
@@ -24,8 +25,10 @@ def load(path: Path) -> dict:
     except (OSError, ValueError, RecursionError) as e:
         raise ReportError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     if not isinstance(report, dict) or not isinstance(report.get("figures"), dict):
-        raise ReportError(f"{path} is not a device report (no figures object): give a device_report.json "
-                          "that make deploy brought home")
+        raise ReportError(
+            f"{path} is not a device report (no figures object): give a device_report.json "
+            "that make deploy brought home"
+        )
     return report
 
 
@@ -36,14 +39,15 @@ def _part(report: dict, key: str) -> dict:
 
 def _title(report: dict) -> str:
     device = _part(report, "device")
-    return (f"{_part(report, 'bundle').get('name', '?')} on {device.get('hostname', '?')} "
-            f"({device.get('model', '?')}), {report.get('created', '?')}")
+    return (
+        f"{_part(report, 'bundle').get('name', '?')} on {device.get('hostname', '?')} "
+        f"({device.get('model', '?')}), {report.get('created', '?')}"
+    )
 
 
 def table(a: dict, b: dict) -> str:
     fa, fb = flatten(a["figures"]), flatten(b["figures"])
-    rows = [f"A: {_title(a)}", f"B: {_title(b)}", "",
-            "| figure | A | B | change |", "|---|---:|---:|---:|"]
+    rows = [f"A: {_title(a)}", f"B: {_title(b)}", "", "| figure | A | B | change |", "|---|---:|---:|---:|"]
     for key in sorted(fa.keys() | fb.keys(), key=lambda k: (k.split(".")[0], k)):
         va, vb = fa.get(key), fb.get(key)
         change = f"{100 * (vb - va) / va:+.1f}%" if va and vb is not None else "-"

@@ -1,7 +1,8 @@
 """Fixtures for the device tests: the release's bundle and device facts, and the report they fill in.
 
-    python -m pytest device_tests [--bundle bundle] [--device-facts device.json] [--report device_report.json]
+python -m pytest device_tests [--bundle bundle] [--device-facts device.json] [--report device_report.json]
 """
+
 import json
 import os
 from pathlib import Path
@@ -45,20 +46,33 @@ def pytest_sessionfinish(session):
     data = dict(RESULTS)
     try:
         meta = read_meta(bundle)
-        described = {"name": meta.name, "arch": meta.arch, "pte_sha256": meta.pte_sha256,
-                     "quantization": meta.quantization, "input_size": meta.input.size}
+        described = {
+            "name": meta.name,
+            "arch": meta.arch,
+            "pte_sha256": meta.pte_sha256,
+            "quantization": meta.quantization,
+            "input_size": meta.input.size,
+        }
     except BundleError as e:
         described = {"error": str(e)}
     release = Path("release.json")
-    data |= {"bundle": described,
-             "profile": facts(config), "release": json.loads(release.read_text()) if release.exists() else None}
+    data |= {
+        "bundle": described,
+        "profile": facts(config),
+        "release": json.loads(release.read_text()) if release.exists() else None,
+    }
     report_file.write(Path(config.getoption("report")), data)
 
 
 def facts(config) -> dict:
     path = Path(config.getoption("device_facts"))
-    defaults = {"name": "unprofiled", "threads": os.cpu_count(), "camera": None, "budgets_ms": {},
-                "memory_budget_mb": None}
+    defaults = {
+        "name": "unprofiled",
+        "threads": os.cpu_count(),
+        "camera": None,
+        "budgets_ms": {},
+        "memory_budget_mb": None,
+    }
     return defaults | (json.loads(path.read_text()) if path.exists() else {})
 
 

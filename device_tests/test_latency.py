@@ -1,8 +1,9 @@
 """Inference latency of the bundle at every thread count, against the profile's budget at its default."""
+
 import pytest
 
-from edge.device_report import budget_for
 from edge.bundle import load_bundle
+from edge.device_report import budget_for
 from edge.stats import time_calls
 
 WARMUP = 20

@@ -1,5 +1,6 @@
 """This device gives the host's answers, by the parity rule export applies (edge.parity): on the golden
 inputs (the runtime), and on raw frames of odd sizes through this device's own OpenCV preprocessing."""
+
 import numpy as np
 
 from edge import parity

@@ -1,4 +1,5 @@
 """The whole live loop: frames/s and capture-to-result latency, on the device camera and on generated frames."""
+
 import pytest
 
 from edge.run import RunConfig, run
@@ -20,12 +21,18 @@ def test_pipeline_on_the_camera(bundle_dir, device, figures):
         open_source(device["camera"]).open()
     except SourceError as e:
         pytest.skip(f"no camera present: {e}")
-    summary = record(figures, "camera", run(RunConfig(bundle_dir, device["camera"], threads=device["threads"],
-                                                       headless=True, duration=SECONDS)))
+    summary = record(
+        figures,
+        "camera",
+        run(RunConfig(bundle_dir, device["camera"], threads=device["threads"], headless=True, duration=SECONDS)),
+    )
     assert summary["frames"] > SECONDS and summary["reconnects"] == 0
 
 
 def test_pipeline_on_generated_frames(bundle_dir, device, figures):
-    summary = record(figures, "procedural", run(RunConfig(bundle_dir, "procedural", fps=0, threads=device["threads"],
-                                                           headless=True, duration=SECONDS / 2)))
+    summary = record(
+        figures,
+        "procedural",
+        run(RunConfig(bundle_dir, "procedural", fps=0, threads=device["threads"], headless=True, duration=SECONDS / 2)),
+    )
     assert summary["frames"] > 0 and summary["capture_to_result_ms"]["p50"] > 0

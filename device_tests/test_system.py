@@ -1,4 +1,5 @@
 """Memory after the whole session, and on a Raspberry Pi the clocks and throttling state (vcgencmd)."""
+
 import importlib.util
 import shutil
 import subprocess
@@ -30,11 +31,16 @@ def test_clock_and_throttling(figures):
     if shutil.which("vcgencmd") is None:
         pytest.skip("vcgencmd not found: not a Raspberry Pi")
     throttled = int(vcgencmd("get_throttled").split("=")[1], 16)
-    figures["vcgencmd"] = {"arm_hz": int(vcgencmd("measure_clock", "arm").split("=")[1]),
-                           "temp": vcgencmd("measure_temp").split("=")[1], "throttled": hex(throttled)}
+    figures["vcgencmd"] = {
+        "arm_hz": int(vcgencmd("measure_clock", "arm").split("=")[1]),
+        "temp": vcgencmd("measure_temp").split("=")[1],
+        "throttled": hex(throttled),
+    }
     # Bits 0-3: under-voltage, frequency capped, throttled, soft temperature limit, all "now".
-    assert throttled & 0xF == 0, (f"the Pi is throttling now (get_throttled={hex(throttled)}): latency figures are "
-                                  "not representative; check the power supply and cooling")
+    assert throttled & 0xF == 0, (
+        f"the Pi is throttling now (get_throttled={hex(throttled)}): latency figures are "
+        "not representative; check the power supply and cooling"
+    )
 
 
 def test_environment_has_no_torch(device, figures):

@@ -9,5 +9,6 @@ def __getattr__(name: str):
     """``edge.load``/``edge.Model`` on first use, so ``import edge.files`` stays free of OpenCV and the runtime."""
     if name in ("load", "Model"):
         from . import api
+
         return getattr(api, name)
     raise AttributeError(f"module 'edge' has no attribute {name!r}")

@@ -1,10 +1,11 @@
 """The Python API: ``edge.load(bundle).predict(image)``, with the app's own preprocessing and runtime.
 
-    from edge import load
-    model = load("artifacts/v3_small")
-    model.predict("cat.jpg")          # [("cat", 0.91), ("dog", 0.05), ...]
-    model.predict(bgr_frame, top_k=1)  # an OpenCV/Picamera2 frame: HxWx3 uint8, BGR
+from edge import load
+model = load("artifacts/v3_small")
+model.predict("cat.jpg")          # [("cat", 0.91), ("dog", 0.05), ...]
+model.predict(bgr_frame, top_k=1)  # an OpenCV/Picamera2 frame: HxWx3 uint8, BGR
 """
+
 from pathlib import Path
 
 import cv2
@@ -58,8 +59,9 @@ class Model:
         logits = self.bundle.logits(self.preprocess(as_bgr(image), order="BGR"))[0]
         return softmax(logits.astype(np.float64))
 
-    def predict(self, image: np.ndarray | str | Path, top_k: int = 5,
-                threshold: float = 0.0) -> list[tuple[str, float]]:
+    def predict(
+        self, image: np.ndarray | str | Path, top_k: int = 5, threshold: float = 0.0
+    ) -> list[tuple[str, float]]:
         """The ``top_k`` most likely (label, probability), best first, none below ``threshold``."""
         if top_k < 1 or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"want top_k >= 1 and threshold in [0, 1], got {top_k} and {threshold}")

@@ -7,6 +7,7 @@ The pipeline run replays the source as fast as it decodes (a camera that never w
 overlap: at best it reaches the slower of the two. RSS is sampled every second; growth after the
 warm-up would be a leak.
 """
+
 import argparse
 import json
 import os
@@ -74,22 +75,36 @@ def pipeline(bundle_dir: Path, source: str, seconds: float, threads: int | None)
     done.set()
     bar.join()
     timeline = summary["timeline"]
-    return {"summary": summary, "rss_mb": list(zip(timeline["t_s"], timeline["rss_mb"]))}
+    return {"summary": summary, "rss_mb": list(zip(timeline["t_s"], timeline["rss_mb"], strict=True))}
 
 
 def rss_figures(samples: list[tuple[float, float]], warmup_s: float) -> dict:
     after = [mb for t, mb in samples if t >= warmup_s]
-    return {"after_warmup_mb": after[0], "end_mb": after[-1], "peak_mb": max(mb for _, mb in samples),
-            "growth_mb": round(after[-1] - after[0], 1)} if after else {}
+    return (
+        {
+            "after_warmup_mb": after[0],
+            "end_mb": after[-1],
+            "peak_mb": max(mb for _, mb in samples),
+            "growth_mb": round(after[-1] - after[0], 1),
+        }
+        if after
+        else {}
+    )
 
 
 def table(result: dict) -> str:
     inf, pipe, rss = result["inference_only"], result["pipeline"], result["rss"]
     ms = pipe["capture_to_result_ms"]
-    rows = [("capture + preprocessing only", f"{result['capture_only']['fps']:.1f}", "-", "-"),
-            ("inference only", f"{inf['fps']:.1f}", f"{inf['latency_ms']['p50']:.2f}", "-"),
-            ("whole pipeline", f"{pipe['fps']:.1f}", f"{pipe['latency_ms']['p50']:.2f}",
-             f"{ms['p50']:.2f} / {ms['p90']:.2f}")]
+    rows = [
+        ("capture + preprocessing only", f"{result['capture_only']['fps']:.1f}", "-", "-"),
+        ("inference only", f"{inf['fps']:.1f}", f"{inf['latency_ms']['p50']:.2f}", "-"),
+        (
+            "whole pipeline",
+            f"{pipe['fps']:.1f}",
+            f"{pipe['latency_ms']['p50']:.2f}",
+            f"{ms['p50']:.2f} / {ms['p90']:.2f}",
+        ),
+    ]
     lines = ["| run | frames/s | inference p50 ms | capture-to-result p50 / p90 ms |", "|---|---:|---:|---:|"]
     lines += [f"| {' | '.join(row)} |" for row in rows]
     return "\n".join(lines) + (
@@ -97,7 +112,8 @@ def table(result: dict) -> str:
         f"{100 * pipe['fps'] / min(inf['fps'], result['capture_only']['fps']):.1f}% of the slower stage's "
         f"({pipe['frames']} frames in {result['seconds']:.0f} s, {pipe['dropped']} dropped); "
         f"RSS {rss.get('after_warmup_mb', 0):.1f} MB after warm-up, {rss.get('end_mb', 0):.1f} MB at the end, "
-        f"peak {rss.get('peak_mb', 0):.1f} MB")
+        f"peak {rss.get('peak_mb', 0):.1f} MB"
+    )
 
 
 def bench_seconds(text: str) -> float:
@@ -110,16 +126,21 @@ def bench_seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m edge.bench", description=__doc__.split("\n\n")[0],
-        **with_examples("python -m edge.bench artifacts/v3_small --source artifacts/demo.mp4",
-                        "python -m edge.bench artifacts/v3_small --source clip.mp4 --seconds 600 --threads 2 "
-                        "--json bench.json"))
+        prog="python -m edge.bench",
+        description=__doc__.split("\n\n")[0],
+        **with_examples(
+            "python -m edge.bench artifacts/v3_small --source artifacts/demo.mp4",
+            "python -m edge.bench artifacts/v3_small --source clip.mp4 --seconds 600 --threads 2 --json bench.json",
+        ),
+    )
     parser.add_argument("bundle", type=Path, help="bundle directory (model.pte + model.json)")
     parser.add_argument("--source", required=True, help="a video file or directory, replayed in a loop (required)")
-    parser.add_argument("--seconds", type=bench_seconds, default=120,
-                        help=f"pipeline run length, at least {MIN_SECONDS} (default 120)")
-    parser.add_argument("--warmup", type=non_negative_float, default=10,
-                        help="seconds before RSS growth is measured (default 10)")
+    parser.add_argument(
+        "--seconds", type=bench_seconds, default=120, help=f"pipeline run length, at least {MIN_SECONDS} (default 120)"
+    )
+    parser.add_argument(
+        "--warmup", type=non_negative_float, default=10, help="seconds before RSS growth is measured (default 10)"
+    )
     parser.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
     parser.add_argument("--json", type=Path, help="write every figure here (default: the table only)")
     return parser
@@ -131,8 +152,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.json and (problem := output_problem(args.json, make_parents=True)):
             raise ValueError(f"--json: {problem}")
         if args.warmup >= args.seconds:
-            raise ValueError(f"--warmup ({args.warmup:g} s) must be shorter than --seconds ({args.seconds:g} s): "
-                             "memory growth is measured after it")
+            raise ValueError(
+                f"--warmup ({args.warmup:g} s) must be shorter than --seconds ({args.seconds:g} s): "
+                "memory growth is measured after it"
+            )
         classifier = Classifier(load_bundle(args.bundle, args.threads))
         source = open_source(args.source, loop=True)
         source.open()
@@ -148,11 +171,19 @@ def main(argv: list[str] | None = None) -> None:
     except (BundleError, NativeError, SourceError, RunError, OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     summary = piped["summary"]
-    result = {"bundle": str(args.bundle), "model": summary["model"], "source": args.source, "seconds": args.seconds,
-              "threads": args.threads, "cpus": os.cpu_count(), "inference_only": inference, "capture_only": capture,
-              "pipeline": summary,
-              "pipeline_share": round(summary["fps"] / inference["fps"], 4),
-              "rss": rss_figures(piped["rss_mb"], args.warmup)}
+    result = {
+        "bundle": str(args.bundle),
+        "model": summary["model"],
+        "source": args.source,
+        "seconds": args.seconds,
+        "threads": args.threads,
+        "cpus": os.cpu_count(),
+        "inference_only": inference,
+        "capture_only": capture,
+        "pipeline": summary,
+        "pipeline_share": round(summary["fps"] / inference["fps"], 4),
+        "rss": rss_figures(piped["rss_mb"], args.warmup),
+    }
     print(table(result))
     if args.json:
         write_atomic(args.json, json.dumps(result, indent=2) + "\n")

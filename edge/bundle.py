@@ -11,6 +11,7 @@ A bundle is a directory::
 ``export`` writes it with ``write_bundle``; the edge app, ``deploy`` and the device tests read it
 with ``read_meta`` / ``read_bundle`` / ``load_bundle``. None of this needs torch.
 """
+
 import hashlib
 import json
 import math
@@ -69,8 +70,9 @@ class BundleMeta:
         if not self.name or not self.arch or self.width_mult <= 0:
             raise ValueError("name and arch must be non-empty and width_mult positive")
         if self.num_classes < 1 or len(self.labels) != self.num_classes or not all(self.labels):
-            raise ValueError(f"{len(self.labels)} labels for num_classes {self.num_classes}: want one non-empty "
-                             "label per class")
+            raise ValueError(
+                f"{len(self.labels)} labels for num_classes {self.num_classes}: want one non-empty label per class"
+            )
         if not isinstance(self.quantization.get("scheme"), str):
             raise ValueError("quantization has no scheme")
         if not re.fullmatch(r"[0-9a-f]{64}", self.pte_sha256):
@@ -101,8 +103,10 @@ class BundleMeta:
         if not _is(version, int) or version < 1:
             raise BundleError(f"{where}: format {version!r} is not a version number; {REEXPORT}")
         if version > FORMAT:
-            raise BundleError(f"{where} is bundle format {version}, newer than this app reads ({FORMAT}): "
-                              "update the app (git pull, then make deploy)")
+            raise BundleError(
+                f"{where} is bundle format {version}, newer than this app reads ({FORMAT}): "
+                "update the app (git pull, then make deploy)"
+            )
         if version < FORMAT:
             raise BundleError(f"{where} is bundle format {version}, older than this app reads ({FORMAT}); {REEXPORT}")
         try:
@@ -153,8 +157,10 @@ def read_meta(path: str | Path) -> BundleMeta:
     meta_path = Path(path) / META
     if not meta_path.is_file():
         if not Path(path).exists() and (found := leftovers(Path(path))):
-            raise BundleError(f"{path} is missing, and an interrupted export left the previous bundle at "
-                              f"{found[0]}: rename it back, or export again (which does)")
+            raise BundleError(
+                f"{path} is missing, and an interrupted export left the previous bundle at "
+                f"{found[0]}: rename it back, or export again (which does)"
+            )
         raise BundleError(f"{path} is not a bundle: no {META} (build one with `make qat` or `make export`)")
     try:
         raw = json.loads(meta_path.read_bytes())
@@ -174,8 +180,7 @@ def read_bundle(path: str | Path) -> tuple[BundleMeta, bytes]:
     if hashlib.sha256(data).hexdigest() != meta.pte_sha256:
         raise BundleError(f"{path / meta.pte} does not match pte_sha256 in {META}: corrupt or mixed-up copy")
     if len(data) < PTE_MIN_BYTES or data[PTE_MAGIC_AT] != b"ET":
-        raise BundleError(f"{path / meta.pte} is not an ExecuTorch program (too short or no ET identifier); "
-                          f"{REEXPORT}")
+        raise BundleError(f"{path / meta.pte} is not an ExecuTorch program (too short or no ET identifier); {REEXPORT}")
     return meta, data
 
 
@@ -185,8 +190,12 @@ def read_golden(path: str | Path) -> dict:
     try:
         with np.load(golden, allow_pickle=False) as data:
             frames = [data[f"frame_{i}"] for i in range(sum(k.startswith("frame_") and k[6:].isdigit() for k in data))]
-            return {"inputs": data["inputs"], "logits": data["logits"], "frames": frames,
-                    "frame_logits": data["frame_logits"]}
+            return {
+                "inputs": data["inputs"],
+                "logits": data["logits"],
+                "frames": frames,
+                "frame_logits": data["frame_logits"],
+            }
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(f"{golden} is unreadable ({e}); {REEXPORT}") from None
 
@@ -230,11 +239,13 @@ def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
         raise BundleError(f"cannot load {path / meta.pte}: {e}") from None
     size = meta.input.size
     if runner.input_shape != (1, 3, size, size):
-        raise BundleError(f"{path / meta.pte} takes {runner.input_shape}, {META} says (1, 3, {size}, {size}); "
-                          f"{REEXPORT}")
+        raise BundleError(
+            f"{path / meta.pte} takes {runner.input_shape}, {META} says (1, 3, {size}, {size}); {REEXPORT}"
+        )
     if runner.output_shape != (1, meta.num_classes):
-        raise BundleError(f"{path / meta.pte} returns {runner.output_shape}, {META} has {meta.num_classes} "
-                          f"classes; {REEXPORT}")
+        raise BundleError(
+            f"{path / meta.pte} returns {runner.output_shape}, {META} has {meta.num_classes} classes; {REEXPORT}"
+        )
     return Bundle(path, meta, runner)
 
 
@@ -252,19 +263,24 @@ def check_replaceable(out: Path) -> None:
     if not out.exists() and not out.is_symlink():
         return
     if out.is_symlink() or not out.is_dir():
-        raise BundleError(f"{out} exists and is not a bundle directory: nothing was written; "
-                          "give another output path or move it away")
+        raise BundleError(
+            f"{out} exists and is not a bundle directory: nothing was written; give another output path or move it away"
+        )
     entries = {p.name for p in out.iterdir()}
     if not entries:
         return
     raw = _any_format_meta(out)
     if raw is None:
-        raise BundleError(f"{out} exists and is not a bundle (no readable {META}): nothing was written; "
-                          "give another output path or move it away")
+        raise BundleError(
+            f"{out} exists and is not a bundle (no readable {META}): nothing was written; "
+            "give another output path or move it away"
+        )
     known = {META, *REPORTS, *PICTURES, "model.pte", "golden.npz", str(raw.get("pte")), str(raw.get("golden"))}
     if extra := sorted(entries - known):
-        raise BundleError(f"{out} is a bundle but also holds {', '.join(extra[:5])}: nothing was written; "
-                          "move those files, or give another output path")
+        raise BundleError(
+            f"{out} is a bundle but also holds {', '.join(extra[:5])}: nothing was written; "
+            "move those files, or give another output path"
+        )
 
 
 def write_bundle(out: Path, meta: BundleMeta, contents: dict[str, bytes]) -> None:

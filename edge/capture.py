@@ -10,11 +10,13 @@ while it is still silent.
 Every time here comes from one injected ``clock`` (``time.monotonic`` by default) and every wait goes
 through ``sleep``, so pacing, gaps and warnings can be tested against a fake clock, to the microsecond.
 """
+
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .sources import Frame, SourceError
 
@@ -44,9 +46,16 @@ class Capture(threading.Thread):
     waits, returning True when capture is being stopped (default: a wait that ``stop()`` cuts short).
     """
 
-    def __init__(self, source, prepare: Callable[[Any], Any] = lambda image: None, fps: float | None = None,
-                 backoff: tuple[float, float] = (0.25, 8.0), warn_after: float = 3.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], bool] | None = None) -> None:
+    def __init__(
+        self,
+        source,
+        prepare: Callable[[Any], Any] = lambda image: None,
+        fps: float | None = None,
+        backoff: tuple[float, float] = (0.25, 8.0),
+        warn_after: float = 3.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], bool] | None = None,
+    ) -> None:
         super().__init__(name="capture", daemon=True)
         self.source, self.prepare, self.backoff, self.warn_after = source, prepare, backoff, warn_after
         self.clock = clock

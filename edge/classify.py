@@ -1,4 +1,5 @@
 """Bundle + preprocessing + softmax/top-k/smoothing: what the live loop calls per frame."""
+
 import time
 
 import numpy as np

@@ -1,4 +1,5 @@
 """python -m edge {run,predict,eval} ...: the device app's command line."""
+
 import argparse
 import json
 import logging
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import cv2
 
-from .bundle import BundleError, load_bundle
 from .api import load
+from .bundle import BundleError, load_bundle
 from .command import frame_size, non_negative_float, positive_float, positive_int, probability, with_examples
 from .evaluate import evaluate_folder
 from .native import NativeError
@@ -20,86 +21,156 @@ from .stats import format_summary
 
 def _add_run(commands) -> None:
     p = commands.add_parser(
-        "run", help="classify live frames from a camera, video, stream or directory",
+        "run",
+        help="classify live frames from a camera, video, stream or directory",
         description="Classify live frames. A window where there is a display, else headless; --jsonl and --serve "
-                    "show the results without one.",
-        **with_examples("python -m edge run artifacts/v3_small --source picamera --serve 0.0.0.0:8080",
-                        "python -m edge run artifacts/v3_small --source 0 --rotate 180 --camera-size 1280x720",
-                        "python -m edge run artifacts/v3_small --source clip.mp4 --headless --jsonl - --max-frames 300"))
+        "show the results without one.",
+        **with_examples(
+            "python -m edge run artifacts/v3_small --source picamera --serve 0.0.0.0:8080",
+            "python -m edge run artifacts/v3_small --source 0 --rotate 180 --camera-size 1280x720",
+            "python -m edge run artifacts/v3_small --source clip.mp4 --headless --jsonl - --max-frames 300",
+        ),
+    )
     p.add_argument("bundle", type=Path, help="bundle directory (model.pte + model.json)")
     p.add_argument("--source", required=True, help=f"{SOURCE_HELP} (required)")
     p.add_argument("--loop", action="store_true", help="replay a video file or directory forever (default: once)")
-    p.add_argument("--fps", type=non_negative_float,
-                   help="pace a file/directory at this rate (default: the video's own, 30 for a directory); "
-                        "0 = as fast as it decodes")
+    p.add_argument(
+        "--fps",
+        type=non_negative_float,
+        help="pace a file/directory at this rate (default: the video's own, 30 for a directory); "
+        "0 = as fast as it decodes",
+    )
     p.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
-    p.add_argument("--top-k", type=positive_int, default=3, help="labels per result (default 3; at most the model's labels)")
-    p.add_argument("--smooth", type=float, default=0.0, metavar="ALPHA",
-                   help="exponential moving average of the scores over frames: weight of the past, in [0, 1) "
-                        "(default 0: none)")
-    p.add_argument("--headless", action="store_true",
-                   help="no window (default: a window when there is a display and OpenCV has a GUI)")
-    p.add_argument("--jsonl", metavar="FILE", help="one JSON line per result to FILE, or - for stdout; FILE is "
-                                                   "replaced once the source has opened (default: none)")
+    p.add_argument(
+        "--top-k", type=positive_int, default=3, help="labels per result (default 3; at most the model's labels)"
+    )
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="exponential moving average of the scores over frames: weight of the past, in [0, 1) (default 0: none)",
+    )
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no window (default: a window when there is a display and OpenCV has a GUI)",
+    )
+    p.add_argument(
+        "--jsonl",
+        metavar="FILE",
+        help="one JSON line per result to FILE, or - for stdout; FILE is "
+        "replaced once the source has opened (default: none)",
+    )
     p.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N results (default: no limit)")
-    p.add_argument("--duration", type=positive_float, metavar="SECONDS",
-                   help="stop after this long (default: no limit; Ctrl-C or q in the window stops)")
-    p.add_argument("--serve", metavar="HOST:PORT", help="web page with the annotated stream and live stats "
-                                                        "(PORT alone binds 127.0.0.1; 0.0.0.0:PORT for the LAN; "
-                                                        "default: none)")
-    p.add_argument("--camera-size", type=frame_size, metavar="WxH",
-                   help="size asked of a Pi camera or webcam (default 640x480, larger if the model needs it)")
-    p.add_argument("--rotate", type=int, choices=(0, 90, 180, 270), default=0,
-                   help="turn frames clockwise by this many degrees, for a camera mounted sideways or upside "
-                        "down (default 0)")
-    p.add_argument("--flip", choices=("horizontal", "vertical"),
-                   help="mirror frames after --rotate (default: none)")
+    p.add_argument(
+        "--duration",
+        type=positive_float,
+        metavar="SECONDS",
+        help="stop after this long (default: no limit; Ctrl-C or q in the window stops)",
+    )
+    p.add_argument(
+        "--serve",
+        metavar="HOST:PORT",
+        help="web page with the annotated stream and live stats "
+        "(PORT alone binds 127.0.0.1; 0.0.0.0:PORT for the LAN; "
+        "default: none)",
+    )
+    p.add_argument(
+        "--camera-size",
+        type=frame_size,
+        metavar="WxH",
+        help="size asked of a Pi camera or webcam (default 640x480, larger if the model needs it)",
+    )
+    p.add_argument(
+        "--rotate",
+        type=int,
+        choices=(0, 90, 180, 270),
+        default=0,
+        help="turn frames clockwise by this many degrees, for a camera mounted sideways or upside down (default 0)",
+    )
+    p.add_argument("--flip", choices=("horizontal", "vertical"), help="mirror frames after --rotate (default: none)")
 
 
 def _add_predict(commands) -> None:
     p = commands.add_parser(
-        "predict", help="label image files, folders and globs: one line per file",
+        "predict",
+        help="label image files, folders and globs: one line per file",
         description="Label image files, folders (recursively) and globs. One line per file: JSON lines, CSV, or a "
-                    "table when stdout is a terminal. Unreadable files get a line saying why, and do not stop the "
-                    "others; the exit status is 1 only when no file could be read.",
-        **with_examples("python -m edge predict artifacts/v3_small photos/",
-                        "python -m edge predict artifacts/v3_small 'photos/**/*.jpg' --top-k 1 --csv > labels.csv",
-                        "python -m edge predict artifacts/v3_small cat.jpg --threshold 0.2"))
+        "table when stdout is a terminal. Unreadable files get a line saying why, and do not stop the "
+        "others; the exit status is 1 only when no file could be read.",
+        **with_examples(
+            "python -m edge predict artifacts/v3_small photos/",
+            "python -m edge predict artifacts/v3_small 'photos/**/*.jpg' --top-k 1 --csv > labels.csv",
+            "python -m edge predict artifacts/v3_small cat.jpg --threshold 0.2",
+        ),
+    )
     p.add_argument("bundle", type=Path, help="bundle directory (model.pte + model.json)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders and globs (quote a glob "
-                                                            "for recursive **; at least one)")
-    p.add_argument("--top-k", type=positive_int, default=5, help="labels per file (default 5; at most the model's labels)")
-    p.add_argument("--threshold", type=probability, default=0.0,
-                   help="leave out labels scored below this, in [0, 1] (default 0: keep all)")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="image files, folders and globs (quote a glob for recursive **; at least one)",
+    )
+    p.add_argument(
+        "--top-k", type=positive_int, default=5, help="labels per file (default 5; at most the model's labels)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=probability,
+        default=0.0,
+        help="leave out labels scored below this, in [0, 1] (default 0: keep all)",
+    )
     p.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
     form = p.add_mutually_exclusive_group()
-    form.add_argument("--csv", dest="fmt", action="store_const", const="csv",
-                      help="CSV: path,label_1,score_1,...,error (default: a table on a terminal, else JSON lines)")
-    form.add_argument("--jsonl", dest="fmt", action="store_const", const="jsonl",
-                      help='JSON lines {"path", "top": [{"label", "score"}]} or {"path", "error"}, '
-                           "also on a terminal (default: JSON lines unless stdout is a terminal)")
+    form.add_argument(
+        "--csv",
+        dest="fmt",
+        action="store_const",
+        const="csv",
+        help="CSV: path,label_1,score_1,...,error (default: a table on a terminal, else JSON lines)",
+    )
+    form.add_argument(
+        "--jsonl",
+        dest="fmt",
+        action="store_const",
+        const="jsonl",
+        help='JSON lines {"path", "top": [{"label", "score"}]} or {"path", "error"}, '
+        "also on a terminal (default: JSON lines unless stdout is a terminal)",
+    )
 
 
 def _add_eval(commands) -> None:
     p = commands.add_parser(
-        "eval", help="accuracy of a bundle on an ImageFolder (DATADIR/<class>/*.jpg)",
+        "eval",
+        help="accuracy of a bundle on an ImageFolder (DATADIR/<class>/*.jpg)",
         description="Top-1 and top-5 accuracy of a bundle on DATADIR/<class>/*, through the app's own "
-                    "preprocessing and runtime. The class folders must be the bundle's labels.",
-        **with_examples("python -m edge eval artifacts/v3_small data/val",
-                        "python -m edge eval artifacts/v3_small data/val --limit 1000 --json"))
+        "preprocessing and runtime. The class folders must be the bundle's labels.",
+        **with_examples(
+            "python -m edge eval artifacts/v3_small data/val",
+            "python -m edge eval artifacts/v3_small data/val --limit 1000 --json",
+        ),
+    )
     p.add_argument("bundle", type=Path, help="bundle directory (model.pte + model.json)")
     p.add_argument("datadir", type=Path, help="a folder per class, named as the bundle's labels")
     p.add_argument("--json", action="store_true", help='print one line {"top1", "top5", "n"} (default: a sentence)')
-    p.add_argument("--limit", type=positive_int,
-                   help="evaluate at most this many images, taken from every class in turn (default: all)")
+    p.add_argument(
+        "--limit",
+        type=positive_int,
+        help="evaluate at most this many images, taken from every class in turn (default: all)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m edge", description="Run a model bundle on the edge: live frames, files, or accuracy.",
-        **with_examples("python -m edge run artifacts/v3_small --source picamera --serve 0.0.0.0:8080",
-                        "python -m edge predict artifacts/v3_small photos/",
-                        "python -m edge eval artifacts/v3_small data/val"))
+        prog="python -m edge",
+        description="Run a model bundle on the edge: live frames, files, or accuracy.",
+        **with_examples(
+            "python -m edge run artifacts/v3_small --source picamera --serve 0.0.0.0:8080",
+            "python -m edge predict artifacts/v3_small photos/",
+            "python -m edge eval artifacts/v3_small data/val",
+        ),
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_run(commands)
     _add_predict(commands)
@@ -136,5 +207,7 @@ def evaluate(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps({k: result[k] for k in ("top1", "top5", "n")}))
     else:
-        print(f"{bundle.meta.name} on {args.datadir}: top-1 {100 * result['top1']:.2f}%  "
-              f"top-5 {100 * result['top5']:.2f}%  ({result['n']} images, {result['skipped']} unreadable)")
+        print(
+            f"{bundle.meta.name} on {args.datadir}: top-1 {100 * result['top1']:.2f}%  "
+            f"top-5 {100 * result['top5']:.2f}%  ({result['n']} images, {result['skipped']} unreadable)"
+        )

@@ -1,11 +1,12 @@
 """What every command line here shares: start-up that an interrupt ends in one line, and argument
 types that reject a bad number with one line naming the flag (argparse adds the flag's name)."""
+
 import argparse
 import importlib
 import math
 import signal
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def run_main(module: str, quiet: Callable[[], None] | None = None) -> None:
@@ -38,8 +39,10 @@ def run_main(module: str, quiet: Callable[[], None] | None = None) -> None:
 
 def with_examples(*commands: str) -> dict:
     """``ArgumentParser`` keywords for a help that ends with example commands, kept as written."""
-    return {"formatter_class": argparse.RawDescriptionHelpFormatter,
-            "epilog": "examples:\n" + "\n".join(f"  {command}" for command in commands)}
+    return {
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+        "epilog": "examples:\n" + "\n".join(f"  {command}" for command in commands),
+    }
 
 
 def _number(kind: type, text: str, valid, want: str):

@@ -3,6 +3,7 @@
 Written on the device by the device tests (device_tests/), and on the host for a phone (deploy/android.py),
 which runs no Python: one format, so `make device-report` and the picture read both.
 """
+
 import json
 import os
 import platform
@@ -25,8 +26,14 @@ def board() -> str | None:
 
 
 def device_info() -> dict:
-    return {"hostname": socket.gethostname(), "machine": platform.machine(), "cpus": os.cpu_count(), "model": board(),
-            "kernel": platform.release(), "python": platform.python_version()}
+    return {
+        "hostname": socket.gethostname(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "model": board(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> dict:
@@ -58,9 +65,14 @@ def _ms(d: dict) -> str:
 
 def markdown(report: dict) -> str:
     d, f = report["device"], report["figures"]
-    emulated = " (EMULATED: timings say nothing about real hardware)" if report.get("profile", {}).get("emulated") else ""
-    lines = [f"# {report.get('bundle', {}).get('name')} on {report.get('profile', {}).get('name')} "
-             f"({d['model']}, {d['machine']}, {d['cpus']} CPUs){emulated}", ""]
+    emulated = (
+        " (EMULATED: timings say nothing about real hardware)" if report.get("profile", {}).get("emulated") else ""
+    )
+    lines = [
+        f"# {report.get('bundle', {}).get('name')} on {report.get('profile', {}).get('name')} "
+        f"({d['model']}, {d['machine']}, {d['cpus']} CPUs){emulated}",
+        "",
+    ]
     if f.get("latency"):
         lines += ["| threads | p50 / p90 / p99 ms | budget |", "|---:|---|---|"]
         for threads, row in sorted(f["latency"].items(), key=lambda kv: int(kv[0])):
@@ -70,15 +82,23 @@ def markdown(report: dict) -> str:
     for key, what in (("parity", "golden inputs"), ("preprocessing_parity", "raw frames, preprocessed here")):
         if key in f:
             p = f[key]
-            lines.append(f"- parity on {p['images']} {what}: top-1 agreement {100 * p['top1_agreement']:.0f}%, max "
-                         f"logit diff {p['max_abs_logit_diff']:.4f} (tolerance {p['logit_tolerance']:.4f})")
+            lines.append(
+                f"- parity on {p['images']} {what}: top-1 agreement {100 * p['top1_agreement']:.0f}%, max "
+                f"logit diff {p['max_abs_logit_diff']:.4f} (tolerance {p['logit_tolerance']:.4f})"
+            )
     for name, run in f.get("pipeline", {}).items():
-        lines.append(f"- pipeline ({name}): {run['fps']} FPS, capture-to-result {_ms(run['capture_to_result_ms'])} ms, "
-                     f"{run['dropped']} dropped")
+        lines.append(
+            f"- pipeline ({name}): {run['fps']} FPS, capture-to-result {_ms(run['capture_to_result_ms'])} ms, "
+            f"{run['dropped']} dropped"
+        )
     if f.get("cores"):
-        lines.append("- cores: " + ", ".join(
-            f"{group} {group_cpus['cpus']} (CPU part {group_cpus['part']}, {group_cpus['max_mhz']} MHz)"
-            for group, group_cpus in f["cores"].items()))
+        lines.append(
+            "- cores: "
+            + ", ".join(
+                f"{group} {group_cpus['cpus']} (CPU part {group_cpus['part']}, {group_cpus['max_mhz']} MHz)"
+                for group, group_cpus in f["cores"].items()
+            )
+        )
     if "memory" in f:
         lines.append(f"- peak RSS {f['memory']['peak_rss_mb']:.1f} MB")
     if f.get("runtime"):
@@ -90,6 +110,9 @@ def markdown(report: dict) -> str:
     outcomes = report.get("tests", {})
     counts = {o: sum(1 for t in outcomes.values() if t["outcome"] == o) for o in ("passed", "failed", "skipped")}
     lines += ["", f"tests: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"]
-    lines += [f"- {name}: {t['outcome']}{': ' + t['reason'] if t.get('reason') else ''}"
-              for name, t in outcomes.items() if t["outcome"] != "passed"]
+    lines += [
+        f"- {name}: {t['outcome']}{': ' + t['reason'] if t.get('reason') else ''}"
+        for name, t in outcomes.items()
+        if t["outcome"] != "passed"
+    ]
     return "\n".join(lines) + "\n"

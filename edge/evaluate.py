@@ -1,4 +1,5 @@
 """Accuracy of a bundle on an ImageFolder, through the same preprocessing and runtime as the live app."""
+
 import itertools
 import logging
 from pathlib import Path
@@ -17,15 +18,19 @@ log = logging.getLogger(__name__)
 def labelled_images(root: Path, labels: tuple[str, ...]) -> list[tuple[str, int]]:
     """(path, label index) for ``root/<class>/*``; the class folders must be the bundle's labels."""
     if root.is_file():
-        raise BundleError(f"{root} is a file; edge eval wants a folder with a folder of images per class "
-                          f"(to label single images: python -m edge predict BUNDLE {root})")
+        raise BundleError(
+            f"{root} is a file; edge eval wants a folder with a folder of images per class "
+            f"(to label single images: python -m edge predict BUNDLE {root})"
+        )
     if not root.is_dir():
         raise BundleError(f"data directory {root} does not exist")
     classes = class_folders(root)
     if set(classes) != set(labels):
         extra, missing = sorted(set(classes) - set(labels)), sorted(set(labels) - set(classes))
-        raise BundleError(f"classes of {root} differ from the bundle's labels: "
-                          f"not in the bundle {extra or '-'}, missing here {missing or '-'}")
+        raise BundleError(
+            f"classes of {root} differ from the bundle's labels: "
+            f"not in the bundle {extra or '-'}, missing here {missing or '-'}"
+        )
     return folder_images(root, list(labels))
 
 

@@ -1,9 +1,10 @@
 """Files that appear whole or not at all, and the image folders every stage reads (training imports these)."""
+
 import os
 import secrets
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -19,9 +20,13 @@ def class_folders(root: Path) -> list[str]:
 
 def folder_images(root: Path, classes: list[str]) -> list[tuple[str, int]]:
     """(path, class index) of the images in ``root/<class>/``, in name order."""
-    return [(entry.path, label)
-            for label, name in enumerate(classes) if (root / name).is_dir()
-            for entry in sorted(os.scandir(root / name), key=lambda e: e.name) if is_image(entry.name)]
+    return [
+        (entry.path, label)
+        for label, name in enumerate(classes)
+        if (root / name).is_dir()
+        for entry in sorted(os.scandir(root / name), key=lambda e: e.name)
+        if is_image(entry.name)
+    ]
 
 
 @contextmanager

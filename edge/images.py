@@ -5,6 +5,7 @@ read), not larger on disk than ``MAX_FILE_BYTES``, and its header must promise a
 A few hundred bytes of PNG can claim 60000x60000 pixels: decoded, that is gigabytes, and on a 4 GB Pi the
 out-of-memory killer ends the app rather than the file being reported as unreadable.
 """
+
 import os
 import stat
 import warnings
@@ -17,8 +18,13 @@ from PIL import Image, UnidentifiedImageError
 
 MAX_PIXELS = 50_000_000  # a 50-megapixel phone photo (8160x6120); OpenCV holds it twice while decoding: 300 MB
 MAX_FILE_BYTES = 256 * 2**20
-FILE_KINDS = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
-              stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+FILE_KINDS = {
+    stat.S_ISFIFO: "a FIFO",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISDIR: "a folder",
+}
 
 
 def regular_file_problem(path: str | Path) -> str | None:
@@ -48,12 +54,14 @@ def check_header(data: bytes, name: str) -> None:
     except Image.DecompressionBombError:  # Pillow's own limit is above ours: the same answer
         width = height = MAX_PIXELS
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ValueError(f"{name} is not an image in a format this app reads (JPEG, PNG, BMP, WebP, TIFF, ...)") \
-            from None
+        raise ValueError(
+            f"{name} is not an image in a format this app reads (JPEG, PNG, BMP, WebP, TIFF, ...)"
+        ) from None
     if width * height > MAX_PIXELS:
         claim = "" if width == height == MAX_PIXELS else f" {width}x{height} pixels,"
-        raise ValueError(f"{name} claims{claim} more than the {MAX_PIXELS // 10**6} megapixels this app "
-                         "decodes: scale it down first")
+        raise ValueError(
+            f"{name} claims{claim} more than the {MAX_PIXELS // 10**6} megapixels this app decodes: scale it down first"
+        )
 
 
 def read_bgr(path: str | Path) -> np.ndarray:
@@ -65,8 +73,9 @@ def read_bgr(path: str | Path) -> np.ndarray:
     if problem := regular_file_problem(path):
         raise ValueError(problem)
     if (size := os.path.getsize(path)) > MAX_FILE_BYTES:
-        raise ValueError(f"{path} is {size / 2**20:.0f} MB, more than the {MAX_FILE_BYTES // 2**20} MB an image "
-                         "file may be here")
+        raise ValueError(
+            f"{path} is {size / 2**20:.0f} MB, more than the {MAX_FILE_BYTES // 2**20} MB an image file may be here"
+        )
     data = np.fromfile(path, np.uint8)
     return decode_bgr(data, str(path))
 

@@ -8,6 +8,7 @@ it (a near-tie that flipped); the raw top-1 agreement is reported beside it. Exp
 held-out images to agree (one image's extreme is not a broken program), the device tests all of the
 golden inputs.
 """
+
 import numpy as np
 
 # Measured on V3-Small: each int8 op is within 2 output steps of PyTorch's reference, and the
@@ -37,12 +38,14 @@ def compare(logits: np.ndarray, reference: np.ndarray, tolerance: float) -> dict
     chosen = logits.argmax(1)
     lead = reference.max(1) - reference[np.arange(len(reference)), chosen]
     difference = np.abs(logits - reference).max(1)
-    return {"images": len(reference),
-            "top1_agreement": float((chosen == reference.argmax(1)).mean()),
-            "top1_agreement_within_tolerance": float((lead <= tolerance).mean()),
-            "agreement": float(((lead <= tolerance) & (difference <= tolerance)).mean()),
-            "max_abs_logit_diff": float(difference.max()),
-            "logit_tolerance": float(tolerance)}
+    return {
+        "images": len(reference),
+        "top1_agreement": float((chosen == reference.argmax(1)).mean()),
+        "top1_agreement_within_tolerance": float((lead <= tolerance).mean()),
+        "agreement": float(((lead <= tolerance) & (difference <= tolerance)).mean()),
+        "max_abs_logit_diff": float(difference.max()),
+        "logit_tolerance": float(tolerance),
+    }
 
 
 def check(logits: np.ndarray, reference: np.ndarray, tolerance: float, min_agreement: float = 1.0) -> dict:
@@ -53,5 +56,7 @@ def check(logits: np.ndarray, reference: np.ndarray, tolerance: float, min_agree
             f"{result['agreement']:.3f} of the inputs agree within tolerance, need {min_agreement} (top-1 "
             f"agreement {result['top1_agreement']:.3f}, {result['top1_agreement_within_tolerance']:.3f} within "
             f"tolerance; max logit difference {result['max_abs_logit_diff']:.4f}, allowed {tolerance:.4f}) "
-            f"on {result['images']} inputs", result)
+            f"on {result['images']} inputs",
+            result,
+        )
     return result

@@ -11,12 +11,13 @@ One walk for folders and globs, so the two forms agree:
 
 Nothing here opens a file: a FIFO named ``x.jpg`` is listed and the reader refuses it (``edge.images``).
 """
+
 import glob
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Iterator
 
 from .files import is_image
 
@@ -36,8 +37,7 @@ def expand(args: list[str]) -> Expansion:
     for arg in args:
         literal = os.path.lexists(arg) or not glob.has_magic(arg)
         matches = [Path(arg)] if literal else sorted(_match(_root(arg), _wild_parts(arg), found.skipped))
-        files = [file for match in matches
-                 for file in (_files(match, found.skipped) if match.is_dir() else [match])]
+        files = [file for match in matches for file in (_files(match, found.skipped) if match.is_dir() else [match])]
         found.paths += _once(files) or [Path(arg)]
     return found
 
@@ -51,8 +51,10 @@ def folder_images(root: Path) -> Expansion:
 
 def _once(paths: list[Path]) -> list[Path]:
     """``paths`` without a second name for the same file; names that cannot be stat'ed stay (their reader says why)."""
-    seen, kept = set(), []
+    seen: set[object] = set()
+    kept: list[Path] = []
     for path in paths:
+        key: object
         try:
             st = path.stat()
             key = (st.st_dev, st.st_ino)
@@ -111,11 +113,11 @@ def _fixed(pattern: str) -> int:
 
 
 def _root(pattern: str) -> Path:
-    return Path(*Path(pattern).parts[:_fixed(pattern)] or ["."])
+    return Path(*Path(pattern).parts[: _fixed(pattern)] or ["."])
 
 
 def _wild_parts(pattern: str) -> tuple[str, ...]:
-    return Path(pattern).parts[_fixed(pattern):]
+    return Path(pattern).parts[_fixed(pattern) :]
 
 
 def _match(base: Path, parts: tuple[str, ...], skipped: list[str]) -> Iterator[Path]:

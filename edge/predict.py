@@ -3,14 +3,16 @@
 Every file named, found in a folder or matched by a glob gets a line: its labels, or why it could not
 be read. Nothing is dropped, unlike ``edge run`` on a directory, which paces frames and drops late ones.
 """
+
 import csv
 import io
 import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -62,8 +64,15 @@ def csv_format(top_k: int) -> tuple[str, Callable[[dict], str]]:
 
     def row(result: dict) -> str:
         cells = [c for t in result.get("top", []) for c in (inert(t["label"]), f"{t['score']:.4f}")]
-        return _csv_line([inert(shown(result["path"])), *cells, *[""] * (2 * top_k - len(cells)),
-                          inert(shown(result.get("error", "")))])
+        return _csv_line(
+            [
+                inert(shown(result["path"])),
+                *cells,
+                *[""] * (2 * top_k - len(cells)),
+                inert(shown(result.get("error", ""))),
+            ]
+        )
+
     return _csv_line(header), row
 
 
@@ -75,35 +84,53 @@ def _csv_line(cells: list[str]) -> str:
 
 def table_format(width: int) -> tuple[str, Callable[[dict], str]]:
     """Aligned columns for a person at a terminal: the path, then each label with its score."""
+
     def row(result: dict) -> str:
         path = shown(result["path"])
         if "error" in result:
             return f"{path:<{width}}  unreadable: {shown(result['error'])}"
         labels = "  ".join(f"{t['label']} ({t['score']:.2f})" for t in result["top"]) or "(none above threshold)"
         return f"{path:<{width}}  {labels}"
+
     return f"{'file':<{width}}  labels (score)", row
 
 
-def predict(model: Model, args: list[str], top_k: int = 5, threshold: float = 0.0, fmt: str | None = None,
-            out: TextIO = sys.stdout, log: TextIO = sys.stderr) -> dict:
+def predict(
+    model: Model,
+    args: list[str],
+    top_k: int = 5,
+    threshold: float = 0.0,
+    fmt: str | None = None,
+    out: TextIO = sys.stdout,
+    log: TextIO = sys.stderr,
+) -> dict:
     """Label everything ``args`` names, writing one line per file to ``out``; returns the counts and times.
 
     ``fmt``: "jsonl", "csv" or "table"; None picks a table when ``out`` is a terminal, else JSON lines.
     """
     found = expand(args)
-    for line in found.skipped:
-        print(line, file=log)
+    for skipped in found.skipped:
+        print(skipped, file=log)
     paths, top_k = found.paths, min(top_k, len(model.labels))
     if not paths:
         raise PredictError("no files to label: give image files, folders or globs")
     fmt = fmt or ("table" if out.isatty() else "jsonl")
-    header, line = {"jsonl": lambda: (None, json_line), "csv": lambda: csv_format(top_k),
-                    "table": lambda: table_format(min(60, max(len(str(p)) for p in paths)))}[fmt]()
+    header, line = {
+        "jsonl": lambda: (None, json_line),
+        "csv": lambda: csv_format(top_k),
+        "table": lambda: table_format(min(60, max(len(str(p)) for p in paths))),
+    }[fmt]()
     if header:
         out.write(header + "\n")
     counts, first_result_s, start = {"labelled": 0, "unreadable": 0}, None, time.perf_counter()
-    bar = tqdm(total=len(paths), desc="edge predict", unit="img", file=log, leave=False,
-               disable=True if len(paths) < PROGRESS_FROM else None)
+    bar = tqdm(
+        total=len(paths),
+        desc="edge predict",
+        unit="img",
+        file=log,
+        leave=False,
+        disable=True if len(paths) < PROGRESS_FROM else None,
+    )
     with bar:
         for result in label_all(model, paths, top_k, threshold):
             first_result_s = first_result_s or process_age_s()
@@ -119,5 +146,7 @@ def predict(model: Model, args: list[str], top_k: int = 5, threshold: float = 0.
 def format_counts(counts: dict) -> str:
     first = "" if counts["first_result_s"] is None else f"; first result {counts['first_result_s']:.2f} s after start"
     rate = counts["files"] / counts["seconds"] if counts["seconds"] else 0.0
-    return (f"labelled {counts['labelled']} of {counts['files']} files ({counts['unreadable']} unreadable) "
-            f"in {counts['seconds']:.1f} s, {rate:.0f} files/s{first}")
+    return (
+        f"labelled {counts['labelled']} of {counts['files']} files ({counts['unreadable']} unreadable) "
+        f"in {counts['seconds']:.1f} s, {rate:.0f} files/s{first}"
+    )

@@ -3,6 +3,7 @@
 Training imports ``InputSpec``, ``resize`` and ``Preprocessor.crop`` from here, so the numbers and the pixels
 the model was trained with and the ones the device applies have one definition.
 """
+
 import math
 from dataclasses import asdict, dataclass
 
@@ -37,14 +38,19 @@ class InputSpec:
     def __post_init__(self) -> None:
         """Only what this app implements: anything else would be preprocessed wrongly without a sound."""
         if not 1 <= self.size <= self.resize <= MAX_RESIZE:
-            raise ValueError(f"input size {self.size} and resize {self.resize} need 1 <= size <= resize <= "
-                             f"{MAX_RESIZE}")
-        if len(self.mean) != 3 or len(self.std) != 3 or not all(_folds_to_float32(m, s)
-                                                                 for m, s in zip(self.mean, self.std)):
-            raise ValueError(f"input mean/std need 3 values each, std > 0 and both usable as float32 (the device "
-                             f"computes in it), got {self.mean} / {self.std}")
-        supported = {"crop": "center", "interpolation": "area_down_linear_up", "channel_order": "RGB",
-                     "layout": "NCHW"}
+            raise ValueError(
+                f"input size {self.size} and resize {self.resize} need 1 <= size <= resize <= {MAX_RESIZE}"
+            )
+        if (
+            len(self.mean) != 3
+            or len(self.std) != 3
+            or not all(_folds_to_float32(m, s) for m, s in zip(self.mean, self.std, strict=True))
+        ):
+            raise ValueError(
+                f"input mean/std need 3 values each, std > 0 and both usable as float32 (the device "
+                f"computes in it), got {self.mean} / {self.std}"
+            )
+        supported = {"crop": "center", "interpolation": "area_down_linear_up", "channel_order": "RGB", "layout": "NCHW"}
         for key, value in supported.items():
             if getattr(self, key) != value:
                 raise ValueError(f"unsupported input {key} {getattr(self, key)!r} (this app implements {value!r})")
@@ -97,15 +103,19 @@ class Preprocessor:
     def crop(self, rgb: np.ndarray) -> np.ndarray:
         """The ``size`` square the model sees, uint8 as given: the geometric part, alone for parity tests."""
         (top0, left0, h, w), (new_w, new_h), top, left = self._geometry(*rgb.shape[:2])
-        resized = resize(rgb[top0:top0 + h, left0:left0 + w], new_w, new_h)
-        return resized[top:top + self.size, left:left + self.size]
+        resized = resize(rgb[top0 : top0 + h, left0 : left0 + w], new_w, new_h)
+        return resized[top : top + self.size, left : left + self.size]
 
     def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) in the frame of the square ``crop`` keeps: what the model sees."""
         (top0, left0, h, w), (new_w, new_h), top, left = self._geometry(height, width)
         sx, sy = w / new_w, h / new_h
-        return (left0 + round(left * sx), top0 + round(top * sy),
-                left0 + round((left + self.size) * sx), top0 + round((top + self.size) * sy))
+        return (
+            left0 + round(left * sx),
+            top0 + round(top * sy),
+            left0 + round((left + self.size) * sx),
+            top0 + round((top + self.size) * sy),
+        )
 
     def __call__(self, image: np.ndarray, order: str = "RGB") -> np.ndarray:
         """``order="BGR"`` for OpenCV/Picamera2 frames: channels are swapped after the crop, where it is cheap."""

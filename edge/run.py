@@ -1,14 +1,16 @@
 """The live loop: newest frame -> inference -> window / JSON lines / web page, and a summary at the end."""
+
 import json
 import math
 import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 import cv2
 
@@ -95,8 +97,13 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr, clock: Callable[[], float] = t
         cfg = replace(cfg, headless=True)
     bundle = load_bundle(cfg.bundle, cfg.threads)
     classifier = Classifier(bundle, cfg.top_k, cfg.smooth)
-    source = open_source(cfg.source, cfg.loop, cfg.camera_size or default_camera_size(bundle.input.resize),
-                         orientation=orientation, clock=clock)
+    source = open_source(
+        cfg.source,
+        cfg.loop,
+        cfg.camera_size or default_camera_size(bundle.input.resize),
+        orientation=orientation,
+        clock=clock,
+    )
     stats, broadcast = RunStats(clock=clock), Broadcast()
     with ExitStack() as stack:
         if address:
@@ -116,14 +123,25 @@ def run(cfg: RunConfig, log: TextIO = sys.stderr, clock: Callable[[], float] = t
             pass
     if not cfg.headless:
         cv2.destroyAllWindows()
-    summary = stats.summary() | {"dropped": capture.stats.dropped, "reconnects": capture.stats.reconnects,
-                                 "gap_s": round(capture.stats.gap_s, 3), "source": source.name,
-                                 "model": bundle.meta.name, "threads": cfg.threads}
+    summary = stats.summary() | {
+        "dropped": capture.stats.dropped,
+        "reconnects": capture.stats.reconnects,
+        "gap_s": round(capture.stats.gap_s, 3),
+        "source": source.name,
+        "model": bundle.meta.name,
+        "threads": cfg.threads,
+    }
     return summary
 
 
-def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunStats, broadcast: Broadcast,
-          jsonl: TextIO | None) -> None:
+def _loop(
+    cfg: RunConfig,
+    capture: Capture,
+    classifier: Classifier,
+    stats: RunStats,
+    broadcast: Broadcast,
+    jsonl: TextIO | None,
+) -> None:
     show = not cfg.headless or cfg.serve
     deadline = stats.clock() + cfg.duration if cfg.duration else float("inf")
     history: deque[dict] = deque(maxlen=HISTORY)
@@ -141,11 +159,16 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
         t_result = stats.add(latency_ms, item.frame.t_capture)
         top = classifier.top(probs)
         if jsonl:
-            record = {"frame": stats.frames - 1, "source_frame": item.frame.index,
-                      "t_capture": round(item.frame.t_capture, 6), "t_result": round(t_result, 6),
-                      "latency_ms": round(latency_ms, 3),
-                      "capture_to_result_ms": round(1000 * (t_result - item.frame.t_capture), 3),
-                      "top": top, "dropped": capture.stats.dropped}
+            record = {
+                "frame": stats.frames - 1,
+                "source_frame": item.frame.index,
+                "t_capture": round(item.frame.t_capture, 6),
+                "t_result": round(t_result, 6),
+                "latency_ms": round(latency_ms, 3),
+                "capture_to_result_ms": round(1000 * (t_result - item.frame.t_capture), 3),
+                "top": top,
+                "dropped": capture.stats.dropped,
+            }
             jsonl.write(json.dumps(record) + "\n")
             jsonl.flush()
         if show:
@@ -157,10 +180,19 @@ def _loop(cfg: RunConfig, capture: Capture, classifier: Classifier, stats: RunSt
                     temperature, temperature_read = cpu_temperature_c(), t_result
                 if not history or history[0]["label"] != top[0]["label"]:
                     history.appendleft({"label": top[0]["label"], "time": time.strftime("%H:%M:%S")})
-                broadcast.publish(annotated, live | {
-                    "top": top, "dropped": capture.stats.dropped, "reconnects": capture.stats.reconnects,
-                    "history": list(history), "threads": threads, "temperature_c": temperature,
-                    "crop": crop})
+                broadcast.publish(
+                    annotated,
+                    live
+                    | {
+                        "top": top,
+                        "dropped": capture.stats.dropped,
+                        "reconnects": capture.stats.reconnects,
+                        "history": list(history),
+                        "threads": threads,
+                        "temperature_c": temperature,
+                        "crop": crop,
+                    },
+                )
             if not cfg.headless:
                 cv2.imshow(WINDOW, annotated)
                 if cv2.waitKey(1) & 0xFF in (ord("q"), 27):

@@ -7,6 +7,7 @@ connect: clients are capped (503 beyond), idle ones time out, a request's header
 within ``header_time`` seconds (a client sending a line every few seconds cannot hold a slot), a
 malformed request gets 400, and a client that hangs up is logged at debug level, never as a traceback.
 """
+
 import html
 import json
 import logging
@@ -17,6 +18,8 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedIOBase
+from typing import cast
 from urllib.parse import parse_qs, urlsplit
 
 import cv2
@@ -146,6 +149,8 @@ class Broadcast:
             number, frame, stats = self.number, self.frame, self.stats
             if self._jpeg[0] == number:
                 return self._jpeg
+        if frame is None:  # published numbers always come with a frame; this keeps the type honest
+            return after, b"", {}
         ok, data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
         with self.changed:
             self._jpeg = (number, data.tobytes(), stats)
@@ -183,25 +188,24 @@ def after_frame(query: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
-def make_handler(broadcast: Broadcast, title: str, timeout: float, header_time: float):
+def make_handler(broadcast: Broadcast, title: str, idle_timeout: float, header_time: float):
     page = PAGE.format(title=html.escape(title)).encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def setup(self) -> None:
-            self.timeout = timeout  # for every read and write: an idle or stalled client lets go of its thread
-            super().setup()
+        timeout = idle_timeout  # for every read and write: an idle or stalled client lets go of its thread
 
         def handle_one_request(self) -> None:
-            reader = self.rfile = _HeaderDeadline(self.rfile, self.connection, header_time, timeout)
+            reader = _HeaderDeadline(self.rfile, self.connection, header_time, idle_timeout)
+            self.rfile = cast(BufferedIOBase, reader)  # it reads lines as the server's reader does
             try:
                 super().handle_one_request()
             finally:
                 self.rfile = reader.rfile
 
         def parse_request(self) -> bool:
-            """The headers are in (or refused): writes get the whole ``timeout`` again."""
+            """The headers are in (or refused): writes get the whole idle timeout again."""
             parsed = super().parse_request()
-            self.connection.settimeout(timeout)
+            self.connection.settimeout(idle_timeout)
             return parsed
 
         def log_message(self, format, *args):  # keep the terminal for the app's own output
@@ -260,8 +264,9 @@ def make_handler(broadcast: Broadcast, title: str, timeout: float, header_time: 
             while self.command != "HEAD" and (item := broadcast.next_jpeg(number, timeout=1.0)) is not None:
                 number, jpeg, _ = item
                 if jpeg:
-                    self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\n"
-                                     b"Content-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg))
+                    self.wfile.write(
+                        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg)
+                    )
                 elif self._gone():  # no new frame to write: notice a viewer that left while the run is stalled
                     return
 
@@ -313,14 +318,21 @@ class _HTTPServer(ThreadingHTTPServer):
 class Server:
     """Serves ``broadcast`` on ``address`` in a background thread; ``url`` says where (port 0 picks one)."""
 
-    def __init__(self, address: tuple[str, int], broadcast: Broadcast, title: str, timeout: float = 10.0,
-                 max_clients: int = 16, header_time: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        broadcast: Broadcast,
+        title: str,
+        timeout: float = 10.0,
+        max_clients: int = 16,
+        header_time: float = 10.0,
+    ) -> None:
         try:
             self.httpd = _HTTPServer(address, make_handler(broadcast, title, timeout, header_time), max_clients)
         except (OSError, OverflowError) as e:
             raise OSError(f"cannot serve on {address[0]}:{address[1]}: {getattr(e, 'strerror', None) or e}") from None
         self.broadcast = broadcast
-        host, port = self.httpd.server_address[:2]
+        host, port = str(self.httpd.server_address[0]), self.httpd.server_address[1]
         self.url = f"http://{url_host(host)}:{port}/"
         lan = lan_address() if host in ("0.0.0.0", "::") else None
         self.lan_url = f"http://{lan}:{port}/" if lan else None  # what to open on a phone or laptop

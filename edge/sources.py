@@ -6,12 +6,14 @@ share one clock.
 ``live`` sources (cameras, network streams) are reconnected when they stop; for the others
 ``None`` from ``read()`` is the end.
 """
+
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -22,8 +24,9 @@ from .paths import folder_images
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
-SOURCE_HELP = ("picamera, a camera index (0), a video file, a directory of images, "
-               "an rtsp://, http:// URL, or procedural")
+SOURCE_HELP = (
+    "picamera, a camera index (0), a video file, a directory of images, an rtsp://, http:// URL, or procedural"
+)
 
 
 class SourceError(RuntimeError):
@@ -43,8 +46,9 @@ class Orientation:
 
     def __post_init__(self) -> None:
         if self.rotate not in (0, *self.ROTATIONS) or self.flip not in (None, *self.FLIPS):
-            raise SourceError(f"rotate must be 0, 90, 180 or 270 and flip horizontal or vertical, "
-                              f"got {self.rotate} and {self.flip}")
+            raise SourceError(
+                f"rotate must be 0, 90, 180 or 270 and flip horizontal or vertical, got {self.rotate} and {self.flip}"
+            )
 
     def __bool__(self) -> bool:
         return bool(self.rotate or self.flip)
@@ -81,10 +85,16 @@ class PicameraSource:
 
     live = True
 
-    def __init__(self, size: tuple[int, int], fps: float | None = None, flips: tuple[bool, bool] = (False, False),
-                 clock: Clock = time.monotonic,
-                 boottime: Clock = lambda: time.clock_gettime(time.CLOCK_BOOTTIME)) -> None:
-        self.size, self.fps, self.flips, self.camera, self.count = size, fps, flips, None, 0
+    def __init__(
+        self,
+        size: tuple[int, int],
+        fps: float | None = None,
+        flips: tuple[bool, bool] = (False, False),
+        clock: Clock = time.monotonic,
+        boottime: Clock = lambda: time.clock_gettime(time.CLOCK_BOOTTIME),
+    ) -> None:
+        self.size, self.fps, self.flips, self.count = size, fps, flips, 0
+        self.camera: Any = None  # a Picamera2 once open() has run: picamera2 is imported only there, on a Pi
         self.clock, self.boottime = clock, boottime
         self.name = f"picamera {size[0]}x{size[1]}"
 
@@ -93,21 +103,28 @@ class PicameraSource:
             from libcamera import Transform
             from picamera2 import Picamera2
         except ImportError:
-            raise SourceError("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
-                              "and use a venv made with --system-site-packages (`make setup` does)") from None
+            raise SourceError(
+                "picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` "
+                "and use a venv made with --system-site-packages (`make setup` does)"
+            ) from None
         try:
             self.camera = Picamera2()
             controls = {"FrameRate": self.fps} if self.fps else {}
             transform = {"transform": Transform(hflip=self.flips[0], vflip=self.flips[1])} if any(self.flips) else {}
             config = self.camera.create_video_configuration(
-                main={"size": self.size, "format": "RGB888"}, buffer_count=2, queue=False, controls=controls,
-                **transform)
+                main={"size": self.size, "format": "RGB888"},
+                buffer_count=2,
+                queue=False,
+                controls=controls,
+                **transform,
+            )
             self.camera.configure(config)
             self.camera.start()
         except Exception as e:  # libcamera raises RuntimeError/IndexError when no camera is attached
             self.close()
-            raise SourceError(f"cannot start the Raspberry Pi camera ({e}); check the ribbon cable and "
-                              "`rpicam-hello --list-cameras`") from None
+            raise SourceError(
+                f"cannot start the Raspberry Pi camera ({e}); check the ribbon cable and `rpicam-hello --list-cameras`"
+            ) from None
 
     def read(self) -> Frame | None:
         request = self.camera.capture_request()
@@ -138,30 +155,40 @@ class VideoSource:
     default is about 30 s, during which a stalled stream looks like a slow one.
     """
 
-    def __init__(self, target: int | str, loop: bool = False, timeout: float = 5.0,
-                 size: tuple[int, int] | None = None, clock: Clock = time.monotonic) -> None:
-        self.target, self.loop, self.size, self.capture, self.count = target, loop, size, None, 0
+    def __init__(
+        self,
+        target: int | str,
+        loop: bool = False,
+        timeout: float = 5.0,
+        size: tuple[int, int] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.target, self.loop, self.size, self.count = target, loop, size, 0
+        self.capture: cv2.VideoCapture | None = None
         self.clock = clock
         self.live = isinstance(target, int) or "://" in str(target)
         self.name = f"camera {target}" if isinstance(target, int) else str(target)
-        self.fps = None
+        self.fps: float | None = None
         ms = int(1000 * timeout)
         network = "://" in self.name
         self.params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms] if network else []
 
     def open(self) -> None:
-        self.capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, self.params)
-        if not self.capture.isOpened():
-            self.capture.release()
+        capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, self.params)
+        if not capture.isOpened():
+            capture.release()
             raise SourceError(f"cannot open {self.name}: no such camera, unreadable file or unreachable stream")
         if self.live:  # OpenCV queues several frames by default; a queue is latency.
-            self.capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+            capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if self.size and isinstance(self.target, int):  # a webcam picks the supported size nearest to this
-            self.capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
-            self.capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
-        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or None
+            capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.size[0])
+            capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.size[1])
+        self.fps = capture.get(cv2.CAP_PROP_FPS) or None
+        self.capture = capture
 
     def read(self) -> Frame | None:
+        if self.capture is None:
+            raise SourceError(f"{self.name} is not open")
         ok, image = self.capture.read()
         if not ok and self.loop and not self.live:
             self.capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -218,8 +245,9 @@ class ProceduralSource:
     live = False
     fps = 30.0
 
-    def __init__(self, size: tuple[int, int] = (320, 240), frames: int | None = None,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, size: tuple[int, int] = (320, 240), frames: int | None = None, clock: Clock = time.monotonic
+    ) -> None:
         self.size, self.frames, self.count, self.clock = size, frames, 0, clock
         self.name = "procedural"
         w, h = size
@@ -258,9 +286,14 @@ class Oriented:
         return None if frame is None else Frame(self.orientation(frame.image), frame.t_capture, frame.index)
 
 
-def open_source(spec: str, loop: bool = False, camera_size: tuple[int, int] = (640, 480),
-                camera_fps: float | None = None, orientation: Orientation = Orientation(),
-                clock: Clock = time.monotonic):
+def open_source(
+    spec: str,
+    loop: bool = False,
+    camera_size: tuple[int, int] = (640, 480),
+    camera_fps: float | None = None,
+    orientation: Orientation = Orientation(),
+    clock: Clock = time.monotonic,
+):
     """The source that ``spec`` names (not yet opened), its frames turned by ``orientation`` and stamped by
     ``clock``; SourceError when it names nothing. ``camera_size`` is asked of Pi cameras and webcams."""
     flips = orientation.as_flips()
@@ -286,8 +319,10 @@ def _source(spec: str, loop: bool, camera_size: tuple[int, int], camera_fps: flo
         return DirectorySource(path, loop, clock)
     if path.is_file():
         if is_image(path):
-            raise SourceError(f"{spec} is a single image: label it with `python -m edge predict BUNDLE {spec}`, "
-                              "or give its folder as the source")
+            raise SourceError(
+                f"{spec} is a single image: label it with `python -m edge predict BUNDLE {spec}`, "
+                "or give its folder as the source"
+            )
         return VideoSource(str(path), loop, clock=clock)
     if path.exists():
         raise SourceError(f"source {spec!r} is neither a file nor a folder: give {SOURCE_HELP}")

@@ -3,10 +3,11 @@
 A service runs for days: the figures live in preallocated ring buffers, so memory does not grow
 with the frame count. Summary percentiles cover the last ``history`` frames (all of a shorter run).
 """
+
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -14,7 +15,7 @@ import numpy as np
 def percentiles(values, qs=(50, 90)) -> dict:
     if len(values) == 0:
         return {f"p{q}": None for q in qs}
-    return {f"p{q}": round(float(v), 3) for q, v in zip(qs, np.percentile(np.asarray(values), qs))}
+    return {f"p{q}": round(float(v), 3) for q, v in zip(qs, np.percentile(np.asarray(values), qs), strict=True)}
 
 
 def process_age_s() -> float | None:
@@ -80,11 +81,13 @@ class Timeline:
     """
 
     def __init__(self, interval: float = 1.0, size: int = 3600) -> None:
-        self.interval, self.start, self.last, self.frames_at_last = interval, None, None, 0
+        self.interval, self.frames_at_last = interval, 0
+        self.start: float | None = None
+        self.last: float | None = None
         self.t_s, self.fps, self.rss_mb = Ring(size), Ring(size), Ring(size)
 
     def tick(self, now: float, frames: int) -> None:
-        if self.start is None:
+        if self.start is None or self.last is None:
             self.start, self.last, self.frames_at_last = now, now, frames
         elif now - self.last >= self.interval:
             self.t_s.add(now - self.start)
@@ -93,8 +96,10 @@ class Timeline:
             self.last, self.frames_at_last = now, frames
 
     def to_json(self) -> dict:
-        return {name: [round(float(v), 2) for v in ring.tail()]
-                for name, ring in (("t_s", self.t_s), ("fps", self.fps), ("rss_mb", self.rss_mb))}
+        return {
+            name: [round(float(v), 2) for v in ring.tail()]
+            for name, ring in (("t_s", self.t_s), ("fps", self.fps), ("rss_mb", self.rss_mb))
+        }
 
 
 class RunStats:
@@ -127,26 +132,37 @@ class RunStats:
 
     @staticmethod
     def _fps(frames: int, first: float | None, last: float | None) -> float | None:
-        return round((frames - 1) / (last - first), 2) if frames > 1 and last > first else None
+        if frames < 2 or first is None or last is None or last <= first:
+            return None
+        return round((frames - 1) / (last - first), 2)
 
     def live(self) -> dict:
         times = self.t_result.tail(self.window)
         fps = self._fps(len(times), times[0], times[-1]) if len(times) else None
-        return {"frames": self.frames, "fps": fps, "latency_ms": percentiles(self.latency_ms.tail(self.window)),
-                "capture_to_result_ms": percentiles(self.capture_to_result_ms.tail(self.window))}
+        return {
+            "frames": self.frames,
+            "fps": fps,
+            "latency_ms": percentiles(self.latency_ms.tail(self.window)),
+            "capture_to_result_ms": percentiles(self.capture_to_result_ms.tail(self.window)),
+        }
 
     def summary(self) -> dict:
         last = self.t_result.last() if self.frames else None
-        return {"frames": self.frames, "fps": self._fps(self.frames, self.first_t_result, last),
-                "latency_ms": percentiles(self.latency_ms.tail()),
-                "capture_to_result_ms": percentiles(self.capture_to_result_ms.tail()),
-                "timeline": self.timeline.to_json()}
+        return {
+            "frames": self.frames,
+            "fps": self._fps(self.frames, self.first_t_result, last),
+            "latency_ms": percentiles(self.latency_ms.tail()),
+            "capture_to_result_ms": percentiles(self.capture_to_result_ms.tail()),
+            "timeline": self.timeline.to_json(),
+        }
 
 
 def format_summary(summary: dict) -> str:
     def ms(d):
         return "-" if d["p50"] is None else f"p50 {d['p50']:.2f} / p90 {d['p90']:.2f} ms"
 
-    return (f"{summary['frames']} frames at {summary['fps'] or 0:.1f} FPS | inference {ms(summary['latency_ms'])} | "
-            f"capture-to-result {ms(summary['capture_to_result_ms'])} | dropped {summary['dropped']} | "
-            f"reconnects {summary['reconnects']} ({summary['gap_s']:.1f} s without frames)")
+    return (
+        f"{summary['frames']} frames at {summary['fps'] or 0:.1f} FPS | inference {ms(summary['latency_ms'])} | "
+        f"capture-to-result {ms(summary['capture_to_result_ms'])} | dropped {summary['dropped']} | "
+        f"reconnects {summary['reconnects']} ({summary['gap_s']:.1f} s without frames)"
+    )

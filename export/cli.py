@@ -8,6 +8,7 @@ runtime-vs-PyTorch parity on held-out images and every conv/linear in XNNPACK.
 Every model is compared with fp32 and with PTQ on the same validation images, with
 paired 95% intervals; ``--candidates`` (make qat) ships PTQ when it is measurably better.
 """
+
 import argparse
 import hashlib
 import io
@@ -30,11 +31,11 @@ from edge.native import NativeError, Runner
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
 from edge.preprocess import InputSpec, Preprocessor
 from training.checkpoint import CheckpointError
-from training.restore import load_module
 from training.data import DataError, ImageDataModule
 from training.models import WeightsError
 from training.module import ImageClassifier
 from training.qat import QATClassifier, ptq
+from training.restore import load_module
 
 from .lower import Delegation, activation_scales, to_pte
 from .paired import Difference
@@ -47,27 +48,50 @@ GOLDEN_IMAGES = 8
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m export", description=__doc__.splitlines()[0],
-        **with_examples("python -m export runs/v3_small/qat/checkpoints/best.ckpt --candidates",
-                        "python -m export runs/v3_small/checkpoints/best.ckpt --out artifacts/v3_small_ptq",
-                        "python -m export runs/v3_small/checkpoints/best.ckpt --precision fp32 --no-baselines"))
+        prog="python -m export",
+        description=__doc__.splitlines()[0],
+        **with_examples(
+            "python -m export runs/v3_small/qat/checkpoints/best.ckpt --candidates",
+            "python -m export runs/v3_small/checkpoints/best.ckpt --out artifacts/v3_small_ptq",
+            "python -m export runs/v3_small/checkpoints/best.ckpt --precision fp32 --no-baselines",
+        ),
+    )
     parser.add_argument("checkpoint", help="a .ckpt written by `make train` or `make qat`")
-    parser.add_argument("--precision", choices=["int8", "fp32"], default="int8",
-                        help="int8: the QAT model converted, or a float one quantized after training (PTQ); "
-                             "fp32: the float program (default int8)")
+    parser.add_argument(
+        "--precision",
+        choices=["int8", "fp32"],
+        default="int8",
+        help="int8: the QAT model converted, or a float one quantized after training (PTQ); "
+        "fp32: the float program (default int8)",
+    )
     parser.add_argument("--out", type=Path, help="bundle directory (default: artifacts/<arch>)")
-    parser.add_argument("--calibration-images", type=positive_int, default=512,
-                        help="training images PTQ calibrates on (default 512)")
-    parser.add_argument("--parity-images", type=positive_int, default=1000,
-                        help="held-out images for runtime/PyTorch parity (default 1000)")
-    parser.add_argument("--min-agreement", type=fraction, default=EXPORT_MIN_AGREEMENT,
-                        help=f"share of parity images whose logits must agree (default {EXPORT_MIN_AGREEMENT})")
-    parser.add_argument("--no-baselines", dest="baselines", action="store_false",
-                        help="skip the float, PTQ and fp32 comparisons (faster; the report has only this program; "
-                             "default: compare)")
-    parser.add_argument("--candidates", action="store_true",
-                        help="QAT checkpoint: write the QAT and the PTQ bundle to OUT-qat and OUT-ptq, and copy to "
-                             "OUT the QAT one, unless PTQ is measurably better on validation (default: one bundle)")
+    parser.add_argument(
+        "--calibration-images", type=positive_int, default=512, help="training images PTQ calibrates on (default 512)"
+    )
+    parser.add_argument(
+        "--parity-images",
+        type=positive_int,
+        default=1000,
+        help="held-out images for runtime/PyTorch parity (default 1000)",
+    )
+    parser.add_argument(
+        "--min-agreement",
+        type=fraction,
+        default=EXPORT_MIN_AGREEMENT,
+        help=f"share of parity images whose logits must agree (default {EXPORT_MIN_AGREEMENT})",
+    )
+    parser.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="skip the float, PTQ and fp32 comparisons (faster; the report has only this program; default: compare)",
+    )
+    parser.add_argument(
+        "--candidates",
+        action="store_true",
+        help="QAT checkpoint: write the QAT and the PTQ bundle to OUT-qat and OUT-ptq, and copy to "
+        "OUT the QAT one, unless PTQ is measurably better on validation (default: one bundle)",
+    )
     return parser
 
 
@@ -117,9 +141,14 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> dict[str, tuple
     keep = {key: args.parity_images for s in bundled for key in (REFERENCE[s], PROGRAM[s])}
     accuracy, kept, correct, confusion = evaluate(models, data.val_dataloader(), len(data.labels), keep=keep)
     add_comparisons(accuracy, correct)
-    report = {"val_images": accuracy[PROGRAM[scheme]]["n"], "accuracy": accuracy,
-              "programs": {PROGRAM[s]: {"bytes": len(p.pte), "latency_ms": latency_ms(p.runner, spec.size)}
-                           for s, p in programs.items()}}
+    report = {
+        "val_images": accuracy[PROGRAM[scheme]]["n"],
+        "accuracy": accuracy,
+        "programs": {
+            PROGRAM[s]: {"bytes": len(p.pte), "latency_ms": latency_ms(p.runner, spec.size)}
+            for s, p in programs.items()
+        },
+    }
     parities, left_out = verify_candidates(bundled, kept, args.min_agreement)
     if left_out:
         report["left_out"] = left_out
@@ -127,15 +156,29 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> dict[str, tuple
     for s, parity in parities.items():
         program = kept[PROGRAM[s]]
         meta = describe(args, module.hparams, checkpoint, s, spec, programs[s].pte, parity["logit_tolerance"])
-        report_s = {"name": meta.name, "quantization": meta.quantization, **report, "parity": parity,
-                    "delegation": programs[s].delegation.to_json(),
-                    "per_class": per_class(confusion[PROGRAM[s]], meta.labels)}
+        report_s = {
+            "name": meta.name,
+            "quantization": meta.quantization,
+            **report,
+            "parity": parity,
+            "delegation": programs[s].delegation.to_json(),
+            "per_class": per_class(confusion[PROGRAM[s]], meta.labels),
+        }
         inputs, logits = kept["inputs"][:GOLDEN_IMAGES].numpy(), program[:GOLDEN_IMAGES].numpy()
-        picture = confusion_png(report_s["per_class"], f"{meta.name}: the .pte on {report['val_images']} "
-                                                       "validation images")
-        bundles[s] = (meta, {meta.pte: programs[s].pte, meta.golden: golden(inputs, logits, programs[s].runner, spec),
-                             "report.json": _json(report_s), CONFUSION_PICTURE: picture,
-                             "report.md": markdown(report_s, CONFUSION_PICTURE).encode()}, report_s)
+        picture = confusion_png(
+            report_s["per_class"], f"{meta.name}: the .pte on {report['val_images']} validation images"
+        )
+        bundles[s] = (
+            meta,
+            {
+                meta.pte: programs[s].pte,
+                meta.golden: golden(inputs, logits, programs[s].runner, spec),
+                "report.json": _json(report_s),
+                CONFUSION_PICTURE: picture,
+                "report.md": markdown(report_s, CONFUSION_PICTURE).encode(),
+            },
+            report_s,
+        )
     return bundles
 
 
@@ -146,7 +189,9 @@ def verify_candidates(bundled: list[str], kept: dict, min_agreement: float) -> t
     for s in bundled:
         reference = kept[REFERENCE[s]]
         try:
-            parities[s] = check_parity(kept[PROGRAM[s]], reference, min_agreement, logit_tolerance(reference.numpy(), s))
+            parities[s] = check_parity(
+                kept[PROGRAM[s]], reference, min_agreement, logit_tolerance(reference.numpy(), s)
+            )
         except VerificationError as e:
             if s == bundled[0]:
                 raise
@@ -200,7 +245,8 @@ def lower(model, scheme: str, size: int) -> Program:
             f"XNNPACK would not load the {scheme} program ({e}); its int8 activation scales span {scales[0]:.2g} "
             f"to {scales[1]:.2g}. Seen here with a barely trained QAT model whose scales span 1e5: its kernels "
             "refuse scales out of their range. Train longer or with a lower learning rate (the run's curves.png "
-            "shows a diverged run)") from None
+            "shows a diverged run)"
+        ) from None
 
 
 def choose(bundles: dict[str, tuple]) -> tuple[str, str]:
@@ -215,17 +261,29 @@ def choose(bundles: dict[str, tuple]) -> tuple[str, str]:
     return "qat-int8", f"QAT int8 vs PTQ int8 on validation: {difference}: shipping QAT"
 
 
-def describe(args, hp, checkpoint: dict, scheme: str, spec: InputSpec, pte_bytes: bytes,
-             tolerance: float) -> BundleMeta:
+def describe(
+    args, hp, checkpoint: dict, scheme: str, spec: InputSpec, pte_bytes: bytes, tolerance: float
+) -> BundleMeta:
     return BundleMeta(
-        name=f"{hp.arch}-{hp.width_mult:g}-{spec.size}-{scheme}", arch=hp.arch, width_mult=hp.width_mult,
-        num_classes=hp.num_classes, labels=tuple(checkpoint["data"]["labels"]), input=spec,
-        quantization={"scheme": scheme} | ({} if scheme == "fp32" else {
-            "weights": "int8 symmetric per-channel", "activations": "int8 affine per-tensor"}),
-        pte_sha256=hashlib.sha256(pte_bytes).hexdigest(), golden_logit_tolerance=tolerance,
-        source_checkpoint=str(args.checkpoint), source_checkpoint_sha256=file_sha256(args.checkpoint),
+        name=f"{hp.arch}-{hp.width_mult:g}-{spec.size}-{scheme}",
+        arch=hp.arch,
+        width_mult=hp.width_mult,
+        num_classes=hp.num_classes,
+        labels=tuple(checkpoint["data"]["labels"]),
+        input=spec,
+        quantization={"scheme": scheme}
+        | (
+            {}
+            if scheme == "fp32"
+            else {"weights": "int8 symmetric per-channel", "activations": "int8 affine per-tensor"}
+        ),
+        pte_sha256=hashlib.sha256(pte_bytes).hexdigest(),
+        golden_logit_tolerance=tolerance,
+        source_checkpoint=str(args.checkpoint),
+        source_checkpoint_sha256=file_sha256(args.checkpoint),
         versions={pkg: version(pkg) for pkg in ("torch", "executorch", "torchao")},
-        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
 
 
 def golden(inputs: np.ndarray, logits: np.ndarray, runner: Runner, spec: InputSpec) -> bytes:
@@ -234,13 +292,20 @@ def golden(inputs: np.ndarray, logits: np.ndarray, runner: Runner, spec: InputSp
     checks its own OpenCV resize and crop as well as its runtime."""
     rgb = inputs.transpose(0, 2, 3, 1) * np.array(spec.std) + np.array(spec.mean)
     rgb = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-    frames = [np.ascontiguousarray(cv2.resize(rgb[i % len(rgb)], size, interpolation=cv2.INTER_LINEAR)[..., ::-1])
-              for i, size in enumerate(GOLDEN_FRAME_SIZES)]
+    frames = [
+        np.ascontiguousarray(cv2.resize(rgb[i % len(rgb)], size, interpolation=cv2.INTER_LINEAR)[..., ::-1])
+        for i, size in enumerate(GOLDEN_FRAME_SIZES)
+    ]
     preprocess = Preprocessor(spec)
     frame_logits = np.concatenate([runner(preprocess(f, order="BGR")) for f in frames])
     buffer = io.BytesIO()
-    np.savez(buffer, inputs=inputs, logits=logits, frame_logits=frame_logits,
-             **{f"frame_{i}": frame for i, frame in enumerate(frames)})
+    np.savez(
+        buffer,
+        inputs=inputs,
+        logits=logits,
+        frame_logits=frame_logits,
+        **{f"frame_{i}": frame for i, frame in enumerate(frames)},
+    )
     return buffer.getvalue()
 
 
@@ -279,9 +344,11 @@ def main(argv: list[str] | None = None) -> None:
     except (BundleError, CheckpointError, DataError, NativeError, WeightsError, VerificationError) as e:
         sys.exit(f"error: {e}")
     parity = report["parity"]
-    print(f"\n{meta.name} on {report['val_images']} validation images; runtime vs PyTorch on "
-          f"{parity['images']}: {100 * parity['agreement']:.1f}% agree within tolerance (top-1 agreement "
-          f"{100 * parity['top1_agreement']:.1f}%), max logit difference {parity['max_abs_logit_diff']:.3f}")
+    print(
+        f"\n{meta.name} on {report['val_images']} validation images; runtime vs PyTorch on "
+        f"{parity['images']}: {100 * parity['agreement']:.1f}% agree within tolerance (top-1 agreement "
+        f"{100 * parity['top1_agreement']:.1f}%), max logit difference {parity['max_abs_logit_diff']:.3f}"
+    )
     print(table(report))
     if args.candidates:
         print(f"candidates: {', '.join(str(candidate_dir(out, s)) for s in bundles)}")

@@ -7,6 +7,7 @@ must not share one), alternating A/B for ``--rounds`` so that machine drift hits
 reports its time from start to the first result (imports and load included), inference p50/p90 over
 ``--runs`` calls on the golden inputs, and its peak RSS.
 """
+
 import argparse
 import json
 import subprocess
@@ -48,15 +49,31 @@ def child(runtime: str, bundle: Path, threads: int | None, runs: int) -> dict:
         start = time.perf_counter()
         infer(inputs[i % len(inputs)])
         times.append(1000 * (time.perf_counter() - start))
-    peak = next(int(line.split()[1]) / 1024 for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith("VmHWM:"))
-    return {"first_result_s": round(first_result_s, 3), "p50_ms": round(float(np.percentile(times, 50)), 4),
-            "p90_ms": round(float(np.percentile(times, 90)), 4), "peak_rss_mb": round(peak, 1)}
+    peak = next(
+        int(line.split()[1]) / 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
+    return {
+        "first_result_s": round(first_result_s, 3),
+        "p50_ms": round(float(np.percentile(times, 50)), 4),
+        "p90_ms": round(float(np.percentile(times, 90)), 4),
+        "peak_rss_mb": round(peak, 1),
+    }
 
 
 def measure(runtime: str, args: argparse.Namespace) -> dict:
-    argv = [sys.executable, "-m", "export.compare_runtimes", str(args.bundle), "--child", runtime,
-            "--runs", str(args.runs), *(["--threads", str(args.threads)] if args.threads else [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "export.compare_runtimes",
+        str(args.bundle),
+        "--child",
+        runtime,
+        "--runs",
+        str(args.runs),
+        *(["--threads", str(args.threads)] if args.threads else []),
+    ]
     result = subprocess.run(argv, capture_output=True, text=True)
     if result.returncode != 0:
         sys.exit(f"error: the {runtime} run failed: {(result.stderr.strip().splitlines() or ['no output'])[-1]}")
@@ -64,15 +81,22 @@ def measure(runtime: str, args: argparse.Namespace) -> dict:
 
 
 def table(results: dict[str, list[dict]]) -> str:
-    lines = ["| runtime | inference p50 ms (median of rounds) | p50 of each round | p90 ms | start to first result s | "
-             "peak RSS MB |", "|---|---:|---|---:|---:|---:|"]
+    lines = [
+        "| runtime | inference p50 ms (median of rounds) | p50 of each round | p90 ms | start to first result s | "
+        "peak RSS MB |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     for runtime, rounds in results.items():
         mid = {k: float(np.median([r[k] for r in rounds])) for k in rounds[0]}
         each = " ".join(f"{r['p50_ms']:.3f}" for r in rounds)
-        lines.append(f"| {runtime} | {mid['p50_ms']:.4f} | {each} | {mid['p90_ms']:.4f} | {mid['first_result_s']:.2f} | "
-                     f"{mid['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {runtime} | {mid['p50_ms']:.4f} | {each} | {mid['p90_ms']:.4f} | {mid['first_result_s']:.2f} | "
+            f"{mid['peak_rss_mb']:.0f} |"
+        )
     native, pybind = (float(np.median([r["p50_ms"] for r in results[name]])) for name in RUNTIMES)
-    return "\n".join(lines) + f"\n\nnative / executorch.runtime inference p50: {native / pybind:.3f}x (median of rounds)"
+    return (
+        "\n".join(lines) + f"\n\nnative / executorch.runtime inference p50: {native / pybind:.3f}x (median of rounds)"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,8 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--threads", type=positive_int, help="XNNPACK threads for both (default: the runtimes' own)")
     parser.add_argument("--runs", type=positive_int, default=2000, help="timed inferences per round (default 2000)")
-    parser.add_argument("--rounds", type=positive_int, default=7, help="alternating rounds per runtime (default 7): "
-                        "one process's timing can settle in a faster or slower mode, so sample several")
+    parser.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=7,
+        help="alternating rounds per runtime (default 7): "
+        "one process's timing can settle in a faster or slower mode, so sample several",
+    )
     parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:

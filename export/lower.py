@@ -1,4 +1,5 @@
 """Lowering to an ExecuTorch program with XNNPACK, and what got delegated."""
+
 from dataclasses import dataclass
 
 import torch
@@ -23,12 +24,13 @@ class Delegation:
         """One line: what XNNPACK took and what stayed outside (the full table is in report.json)."""
         inside = sum(d for d, _ in self.by_op.values())
         outside = ", ".join(f"{op} x{n}" for op, (_, n) in sorted(self.by_op.items()) if n) or "nothing"
-        return (f"XNNPACK: {inside} nodes in {self.subgraphs} delegated subgraph(s); "
-                f"outside: {outside}")
+        return f"XNNPACK: {inside} nodes in {self.subgraphs} delegated subgraph(s); outside: {outside}"
 
     def to_json(self) -> dict:
-        return {"subgraphs": self.subgraphs,
-                "by_op": {op: {"delegated": d, "not_delegated": n} for op, (d, n) in self.by_op.items()}}
+        return {
+            "subgraphs": self.subgraphs,
+            "by_op": {op: {"delegated": d, "not_delegated": n} for op, (d, n) in self.by_op.items()},
+        }
 
 
 def to_pte(model: torch.nn.Module | torch.fx.GraphModule, resolution: int) -> tuple[bytes, Delegation]:
@@ -50,6 +52,9 @@ def to_pte(model: torch.nn.Module | torch.fx.GraphModule, resolution: int) -> tu
 
 def activation_scales(model: torch.fx.GraphModule) -> tuple[float, float] | None:
     """The smallest and largest activation scale of a converted int8 graph (None: no quantized activations)."""
-    scales = [n.args[1] for n in model.graph.nodes
-              if n.op == "call_function" and "quantize_per_tensor" in str(n.target) and isinstance(n.args[1], float)]
+    scales = [
+        n.args[1]
+        for n in model.graph.nodes
+        if n.op == "call_function" and "quantize_per_tensor" in str(n.target) and isinstance(n.args[1], float)
+    ]
     return (min(scales), max(scales)) if scales else None

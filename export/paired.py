@@ -4,6 +4,7 @@ Two int8 models a fraction of a point apart are told apart only by judging them 
 the per-image differences cancel what the images have in common. An interval that contains 0 is
 "no measurable difference", never a win.
 """
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +32,13 @@ class Difference:
         return interval if self.measurable else f"{interval}, no measurable difference"
 
     def to_json(self) -> dict:
-        return {"delta": self.delta, "low": self.low, "high": self.high, "changed": self.changed,
-                "measurable": self.measurable}
+        return {
+            "delta": self.delta,
+            "low": self.low,
+            "high": self.high,
+            "changed": self.changed,
+            "measurable": self.measurable,
+        }
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Difference:
@@ -41,9 +47,17 @@ def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> Difference
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
         raise ValueError(f"need per-image results of two models on the same >= 2 images, got {a.shape} and {b.shape}")
-    result = bootstrap((a, b), _mean_difference, paired=True, vectorized=True, n_resamples=RESAMPLES,
-                       confidence_level=CONFIDENCE, method="percentile", batch=250,
-                       random_state=np.random.default_rng(seed))
+    result = bootstrap(
+        (a, b),
+        _mean_difference,
+        paired=True,
+        vectorized=True,
+        n_resamples=RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        batch=250,
+        random_state=np.random.default_rng(seed),
+    )
     interval = result.confidence_interval
     return Difference(float(a.mean() - b.mean()), float(interval.low), float(interval.high), float((a != b).mean()))
 

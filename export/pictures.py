@@ -1,4 +1,5 @@
 """confusion.png: where the bundle's own program goes wrong, class by class, on the validation images."""
+
 import io
 
 import torch
@@ -13,6 +14,7 @@ COUNTS_MAX_CLASSES = 12  # counts written in the cells up to this many classes
 def confusion_png(classes: dict, title: str) -> bytes:
     """The confusion matrix (torchmetrics draws it) beside each class's top-1 as bars, as PNG bytes."""
     import matplotlib
+
     matplotlib.use("Agg")  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
 
@@ -20,8 +22,9 @@ def confusion_png(classes: dict, title: str) -> bytes:
     draw_matrix = matrix is not None and len(labels) <= DRAWN_MATRIX_MAX_CLASSES
     fig, axes = plt.subplots(1, 2 if draw_matrix else 1, figsize=(12 if draw_matrix else 6, 5.5), squeeze=False)
     if draw_matrix:
-        plot_confusion_matrix(torch.tensor(matrix), ax=axes[0, 0], add_text=len(labels) <= COUNTS_MAX_CLASSES,
-                              labels=labels, cmap="Blues")
+        plot_confusion_matrix(
+            torch.tensor(matrix), ax=axes[0, 0], add_text=len(labels) <= COUNTS_MAX_CLASSES, labels=labels, cmap="Blues"
+        )
         matrix_ax = axes[0, 0]
         matrix_ax.set_title("confusion matrix (validation images)", fontsize=11)
         for text in (matrix_ax.xaxis.label, matrix_ax.yaxis.label, *matrix_ax.texts):  # torchmetrics' are 15 pt
@@ -33,7 +36,7 @@ def confusion_png(classes: dict, title: str) -> bytes:
     bars.set_yticks(range(len(shown)), [labels[i] for i in shown], fontsize=8)
     bars.invert_yaxis()
     images = classes["images"]
-    overall = 100 * sum((t or 0) * n for t, n in zip(classes["top1"], images)) / max(1, sum(images))
+    overall = 100 * sum((t or 0) * n for t, n in zip(classes["top1"], images, strict=True)) / max(1, sum(images))
     bars.axvline(overall, color="grey", linestyle="--", label=f"all classes {overall:.1f}%")
     bars.legend(fontsize=8, loc="lower right")
     worst = "" if len(shown) == len(labels) else f" (the {len(shown)} worst of {len(labels)})"

@@ -1,4 +1,5 @@
 """Accuracy of every form of the model on the validation set, paired comparisons, and the table people compare."""
+
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -18,8 +19,12 @@ class Evaluation(NamedTuple):
 
 
 @torch.no_grad()
-def evaluate(models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader, num_classes: int,
-             keep: dict[str, int] | None = None) -> Evaluation:
+def evaluate(
+    models: dict[str, Callable[[torch.Tensor], torch.Tensor]],
+    loader,
+    num_classes: int,
+    keep: dict[str, int] | None = None,
+) -> Evaluation:
     """Top-1/top-5 and the confusion matrix of each model in one pass over ``loader``, each model's per-image
     top-1 correctness, and the first N logits of the models in ``keep``, with their inputs."""
     keep = keep or {}
@@ -46,10 +51,15 @@ def evaluate(models: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader, 
     kept_tensors = {name: torch.cat(parts) for name, parts in kept.items()}
     if inputs:
         kept_tensors["inputs"] = torch.cat(inputs)
-    metrics = {name: {"top1": top1[name].compute().item(), "top5": top5[name].compute().item(), "n": count}
-               for name in models}
-    return Evaluation(metrics, kept_tensors, {name: torch.cat(parts).numpy() for name, parts in correct.items()},
-                      {name: matrix.compute().numpy() for name, matrix in confusion.items()})
+    metrics = {
+        name: {"top1": top1[name].compute().item(), "top5": top5[name].compute().item(), "n": count} for name in models
+    }
+    return Evaluation(
+        metrics,
+        kept_tensors,
+        {name: torch.cat(parts).numpy() for name, parts in correct.items()},
+        {name: matrix.compute().numpy() for name, matrix in confusion.items()},
+    )
 
 
 BASELINES = {"vs_fp32": ("fp32_pte", "float"), "vs_ptq": ("ptq_pte", "ptq")}  # the program if built, else PyTorch
@@ -79,8 +89,11 @@ ROWS = [  # (report key, label)
 def table(report: dict) -> str:
     """Markdown table of accuracy (with paired 95% intervals against fp32 and PTQ), size and latency."""
     accuracy, programs = report["accuracy"], report["programs"]
-    lines = ["| model | top-1 | vs fp32, pt (95% interval) | vs PTQ, pt (95% interval) | top-5 | .pte size "
-             "| latency p50 (ms) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | top-1 | vs fp32, pt (95% interval) | vs PTQ, pt (95% interval) | top-5 | .pte size "
+        "| latency p50 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, label in ROWS:
         if key not in accuracy and key not in programs:
             continue
@@ -89,7 +102,8 @@ def table(report: dict) -> str:
             label = f"**{label}** (this bundle)"
         lines.append(
             f"| {label} | {_pct(acc.get('top1'))} | {_vs(acc.get('vs_fp32'))} | {_vs(acc.get('vs_ptq'))} | "
-            f"{_pct(acc.get('top5'))} | {_mb(prog.get('bytes'))} | {_ms(prog.get('latency_ms', {}).get('p50'))} |")
+            f"{_pct(acc.get('top5'))} | {_mb(prog.get('bytes'))} | {_ms(prog.get('latency_ms', {}).get('p50'))} |"
+        )
     return "\n".join(lines)
 
 
@@ -120,10 +134,13 @@ def per_class(confusion: np.ndarray, labels: tuple[str, ...]) -> dict:
     """Each class's validation images, top-1 and the class it is most often taken for, from a confusion matrix."""
     images, hits = confusion.sum(1), np.diag(confusion)
     wrong = confusion - np.diag(hits)
-    return {"labels": list(labels), "images": images.tolist(),
-            "top1": [round(float(h / n), 4) if n else None for h, n in zip(hits, images)],
-            "taken_for": [labels[j] if wrong[i, j] else None for i, j in enumerate(wrong.argmax(1))],
-            "confusion": confusion.tolist() if len(labels) <= MATRIX_MAX_CLASSES else None}
+    return {
+        "labels": list(labels),
+        "images": images.tolist(),
+        "top1": [round(float(h / n), 4) if n else None for h, n in zip(hits, images, strict=True)],
+        "taken_for": [labels[j] if wrong[i, j] else None for i, j in enumerate(wrong.argmax(1))],
+        "confusion": confusion.tolist() if len(labels) <= MATRIX_MAX_CLASSES else None,
+    }
 
 
 def shown_classes(classes: dict) -> list[int]:
@@ -137,10 +154,17 @@ def shown_classes(classes: dict) -> list[int]:
 def per_class_table(classes: dict) -> str:
     shown = shown_classes(classes)
     worst = "" if len(shown) == len(classes["labels"]) else f", the {len(shown)} worst of {len(classes['labels'])}"
-    lines = [f"Per class, this bundle's program on the validation images{worst}:", "",
-             "| class | images | top-1 | most often taken for |", "|---|---:|---:|---|"]
-    lines += [f"| {classes['labels'][i]} | {classes['images'][i]} | {_pct(classes['top1'][i]) or '-'} | "
-              f"{classes['taken_for'][i] or '-'} |" for i in shown]
+    lines = [
+        f"Per class, this bundle's program on the validation images{worst}:",
+        "",
+        "| class | images | top-1 | most often taken for |",
+        "|---|---:|---:|---|",
+    ]
+    lines += [
+        f"| {classes['labels'][i]} | {classes['images'][i]} | {_pct(classes['top1'][i]) or '-'} | "
+        f"{classes['taken_for'][i] or '-'} |"
+        for i in shown
+    ]
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 Programs run on the device's own runtime, edge's native runner: what is verified here is what runs there.
 """
+
 import math
 
 import numpy as np
@@ -44,9 +45,11 @@ def check_parity(pte_logits: torch.Tensor, ref_logits: torch.Tensor, min_agreeme
         result, hint = e.result, ""
         # Most images within tolerance, every answer kept: a lowering bug would move (nearly) all of them.
         if result["top1_agreement_within_tolerance"] >= min_agreement and result["agreement"] >= 0.5:
-            hint = (f"; its answers agree (each changed one a near-tie), as with int8 rounding rather than a wrong "
-                    f"program: if so, --min-agreement {math.floor(100 * result['agreement']) / 100:.2f} accepts it "
-                    "(README: Verification)")
+            hint = (
+                f"; its answers agree (each changed one a near-tie), as with int8 rounding rather than a wrong "
+                f"program: if so, --min-agreement {math.floor(100 * result['agreement']) / 100:.2f} accepts it "
+                "(README: Verification)"
+            )
         raise VerificationError(f"runtime disagrees with PyTorch: {e}{hint}") from None
 
 

@@ -1,4 +1,5 @@
 """python -m sweep: see sweep/cli.py."""
+
 from edge.command import run_main
 from training.quiet import silence_known_noise
 

@@ -6,6 +6,7 @@ latency on the device, the Pareto fronts, and the best bundle within a latency b
 Each point is `make qat` (float training, QAT, export) and then `python -m deploy DEVICE` (the device tests).
 A point that is done is skipped when the same sweep runs again; one that fails is reported, and the rest go on.
 """
+
 import argparse
 import json
 import os
@@ -36,43 +37,92 @@ def latency_file(device: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sweep", description=__doc__.split("\n\n")[0],
-        **with_examples("python -m sweep --models v3_small v1 --widths 0.5 1.0 --res 64",
-                        "python -m sweep --data path/to/train --models v3_small v3_large --widths 0.75 1.0 "
-                        "--res 64 96 --epochs 8 --qat-epochs 2 --budget-ms 10",
-                        "python -m sweep ... --device rpi5 --deploy-args '--host you@raspberrypi.local'"))
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["v3_small", "v1"], metavar="MODEL",
-                        help=f"architectures, of {', '.join(MODELS)} (default v3_small v1)")
-    parser.add_argument("--widths", nargs="+", type=positive_float, default=[0.5, 1.0], metavar="ALPHA",
-                        help="width multipliers α (default 0.5 1.0)")
-    parser.add_argument("--res", nargs="+", type=positive_int, default=[64], metavar="PIXELS",
-                        help="input resolutions ρ in pixels (default 64)")
+        prog="python -m sweep",
+        description=__doc__.split("\n\n")[0],
+        **with_examples(
+            "python -m sweep --models v3_small v1 --widths 0.5 1.0 --res 64",
+            "python -m sweep --data path/to/train --models v3_small v3_large --widths 0.75 1.0 "
+            "--res 64 96 --epochs 8 --qat-epochs 2 --budget-ms 10",
+            "python -m sweep ... --device rpi5 --deploy-args '--host you@raspberrypi.local'",
+        ),
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=["v3_small", "v1"],
+        metavar="MODEL",
+        help=f"architectures, of {', '.join(MODELS)} (default v3_small v1)",
+    )
+    parser.add_argument(
+        "--widths",
+        nargs="+",
+        type=positive_float,
+        default=[0.5, 1.0],
+        metavar="ALPHA",
+        help="width multipliers α (default 0.5 1.0)",
+    )
+    parser.add_argument(
+        "--res",
+        nargs="+",
+        type=positive_int,
+        default=[64],
+        metavar="PIXELS",
+        help="input resolutions ρ in pixels (default 64)",
+    )
     parser.add_argument("--data", default="", help="an ImageFolder directory, or cifar10 (default: procedural shapes)")
-    parser.add_argument("--epochs", type=positive_int, default=5,
-                        help="float epochs per point (default 5, make qat's half: the default grid within an hour "
-                             "on 2 cores)")
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=5,
+        help="float epochs per point (default 5, make qat's half: the default grid within an hour on 2 cores)",
+    )
     parser.add_argument("--qat-epochs", type=positive_int, default=1, help="QAT epochs per point (default 1)")
-    parser.add_argument("--weights", default="", help="torchvision-format weights to start from instead of float "
-                                                      "training; {model} and {width} are filled in (default: train)")
-    parser.add_argument("--args", default="", help="extra LightningCLI arguments for every run, as make's ARGS= "
-                                                   "(default none)")
-    parser.add_argument("--device", default="local", help="the device profile latency is measured on: local (this "
-                                                          "machine), rpi5, rpi5-emu (default local)")
-    parser.add_argument("--deploy-args", default="", help="extra `python -m deploy` options, e.g. '--host you@pi' "
-                                                          "(default none)")
-    parser.add_argument("--export-args", default="", help="extra `python -m export` options for every point, as "
-                                                          "make's EXPORT_ARGS=, e.g. '--min-agreement 0.97' "
-                                                          "(default none)")
-    parser.add_argument("--budget-ms", type=positive_float,
-                        help="copy the most accurate bundle whose p90 latency is within this to OUT/best "
-                             "(default: no pick)")
-    parser.add_argument("--jobs", type=positive_int, default=1,
-                        help="points built at once, each with its share of the cores; latency is always measured "
-                             "one point at a time (default 1)")
-    parser.add_argument("--out", type=Path, default=Path("artifacts/sweep"),
-                        help="points, table, plots and best/ (default artifacts/sweep)")
-    parser.add_argument("--runs", type=Path, default=Path("runs/sweep"),
-                        help="training runs, a folder per point (default runs/sweep)")
+    parser.add_argument(
+        "--weights",
+        default="",
+        help="torchvision-format weights to start from instead of float "
+        "training; {model} and {width} are filled in (default: train)",
+    )
+    parser.add_argument(
+        "--args", default="", help="extra LightningCLI arguments for every run, as make's ARGS= (default none)"
+    )
+    parser.add_argument(
+        "--device",
+        default="local",
+        help="the device profile latency is measured on: local (this machine), rpi5, rpi5-emu (default local)",
+    )
+    parser.add_argument(
+        "--deploy-args", default="", help="extra `python -m deploy` options, e.g. '--host you@pi' (default none)"
+    )
+    parser.add_argument(
+        "--export-args",
+        default="",
+        help="extra `python -m export` options for every point, as "
+        "make's EXPORT_ARGS=, e.g. '--min-agreement 0.97' "
+        "(default none)",
+    )
+    parser.add_argument(
+        "--budget-ms",
+        type=positive_float,
+        help="copy the most accurate bundle whose p90 latency is within this to OUT/best (default: no pick)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="points built at once, each with its share of the cores; latency is always measured "
+        "one point at a time (default 1)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("artifacts/sweep"),
+        help="points, table, plots and best/ (default artifacts/sweep)",
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=Path("runs/sweep"), help="training runs, a folder per point (default runs/sweep)"
+    )
     return parser
 
 
@@ -83,8 +133,9 @@ def done(path: Path) -> dict | None:
         return None
 
 
-def build_all(points: list[Point], recipe: Recipe, layout: Layout, jobs: int, failed: dict[str, str],
-              export_args: str = "") -> None:
+def build_all(
+    points: list[Point], recipe: Recipe, layout: Layout, jobs: int, failed: dict[str, str], export_args: str = ""
+) -> None:
     """`make qat` for each point not built yet, ``jobs`` at a time; failures are noted in ``failed``."""
     todo = [p for p in points if done(layout.point(p, recipe) / BUILT) is None]
     if len(todo) < len(points):
@@ -92,8 +143,10 @@ def build_all(points: list[Point], recipe: Recipe, layout: Layout, jobs: int, fa
     if not todo:
         return
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    print(f"building {len(todo)} of {len(points)} points, {jobs} at a time; logs: "
-          f"{layout.out}/points/<point>/build.log", file=sys.stderr)
+    print(
+        f"building {len(todo)} of {len(points)} points, {jobs} at a time; logs: {layout.out}/points/<point>/build.log",
+        file=sys.stderr,
+    )
     pool = ThreadPoolExecutor(jobs)
     try:
         with tqdm(total=len(todo), desc="make qat", unit="point") as bar:
@@ -105,20 +158,34 @@ def build_all(points: list[Point], recipe: Recipe, layout: Layout, jobs: int, fa
         pool.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C: no point starts after it
 
 
-def measure_all(points: list[Point], recipe: Recipe, layout: Layout, device: str, deploy_args: list[str],
-                failed: dict[str, str]) -> None:
+def measure_all(
+    points: list[Point], recipe: Recipe, layout: Layout, device: str, deploy_args: list[str], failed: dict[str, str]
+) -> None:
     """The device tests on each built point without figures for ``device``, one at a time (a point being built
     meanwhile would slow the one being timed)."""
-    todo = [p for p in points if done(layout.point(p, recipe) / BUILT) is not None
-            and done(layout.point(p, recipe) / latency_file(device)) is None]
+    todo = [
+        p
+        for p in points
+        if done(layout.point(p, recipe) / BUILT) is not None
+        and done(layout.point(p, recipe) / latency_file(device)) is None
+    ]
     if not todo:
         return
-    print(f"measuring {len(todo)} of {len(points)} points on {device}; logs: "
-          f"{layout.out}/points/<point>/deploy-{device}.log", file=sys.stderr)
+    print(
+        f"measuring {len(todo)} of {len(points)} points on {device}; logs: "
+        f"{layout.out}/points/<point>/deploy-{device}.log",
+        file=sys.stderr,
+    )
     with tqdm(total=len(todo), desc=f"deploy {device}", unit="point") as bar:
         for point in todo:
-            _record(layout.point(point, recipe), latency_file(device),
-                    partial(measure, point, recipe, layout, device, deploy_args), point.name(recipe), failed, bar)
+            _record(
+                layout.point(point, recipe),
+                latency_file(device),
+                partial(measure, point, recipe, layout, device, deploy_args),
+                point.name(recipe),
+                failed,
+                bar,
+            )
 
 
 def _record(folder: Path, name: str, step, point: str, failed: dict[str, str], bar: tqdm) -> None:
@@ -151,17 +218,30 @@ def write_report(rows: list[dict], failed: dict[str, str], args: argparse.Namesp
     """report.md and the two front plots in OUT; returns the table."""
     text = report.table(rows, failed)
     data = recipe.data or "procedural shapes"
-    emulated = " (EMULATED device: the latency orders models, it does not predict real hardware)" if any(
-        r.get("emulated") for r in rows) else ""
+    emulated = (
+        " (EMULATED device: the latency orders models, it does not predict real hardware)"
+        if any(r.get("emulated") for r in rows)
+        else ""
+    )
     plots = []
     for cost, (key, _, name) in report.FRONTS.items():
         if any(r.get(key) is not None for r in rows):
-            out = report.plot_front(rows, cost, args.out / f"front-{cost}.png",
-                                    f"int8 .pte on {data}: accuracy vs {name}")
+            out = report.plot_front(
+                rows, cost, args.out / f"front-{cost}.png", f"int8 .pte on {data}: accuracy vs {name}"
+            )
             plots.append(f"![accuracy vs {name}]({out.name})")
-    write_atomic(args.out / "report.md", "\n\n".join([
-        f"# Sweep on {data}: {recipe.epochs} float + {recipe.qat_epochs} QAT epochs, latency on {args.device}"
-        f"{emulated}", text, *plots]) + "\n")
+    write_atomic(
+        args.out / "report.md",
+        "\n\n".join(
+            [
+                f"# Sweep on {data}: {recipe.epochs} float + {recipe.qat_epochs} QAT epochs, latency on {args.device}"
+                f"{emulated}",
+                text,
+                *plots,
+            ]
+        )
+        + "\n",
+    )
     return text
 
 
@@ -183,8 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     recipe = Recipe(data, args.epochs, args.qat_epochs, weights, args.args)
     layout, points = Layout(args.out.resolve(), args.runs.resolve()), grid(args.models, args.widths, args.res)
     failed: dict[str, str] = {}
-    print(f"sweep: {len(points)} points ({' '.join(args.models)} × α {' '.join(f'{w:g}' for w in args.widths)} × "
-          f"ρ {' '.join(map(str, args.res))})", file=sys.stderr)
+    print(
+        f"sweep: {len(points)} points ({' '.join(args.models)} × α {' '.join(f'{w:g}' for w in args.widths)} × "
+        f"ρ {' '.join(map(str, args.res))})",
+        file=sys.stderr,
+    )
     try:
         build_all(points, recipe, layout, args.jobs, failed, args.export_args)
         measure_all(points, recipe, layout, args.device, deploy_args, failed)
@@ -204,13 +287,16 @@ def main(argv: list[str] | None = None) -> None:
 def pick_best(rows: list[dict], args: argparse.Namespace) -> None:
     best = report.pick(rows, args.budget_ms)
     if best is None:
-        print(f"no point's p90 latency is within {args.budget_ms:g} ms on {args.device}: nothing copied",
-              file=sys.stderr)
+        print(
+            f"no point's p90 latency is within {args.budget_ms:g} ms on {args.device}: nothing copied", file=sys.stderr
+        )
         return
     try:
         report.copy_bundle(Path(best["bundle"]), args.out / "best")
     except BundleError as e:
         sys.exit(f"error: {e}")
-    print(f"best within {args.budget_ms:g} ms (p90) on {args.device}: {best['name']}, top-1 "
-          f"{100 * best['top1']:.2f}%, p90 {best['p90']:.2f} ms -> {args.out / 'best'}/ "
-          f"(make deploy BUNDLE={args.out / 'best'})")
+    print(
+        f"best within {args.budget_ms:g} ms (p90) on {args.device}: {best['name']}, top-1 "
+        f"{100 * best['top1']:.2f}%, p90 {best['p90']:.2f} ms -> {args.out / 'best'}/ "
+        f"(make deploy BUNDLE={args.out / 'best'})"
+    )

@@ -3,6 +3,7 @@
 A point's key hashes everything that changes its bundle (model, width, resolution and the shared recipe),
 so a finished point is skipped when the same sweep runs again and retrained when anything about it changes.
 """
+
 import hashlib
 import itertools
 import json

@@ -1,5 +1,6 @@
 """The two steps of a point, each the project's own command run as a child process with its output in a log:
 ``make qat`` builds the verified int8 bundle, ``python -m deploy`` runs the device tests on it."""
+
 import contextlib
 import json
 import os
@@ -36,8 +37,9 @@ def run_logged(command: list[str], log: Path, threads: int | None = None) -> int
         env["OMP_NUM_THREADS"] = str(threads)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                 start_new_session=True)  # its own group: stop_all reaches make's children too
+        child = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )  # its own group: stop_all reaches make's children too
         RUNNING.add(child)
         try:
             return child.wait()
@@ -69,10 +71,25 @@ def build(point: Point, recipe: Recipe, layout: Layout, threads: int | None = No
     """``make qat`` for the point, then its bundle's figures: the shipped program's accuracy on the held-out
     split and its size (from the bundle's report), and MACs and parameters (training.models.count)."""
     bundle, log = layout.bundle(point, recipe), layout.point(point, recipe) / "build.log"
-    command = ["make", "-s", "-C", str(ROOT), "qat", f"MODEL={point.model}", f"WIDTH={point.width:g}",
-               f"RES={point.resolution}", f"EPOCHS={recipe.epochs}", f"QAT_EPOCHS={recipe.qat_epochs}",
-               f"DATA={recipe.data}", f"WEIGHTS={point.weights(recipe)}", "CKPT=", f"RUN={layout.run(point, recipe)}",
-               f"OUT={bundle}", f"ARGS={recipe.args}", f"EXPORT_ARGS={EXPORT_ARGS} {export_args}".strip()]
+    command = [
+        "make",
+        "-s",
+        "-C",
+        str(ROOT),
+        "qat",
+        f"MODEL={point.model}",
+        f"WIDTH={point.width:g}",
+        f"RES={point.resolution}",
+        f"EPOCHS={recipe.epochs}",
+        f"QAT_EPOCHS={recipe.qat_epochs}",
+        f"DATA={recipe.data}",
+        f"WEIGHTS={point.weights(recipe)}",
+        "CKPT=",
+        f"RUN={layout.run(point, recipe)}",
+        f"OUT={bundle}",
+        f"ARGS={recipe.args}",
+        f"EXPORT_ARGS={EXPORT_ARGS} {export_args}".strip(),
+    ]
     started = time.monotonic()
     code = run_logged(command, log, threads)
     if code != 0:
@@ -80,11 +97,20 @@ def build(point: Point, recipe: Recipe, layout: Layout, threads: int | None = No
     meta = read_meta(bundle)
     report = json.loads((bundle / "report.json").read_text())
     program = PROGRAM[meta.quantization["scheme"]]
-    return {"model": point.model, "width": point.width, "resolution": point.resolution, "bundle": str(bundle),
-            "name": meta.name, "scheme": meta.quantization["scheme"], "top1": report["accuracy"][program]["top1"],
-            "top5": report["accuracy"][program]["top5"], "val_images": report["val_images"],
-            "pte_bytes": report["programs"][program]["bytes"], "build_s": round(time.monotonic() - started, 1),
-            **count(point.model, point.width, point.resolution, meta.num_classes)}
+    return {
+        "model": point.model,
+        "width": point.width,
+        "resolution": point.resolution,
+        "bundle": str(bundle),
+        "name": meta.name,
+        "scheme": meta.quantization["scheme"],
+        "top1": report["accuracy"][program]["top1"],
+        "top5": report["accuracy"][program]["top5"],
+        "val_images": report["val_images"],
+        "pte_bytes": report["programs"][program]["bytes"],
+        "build_s": round(time.monotonic() - started, 1),
+        **count(point.model, point.width, point.resolution, meta.num_classes),
+    }
 
 
 def measure(point: Point, recipe: Recipe, layout: Layout, device: str, deploy_args: list[str]) -> dict:
@@ -95,10 +121,24 @@ def measure(point: Point, recipe: Recipe, layout: Layout, device: str, deploy_ar
     """
     folder = layout.point(point, recipe)
     reports, log, started = folder / "devices", folder / f"deploy-{device}.log", time.time()
-    code = run_logged([sys.executable, "-m", "deploy", device, "--bundle", str(layout.bundle(point, recipe)),
-                       *deploy_args, "--reports", str(reports)], log)
-    found = sorted((p for p in reports.glob("*/*/device_report.json") if p.stat().st_mtime >= started),
-                   key=lambda p: p.stat().st_mtime)
+    code = run_logged(
+        [
+            sys.executable,
+            "-m",
+            "deploy",
+            device,
+            "--bundle",
+            str(layout.bundle(point, recipe)),
+            *deploy_args,
+            "--reports",
+            str(reports),
+        ],
+        log,
+    )
+    found = sorted(
+        (p for p in reports.glob("*/*/device_report.json") if p.stat().st_mtime >= started),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not found:
         raise PointFailed(f"deploy to {device} failed (exit {code}): {last_line(log)} (log: {log})")
     report = json.loads(found[-1].read_text())
@@ -108,6 +148,13 @@ def measure(point: Point, recipe: Recipe, layout: Layout, device: str, deploy_ar
         raise PointFailed(f"the device report {found[-1]} has no latency at {threads} threads (log: {log})")
     failed = sorted(name.split("::")[-1] for name, t in report["tests"].items() if t["outcome"] == "failed")
     fastest = min(latency, key=lambda n: latency[n]["p50"])  # the profile's count ships; the table notes a faster
-    return {"device": device, "threads": threads, "p50": row["p50"], "p90": row["p90"],
-            "fastest": {"threads": int(fastest), "p50": latency[fastest]["p50"]},
-            "emulated": bool(report["profile"].get("emulated")), "report": str(found[-1]), "failed_tests": failed}
+    return {
+        "device": device,
+        "threads": threads,
+        "p50": row["p50"],
+        "p90": row["p90"],
+        "fastest": {"threads": int(fastest), "p50": latency[fastest]["p50"]},
+        "emulated": bool(report["profile"].get("emulated")),
+        "report": str(found[-1]),
+        "failed_tests": failed,
+    }

@@ -21,7 +21,6 @@ from export.cli import main as export_main
 from training.cli import main as train_main
 from training.quiet import silence_known_noise
 
-
 COLOURS = {"blue": (255, 0, 0), "green": (0, 255, 0), "red": (0, 0, 255)}  # BGR on disk
 
 
@@ -74,8 +73,14 @@ def image_folder(tmp_path):
     return root
 
 
-DATA = ["--config", "configs/data/folder.yaml", "--data.resolution=32", "--data.batch_size=8",
-        "--data.val_fraction=0.25", "--data.num_workers=0"]
+DATA = [
+    "--config",
+    "configs/data/folder.yaml",
+    "--data.resolution=32",
+    "--data.batch_size=8",
+    "--data.val_fraction=0.25",
+    "--data.num_workers=0",
+]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 # The shared trained fixtures give the same model on every run of a machine: a fixed seed, deterministic
 # algorithms, data loaded in the training process (DATA: no worker scheduling) and one torch thread
@@ -112,15 +117,43 @@ def runs(tmp_path_factory, colour_folder):
     root = tmp_path_factory.mktemp("runs")
     data = [*DATA, f"--data.source={colour_folder}", *FIXED]
     with fixed_threads():
-        train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v1.yaml", *data, *QUIET,
-                    *RUNS_ARCH, "--model.init_args.lr=0.01", "--model.init_args.warmup_epochs=0",
-                    "--model.init_args.bn_momentum=0.2", "--trainer.max_epochs=12",
-                    f"--trainer.logger.init_args.save_dir={root / 'float'}", f"--checkpoint.dirpath={root / 'float'}"])
-        train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *data, *QUIET,
-                    *RUNS_ARCH, "--trainer.max_epochs=2", "--model.init_args.lr=0.001",
-                    "--model.init_args.freeze_bn_epoch=0", "--model.init_args.freeze_observer_epoch=0",
-                    f"--model.init_args.float_checkpoint={root / 'float' / 'best.ckpt'}",
-                    f"--trainer.logger.init_args.save_dir={root / 'qat'}", f"--checkpoint.dirpath={root / 'qat'}"])
+        train_main(
+            [
+                "fit",
+                "--config",
+                "configs/train.yaml",
+                "--config",
+                "configs/model/v1.yaml",
+                *data,
+                *QUIET,
+                *RUNS_ARCH,
+                "--model.init_args.lr=0.01",
+                "--model.init_args.warmup_epochs=0",
+                "--model.init_args.bn_momentum=0.2",
+                "--trainer.max_epochs=12",
+                f"--trainer.logger.init_args.save_dir={root / 'float'}",
+                f"--checkpoint.dirpath={root / 'float'}",
+            ]
+        )
+        train_main(
+            [
+                "fit",
+                "--config",
+                "configs/train.yaml",
+                "--config",
+                "configs/qat.yaml",
+                *data,
+                *QUIET,
+                *RUNS_ARCH,
+                "--trainer.max_epochs=2",
+                "--model.init_args.lr=0.001",
+                "--model.init_args.freeze_bn_epoch=0",
+                "--model.init_args.freeze_observer_epoch=0",
+                f"--model.init_args.float_checkpoint={root / 'float' / 'best.ckpt'}",
+                f"--trainer.logger.init_args.save_dir={root / 'qat'}",
+                f"--checkpoint.dirpath={root / 'qat'}",
+            ]
+        )
     return root
 
 
@@ -137,10 +170,25 @@ def tiny_float_run(tmp_path_factory, lit_colour_folder):
     (a minute a program here) would."""
     root = tmp_path_factory.mktemp("tiny_float")
     with fixed_threads():
-        train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/model/v1.yaml", *DATA, *QUIET,
-                    *FIXED, f"--data.source={lit_colour_folder}", "--model.init_args.width_mult=0.25",
-                    "--trainer.max_epochs=15", "--model.init_args.lr=0.01", "--model.init_args.warmup_epochs=0",
-                    f"--trainer.logger.init_args.save_dir={root}", f"--checkpoint.dirpath={root}"])
+        train_main(
+            [
+                "fit",
+                "--config",
+                "configs/train.yaml",
+                "--config",
+                "configs/model/v1.yaml",
+                *DATA,
+                *QUIET,
+                *FIXED,
+                f"--data.source={lit_colour_folder}",
+                "--model.init_args.width_mult=0.25",
+                "--trainer.max_epochs=15",
+                "--model.init_args.lr=0.01",
+                "--model.init_args.warmup_epochs=0",
+                f"--trainer.logger.init_args.save_dir={root}",
+                f"--checkpoint.dirpath={root}",
+            ]
+        )
     return root / "best.ckpt"
 
 
@@ -162,13 +210,25 @@ def tiny_bundle(tmp_path_factory):
 
     pte, _ = to_pte(create_model("v1", num_classes=3, width_mult=0.25).eval(), 32)
     runner = Runner(pte, threads=1)
-    meta = dataclasses.replace(fake_meta(labels=tuple(COLOURS), size=32), name="tiny-v1-0.25-32-fp32",
-                               pte_sha256=hashlib.sha256(pte).hexdigest(), golden_logit_tolerance=1e-3)
+    meta = dataclasses.replace(
+        fake_meta(labels=tuple(COLOURS), size=32),
+        name="tiny-v1-0.25-32-fp32",
+        pte_sha256=hashlib.sha256(pte).hexdigest(),
+        golden_logit_tolerance=1e-3,
+    )
     inputs = np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32)
     out = tmp_path_factory.mktemp("tiny") / "bundle"
     logits = np.concatenate([runner(one[None]) for one in inputs])
-    write_bundle(out, meta, {meta.pte: pte, meta.golden: golden(inputs, logits, runner, meta.input),
-                             "report.json": b"{}\n", "report.md": b"untrained\n"})
+    write_bundle(
+        out,
+        meta,
+        {
+            meta.pte: pte,
+            meta.golden: golden(inputs, logits, runner, meta.input),
+            "report.json": b"{}\n",
+            "report.md": b"untrained\n",
+        },
+    )
     runner.close()
     return out
 
@@ -191,10 +251,21 @@ def one_error_line(result) -> str:
 
 def fake_meta(labels=("a", "b"), size: int = 8, **spec) -> BundleMeta:
     """model.json of a bundle that exists only in a test (no program behind it)."""
-    return BundleMeta(name="fake-1-8-fp32", arch="fake", width_mult=1.0, num_classes=len(labels), labels=tuple(labels),
-                      input=InputSpec(size=size, resize=size, **spec), quantization={"scheme": "fp32"},
-                      pte_sha256="0" * 64, golden_logit_tolerance=0.0, source_checkpoint="none",
-                      source_checkpoint_sha256="0" * 64, versions={}, created="now")
+    return BundleMeta(
+        name="fake-1-8-fp32",
+        arch="fake",
+        width_mult=1.0,
+        num_classes=len(labels),
+        labels=tuple(labels),
+        input=InputSpec(size=size, resize=size, **spec),
+        quantization={"scheme": "fp32"},
+        pte_sha256="0" * 64,
+        golden_logit_tolerance=0.0,
+        source_checkpoint="none",
+        source_checkpoint_sha256="0" * 64,
+        versions={},
+        created="now",
+    )
 
 
 def interrupt_once_copying(argv: list[str], releases: Path, timeout: float = 300) -> subprocess.CompletedProcess:

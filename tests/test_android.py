@@ -3,6 +3,7 @@ DEVICE=android-emu`, and every way a phone can be unfit, interrupted or gone.
 
 Run by `make test-android` (not by `make test`: it needs root for mount/chroot/binfmt_misc).
 """
+
 import json
 import os
 import signal
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import one_error_line
 
 pytestmark = pytest.mark.android
@@ -27,8 +27,13 @@ DEVICE_ROOT = PHONE / "data" / "local" / "tmp" / "mobilenet-edge"
 
 
 def emulator(command: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EMU), command], capture_output=True, text=True, timeout=timeout,
-                          env=os.environ | {"PYTHON": sys.executable})
+    return subprocess.run(
+        [str(EMU), command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ | {"PYTHON": sys.executable},
+    )
 
 
 def adb(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -58,8 +63,12 @@ def another_adbd(*flags: str):
     """A second adbd on the same root (slow, unauthorized or offline), connected with adb; yields its serial."""
     port_file = EMU_DIR / "state" / f"extra-{os.getpid()}.port"
     port_file.unlink(missing_ok=True)
-    process = subprocess.Popen([sys.executable, "-m", "deploy.adbd", str(PHONE), "--port-file", str(port_file),
-                                *flags], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploy.adbd", str(PHONE), "--port-file", str(port_file), *flags],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while not port_file.is_file():
@@ -76,8 +85,14 @@ def another_adbd(*flags: str):
 
 
 def deploy(bundle: Path, *args: str, env: dict | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deploy", *args, "--bundle", str(bundle)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args, "--bundle", str(bundle)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def current() -> str | None:
@@ -97,8 +112,13 @@ def test_the_emulated_phone_is_arm64_with_no_c_library_outside_the_package(phone
 
 def test_deploy_measures_latency_per_thread_count_and_exact_parity(phone, bundle, tmp_path):
     started = time.monotonic()
-    result = subprocess.run(["make", "-s", "deploy", "DEVICE=android-emu", f"BUNDLE={bundle}",
-                             f"REPORTS={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        ["make", "-s", "deploy", "DEVICE=android-emu", f"BUNDLE={bundle}", f"REPORTS={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     print(f"\nfirst deploy to the emulated phone in {time.monotonic() - started:.0f} s")
     version = current()
@@ -109,12 +129,18 @@ def test_deploy_measures_latency_per_thread_count_and_exact_parity(phone, bundle
     assert figures["parity"]["max_abs_logit_diff"] == 0.0 and figures["parity"]["images"] == 8, figures["parity"]
     assert sorted(figures["latency"], key=int) == [str(t) for t in range(1, 9)], "1 to the phone's 8 cores"
     assert all(len(row["samples_ms"]) == 20 and row["p50"] <= row["p90"] for row in figures["latency"].values())
-    assert figures["cores"] == {"big": {"cpus": "0-3", "part": "0xd0b", "max_mhz": 2400},
-                                "little": {"cpus": "4-7", "part": "0xd05", "max_mhz": 1800}}
+    assert figures["cores"] == {
+        "big": {"cpus": "0-3", "part": "0xd0b", "max_mhz": 2400},
+        "little": {"cpus": "4-7", "part": "0xd05", "max_mhz": 1800},
+    }
     assert (report_dir / "device_report.png").is_file() and report["device"]["abi"] == "arm64-v8a"
     assert report["runtime"]["package_mb"] <= 20 and all(t["outcome"] == "passed" for t in report["tests"].values())
-    compared = subprocess.run([sys.executable, "-m", "device_tests.compare", str(report_dir), str(report_dir)],
-                              cwd=ROOT, capture_output=True, text=True)
+    compared = subprocess.run(
+        [sys.executable, "-m", "device_tests.compare", str(report_dir), str(report_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert compared.returncode == 0 and "| latency.1.p50 |" in compared.stdout, compared.stderr
 
     started = time.monotonic()
@@ -122,14 +148,16 @@ def test_deploy_measures_latency_per_thread_count_and_exact_parity(phone, bundle
     assert again.returncode == 0, again.stderr[-3000:]
     print(f"re-deploy (runner already there) in {time.monotonic() - started:.0f} s")
     assert "pushing the runner" not in again.stderr and current() != version
-    runners = {json.loads((DEVICE_ROOT / "releases" / v / "release.json").read_text())["runner"]
-               for v in (version, current())}
+    runners = {
+        json.loads((DEVICE_ROOT / "releases" / v / "release.json").read_text())["runner"] for v in (version, current())
+    }
     assert len(runners) == 1, "the re-deploy used the runner already on the phone"
 
 
 def test_no_adb_no_device_or_two_devices_are_one_line(phone, tiny_bundle):
     assert "adb is not installed: sudo apt install adb" in one_error_line(
-        deploy(tiny_bundle, "android", env={"PATH": "/nonexistent"}))
+        deploy(tiny_bundle, "android", env={"PATH": "/nonexistent"})
+    )
     empty_server = os.environ | {"ANDROID_ADB_SERVER_PORT": "5417"}  # a fresh adb server that knows no device
     try:
         assert "no Android device attached" in one_error_line(deploy(tiny_bundle, "android", env=empty_server))
@@ -138,8 +166,9 @@ def test_no_adb_no_device_or_two_devices_are_one_line(phone, tiny_bundle):
     with another_adbd() as (second, _):
         line = one_error_line(deploy(tiny_bundle, "android"))
         assert "2 Android devices attached" in line and second in line and "SERIAL=" in line
-    assert f"no Android device 127.0.0.1:1 attached" in one_error_line(
-        deploy(tiny_bundle, "android", "--serial", "127.0.0.1:1"))
+    assert "no Android device 127.0.0.1:1 attached" in one_error_line(
+        deploy(tiny_bundle, "android", "--serial", "127.0.0.1:1")
+    )
 
 
 @pytest.mark.parametrize("flag,state", [("--refuse-auth", "unauthorized"), ("--mute", "offline")])
@@ -183,9 +212,25 @@ def test_an_interrupted_push_or_a_vanished_phone_keeps_the_release(phone, tiny_b
     before = current()
     releases = DEVICE_ROOT / "releases"
     with another_adbd("--kbps", "100") as (slow, _):
-        process = subprocess.Popen([sys.executable, "-m", "deploy", "android", "--serial", slow, "--bundle",
-                                    str(tiny_bundle), "--reports", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy",
+                "android",
+                "--serial",
+                slow,
+                "--bundle",
+                str(tiny_bundle),
+                "--reports",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         wait_for_partial(releases, process)
         os.killpg(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=120)
@@ -193,15 +238,31 @@ def test_an_interrupted_push_or_a_vanished_phone_keeps_the_release(phone, tiny_b
     assert "Traceback" not in err and current() == before
 
     with another_adbd("--kbps", "100") as (slow, adbd):
-        process = subprocess.Popen([sys.executable, "-m", "deploy", "android", "--serial", slow, "--bundle",
-                                    str(tiny_bundle), "--reports", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "deploy",
+                "android",
+                "--serial",
+                slow,
+                "--bundle",
+                str(tiny_bundle),
+                "--reports",
+                str(tmp_path),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_for_partial(releases, process)
         adbd.kill()  # the phone is unplugged mid-push
         out, err = process.communicate(timeout=300)
     line = one_error_line(subprocess.CompletedProcess(process.args, process.returncode, out, err))
-    assert any(f"{slow} {what}" in line for what in ("is gone", "closed the connection", "went offline",
-                                                     "stopped answering")), line
+    assert any(
+        f"{slow} {what}" in line for what in ("is gone", "closed the connection", "went offline", "stopped answering")
+    ), line
     assert current() == before
 
     assert deploy(tiny_bundle, "android-emu", "--reports", str(tmp_path)).returncode == 0, "the next deploy works"

@@ -7,6 +7,7 @@ it cross-compiled, every time.
 Run by `make test-arm` (not by `make test`: the first run builds the arm64 root, ~5 min, and installs the
 device's environment under emulation). Needs root for mount/chroot/binfmt_misc.
 """
+
 import json
 import os
 import shlex
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import interrupt_once_copying
 
 pytestmark = pytest.mark.arm
@@ -52,8 +52,20 @@ def pi():
 
 
 def ssh(pi: dict, command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    argv = ["ssh", "-p", str(pi["port"]), "-i", pi["key"], "-o", f"UserKnownHostsFile={pi['known_hosts']}",
-            "-o", "BatchMode=yes", f"{pi['user']}@{pi['host']}", "--", shlex.join(command)]
+    argv = [
+        "ssh",
+        "-p",
+        str(pi["port"]),
+        "-i",
+        pi["key"],
+        "-o",
+        f"UserKnownHostsFile={pi['known_hosts']}",
+        "-o",
+        "BatchMode=yes",
+        f"{pi['user']}@{pi['host']}",
+        "--",
+        shlex.join(command),
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
@@ -65,10 +77,18 @@ DEVICE_ROOT = EMU_DIR / "root" / "home" / "pi" / "mobilenet-edge"
 
 
 def test_the_emulated_pi_is_an_arm_cortex_a76_without_compiler_or_index(pi):
-    result = ssh(pi, ["sh", "-c", "uname -m; grep -m1 'CPU part' /proc/cpuinfo; python3 --version; "
-                                  "command -v g++ gcc cc c++ || echo no compiler; "
-                                  "python3 -m venv /tmp/probe && /tmp/probe/bin/pip download -q --no-deps -d /tmp "
-                                  "tqdm >/dev/null 2>&1 || echo no index; rm -rf /tmp/probe"], timeout=600)
+    result = ssh(
+        pi,
+        [
+            "sh",
+            "-c",
+            "uname -m; grep -m1 'CPU part' /proc/cpuinfo; python3 --version; "
+            "command -v g++ gcc cc c++ || echo no compiler; "
+            "python3 -m venv /tmp/probe && /tmp/probe/bin/pip download -q --no-deps -d /tmp "
+            "tqdm >/dev/null 2>&1 || echo no index; rm -rf /tmp/probe",
+        ],
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     machine, part, python, compiler, index = result.stdout.splitlines()
     assert machine == "aarch64" and part.endswith("0xd0b") and python.startswith("Python 3.11")
@@ -87,8 +107,9 @@ def test_a_full_disk_while_the_wheelhouse_is_copied_is_one_line_and_nothing_swit
     finally:
         subprocess.run(["umount", str(wheels)], check=True)
         wheels.rmdir()  # made here, by root: the pi user could not write into it
-    assert full.returncode != 0 and "out of disk space" in full.stderr and "Traceback" not in full.stderr, \
-        full.stderr[-3000:]
+    assert full.returncode != 0 and "out of disk space" in full.stderr and "Traceback" not in full.stderr, full.stderr[
+        -3000:
+    ]
     assert [line for line in full.stderr.splitlines() if line.startswith("error:")], full.stderr[-2000:]
     assert ((DEVICE_ROOT / "current").resolve() if (DEVICE_ROOT / "current").exists() else None) == current
 
@@ -97,8 +118,10 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     started = time.monotonic()
     first = subprocess.run(make_deploy(bundle), capture_output=True, text=True, timeout=3600)
     assert first.returncode == 0, first.stderr[-4000:]
-    print(f"\nfirst deploy (environment from the host's wheels, runner from the host, device tests) in "
-          f"{time.monotonic() - started:.0f} s")
+    print(
+        f"\nfirst deploy (environment from the host's wheels, runner from the host, device tests) in "
+        f"{time.monotonic() - started:.0f} s"
+    )
     assert "setting up the Python environment" in first.stderr and "compile its native runner" not in first.stderr
     device_root = DEVICE_ROOT
     current = (device_root / "current").resolve()
@@ -124,8 +147,15 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     assert second.returncode != 0 and "interrupted" in second.stderr, second.stderr[-2000:]
     assert (device_root / "current").resolve() == current
     python = (release / "python").read_text().strip()
-    smoke = ssh(pi, ["sh", "-c", f"cd mobilenet-edge/current && {python} -m edge run bundle --source procedural "
-                                 "--fps 0 --headless --max-frames 5"])
+    smoke = ssh(
+        pi,
+        [
+            "sh",
+            "-c",
+            f"cd mobilenet-edge/current && {python} -m edge run bundle --source procedural "
+            "--fps 0 --headless --max-frames 5",
+        ],
+    )
     assert smoke.returncode == 0 and "5 frames" in smoke.stdout, smoke.stderr[-2000:]
 
     # The next deploy, of another bundle, clears the unfinished copy and switches; the environment and the
@@ -138,4 +168,3 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     assert not list((device_root / "releases").glob("*.partial"))
     for work in ("setting up the Python environment", "downloading", "cross-compiling", "compile its native runner"):
         assert work not in third.stderr, third.stderr[-2000:]
-

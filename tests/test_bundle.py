@@ -1,4 +1,5 @@
 """The bundle format: versioned, typed, checked at load; a broken bundle is one error line everywhere."""
+
 import hashlib
 import json
 import shutil
@@ -8,12 +9,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import fake_meta, one_error_line
+
 from deploy.cli import check_bundle
 from deploy.target import DeployError
-from edge.bundle import (CONFUSION_PICTURE, FORMAT, BundleError, BundleMeta, check_replaceable, load_bundle,
-                         read_meta, write_bundle)
+from edge.bundle import (
+    CONFUSION_PICTURE,
+    FORMAT,
+    BundleError,
+    BundleMeta,
+    check_replaceable,
+    load_bundle,
+    read_meta,
+    write_bundle,
+)
 from edge.cli import main as edge_main
 
 
@@ -43,12 +52,19 @@ def programs(bundle: Path) -> dict[str, tuple[bytes, str]]:
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, len(pte), dtype=np.uint8).tobytes()
     cases = {f"truncated_{n}": (pte[:n], "not an ExecuTorch program") for n in (0, 8, 40)}
-    cases |= {f"truncated_{name}": (pte[:n], "not a valid") for name, n in (("half", len(pte) // 2),
-                                                                             ("last_byte", len(pte) - 1))}
-    cases |= {f"random_{seed}": (np.random.default_rng(seed).integers(0, 256, len(pte), dtype=np.uint8).tobytes(),
-                                 "not an ExecuTorch program") for seed in (1, 2, 3)}
+    cases |= {
+        f"truncated_{name}": (pte[:n], "not a valid")
+        for name, n in (("half", len(pte) // 2), ("last_byte", len(pte) - 1))
+    }
+    cases |= {
+        f"random_{seed}": (
+            np.random.default_rng(seed).integers(0, 256, len(pte), dtype=np.uint8).tobytes(),
+            "not an ExecuTorch program",
+        )
+        for seed in (1, 2, 3)
+    }
     cases["random_with_magic"] = (noise[:4] + pte[4:8] + noise[8:], "ExecuTorch program")
-    cases["flipped_middle"] = (pte[:len(pte) // 2] + bytes([pte[len(pte) // 2] ^ 0xFF]) + pte[len(pte) // 2 + 1:], "")
+    cases["flipped_middle"] = (pte[: len(pte) // 2] + bytes([pte[len(pte) // 2] ^ 0xFF]) + pte[len(pte) // 2 + 1 :], "")
     return cases
 
 
@@ -69,7 +85,7 @@ META_EDITS = {
     "newer_format": (put("format", FORMAT + 1), "newer than this app reads"),
     "format_text": (put("format", "1"), "is not a version number"),
     "no_labels": (drop("labels"), "labels is missing"),
-    "labels_text": (put("labels", "abc"), "labels is \"abc\", want tuple"),
+    "labels_text": (put("labels", "abc"), 'labels is "abc", want tuple'),
     "labels_empty": (put("labels", []), "0 labels for num_classes"),
     "labels_fewer": (lambda m: m.__setitem__("labels", m["labels"][:-1]), "labels for num_classes"),
     "labels_more": (lambda m: m.update(labels=[*m["labels"], "x"], num_classes=len(m["labels"]) + 1), "returns (1, 3)"),
@@ -77,7 +93,7 @@ META_EDITS = {
     "num_classes_bool": (put("num_classes", True), "num_classes is true, want int"),
     "no_input": (drop("input"), "input is missing"),
     "input_list": (put("input", [64]), "input is not an object"),
-    "size_text": (put_input("size", "64"), "input.size is \"64\", want int"),
+    "size_text": (put_input("size", "64"), 'input.size is "64", want int'),
     "size_zero": (put_input("size", 0), "need 1 <= size <= resize"),
     "other_size": (lambda m: m["input"].update(size=64, resize=73), "model.json says (1, 3, 64, 64)"),
     "mean_short": (put_input("mean", [0.5, 0.5]), "input.mean is [0.5, 0.5]"),
@@ -110,15 +126,30 @@ def test_edited_model_json_is_one_error_line_in_load_run_eval_and_deploy(bundle,
     with pytest.raises(DeployError) as deploy_error:
         check_bundle(broken)
     assert str(deploy_error.value) == str(error.value)
-    for args in (["run", str(broken), "--source", "procedural", "--headless", "--max-frames", "3"],
-                 ["eval", str(broken), str(tmp_path)]):
+    for args in (
+        ["run", str(broken), "--source", "procedural", "--headless", "--max-frames", "3"],
+        ["eval", str(broken), str(tmp_path)],
+    ):
         with pytest.raises(SystemExit) as exit:
             edge_main(args)
         assert exit.value.code == f"error: {error.value}"
 
 
-@pytest.mark.parametrize("case", ["truncated_0", "truncated_8", "truncated_40", "truncated_half", "truncated_last_byte",
-                                  "random_1", "random_2", "random_3", "random_with_magic", "flipped_middle"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "truncated_0",
+        "truncated_8",
+        "truncated_40",
+        "truncated_half",
+        "truncated_last_byte",
+        "random_1",
+        "random_2",
+        "random_3",
+        "random_with_magic",
+        "flipped_middle",
+    ],
+)
 def test_broken_programs_with_a_matching_hash_never_take_the_process_down(bundle, tmp_path, case):
     """In subprocesses: a crash in the runtime would be a signal, not a failed assertion in pytest."""
     pte, message = programs(bundle)[case]
@@ -126,9 +157,13 @@ def test_broken_programs_with_a_matching_hash_never_take_the_process_down(bundle
     if case != "flipped_middle":  # a flipped byte may land in a constant: it may even load
         with pytest.raises(BundleError, match=message):
             load_bundle(broken)
-    results = [subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=120)
-               for args in (["run", broken, "--source", "procedural", "--headless", "--max-frames", "3"],
-                            ["eval", broken, tmp_path])]
+    results = [
+        subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=120)
+        for args in (
+            ["run", broken, "--source", "procedural", "--headless", "--max-frames", "3"],
+            ["eval", broken, tmp_path],
+        )
+    ]
     for result in results:
         if case == "flipped_middle" and result.returncode == 0:
             continue
@@ -151,8 +186,11 @@ def test_an_output_path_is_replaced_only_when_it_is_a_bundle(bundle, tmp_path):
     (tmp_path / "file").write_text("keep me too")
     shutil.copytree(bundle, tmp_path / "plus")
     (tmp_path / "plus" / "plot.png").write_bytes(b"mine")
-    for out, message in ((tmp_path / "notes", "is not a bundle"), (tmp_path / "file", "is not a bundle directory"),
-                         (tmp_path / "plus", "also holds plot.png")):
+    for out, message in (
+        (tmp_path / "notes", "is not a bundle"),
+        (tmp_path / "file", "is not a bundle directory"),
+        (tmp_path / "plus", "also holds plot.png"),
+    ):
         before = sorted(p.name for p in tmp_path.rglob("*"))
         with pytest.raises(BundleError, match=message):
             write_bundle(out, meta, contents)
@@ -164,8 +202,9 @@ def test_an_output_path_is_replaced_only_when_it_is_a_bundle(bundle, tmp_path):
     for out in (tmp_path / "old", tmp_path / "empty", tmp_path / "new" / "deeper"):
         write_bundle(out, meta, contents)
         assert read_meta(out) == meta and sorted(p.name for p in out.iterdir()) == sorted(meta.files)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "new", "notes", "old", "plus"], \
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "new", "notes", "old", "plus"], (
         "no staging or previous copies left behind"
+    )
     write_bundle(tmp_path / "old", meta, contents | {CONFUSION_PICTURE: b"png"})  # optional: with it, then without
     write_bundle(tmp_path / "old", meta, contents)
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == sorted(meta.files)

@@ -1,4 +1,5 @@
 """Every command's --help: each flag has a one-line meaning and its default, and the help ends with examples."""
+
 import argparse
 import subprocess
 import sys
@@ -15,8 +16,14 @@ from sweep.cli import build_parser as sweep_parser
 def parsers():
     edge = edge_parser()
     commands = next(a for a in edge._actions if isinstance(a, argparse._SubParsersAction)).choices
-    return {"edge": edge, **{f"edge {name}": p for name, p in commands.items()}, "edge.bench": bench_parser(),
-            "export": export_parser(), "deploy": deploy_parser(), "sweep": sweep_parser()}
+    return {
+        "edge": edge,
+        **{f"edge {name}": p for name, p in commands.items()},
+        "edge.bench": bench_parser(),
+        "export": export_parser(),
+        "deploy": deploy_parser(),
+        "sweep": sweep_parser(),
+    }
 
 
 @pytest.mark.parametrize("name,parser", parsers().items())
@@ -33,8 +40,9 @@ def test_each_flag_says_what_it_does_and_its_default(name, parser):
 
 
 def test_training_help_shows_each_key_with_its_meaning_and_examples():
-    out = subprocess.run([sys.executable, "-m", "training", "fit", "--help"], capture_output=True, text=True,
-                         timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "training", "fit", "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
     assert "\nexamples:\n  python -m training fit --config configs/train.yaml" in out
     for flag in ("--data.val_size", "--data.source", "--trainer.max_epochs"):
         text = out.split(f"\n  {flag} ", 1)[1].split("\n  --", 1)[0]

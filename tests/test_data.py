@@ -1,4 +1,5 @@
 """Data: procedural shapes, ImageFolder (splits, corrupt files, bad paths), CIFAR-10 archive, transforms."""
+
 import hashlib
 import io
 import logging
@@ -74,10 +75,10 @@ def test_folder_with_train_and_val_subdirs_uses_them(image_folder, tmp_path):
 
 def test_missing_or_empty_dataset_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        ImageDataModule(source=str(tmp_path / "nope")).labels
+        _ = ImageDataModule(source=str(tmp_path / "nope")).labels
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no class folders"):
-        ImageDataModule(source=str(tmp_path / "empty")).labels
+        _ = ImageDataModule(source=str(tmp_path / "empty")).labels
     (tmp_path / "empty" / "cls").mkdir()
     with pytest.raises(DataError, match="no images"):
         ImageDataModule(source=str(tmp_path / "empty")).setup("fit")
@@ -85,9 +86,20 @@ def test_missing_or_empty_dataset_is_one_clear_error(tmp_path):
 
 def test_cli_exits_non_zero_with_one_line_for_a_missing_dataset(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "training", "fit", "--config", "configs/train.yaml",
-         "--config", "configs/model/v3_small.yaml", f"--data.source={tmp_path / 'nope'}"],
-        capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "fit",
+            "--config",
+            "configs/train.yaml",
+            "--config",
+            "configs/model/v3_small.yaml",
+            f"--data.source={tmp_path / 'nope'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith("error: dataset directory")
 
@@ -127,6 +139,7 @@ def test_cifar10_refuses_pickles_that_run_code(tmp_path):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
+
     path = tmp_path / "evil.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
         payload = pickle.dumps({b"data": Evil()})

@@ -1,4 +1,5 @@
 """Deploy: profiles, the staged release, and a real deploy over SSH to an OpenSSH server on loopback."""
+
 import getpass
 import json
 import os
@@ -10,14 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import interrupt_once_copying
 
-from deploy.cli import main as deploy_main, prune, prune_environments, service_unit, smoke_run, stage
+from deploy.cli import main as deploy_main
+from deploy.cli import prune, prune_environments, service_unit, smoke_run, stage
 from deploy.profile import ProfileError, load_device, settings_from
 from deploy.target import DeployError, SSHTarget, connect, explain
 from deploy.wheelhouse import device_requirements
-from edge.bundle import read_meta
-from conftest import interrupt_once_copying
 from device_tests.compare import flatten, table
+from edge.bundle import read_meta
 
 SSHD = "/usr/sbin/sshd"
 
@@ -37,9 +39,16 @@ def test_profile_overrides_and_user_at_host():
     assert not load_device("local").ssh
 
 
-@pytest.mark.parametrize("host,message", [
-    ("-oProxyCommand=touch /tmp/pwned", "is not a host name"), ("pi@-oProxyCommand=x", "is not a host name"),
-    ("-x@pi5.lan", "is not a login name"), ("pi5.lan;ls", "is not a host name"), ("pi@", "is not a host name")])
+@pytest.mark.parametrize(
+    "host,message",
+    [
+        ("-oProxyCommand=touch /tmp/pwned", "is not a host name"),
+        ("pi@-oProxyCommand=x", "is not a host name"),
+        ("-x@pi5.lan", "is not a login name"),
+        ("pi5.lan;ls", "is not a host name"),
+        ("pi@", "is not a host name"),
+    ],
+)
 def test_hosts_and_users_that_ssh_would_read_as_options_are_refused(host, message):
     with pytest.raises(ProfileError, match=message):
         load_device("rpi5", host=host)
@@ -50,17 +59,28 @@ def test_ssh_gets_the_destination_after_the_end_of_options(tmp_path):
     assert argv[-3:] == ["--", "me@pi5.lan", "true"] and "IdentitiesOnly=yes" not in argv
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"key": "/no/such/key"}, "SSH key /no/such/key does not exist"), ({"port": 70000}, "is not a TCP port"),
-    ({"threads": -1}, "threads -1 must be a whole number >= 1")])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"key": "/no/such/key"}, "SSH key /no/such/key does not exist"),
+        ({"port": 70000}, "is not a TCP port"),
+        ({"threads": -1}, "threads -1 must be a whole number >= 1"),
+    ],
+)
 def test_profile_values_are_checked(override, message):
     with pytest.raises(ProfileError, match=message):
         load_device("rpi5", **override)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--port", "0"], "argument --port: want a whole number >= 1"), (["--threads", "two"], "argument --threads"),
-    (["--bwlimit", "-1"], "argument --bwlimit"), (["--serve", "host:port"], "--serve wants HOST:PORT")])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--port", "0"], "argument --port: want a whole number >= 1"),
+        (["--threads", "two"], "argument --threads"),
+        (["--bwlimit", "-1"], "argument --bwlimit"),
+        (["--serve", "host:port"], "--serve wants HOST:PORT"),
+    ],
+)
 def test_deploy_arguments_name_the_flag(args, message, capsys):
     with pytest.raises(SystemExit) as exit:
         deploy_main(["local", "--bundle", "nowhere", *args])
@@ -95,11 +115,15 @@ def test_remote_commands_are_quoted_not_pasted(tmp_path):
     assert argv[argv.index("-i") + 1] == str(key) and "BatchMode=yes" in argv and "IdentitiesOnly=yes" in argv
 
 
-@pytest.mark.parametrize("stderr,expected", [
-    ("rsync: write failed: No space left on device (28)", "out of disk space"),
-    ("pi@pi5: Permission denied (publickey,password).", "refused the SSH key"),
-    ("ssh: connect to host 10.0.0.7 port 22: Connection refused", "refused the connection"),
-    ("something new\nthe last line", "the last line")])
+@pytest.mark.parametrize(
+    "stderr,expected",
+    [
+        ("rsync: write failed: No space left on device (28)", "out of disk space"),
+        ("pi@pi5: Permission denied (publickey,password).", "refused the SSH key"),
+        ("ssh: connect to host 10.0.0.7 port 22: Connection refused", "refused the connection"),
+        ("something new\nthe last line", "the last line"),
+    ],
+)
 def test_failures_are_explained_in_one_line(stderr, expected):
     assert expected in explain(stderr, "pi@pi5:22")
 
@@ -135,7 +159,8 @@ def test_staged_release_verifies_and_detects_tampering(bundle, tmp_path):
     device = load_device("local")
     stage(bundle, device, "/opt/edge", "/opt/edge/venv/bin/python", "v1", meta, tmp_path)
     assert {"edge", "device_tests", "bundle", "Makefile", "requirements.txt", "device.json"} <= {
-        p.name for p in tmp_path.iterdir()}
+        p.name for p in tmp_path.iterdir()
+    }
     assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == sorted(meta.files)
     assert f"{meta.pte_sha256}  bundle/model.pte" in (tmp_path / "MANIFEST.sha256").read_text()
     check = ["sha256sum", "--quiet", "--strict", "-c", "MANIFEST.sha256"]
@@ -152,8 +177,9 @@ def test_service_unit_runs_the_current_release_on_the_address_asked_for():
     assert "ExecStart=/usr/bin/make -s demo SERVE=127.0.0.1:8080\n" in unit, "the release's own demo command"
     make = ["make", "-s", "--eval", "deploy-args: ; @echo $(DEPLOY_ARGS)", "deploy-args", "SERVICE=1"]
     assert "--service --serve 127.0.0.1:8080" in subprocess.run(make, capture_output=True, text=True).stdout
-    assert "--serve 0.0.0.0:9000" in subprocess.run([*make, "SERVE=0.0.0.0:9000"], capture_output=True,
-                                                    text=True).stdout
+    assert (
+        "--serve 0.0.0.0:9000" in subprocess.run([*make, "SERVE=0.0.0.0:9000"], capture_output=True, text=True).stdout
+    )
 
 
 def test_a_release_that_fails_its_smoke_run_never_displaces_a_good_one(tmp_path):
@@ -170,12 +196,21 @@ def test_a_release_that_fails_its_smoke_run_never_displaces_a_good_one(tmp_path)
     (releases / "20260106-f").mkdir()
     prune(target, str(releases), "20260106-f")
     assert sorted(p.name for p in releases.iterdir()) == [
-        "20260102-b", "20260103-c", "20260104-d.failed", "20260105-e.failed", "20260106-f"], "three good ones stay"
+        "20260102-b",
+        "20260103-c",
+        "20260104-d.failed",
+        "20260105-e.failed",
+        "20260106-f",
+    ], "three good ones stay"
 
 
 def test_compare_lines_up_every_figure():
-    base = {"created": "t", "device": {"hostname": "pi", "model": "Pi 5"}, "bundle": {"name": "m"},
-            "versions": {"executorch": "1.5.1"}}
+    base = {
+        "created": "t",
+        "device": {"hostname": "pi", "model": "Pi 5"},
+        "bundle": {"name": "m"},
+        "versions": {"executorch": "1.5.1"},
+    }
     a = base | {"figures": {"latency": {"1": {"p50": 2.0}}, "parity": {"ok": True}}}
     b = base | {"figures": {"latency": {"1": {"p50": 1.5}, "4": {"p50": 0.9}}}}
     assert flatten(a["figures"]) == {"latency.1.p50": 2.0}
@@ -211,7 +246,8 @@ def sshd(tmp_path_factory):
     (home / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {home / 'host_key'}\n"
         f"AuthorizedKeysFile {home / 'authorized_keys'}\nPasswordAuthentication no\n"
-        f"KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {home / 'sshd.pid'}\n")
+        f"KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {home / 'sshd.pid'}\n"
+    )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
     server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(home / "sshd_config")], stderr=subprocess.PIPE, text=True)
@@ -229,9 +265,20 @@ def sshd(tmp_path_factory):
 
 
 def make_deploy(sshd, bundle, remote, reports, *extra, key=None, port=None, **popen) -> list[str]:
-    return ["make", "-s", "deploy", "DEVICE=local-ssh", f"BUNDLE={bundle}", f"PORT={port or sshd['port']}",
-            f"KEY={key or sshd['key']}", f"KNOWN_HOSTS={sshd['home'] / 'known_hosts'}", f"REMOTE_DIR={remote}",
-            f"DEVICE_PYTHON={sys.executable}", f"REPORTS={reports}", *extra]
+    return [
+        "make",
+        "-s",
+        "deploy",
+        "DEVICE=local-ssh",
+        f"BUNDLE={bundle}",
+        f"PORT={port or sshd['port']}",
+        f"KEY={key or sshd['key']}",
+        f"KNOWN_HOSTS={sshd['home'] / 'known_hosts'}",
+        f"REMOTE_DIR={remote}",
+        f"DEVICE_PYTHON={sys.executable}",
+        f"REPORTS={reports}",
+        *extra,
+    ]
 
 
 def test_deploy_over_ssh_then_an_interrupted_deploy_keeps_the_first(sshd, bundle, tmp_path):
@@ -257,13 +304,19 @@ def test_deploy_over_ssh_then_an_interrupted_deploy_keeps_the_first(sshd, bundle
     second = interrupt_once_copying(make_deploy(sshd, bundle, remote, reports, "BWLIMIT=50"), remote / "releases")
     assert second.returncode != 0 and "interrupted" in second.stderr, second.stderr[-2000:]
     assert (remote / "current").resolve() == current, "current still points at the first release"
-    run = subprocess.run([sys.executable, "-m", "edge", "run", "bundle", "--source", "procedural", "--headless",
-                          "--max-frames", "5"], cwd=remote / "current", capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "edge", "run", "bundle", "--source", "procedural", "--headless", "--max-frames", "5"],
+        cwd=remote / "current",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0 and "5 frames" in run.stdout, run.stderr[-2000:]
 
     # The next deploy clears the unfinished copy and switches.
-    third = subprocess.run(make_deploy(sshd, bundle, remote, reports, "NO_TESTS=1"), capture_output=True, text=True,
-                           timeout=600)
+    third = subprocess.run(
+        make_deploy(sshd, bundle, remote, reports, "NO_TESTS=1"), capture_output=True, text=True, timeout=600
+    )
     assert third.returncode == 0, third.stderr[-3000:]
     assert (remote / "current").resolve() != current and not list((remote / "releases").glob("*.partial"))
 
@@ -272,8 +325,12 @@ def test_deploy_over_ssh_then_an_interrupted_deploy_keeps_the_first(sshd, bundle
 def test_deploy_to_a_wrong_port_or_key_is_one_line(sshd, bundle, tmp_path, problem, message):
     port = free_port() if problem == "port" else None
     key = sshd["other_key"] if problem == "key" else None
-    result = subprocess.run(make_deploy(sshd, bundle, tmp_path / "device", tmp_path / "reports", key=key, port=port),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        make_deploy(sshd, bundle, tmp_path / "device", tmp_path / "reports", key=key, port=port),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and message in error[0], result.stderr[-2000:]
@@ -282,10 +339,12 @@ def test_deploy_to_a_wrong_port_or_key_is_one_line(sshd, bundle, tmp_path, probl
 
 def test_one_demo_command_here_and_on_the_device(tmp_path):
     """The host's make demo runs the release Makefile's demo target: one command line for both."""
+
     def printed(*argv, cwd):
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
-        out = subprocess.run(["make", "--no-print-directory", "-n", *argv], cwd=cwd, env=env, capture_output=True,
-                             text=True, timeout=60).stdout
+        out = subprocess.run(
+            ["make", "--no-print-directory", "-n", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        ).stdout
         return " ".join(out.replace("\\\n", " ").split())
 
     bundle = tmp_path / "bundle"
@@ -298,29 +357,45 @@ def test_one_demo_command_here_and_on_the_device(tmp_path):
     (release / "python").write_text("/usr/bin/python3\n")
     (release / "device.json").write_text(json.dumps({"camera": "picamera", "threads": 4}))
     device = printed("-f", str(Path(__file__).parent.parent / "deploy" / "device.mk"), "demo", cwd=release)
-    assert device == ("/usr/bin/python3 -m edge run bundle --source picamera --serve 127.0.0.1:8080 --threads 4 "
-                      "--headless")
+    assert device == (
+        "/usr/bin/python3 -m edge run bundle --source picamera --serve 127.0.0.1:8080 --threads 4 --headless"
+    )
 
 
 def test_a_phones_big_and_little_cores_are_told_apart_by_frequency_and_part():
     from deploy.android import cores
-    phone = {"cores": [{"cpu": str(i), "cpu_part": "0xd0b" if i < 2 else "0xd05",
-                        "max_freq_khz": 2400000 if i < 2 else 1800000} for i in range(6)]}
-    assert cores(phone) == {"big": {"cpus": "0-1", "part": "0xd0b", "max_mhz": 2400},
-                            "little": {"cpus": "2-5", "part": "0xd05", "max_mhz": 1800}}
+
+    phone = {
+        "cores": [
+            {"cpu": str(i), "cpu_part": "0xd0b" if i < 2 else "0xd05", "max_freq_khz": 2400000 if i < 2 else 1800000}
+            for i in range(6)
+        ]
+    }
+    assert cores(phone) == {
+        "big": {"cpus": "0-1", "part": "0xd0b", "max_mhz": 2400},
+        "little": {"cpus": "2-5", "part": "0xd05", "max_mhz": 1800},
+    }
     pi = {"cores": [{"cpu": str(i), "cpu_part": "0xd0b", "max_freq_khz": None} for i in range(4)]}
     assert cores(pi) == {"all": {"cpus": "0-3", "part": "0xd0b", "max_mhz": None}}
 
 
-@pytest.mark.parametrize("output,says", [
-    ("adb: error: failed to copy 'a' to 'b': remote couldn't create file: No space left on device",
-     "is out of disk space"),
-    ("[ 10%] /data/x\r\nadb: error: failed to copy '/tmp/a' to '/data/a': couldn't read from device",
-     "stopped answering"),
-    ("error: device '127.0.0.1:5555' not found", "is gone"),
-    ("error: device offline", "went offline"),
-])
+@pytest.mark.parametrize(
+    "output,says",
+    [
+        (
+            "adb: error: failed to copy 'a' to 'b': remote couldn't create file: No space left on device",
+            "is out of disk space",
+        ),
+        (
+            "[ 10%] /data/x\r\nadb: error: failed to copy '/tmp/a' to '/data/a': couldn't read from device",
+            "stopped answering",
+        ),
+        ("error: device '127.0.0.1:5555' not found", "is gone"),
+        ("error: device offline", "went offline"),
+    ],
+)
 def test_adbs_failures_are_explained_in_one_line(output, says):
     from deploy.android import explain_adb
+
     line = explain_adb(output, "the Android device X")
     assert says in line and "\n" not in line

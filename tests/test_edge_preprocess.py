@@ -1,10 +1,10 @@
 """The edge preprocessing (numpy/OpenCV from model.json) reproduces the training eval transform."""
+
 import numpy as np
 import pytest
 
-from edge.preprocess import Preprocessor
+from edge.preprocess import InputSpec, Preprocessor
 from training.procedural import ProceduralShapes
-from edge.preprocess import InputSpec
 from training.transforms import EvalTransform
 
 
@@ -25,8 +25,18 @@ def test_edge_matches_training_within_one_level(size, crop_fraction, shape):
     assert np.abs(x_training - x_edge).max() <= 1 / 255 / min(spec.std) + 1e-5
 
 
-@pytest.mark.parametrize("change", [{"channel_order": "BGR"}, {"crop": "none"}, {"layout": "NHWC"},
-                                    {"interpolation": "nearest"}, {"size": 0}, {"resize": 8}, {"std": (1, 0, 1)}])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"channel_order": "BGR"},
+        {"crop": "none"},
+        {"layout": "NHWC"},
+        {"interpolation": "nearest"},
+        {"size": 0},
+        {"resize": 8},
+        {"std": (1, 0, 1)},
+    ],
+)
 def test_edge_rejects_a_spec_it_cannot_reproduce(change):
     with pytest.raises(ValueError, match="input"):
         InputSpec(**(InputSpec.for_resolution(64).to_json() | change))

@@ -1,4 +1,5 @@
 """`python -m edge run`: JSON lines, the summary, errors, smoothing, and the served page in Chromium."""
+
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import FakeClock, fake_meta, write_video
 
 import edge as edge_api
 from edge.bundle import Bundle
@@ -22,7 +24,6 @@ from edge.overlay import CROP_COLOUR, annotate
 from edge.preprocess import InputSpec, Preprocessor
 from edge.run import RunConfig, default_camera_size, run
 from edge.serve import parse_address
-from conftest import FakeClock, fake_meta, write_video
 
 RECORD_KEYS = {"frame", "source_frame", "t_capture", "t_result", "latency_ms", "capture_to_result_ms", "top", "dropped"}
 
@@ -38,9 +39,19 @@ def red_video(tmp_path_factory):
 
 def test_headless_jsonl_to_stdout_with_max_frames_summary(tiny_bundle, red_video):
     # --threads 1 differs from the default pool size: resizing it after loading the program used to crash.
-    result = edge("run", str(tiny_bundle), "--source", str(red_video), "--headless", "--jsonl", "-",
-                  "--max-frames", "20",
-                  "--threads", "1")
+    result = edge(
+        "run",
+        str(tiny_bundle),
+        "--source",
+        str(red_video),
+        "--headless",
+        "--jsonl",
+        "-",
+        "--max-frames",
+        "20",
+        "--threads",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 20, "stdout holds only the JSON lines"
@@ -49,10 +60,14 @@ def test_headless_jsonl_to_stdout_with_max_frames_summary(tiny_bundle, red_video
         assert record["frame"] == i and record["t_capture"] <= record["t_result"] and record["latency_ms"] > 0
         assert [set(t) for t in record["top"]] == [{"label", "score"}] * 3
         assert record["top"][0]["score"] >= record["top"][1]["score"]
-    assert all(a["t_result"] < b["t_result"] and a["dropped"] <= b["dropped"] for a, b in zip(records, records[1:]))
+    pairs = zip(records, records[1:], strict=False)
+    assert all(a["t_result"] < b["t_result"] and a["dropped"] <= b["dropped"] for a, b in pairs)
     summary = result.stderr.strip().splitlines()[-1]
-    assert re.match(r"20 frames at [\d.]+ FPS \| inference p50 [\d.]+ / p90 [\d.]+ ms \| capture-to-result p50 "
-                    r"[\d.]+ / p90 [\d.]+ ms \| dropped \d+ \| reconnects 0", summary), summary
+    assert re.match(
+        r"20 frames at [\d.]+ FPS \| inference p50 [\d.]+ / p90 [\d.]+ ms \| capture-to-result p50 "
+        r"[\d.]+ / p90 [\d.]+ ms \| dropped \d+ \| reconnects 0",
+        summary,
+    ), summary
 
 
 @pytest.mark.repeat
@@ -73,12 +88,15 @@ def test_picamera_run_through_the_stand_in(tiny_bundle, fake_picamera2, tmp_path
     assert fake_picamera2.instances[0].closed
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--source", "nowhere.mp4", "--headless"], "error: source 'nowhere.mp4' does not exist"),
-    (["--source", "procedural", "--rotate", "45"], "usage:"),
-    (["--source", "procedural", "--headless", "--smooth", "1.5"], "error: --smooth must be in [0, 1)"),
-    (["--source", "procedural", "--headless", "--serve", "localhost:http"], "error: --serve wants HOST:PORT"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--source", "nowhere.mp4", "--headless"], "error: source 'nowhere.mp4' does not exist"),
+        (["--source", "procedural", "--rotate", "45"], "usage:"),
+        (["--source", "procedural", "--headless", "--smooth", "1.5"], "error: --smooth must be in [0, 1)"),
+        (["--source", "procedural", "--headless", "--serve", "localhost:http"], "error: --serve wants HOST:PORT"),
+    ],
+)
 def test_run_errors_are_one_line(tiny_bundle, args, message, tmp_path):
     result = edge("run", str(tiny_bundle), *args, cwd=tmp_path, env=os.environ | {"PYTHONPATH": os.getcwd()})
     assert "Traceback" not in result.stderr and result.stderr.startswith(message), result.stderr
@@ -88,33 +106,56 @@ def test_run_errors_are_one_line(tiny_bundle, args, message, tmp_path):
         assert result.returncode == 2 and "argument --rotate: invalid choice: 45" in result.stderr
 
 
-@pytest.mark.parametrize("display,reason", [(None, "no display (DISPLAY and WAYLAND_DISPLAY are unset)"),
-                                            (":99", "this OpenCV build has no GUI support")])
+@pytest.mark.parametrize(
+    "display,reason",
+    [(None, "no display (DISPLAY and WAYLAND_DISPLAY are unset)"), (":99", "this OpenCV build has no GUI support")],
+)
 def test_without_a_window_the_run_goes_headless_and_says_so_once(tiny_bundle, tmp_path, display, reason):
     """A Pi with no screen, or the venv's headless OpenCV: the run still runs instead of failing."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    result = edge("run", str(tiny_bundle), "--source", "procedural", "--max-frames", "3", "--serve", "0",
-                  cwd=tmp_path, env=env | ({"DISPLAY": display} if display else {}) | {"PYTHONPATH": os.getcwd()})
+    result = edge(
+        "run",
+        str(tiny_bundle),
+        "--source",
+        "procedural",
+        "--max-frames",
+        "3",
+        "--serve",
+        "0",
+        cwd=tmp_path,
+        env=env | ({"DISPLAY": display} if display else {}) | {"PYTHONPATH": os.getcwd()},
+    )
     assert result.returncode == 0, result.stderr
     notices = [line for line in result.stderr.splitlines() if "running headless" in line]
     assert notices == [f"{reason}: running headless (--headless skips this check)"], result.stderr
     assert result.stdout.startswith("3 frames at ")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--duration", "0"], "argument --duration: want a number > 0, got '0'"),
-    (["--duration", "nan"], "argument --duration: want a number > 0, got 'nan'"),
-    (["--fps", "-1"], "argument --fps: want a number >= 0"),
-    (["--threads", "0"], "argument --threads: want a whole number >= 1"),
-    (["--top-k", "three"], "argument --top-k: want a whole number >= 1, got 'three'"),
-    (["--max-frames", "-5"], "argument --max-frames: want a whole number >= 1"),
-    (["--camera-size", "0x480"], "argument --camera-size: want WIDTHxHEIGHT"),
-    (["--jsonl", ""], "error: --jsonl is empty"),
-    (["--serve", ""], "error: --serve is empty"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--duration", "0"], "argument --duration: want a number > 0, got '0'"),
+        (["--duration", "nan"], "argument --duration: want a number > 0, got 'nan'"),
+        (["--fps", "-1"], "argument --fps: want a number >= 0"),
+        (["--threads", "0"], "argument --threads: want a whole number >= 1"),
+        (["--top-k", "three"], "argument --top-k: want a whole number >= 1, got 'three'"),
+        (["--max-frames", "-5"], "argument --max-frames: want a whole number >= 1"),
+        (["--camera-size", "0x480"], "argument --camera-size: want WIDTHxHEIGHT"),
+        (["--jsonl", ""], "error: --jsonl is empty"),
+        (["--serve", ""], "error: --serve is empty"),
+    ],
+)
 def test_bad_numbers_and_empty_strings_name_the_flag(tiny_bundle, args, message, tmp_path):
-    result = edge("run", str(tiny_bundle), "--source", "procedural", "--headless", *args, cwd=tmp_path,
-                  env=os.environ | {"PYTHONPATH": os.getcwd()})
+    result = edge(
+        "run",
+        str(tiny_bundle),
+        "--source",
+        "procedural",
+        "--headless",
+        *args,
+        cwd=tmp_path,
+        env=os.environ | {"PYTHONPATH": os.getcwd()},
+    )
     assert result.returncode in (1, 2) and message in result.stderr.strip().splitlines()[-1], result.stderr
     assert "Traceback" not in result.stderr
 
@@ -133,8 +174,22 @@ def test_jsonl_of_the_last_run_is_kept_when_a_run_cannot_start(tiny_bundle, tmp_
     result = edge("run", str(tiny_bundle), "--source", str(broken), "--headless", "--jsonl", str(results))
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: cannot open")
     assert results.read_text() == '{"frame": 0}\n'
-    assert edge("run", str(tiny_bundle), "--source", "procedural", "--fps", "0", "--headless", "--max-frames", "4",
-                "--jsonl", str(results)).returncode == 0
+    assert (
+        edge(
+            "run",
+            str(tiny_bundle),
+            "--source",
+            "procedural",
+            "--fps",
+            "0",
+            "--headless",
+            "--max-frames",
+            "4",
+            "--jsonl",
+            str(results),
+        ).returncode
+        == 0
+    )
     assert len(results.read_text().splitlines()) == 4, "a run that starts replaces it"
 
 
@@ -142,8 +197,12 @@ def test_jsonl_of_the_last_run_is_kept_when_a_run_cannot_start(tiny_bundle, tmp_
 def test_sigterm_or_ctrl_c_during_start_up_is_one_line(tiny_bundle, signum):
     """Sent the moment the runtime is being loaded, whatever the machine's load: one line, no traceback."""
     library = library_path().name
-    process = subprocess.Popen([sys.executable, "-m", "edge", "run", str(tiny_bundle), "--source", "procedural",
-                                "--headless"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge", "run", str(tiny_bundle), "--source", "procedural", "--headless"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while library not in Path(f"/proc/{process.pid}/maps").read_text():
         assert process.poll() is None and time.monotonic() < deadline, f"{library} never loaded"
@@ -161,10 +220,15 @@ def test_an_interrupt_during_imports_is_not_swallowed(tmp_path, signum):
     (tmp_path / "swallowing.py").write_text(
         "import os, signal\n"
         f"try:\n    os.kill(os.getpid(), {int(signum)})\n    sum(range(100000))\nexcept:\n    pass\n"
-        "def main():\n    print('main ran')\n")
-    result = subprocess.run([sys.executable, "-c", "from edge.command import run_main; run_main('swallowing')"],
-                            capture_output=True, text=True, timeout=60,
-                            env=os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}"})
+        "def main():\n    print('main ran')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "from edge.command import run_main; run_main('swallowing')"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ | {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.getcwd()}"},
+    )
     assert (result.returncode, result.stdout, result.stderr.strip()) == (130, "", "interrupted")
 
 
@@ -194,8 +258,15 @@ def test_camera_size_covers_the_model_input():
     assert h == 600 and w >= 800
 
 
-@pytest.mark.parametrize("text,address", [("8080", ("127.0.0.1", 8080)), (":0", ("127.0.0.1", 0)),
-                                          ("0.0.0.0:9000", ("0.0.0.0", 9000)), ("[::1]:80", ("::1", 80))])
+@pytest.mark.parametrize(
+    "text,address",
+    [
+        ("8080", ("127.0.0.1", 8080)),
+        (":0", ("127.0.0.1", 0)),
+        ("0.0.0.0:9000", ("0.0.0.0", 9000)),
+        ("[::1]:80", ("::1", 80)),
+    ],
+)
 def test_serve_address_defaults_to_loopback(text, address):
     assert parse_address(text) == address
 
@@ -216,8 +287,9 @@ def bright_red_video(tmp_path_factory, colour_bundle):
     red whichever frame it shows. Dark red ones it may call blue. The margin (red's probability over the next
     label's) was 0.25 or more on the fixture trained with seeds 0 to 4 at 1 and 2 threads; the setup asks for
     0.1, so a fixture that drifts fails here and says so, not in the browser."""
-    video = write_video(tmp_path_factory.mktemp("video") / "bright-red.mp4", frames=60, bgr=(0, 0, 230),
-                        size=(320, 240), level=1.0)
+    video = write_video(
+        tmp_path_factory.mktemp("video") / "bright-red.mp4", frames=60, bgr=(0, 0, 230), size=(320, 240), level=1.0
+    )
     capture, probabilities = cv2.VideoCapture(str(video)), []
     with edge_api.load(colour_bundle) as model:
         while (frame := capture.read())[0]:
@@ -232,9 +304,24 @@ def bright_red_video(tmp_path_factory, colour_bundle):
 @pytest.fixture
 def served(colour_bundle, bright_red_video):
     """The app as a user starts it, serving on a port the OS picks; yields the page's URL."""
-    process = subprocess.Popen([sys.executable, "-m", "edge", "run", str(colour_bundle), "--source", str(bright_red_video),
-                                "--loop", "--headless", "--serve", "127.0.0.1:0"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "edge",
+            "run",
+            str(colour_bundle),
+            "--source",
+            str(bright_red_video),
+            "--loop",
+            "--headless",
+            "--serve",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = iter(process.stderr.readline, "")
         line = next((line for line in lines if line.startswith("serving ")), "")  # after the runtime's own logs
@@ -273,26 +360,28 @@ def test_served_page_renders_stream_and_stats_in_chromium(served, tmp_path):
         assert re.fullmatch(r"[\d.]+ / [\d.]+", browser.find_element("id", "latency").text)
         # Read in one script: the lists are rebuilt with every frame, so elements found earlier go stale.
         top, history = browser.execute_script(
-            "return ['#top li', '#history li'].map(q => [...document.querySelectorAll(q)].map(e => e.textContent))")
+            "return ['#top li', '#history li'].map(q => [...document.querySelectorAll(q)].map(e => e.textContent))"
+        )
         assert len(top) == 3 and top[0].startswith("red ")
         assert history and history[-1].endswith("  red")
         assert re.fullmatch(r"\d+", browser.find_element("id", "threads").text)
         assert re.fullmatch(r"[\d.]+ °C|unknown", browser.find_element("id", "temperature").text)
         viewport = browser.find_element("css selector", "meta[name=viewport]").get_attribute("content")
         assert "width=device-width" in viewport
-        shot = cv2.imdecode(np.frombuffer(browser.find_element("id", "stream").screenshot_as_png, np.uint8),
-                            cv2.IMREAD_COLOR)
+        shot = cv2.imdecode(
+            np.frombuffer(browser.find_element("id", "stream").screenshot_as_png, np.uint8), cv2.IMREAD_COLOR
+        )
         browser.save_screenshot(str(tmp_path / "page.png"))
     finally:
         browser.quit()
     shot = cv2.resize(shot, (320, 240), interpolation=cv2.INTER_AREA)  # device pixels -> the frame's
-    lower, banner = shot[shot.shape[0] // 2:].reshape(-1, 3).mean(0), shot[:10].reshape(-1, 3).mean(0)
+    lower, banner = shot[shot.shape[0] // 2 :].reshape(-1, 3).mean(0), shot[:10].reshape(-1, 3).mean(0)
     assert lower[2] > lower[0] + 50, f"the red video shows (mean BGR {lower})"
     assert banner[2] < lower[2] - 30, f"under a dark overlay banner (mean BGR {banner})"
     left, top_, right, bottom = crop_box_of(served)
     row = shot[(top_ + bottom) // 2, :, 1].astype(int)  # green: the amber box has much, the red video little
-    assert row[left - 2:left + 4].max() > row[left + 20] + 80, f"the crop box's left side at x={left}: {row}"
-    assert row[right - 4:right + 2].max() > row[right - 20] + 80, f"and its right side at x={right}"
+    assert row[left - 2 : left + 4].max() > row[left + 20] + 80, f"the crop box's left side at x={left}: {row}"
+    assert row[right - 4 : right + 2].max() > row[right - 20] + 80, f"and its right side at x={right}"
 
 
 def crop_box_of(url: str) -> list[int]:
@@ -319,14 +408,31 @@ def test_the_crop_box_is_the_region_the_model_sees():
 
 def test_bench_compares_pipeline_with_inference_alone(tiny_bundle, red_video, tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "edge.bench", str(tiny_bundle), "--source", str(red_video),
-                             "--seconds", "3", "--warmup", "1", "--json", str(out)], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edge.bench",
+            str(tiny_bundle),
+            "--source",
+            str(red_video),
+            "--seconds",
+            "3",
+            "--warmup",
+            "1",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
     assert figures["inference_only"]["fps"] > 0 and figures["pipeline"]["frames"] > 30
-    assert figures["pipeline_share"] == pytest.approx(figures["pipeline"]["fps"] / figures["inference_only"]["fps"],
-                                                      rel=1e-3)
+    assert figures["pipeline_share"] == pytest.approx(
+        figures["pipeline"]["fps"] / figures["inference_only"]["fps"], rel=1e-3
+    )
     assert figures["rss"]["peak_mb"] >= figures["rss"]["after_warmup_mb"] > 0
     assert "| whole pipeline |" in result.stdout and figures["capture_only"]["fps"] > 0
 

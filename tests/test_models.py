@@ -1,11 +1,12 @@
 """The MobileNet zoo: shapes, the papers' cost tables, torchvision-format weights, torch.export."""
+
 import pytest
 import torch
 from torch.export import Dim
 
 from training.models import MODELS, WeightsError, create_model
-from training.models.cost import count
 from training.models.blocks import make_divisible
+from training.models.cost import count
 
 # (model, width, resolution) -> (MACs, params) from the papers; None where the paper gives none.
 PAPER = {
@@ -37,8 +38,13 @@ def test_cli_prints_one_json_line():
     import json
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "training.models", "v1", "--width", "0.75", "--resolution", "160"],
-                         capture_output=True, text=True, check=True).stdout
+
+    out = subprocess.run(
+        [sys.executable, "-m", "training.models", "v1", "--width", "0.75", "--resolution", "160"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert json.loads(out) == count("v1", 0.75, 160)
 
 
@@ -60,24 +66,38 @@ def test_make_divisible_rounds_to_eight_without_losing_ten_percent():
 # Key names and shapes as published in torchvision's ImageNet checkpoints.
 TORCHVISION_KEYS = {
     "v2": {
-        "features.0.0.weight": (32, 3, 3, 3), "features.0.1.running_var": (32,),
-        "features.1.conv.0.0.weight": (32, 1, 3, 3), "features.1.conv.1.weight": (16, 32, 1, 1),
-        "features.1.conv.2.weight": (16,), "features.2.conv.0.0.weight": (96, 16, 1, 1),
-        "features.2.conv.1.0.weight": (96, 1, 3, 3), "features.2.conv.2.weight": (24, 96, 1, 1),
-        "features.17.conv.2.weight": (320, 960, 1, 1), "features.18.0.weight": (1280, 320, 1, 1),
-        "classifier.1.weight": (1000, 1280), "classifier.1.bias": (1000,),
+        "features.0.0.weight": (32, 3, 3, 3),
+        "features.0.1.running_var": (32,),
+        "features.1.conv.0.0.weight": (32, 1, 3, 3),
+        "features.1.conv.1.weight": (16, 32, 1, 1),
+        "features.1.conv.2.weight": (16,),
+        "features.2.conv.0.0.weight": (96, 16, 1, 1),
+        "features.2.conv.1.0.weight": (96, 1, 3, 3),
+        "features.2.conv.2.weight": (24, 96, 1, 1),
+        "features.17.conv.2.weight": (320, 960, 1, 1),
+        "features.18.0.weight": (1280, 320, 1, 1),
+        "classifier.1.weight": (1000, 1280),
+        "classifier.1.bias": (1000,),
     },
     "v3_small": {
-        "features.0.0.weight": (16, 3, 3, 3), "features.1.block.0.0.weight": (16, 1, 3, 3),
-        "features.1.block.1.fc1.weight": (8, 16, 1, 1), "features.1.block.1.fc2.bias": (16,),
-        "features.1.block.2.0.weight": (16, 16, 1, 1), "features.2.block.0.0.weight": (72, 16, 1, 1),
-        "features.4.block.2.fc1.weight": (24, 96, 1, 1), "features.12.0.weight": (576, 96, 1, 1),
-        "classifier.0.weight": (1024, 576), "classifier.3.weight": (1000, 1024),
+        "features.0.0.weight": (16, 3, 3, 3),
+        "features.1.block.0.0.weight": (16, 1, 3, 3),
+        "features.1.block.1.fc1.weight": (8, 16, 1, 1),
+        "features.1.block.1.fc2.bias": (16,),
+        "features.1.block.2.0.weight": (16, 16, 1, 1),
+        "features.2.block.0.0.weight": (72, 16, 1, 1),
+        "features.4.block.2.fc1.weight": (24, 96, 1, 1),
+        "features.12.0.weight": (576, 96, 1, 1),
+        "classifier.0.weight": (1024, 576),
+        "classifier.3.weight": (1000, 1024),
     },
     "v3_large": {
-        "features.1.block.0.0.weight": (16, 1, 3, 3), "features.1.block.1.0.weight": (16, 16, 1, 1),
-        "features.4.block.2.fc1.weight": (24, 72, 1, 1), "features.4.block.3.0.weight": (40, 72, 1, 1),
-        "features.16.0.weight": (960, 160, 1, 1), "classifier.0.weight": (1280, 960),
+        "features.1.block.0.0.weight": (16, 1, 3, 3),
+        "features.1.block.1.0.weight": (16, 16, 1, 1),
+        "features.4.block.2.fc1.weight": (24, 72, 1, 1),
+        "features.4.block.3.0.weight": (40, 72, 1, 1),
+        "features.16.0.weight": (960, 160, 1, 1),
+        "classifier.0.weight": (1280, 960),
         "classifier.3.weight": (1000, 1280),
     },
 }

@@ -1,4 +1,5 @@
 """The torch-free native runner: exact golden parity, the app without torch, bad files as one error line."""
+
 import json
 import os
 import subprocess
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_colour_images
 
 import edge.native.build as native_build
 import edge.native.runner as native_runner
-from conftest import write_colour_images
 from edge.bundle import load_bundle
 from edge.native import NativeError, Runner
 
@@ -43,8 +44,9 @@ def bundle(tiny_bundle):
 
 
 def run(args, env=None, cwd=None, timeout=300):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout
+    )
 
 
 def test_golden_logits_are_reproduced_exactly(bundle):
@@ -60,8 +62,24 @@ def test_the_blocker_really_blocks_torch(no_torch_env):
 
 
 def test_edge_run_eval_and_device_tests_without_torch(bundle, no_torch_env, tmp_path):
-    live = run(["-m", "edge", "run", bundle, "--source", "procedural", "--fps", "0", "--headless",
-                "--max-frames", "20", "--jsonl", "-"], env=no_torch_env)
+    live = run(
+        [
+            "-m",
+            "edge",
+            "run",
+            bundle,
+            "--source",
+            "procedural",
+            "--fps",
+            "0",
+            "--headless",
+            "--max-frames",
+            "20",
+            "--jsonl",
+            "-",
+        ],
+        env=no_torch_env,
+    )
     assert live.returncode == 0, live.stderr[-2000:]
     assert len(live.stdout.splitlines()) == 20 and "20 frames" in live.stderr
 
@@ -71,9 +89,24 @@ def test_edge_run_eval_and_device_tests_without_torch(bundle, no_torch_env, tmp_
     assert json.loads(evaluated.stdout)["n"] == 12
 
     report = tmp_path / "device_report.json"
-    device = run(["-m", "pytest", "-c", ROOT / "device_tests" / "pytest.ini", ROOT / "device_tests", "-q",
-                  "--bundle", bundle, "--report", report, "--device-facts", tmp_path / "none.json"],
-                 env=no_torch_env, cwd=tmp_path)
+    device = run(
+        [
+            "-m",
+            "pytest",
+            "-c",
+            ROOT / "device_tests" / "pytest.ini",
+            ROOT / "device_tests",
+            "-q",
+            "--bundle",
+            bundle,
+            "--report",
+            report,
+            "--device-facts",
+            tmp_path / "none.json",
+        ],
+        env=no_torch_env,
+        cwd=tmp_path,
+    )
     assert device.returncode == 0, device.stdout[-3000:]
     figures = json.loads(report.read_text())["figures"]
     assert figures["parity"]["max_abs_logit_diff"] == 0.0 and figures["latency"] and figures["pipeline"]
@@ -86,7 +119,7 @@ def test_runners_with_different_thread_counts_take_turns(bundle):
     script = textwrap.dedent(f"""
         import gc, numpy as np
         from edge.bundle import load_bundle
-        golden = np.load({str(bundle / 'golden.npz')!r})
+        golden = np.load({str(bundle / "golden.npz")!r})
         one, two = load_bundle({str(bundle)!r}, 1), load_bundle({str(bundle)!r}, 2)
         gc.collect()
         clutter = [np.full(1 << 16, i, np.uint8) for i in range(64)]
@@ -147,9 +180,11 @@ def test_build_is_keyed_by_source_and_machine():
 def edge_bench(tmp_path_factory):
     """edge-bench built for this machine, as deploy/runner_package.py builds it for a phone."""
     from deploy.runner_package import compile_command
+
     out = tmp_path_factory.mktemp("edge_bench") / "edge-bench"
-    compile_command(os.environ.get("CXX") or "g++", native_build.executorch_dir() / "include",
-                    native_build.runtime_lib_dir(), out)
+    compile_command(
+        os.environ.get("CXX") or "g++", native_build.executorch_dir() / "include", native_build.runtime_lib_dir(), out
+    )
     return out
 
 
@@ -158,12 +193,25 @@ def bench(edge_bench, *args) -> subprocess.CompletedProcess:
     return subprocess.run([str(edge_bench), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_thread_count(edge_bench, tiny_bundle,
-                                                                                         tmp_path):
+def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_thread_count(
+    edge_bench, tiny_bundle, tmp_path
+):
     golden = np.load(tiny_bundle / "golden.npz")
     golden["inputs"].astype(np.float32).tofile(tmp_path / "in.f32")
-    result = bench(edge_bench, tiny_bundle / "model.pte", "--inputs", tmp_path / "in.f32", "--outputs",
-                   tmp_path / "out.f32", "--threads", "1,2", "--runs", "7", "--warmup", "1")
+    result = bench(
+        edge_bench,
+        tiny_bundle / "model.pte",
+        "--inputs",
+        tmp_path / "in.f32",
+        "--outputs",
+        tmp_path / "out.f32",
+        "--threads",
+        "1,2",
+        "--runs",
+        "7",
+        "--warmup",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     outputs = np.fromfile(tmp_path / "out.f32", np.float32).reshape(len(golden["inputs"]), -1)
@@ -178,21 +226,28 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
     assert not (tmp_path / "out.f32.partial").exists()
 
 
-@pytest.mark.parametrize("args,code,message", [
-    ([], 2, "give the program"),
-    (["{pte}", "--runs", "-1"], 2, "--runs: want a whole number from 1"),
-    (["{pte}", "--threads", "0"], 2, "--threads: want a whole number from 1"),
-    (["{pte}", "--threads", ""], 2, "--threads wants a list"),
-    (["{pte}", "--bogus", "1"], 2, "unknown option --bogus"),
-    (["{missing}"], 1, "cannot read program"),
-    (["{junk}"], 1, "cannot load the program: not an ExecuTorch program"),
-    (["{pte}", "--inputs", "{junk}"], 1, "not a whole number of float32 inputs of [1, 3, 32, 32]"),
-    (["{pte}", "--outputs", "{out}"], 2, "--outputs needs --inputs"),
-])
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        ([], 2, "give the program"),
+        (["{pte}", "--runs", "-1"], 2, "--runs: want a whole number from 1"),
+        (["{pte}", "--threads", "0"], 2, "--threads: want a whole number from 1"),
+        (["{pte}", "--threads", ""], 2, "--threads wants a list"),
+        (["{pte}", "--bogus", "1"], 2, "unknown option --bogus"),
+        (["{missing}"], 1, "cannot read program"),
+        (["{junk}"], 1, "cannot load the program: not an ExecuTorch program"),
+        (["{pte}", "--inputs", "{junk}"], 1, "not a whole number of float32 inputs of [1, 3, 32, 32]"),
+        (["{pte}", "--outputs", "{out}"], 2, "--outputs needs --inputs"),
+    ],
+)
 def test_the_command_says_what_is_wrong_in_one_line(edge_bench, tiny_bundle, tmp_path, args, code, message):
     (tmp_path / "junk").write_bytes(os.urandom(1000))
-    files = {"pte": tiny_bundle / "model.pte", "missing": tmp_path / "missing.pte", "junk": tmp_path / "junk",
-             "out": tmp_path / "out.f32"}
+    files = {
+        "pte": tiny_bundle / "model.pte",
+        "missing": tmp_path / "missing.pte",
+        "junk": tmp_path / "junk",
+        "out": tmp_path / "out.f32",
+    }
     result = bench(edge_bench, *(a.format(**files) for a in args))
     assert result.returncode == code and result.stdout == "", result
     assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1

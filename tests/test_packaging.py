@@ -1,4 +1,5 @@
 """Each extra installs what its code imports, directly or through our other packages."""
+
 import ast
 import importlib.metadata
 import re
@@ -9,8 +10,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = {"edge", "training", "export", "deploy", "device_tests", "sweep"}
-EXTRAS_OF = {"edge": ["edge"], "deploy": ["deploy"], "device_tests": ["edge", "dev"], "training": ["train"],
-             "export": ["export"], "sweep": ["export", "deploy"]}
+EXTRAS_OF = {
+    "edge": ["edge"],
+    "deploy": ["deploy"],
+    "device_tests": ["edge", "dev"],
+    "training": ["train"],
+    "export": ["export"],
+    "sweep": ["export", "deploy"],
+}
 # Imported inside the Picamera2 source only, from apt on Raspberry Pi OS: python3-picamera2 brings
 # python3-libcamera (libcamera's Python bindings are not on PyPI).
 ONLY_ON_A_PI = {"picamera2": "rpi", "libcamera": "rpi"}
@@ -60,13 +67,17 @@ def test_each_extra_installs_what_its_code_imports():
         names = declared(extras)
         for module in sorted(imports(package)):
             if module in ONLY_ON_A_PI:
-                assert ONLY_ON_A_PI[module] in tomllib.loads((ROOT / "pyproject.toml").read_text())[
-                    "project"]["optional-dependencies"]
+                assert (
+                    ONLY_ON_A_PI[module]
+                    in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+                )
                 continue
             providers = {normalise(d) for d in distributions.get(module, [])}
             if not providers & names:
-                missing.append(f"{package} imports {module} ({', '.join(providers) or 'not installed'}), "
-                               f"which {extras} do not install")
+                missing.append(
+                    f"{package} imports {module} ({', '.join(providers) or 'not installed'}), "
+                    f"which {extras} do not install"
+                )
     assert not missing, "\n".join(missing)
 
 
@@ -91,7 +102,9 @@ def imports_of(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             found |= {base} | {f"{base}.{alias.name}" for alias in node.names}
     return {m for m in found if m.split(".")[0] in OURS}
 
@@ -104,7 +117,7 @@ def test_the_tree_has_no_import_cycle():
     def visit(name: str, trail: list[str]) -> None:
         state[name] = "open"
         for other in sorted(graph[name]):
-            assert state.get(other) != "open", f"import cycle: {' -> '.join(trail[trail.index(other):] + [other])}"
+            assert state.get(other) != "open", f"import cycle: {' -> '.join(trail[trail.index(other) :] + [other])}"
             if other not in state:
                 visit(other, trail + [other])
         state[name] = "done"
@@ -116,14 +129,16 @@ def test_the_tree_has_no_import_cycle():
 
 def test_importing_our_packages_changes_no_log_or_warning_filter():
     """The libraries are imported first; then ours, which must leave the filters as they were."""
-    probe = ("import logging, warnings, lightning, torchao, executorch.exir\n"
-             "def filters():\n"
-             "    return (len(warnings.filters), {n: len(l.filters) for n, l in logging.Logger.manager.loggerDict.items()"
-             " if isinstance(l, logging.Logger)})\n"
-             "before = filters()\n"
-             "import training.cli, training.restore, export.cli, sweep.cli, deploy.cli, edge.cli\n"
-             "after = filters()\n"
-             "print(before[0] == after[0] and all(after[1].get(k) == v for k, v in before[1].items()) and "
-             "not any(v for k, v in after[1].items() if k not in before[1]))\n")
+    probe = (
+        "import logging, warnings, lightning, torchao, executorch.exir\n"
+        "def filters():\n"
+        "    return (len(warnings.filters), {n: len(l.filters) for n, l in logging.Logger.manager.loggerDict.items()"
+        " if isinstance(l, logging.Logger)})\n"
+        "before = filters()\n"
+        "import training.cli, training.restore, export.cli, sweep.cli, deploy.cli, edge.cli\n"
+        "after = filters()\n"
+        "print(before[0] == after[0] and all(after[1].get(k) == v for k, v in before[1].items()) and "
+        "not any(v for k, v in after[1].items() if k not in before[1]))\n"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert result.stdout.strip() == "True", result.stderr[-2000:]

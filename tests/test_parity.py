@@ -1,4 +1,5 @@
 """The one parity rule (edge.parity) that export's gate and the device tests both apply."""
+
 import numpy as np
 import pytest
 
@@ -46,13 +47,18 @@ def test_fp32_is_held_closer_and_agreement_below_one_can_be_allowed():
 def test_export_names_rounding_and_the_flag_that_accepts_it_but_not_for_a_wrong_answer():
     """Seen with a PTQ program of a CIFAR-10 model: 88% within tolerance, every changed answer a near-tie."""
     import torch
+
     from export.verify import VerificationError, check_parity
+
     reference = torch.tensor([[3.0, 0.0, 0.0]]).repeat(100, 1)
     tolerance = parity.logit_tolerance(reference.numpy(), "int8")
     strayed = reference.clone()
     strayed[:12, 2] += 0.3  # 12 images beyond the tolerance, every answer kept
-    with pytest.raises(VerificationError, match=r"0\.880 of the inputs agree.*int8 rounding rather than a wrong "
-                                                r"program: if so, --min-agreement 0\.88 accepts it"):
+    with pytest.raises(
+        VerificationError,
+        match=r"0\.880 of the inputs agree.*int8 rounding rather than a wrong "
+        r"program: if so, --min-agreement 0\.88 accepts it",
+    ):
         check_parity(strayed, reference, parity.EXPORT_MIN_AGREEMENT, tolerance)
     assert check_parity(strayed, reference, 0.88, tolerance)["agreement"] == 0.88
     with pytest.raises(VerificationError) as error:  # every logit doubled: answers kept, but no rounding

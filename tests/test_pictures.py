@@ -1,5 +1,6 @@
 """The pictures people look at instead of tables: the bundle's confusion matrix, and the device report's latency
 histograms and pipeline timeline (and the figures behind them)."""
+
 import json
 
 import cv2
@@ -31,9 +32,9 @@ def test_many_classes_show_the_worst_and_leave_the_matrix_out_of_the_json():
     classes = per_class(matrix, tuple(f"class {i}" for i in range(n)))
     assert classes["confusion"] is None
     assert shown_classes(classes) == list(range(PER_CLASS_SHOWN))
-    assert f"the {PER_CLASS_SHOWN} worst of {n}" in markdown({"accuracy": {}, "programs": {},
-                                                               "quantization": {"scheme": "fp32"},
-                                                               "per_class": classes}, None)
+    assert f"the {PER_CLASS_SHOWN} worst of {n}" in markdown(
+        {"accuracy": {}, "programs": {}, "quantization": {"scheme": "fp32"}, "per_class": classes}, None
+    )
     picture = decoded(confusion_png(classes, "many classes"))
     assert picture.shape == (550, 600, 3), "bars only: a 150-class matrix cannot be read"
 
@@ -55,17 +56,24 @@ def test_timeline_points_are_frames_per_second_since_the_last_point():
 
 def device_report(tmp_path, figures: dict):
     path = tmp_path / "device_report.json"
-    path.write_text(json.dumps({"figures": figures, "device": {"model": "test"}, "bundle": {"name": "m"},
-                                "profile": {"name": "local"}}))
+    path.write_text(
+        json.dumps(
+            {"figures": figures, "device": {"model": "test"}, "bundle": {"name": "m"}, "profile": {"name": "local"}}
+        )
+    )
     path.with_suffix(".md").write_text("# report\n")
     return path
 
 
 def test_device_report_picture_and_its_link(tmp_path):
     rng = np.random.default_rng(0)
-    path = device_report(tmp_path, {
-        "latency": {str(t): {"p50": 5.0 / t, "samples_ms": (5.0 / t + rng.random(200)).tolist()} for t in (1, 2)},
-        "pipeline": {"procedural": {"timeline": {"t_s": [1, 2, 3], "fps": [30, 31, 29], "rss_mb": [90, 91, 91]}}}})
+    path = device_report(
+        tmp_path,
+        {
+            "latency": {str(t): {"p50": 5.0 / t, "samples_ms": (5.0 / t + rng.random(200)).tolist()} for t in (1, 2)},
+            "pipeline": {"procedural": {"timeline": {"t_s": [1, 2, 3], "fps": [30, 31, 29], "rss_mb": [90, 91, 91]}}},
+        },
+    )
     for _ in range(2):
         picture = pictures.render(path)
     assert picture == tmp_path / pictures.PICTURE
@@ -74,8 +82,9 @@ def test_device_report_picture_and_its_link(tmp_path):
     assert path.with_suffix(".md").read_text().count(f"]({pictures.PICTURE})") == 1, "linked once, however often drawn"
 
 
-@pytest.mark.parametrize("content", [b"", b"\xff\xfe random", b"[1, 2]", b'{"figures": {"latency": [1]}}',
-                                     b'{"figures": {"latency": {}}}'])
+@pytest.mark.parametrize(
+    "content", [b"", b"\xff\xfe random", b"[1, 2]", b'{"figures": {"latency": [1]}}', b'{"figures": {"latency": {}}}']
+)
 def test_unusable_device_reports_draw_nothing_and_say_why(tmp_path, capsys, content):
     path = tmp_path / "device_report.json"
     path.write_bytes(content)

@@ -1,4 +1,5 @@
 """`python -m edge predict` (every file gets a line) and the Python API (`edge.load(...).predict(...)`)."""
+
 import csv
 import io
 import json
@@ -9,9 +10,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from conftest import fake_meta
 
 import edge
-from conftest import fake_meta
 from edge.bundle import Bundle, read_golden
 from edge.classify import softmax
 from edge.evaluate import every_class_in_turn
@@ -20,8 +21,14 @@ from edge.predict import predict
 
 
 def edge_cli(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env=os.environ | {"PYTHONPATH": os.getcwd()})
+    return subprocess.run(
+        [sys.executable, "-m", "edge", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=os.environ | {"PYTHONPATH": os.getcwd()},
+    )
 
 
 @pytest.fixture
@@ -43,11 +50,26 @@ def model(tiny_bundle):
 
 def test_folders_globs_and_files_expand_in_order_with_none_dropped(mixed):
     folder = mixed / "folder"
-    paths = expand([str(folder / "red"), str(mixed / "empty.png"), str(folder / "blue" / "[01].png"),
-                    str(folder / "**" / "deep.png"), str(mixed / "missing.png"), str(folder / "nothing*.png")]).paths
+    paths = expand(
+        [
+            str(folder / "red"),
+            str(mixed / "empty.png"),
+            str(folder / "blue" / "[01].png"),
+            str(folder / "**" / "deep.png"),
+            str(mixed / "missing.png"),
+            str(folder / "nothing*.png"),
+        ]
+    ).paths
     red = sorted((folder / "red").iterdir())
-    assert paths == [*red, mixed / "empty.png", folder / "blue" / "0.png", folder / "blue" / "1.png",
-                     folder / "green" / "more" / "deep.png", mixed / "missing.png", folder / "nothing*.png"]
+    assert paths == [
+        *red,
+        mixed / "empty.png",
+        folder / "blue" / "0.png",
+        folder / "blue" / "1.png",
+        folder / "green" / "more" / "deep.png",
+        mixed / "missing.png",
+        folder / "nothing*.png",
+    ]
     assert len(expand([str(folder)]).paths) == 3 * 8 + 1 + 1, "a folder gives its images, recursively"
 
 
@@ -58,8 +80,14 @@ def test_every_file_gets_one_line_and_unreadable_ones_say_why(model, mixed):
     results = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["path"] for r in results] == [str(p) for p in expand(args).paths]
     errors = {r["path"]: r["error"] for r in results if "error" in r}
-    assert sorted(errors) == sorted([str(mixed / "folder" / "red" / "corrupt.jpg"), str(mixed / "empty.png"),
-                                     str(mixed / "notes.txt"), str(mixed / "missing.png")])
+    assert sorted(errors) == sorted(
+        [
+            str(mixed / "folder" / "red" / "corrupt.jpg"),
+            str(mixed / "empty.png"),
+            str(mixed / "notes.txt"),
+            str(mixed / "missing.png"),
+        ]
+    )
     assert errors[str(mixed / "missing.png")] == "No such file or directory"
     assert "not an image in a format this app reads" in errors[str(mixed / "notes.txt")]
     for r in results:
@@ -75,7 +103,7 @@ def test_csv_and_table_rows_match_the_api(model, image_folder):
     predict(model, [str(f) for f in files], top_k=3, fmt="csv", out=out)
     rows = list(csv.DictReader(io.StringIO(out.getvalue())))
     assert len(rows) == len(files)
-    for row, path in zip(rows, files):
+    for row, path in zip(rows, files, strict=True):
         expected = model.predict(path, top_k=3)
         assert [(row[f"label_{i}"], float(row[f"score_{i}"])) for i in (1, 2, 3)] == expected
         assert row["path"] == str(path) and row["error"] == ""
@@ -100,7 +128,7 @@ def test_threshold_leaves_out_low_scores():
 def test_the_api_gives_what_the_host_gave_for_the_golden_frames(model, tiny_bundle):
     """golden.npz keeps raw BGR frames and the logits export's own preprocessing and runtime gave for them."""
     golden = read_golden(tiny_bundle)
-    for frame, logits in zip(golden["frames"], golden["frame_logits"]):
+    for frame, logits in zip(golden["frames"], golden["frame_logits"], strict=True):
         assert model.probabilities(frame) == pytest.approx(softmax(logits.astype(np.float64)), abs=1e-5)
 
 
@@ -131,12 +159,15 @@ def test_predict_command_labels_a_folder_and_reports_unreadable_files(tiny_bundl
     assert "first result" in summary
 
 
-@pytest.mark.parametrize("args,message", [
-    (["nothing-here.png"], "error: none of the 1 files could be read as an image"),
-    (["--threshold", "1.5", "x.png"], "argument --threshold: want a number in [0, 1], got '1.5'"),
-    (["--top-k", "0", "x.png"], "argument --top-k: want a whole number >= 1"),
-    (["--csv", "--jsonl", "x.png"], "argument --jsonl: not allowed with argument --csv"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["nothing-here.png"], "error: none of the 1 files could be read as an image"),
+        (["--threshold", "1.5", "x.png"], "argument --threshold: want a number in [0, 1], got '1.5'"),
+        (["--top-k", "0", "x.png"], "argument --top-k: want a whole number >= 1"),
+        (["--csv", "--jsonl", "x.png"], "argument --jsonl: not allowed with argument --csv"),
+    ],
+)
 def test_predict_errors_are_one_line(tiny_bundle, tmp_path, args, message):
     result = edge_cli("predict", str(tiny_bundle), *args, cwd=tmp_path)
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr

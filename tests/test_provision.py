@@ -1,6 +1,7 @@
 """How the runtime reaches a Pi without internet or compiler there: the wheels' platform tags, pip's failures
 in one line, the device's facts, and the choice between the runner built here and the device's own build.
 End to end on the emulated, offline, compiler-less Pi: tests/test_arm.py."""
+
 import json
 import sys
 
@@ -15,8 +16,9 @@ from edge.native.build import library_path
 
 
 def facts(**change) -> DeviceFacts:
-    return DeviceFacts(**{"python": "3.11", "machine": "aarch64", "glibc": "2.36", "glibcxx": "3.4.30",
-                          "compiler": False} | change)
+    return DeviceFacts(
+        **{"python": "3.11", "machine": "aarch64", "glibc": "2.36", "glibcxx": "3.4.30", "compiler": False} | change
+    )
 
 
 def test_wheels_are_asked_for_every_manylinux_the_device_glibc_runs():
@@ -27,11 +29,17 @@ def test_wheels_are_asked_for_every_manylinux_the_device_glibc_runs():
         Platform("aarch64", "2.12", "3.11").tags()
 
 
-@pytest.mark.parametrize("stderr, expected", [
-    ("ERROR: Could not find a version\nERROR: No matching distribution found for numpy>=1.24\n",
-     "no wheel of numpy>=1.24 for Python 3.7 on aarch64 with glibc 2.36"),
-    ("WARNING: Retrying ... Max retries exceeded with url: /simple/numpy/\n", "cannot reach the package index"),
-    ("something else\n", "downloading the device's wheels failed: something else")])
+@pytest.mark.parametrize(
+    "stderr, expected",
+    [
+        (
+            "ERROR: Could not find a version\nERROR: No matching distribution found for numpy>=1.24\n",
+            "no wheel of numpy>=1.24 for Python 3.7 on aarch64 with glibc 2.36",
+        ),
+        ("WARNING: Retrying ... Max retries exceeded with url: /simple/numpy/\n", "cannot reach the package index"),
+        ("something else\n", "downloading the device's wheels failed: something else"),
+    ],
+)
 def test_pip_failures_are_one_line(stderr, expected):
     assert expected in explain(stderr, Platform("aarch64", "2.36", "3.7"))
 

@@ -1,4 +1,5 @@
 """QAT in Lightning, conversion, export to a verified bundle, PTQ, and `edge eval` on the bundle."""
+
 import hashlib
 import json
 import shutil
@@ -8,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import DATA, QUIET, RUNS_ARCH, write_colour_images
+
 from edge.bundle import BundleError, load_bundle, read_meta
-from edge.parity import check as check_parity, logit_tolerance
+from edge.parity import check as check_parity
+from edge.parity import logit_tolerance
 from export.cli import main as export_main
 from training.cli import main as train_main
 from training.qat import QATClassifier, default_freeze_epoch
@@ -34,16 +36,21 @@ def test_qat_graph_keeps_the_float_models_batchnorm_settings_across_mode_switche
         module.train(mode)
         nodes = batchnorm_nodes(module)
         assert nodes and {(n.args[5], n.args[6], n.args[7]) for n in nodes} == {(mode, 0.01, 0.001)}
-    eps_adds = [n for n in module.model.graph.nodes if n.target == torch.ops.aten.add.Tensor
-                and getattr(n.args[0], "op", None) == "get_attr" and n.args[0].target.endswith("running_var")]
+    eps_adds = [
+        n
+        for n in module.model.graph.nodes
+        if n.target == torch.ops.aten.add.Tensor
+        and getattr(n.args[0], "op", None) == "get_attr"
+        and n.args[0].target.endswith("running_var")
+    ]
     assert eps_adds and {n.args[1] for n in eps_adds} == {0.001}
 
 
 def test_convert_matches_fake_quant_and_leaves_the_module_untouched(runs, colour_folder):
     import cv2
 
-    from training.restore import load_module
     from edge.preprocess import InputSpec
+    from training.restore import load_module
     from training.transforms import EvalTransform
 
     module, checkpoint = load_module(str(runs / "qat" / "last.ckpt"))
@@ -82,6 +89,7 @@ def test_qat_eval_mode_is_deterministic_and_train_mode_uses_dropout(from_scratch
 
 def test_each_run_draws_its_curves_and_qat_draws_its_float_run_first(runs):
     import cv2
+
     from training.curves import epoch_means, metrics_of_run
 
     for run, epochs in (("float", 12), ("qat", 2)):
@@ -92,6 +100,7 @@ def test_each_run_draws_its_curves_and_qat_draws_its_float_run_first(runs):
 
     def drawn(run: str, bgr: tuple) -> bool:
         return bool((np.abs(cv2.imread(str(runs / run / "curves.png")).astype(int) - bgr).max(2) < 12).sum() > 50)
+
     assert [drawn("qat", c) for c in third_and_fourth] == [True, True], "QAT's picture has the float run's lines too"
     assert [drawn("float", c) for c in third_and_fourth] == [False, False]
 
@@ -101,17 +110,33 @@ def test_qat_run_freezes_observers_and_bn_and_inherits_float_settings(runs):
     assert checkpoint["hyper_parameters"]["bn_momentum"] == 0.2  # the float run's
     observers = [v for k, v in checkpoint["state_dict"].items() if k.endswith("observer_enabled")]
     assert observers and all(int(v) == 0 for v in observers)
-    module = QATClassifier("v1", num_classes=3, width_mult=0.25, resolution=32,
-                           float_checkpoint=str(runs / "float" / "best.ckpt"))
+    module = QATClassifier(
+        "v1", num_classes=3, width_mult=0.25, resolution=32, float_checkpoint=str(runs / "float" / "best.ckpt")
+    )
     assert {(n.args[6], n.args[7]) for n in batchnorm_nodes(module)} == {(0.2, 1e-5)}
 
 
 def test_qat_from_a_checkpoint_of_another_architecture_is_one_error_line(runs, colour_folder, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "training", "fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml",
-         *DATA, f"--data.source={colour_folder}", "--model.init_args.arch=v2", "--model.init_args.width_mult=0.25",
-         f"--model.init_args.float_checkpoint={runs / 'float' / 'best.ckpt'}",
-         f"--trainer.logger.init_args.save_dir={tmp_path}"], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "fit",
+            "--config",
+            "configs/train.yaml",
+            "--config",
+            "configs/qat.yaml",
+            *DATA,
+            f"--data.source={colour_folder}",
+            "--model.init_args.arch=v2",
+            "--model.init_args.width_mult=0.25",
+            f"--model.init_args.float_checkpoint={runs / 'float' / 'best.ckpt'}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert "has arch='v1' but 'v2' was asked for" in result.stderr.strip().splitlines()[-1]
 
@@ -119,11 +144,24 @@ def test_qat_from_a_checkpoint_of_another_architecture_is_one_error_line(runs, c
 def test_qat_run_resumes_from_its_checkpoint(runs, colour_folder, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(runs / "qat", resumed)
-    train_main(["fit", "--config", "configs/train.yaml", "--config", "configs/qat.yaml", *DATA, *QUIET,
-                f"--data.source={colour_folder}", *RUNS_ARCH, "--trainer.max_epochs=3",
-                f"--model.init_args.float_checkpoint={runs / 'float' / 'best.ckpt'}",
-                f"--ckpt_path={resumed / 'last.ckpt'}",
-                f"--trainer.logger.init_args.save_dir={tmp_path}", f"--checkpoint.dirpath={resumed}"])
+    train_main(
+        [
+            "fit",
+            "--config",
+            "configs/train.yaml",
+            "--config",
+            "configs/qat.yaml",
+            *DATA,
+            *QUIET,
+            f"--data.source={colour_folder}",
+            *RUNS_ARCH,
+            "--trainer.max_epochs=3",
+            f"--model.init_args.float_checkpoint={runs / 'float' / 'best.ckpt'}",
+            f"--ckpt_path={resumed / 'last.ckpt'}",
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            f"--checkpoint.dirpath={resumed}",
+        ]
+    )
     before = torch.load(runs / "qat" / "last.ckpt", weights_only=True)
     after = torch.load(resumed / "last.ckpt", weights_only=True)
     assert after["epoch"] == before["epoch"] + 1 and after["global_step"] > before["global_step"]
@@ -154,9 +192,10 @@ def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
     assert "| vs fp32, pt (95% interval) |" in (bundle / "report.md").read_text()
 
     from executorch.runtime import Runtime
+
     method = Runtime.get().load_program(str(bundle / "model.pte")).load_method("forward")
     golden = np.load(bundle / "golden.npz")
-    for x, expected in zip(golden["inputs"], golden["logits"]):
+    for x, expected in zip(golden["inputs"], golden["logits"], strict=True):
         out = method.execute([torch.from_numpy(x[None])])[0]
         np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-4)
 
@@ -240,6 +279,7 @@ def test_failed_verification_leaves_the_previous_bundle(runs, bundle, tmp_path, 
     """A program whose runtime output disagrees; conversion and lowering (a minute here) are stood in for."""
     import export.cli as export_cli
     from export.lower import Delegation
+
     out = tmp_path / "kept"
     shutil.copytree(bundle, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -260,6 +300,7 @@ def test_a_candidate_failing_parity_is_left_out_and_qat_shipped(runs, bundle, tm
     import export.cli as export_cli
     from export.lower import Delegation
     from export.verify import VerificationError
+
     out = tmp_path / "bundle"
     shutil.copytree(bundle.with_name("bundle-ptq"), tmp_path / "bundle-ptq")
     monkeypatch.setattr(QATClassifier, "convert", lambda module: module)
@@ -322,7 +363,9 @@ def test_edge_eval_errors(bundle, tmp_path):
         load_bundle(tmp_path)
 
 
-@pytest.mark.parametrize("max_epochs,observer_epoch,bn_epoch", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (10, 4, 3), (None, 1 << 30, 1 << 30)])
+@pytest.mark.parametrize(
+    "max_epochs,observer_epoch,bn_epoch", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (10, 4, 3), (None, 1 << 30, 1 << 30)]
+)
 def test_observers_are_never_frozen_before_they_observe(max_epochs, observer_epoch, bn_epoch):
     assert default_freeze_epoch(0.4, max_epochs) == observer_epoch
     assert default_freeze_epoch(0.3, max_epochs) == bn_epoch

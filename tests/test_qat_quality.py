@@ -1,4 +1,5 @@
 """What makes QAT earn its keep: paired intervals, distillation, the PTQ-or-QAT choice, calibrated start."""
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +21,7 @@ def test_paired_interval_matches_the_normal_approximation_of_a_known_case():
     a[:300], b[:300] = True, False
     a[300:400], b[300:400] = False, True
     difference = paired_difference(a, b)
-    half = 1.96 * np.sqrt((0.04 - 0.02 ** 2) / n)
+    half = 1.96 * np.sqrt((0.04 - 0.02**2) / n)
     assert difference.delta == pytest.approx(0.02)
     assert difference.low == pytest.approx(0.02 - half, abs=6e-4)
     assert difference.high == pytest.approx(0.02 + half, abs=6e-4)
@@ -82,11 +83,14 @@ def candidates(schemes: tuple[str, ...], delta: float, low: float, high: float) 
     return {scheme: (f"{scheme} meta", f"{scheme} files", report) for scheme in schemes}
 
 
-@pytest.mark.parametrize("delta,low,high,shipped", [
-    (-0.0064, -0.0116, -0.0009, "ptq-int8"),  # PTQ measurably better: ship it
-    (-0.0036, -0.0092, 0.0019, "qat-int8"),  # no measurable difference: QAT stays
-    (0.0050, 0.0010, 0.0090, "qat-int8"),
-])
+@pytest.mark.parametrize(
+    "delta,low,high,shipped",
+    [
+        (-0.0064, -0.0116, -0.0009, "ptq-int8"),  # PTQ measurably better: ship it
+        (-0.0036, -0.0092, 0.0019, "qat-int8"),  # no measurable difference: QAT stays
+        (0.0050, 0.0010, 0.0090, "qat-int8"),
+    ],
+)
 def test_ptq_is_shipped_only_when_measurably_better(delta, low, high, shipped):
     chosen, why = choose(candidates(("qat-int8", "ptq-int8"), delta, low, high))
     assert chosen == shipped and why.count("\n") == 0
@@ -200,7 +204,7 @@ def test_convert_folds_batchnorm_with_the_models_own_eps(monkeypatch):
             conv.weight.data.mul_(k[:, None, None, None])
             bn.running_mean.mul_(k)
             bn.running_var.fill_(v3_eps)
-            bn.weight.data.fill_(2 ** 0.5)  # gamma / sqrt(var + eps) = 1 / sqrt(eps): unit scale again
+            bn.weight.data.fill_(2**0.5)  # gamma / sqrt(var + eps) = 1 / sqrt(eps): unit scale again
             bn.eps, bn.momentum = v3_eps, 0.01
         return model.eval()
 
@@ -240,6 +244,9 @@ def test_a_program_xnnpack_will_not_load_is_explained_with_its_scales(monkeypatc
         raise NativeError("cannot load method forward: error 0x1 (Init failed for backend XnnpackBackend: 0x1)")
 
     monkeypatch.setattr(export.cli, "load_program", refuse)
-    with pytest.raises(VerificationError, match=r"would not load the ptq-int8 program .*Init failed.*scales span "
-                                                r"[0-9.e-]+ to [0-9.e-]+\. .*Train longer"):
+    with pytest.raises(
+        VerificationError,
+        match=r"would not load the ptq-int8 program .*Init failed.*scales span "
+        r"[0-9.e-]+ to [0-9.e-]+\. .*Train longer",
+    ):
         export.cli.lower(model, "ptq-int8", 32)

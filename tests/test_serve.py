@@ -1,4 +1,5 @@
 """The served page under rude clients: HEAD, idle connections, a full house, connection resets."""
+
 import http.client
 import json
 import socket

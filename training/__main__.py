@@ -1,4 +1,5 @@
 """python -m training: see training/cli.py."""
+
 from edge.command import run_main
 from training.quiet import silence_known_noise
 

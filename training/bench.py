@@ -5,6 +5,7 @@
 One training step is forward, cross-entropy, backward and an SGD update on a
 random batch, so data loading is excluded: this is the model's cost.
 """
+
 import argparse
 import json
 import platform
@@ -50,12 +51,19 @@ def main() -> None:
     results = {f"{m}@{r}": throughput(m, r, args.batch_size, args.seconds) for m, r in tqdm(cells, desc="bench-train")}
     header = "| model | " + " | ".join(f"{r} px" for r in args.resolutions) + " |"
     lines = [header, "|---" * (len(args.resolutions) + 1) + "|"] + [
-        f"| {m} | " + " | ".join(f"{results[f'{m}@{r}']:.0f}" for r in args.resolutions) + " |" for m in args.models]
-    print(f"training images/s, batch {args.batch_size}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+        f"| {m} | " + " | ".join(f"{results[f'{m}@{r}']:.0f}" for r in args.resolutions) + " |" for m in args.models
+    ]
+    print(
+        f"training images/s, batch {args.batch_size}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}"
+    )
     print("\n".join(lines))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"batch_size": args.batch_size, "threads": torch.get_num_threads(),
-                                    "images_per_s": results}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {"batch_size": args.batch_size, "threads": torch.get_num_threads(), "images_per_s": results}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """LightningCLI entry point: ``python -m training fit --config configs/train.yaml ...``."""
+
 import argparse
 import re
 import sys
 from pathlib import Path
 
-from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from jsonargparse import DefaultHelpFormatter
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
@@ -27,13 +28,21 @@ class OneLineSummary(ModelSummary):
     """
 
     @staticmethod
-    def summarize(summary_data, total_parameters: int, trainable_parameters: int, model_size: float,
-                  total_training_modes: dict, total_flops: int, **kwargs) -> None:
+    def summarize(
+        summary_data,
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict,
+        total_flops: int,
+        **kwargs,
+    ) -> None:
         columns = dict(summary_data)
         rank_zero_info(
             f"model: {columns['Type'][0]}, {get_human_readable_count(total_parameters)} parameters "
             f"({get_human_readable_count(trainable_parameters)} trainable, {model_size:.1f} MB), "
-            f"{get_human_readable_count(total_flops)} FLOPs on an input of {columns['In sizes'][0]}")
+            f"{get_human_readable_count(total_flops)} FLOPs on an input of {columns['In sizes'][0]}"
+        )
 
 
 class TrainingCLI(LightningCLI):
@@ -50,11 +59,16 @@ class TrainingCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.link_arguments("checkpoint.dirpath", "last_checkpoint.dirpath")
-        parser.set_defaults({
-            "checkpoint.monitor": "val/top1", "checkpoint.mode": "max", "checkpoint.filename": "best",
-            "checkpoint.enable_version_counter": False,
-            "last_checkpoint.filename": "last", "last_checkpoint.enable_version_counter": False,
-        })
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/top1",
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.enable_version_counter": False,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
+            }
+        )
 
     def parse_arguments(self, parser, args) -> None:
         """A missing or unreadable --ckpt_path is one line, before Lightning loads it with a traceback."""
@@ -89,8 +103,9 @@ def check_output_dirs(config) -> None:
         except (AttributeError, KeyError, TypeError):  # no logger, or a list of them
             continue
         if value and (where := blocking_file(Path(str(value)))):
-            raise OutputError(f"--{key}={value}: {where} exists and is not a directory; move it away or give "
-                              "another RUN=")
+            raise OutputError(
+                f"--{key}={value}: {where} exists and is not a directory; move it away or give another RUN="
+            )
 
 
 USER_ERRORS = (CheckpointError, DataError, WeightsError, OutputError)
@@ -119,11 +134,16 @@ def argument_error(error: argparse.ArgumentError) -> str:
     return f"--{path}: {reason}"
 
 
-EXAMPLES = "examples:\n" + "\n".join(f"  python -m training fit --config configs/train.yaml {example}" for example in (
-    "--config configs/model/v3_small.yaml --config configs/data/procedural.yaml",
-    "--config configs/model/v2.yaml --config configs/data/folder.yaml --data.source=data/train --trainer.max_epochs=20",
-    "--config configs/qat.yaml --config configs/data/procedural.yaml "
-    "--model.init_args.float_checkpoint=runs/v3_small/checkpoints/best.ckpt"))
+EXAMPLES = "examples:\n" + "\n".join(
+    f"  python -m training fit --config configs/train.yaml {example}"
+    for example in (
+        "--config configs/model/v3_small.yaml --config configs/data/procedural.yaml",
+        "--config configs/model/v2.yaml --config configs/data/folder.yaml --data.source=data/train "
+        "--trainer.max_epochs=20",
+        "--config configs/qat.yaml --config configs/data/procedural.yaml "
+        "--model.init_args.float_checkpoint=runs/v3_small/checkpoints/best.ckpt",
+    )
+)
 
 
 class ExamplesHelp(DefaultHelpFormatter):
@@ -135,21 +155,30 @@ class ExamplesHelp(DefaultHelpFormatter):
         return super()._fill_text(text, width, indent)
 
 
-HELP = {"formatter_class": ExamplesHelp, "epilog": EXAMPLES,
-        "description": "Train a MobileNet (float or QAT) with Lightning: the YAML in configs/ sets the recipe and "
-                       "any key can be given as a flag. `python -m training fit --help` lists every flag with its "
-                       "default.",
-        "fit": {"formatter_class": ExamplesHelp, "epilog": EXAMPLES,
-                "description": "Train: float, or QAT with configs/qat.yaml. Each flag shows its type and default; "
-                               "--model.help CLASS lists a model's own."}}
+HELP = {
+    "formatter_class": ExamplesHelp,
+    "epilog": EXAMPLES,
+    "description": "Train a MobileNet (float or QAT) with Lightning: the YAML in configs/ sets the recipe and "
+    "any key can be given as a flag. `python -m training fit --help` lists every flag with its "
+    "default.",
+    "fit": {
+        "formatter_class": ExamplesHelp,
+        "epilog": EXAMPLES,
+        "description": "Train: float, or QAT with configs/qat.yaml. Each flag shows its type and default; "
+        "--model.help CLASS lists a model's own.",
+    },
+}
 
 
 def main(args: list[str] | None = None) -> None:
     try:
         TrainingCLI(
-            ImageClassifier, ImageDataModule, subclass_mode_model=True,
+            ImageClassifier,
+            ImageDataModule,
+            subclass_mode_model=True,
             trainer_defaults={"callbacks": [OneLineSummary(), CurvesPicture()]},
-            save_config_kwargs={"overwrite": True}, args=args,
+            save_config_kwargs={"overwrite": True},
+            args=args,
             parser_kwargs={"prog": "python -m training", "exit_on_error": False, **HELP},
         )
     except argparse.ArgumentError as e:

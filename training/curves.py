@@ -1,5 +1,6 @@
 """Training curves (loss and top-1 per epoch) from the CSV logs: a QAT run is drawn after the float run it
 started from, so one picture shows whether QAT kept, lost or regained the float model's accuracy."""
+
 import csv
 from collections import defaultdict
 from pathlib import Path
@@ -23,22 +24,24 @@ def epoch_means(metrics_csv: Path) -> dict[str, dict[int, float]]:
             for name, value in row.items():
                 if name != "epoch" and value not in ("", None):
                     sums[name][int(row["epoch"])].append(float(value))
-    return {name: {epoch: sum(v) / len(v) for epoch, v in sorted(by_epoch.items())}
-            for name, by_epoch in sums.items()}
+    return {name: {epoch: sum(v) / len(v) for epoch, v in sorted(by_epoch.items())} for name, by_epoch in sums.items()}
 
 
 def metrics_of_run(checkpoint: str | Path) -> Path | None:
     """The newest metrics.csv of the run that wrote ``checkpoint``: RUN/version_N/ beside RUN/checkpoints/
     (make's layout), or beside the checkpoint itself."""
     folder = Path(checkpoint).resolve().parent
-    logs = sorted([*folder.parent.glob("version_*/metrics.csv"), *folder.glob("version_*/metrics.csv")],
-                  key=lambda p: p.stat().st_mtime)
+    logs = sorted(
+        [*folder.parent.glob("version_*/metrics.csv"), *folder.glob("version_*/metrics.csv")],
+        key=lambda p: p.stat().st_mtime,
+    )
     return logs[-1] if logs else None
 
 
 def plot_curves(phases: list[tuple[str, Path]], out: Path) -> Path:
     """One figure, a panel per quantity; ``phases`` (name, metrics.csv) follow each other along the epochs."""
     import matplotlib
+
     matplotlib.use("Agg")  # files only: no display needed, none opened
     import matplotlib.pyplot as plt
 
@@ -47,16 +50,22 @@ def plot_curves(phases: list[tuple[str, Path]], out: Path) -> Path:
     for phase, path in phases:
         means = epoch_means(path)
         epochs = max((max(v) for v in means.values() if v), default=-1) + 1
-        for ax, (_, keys) in zip(axes, PANELS):
-            for key, style in zip(keys, (".-", "o-")):  # markers: a one-epoch phase is a point, not nothing
+        for ax, (_, keys) in zip(axes, PANELS, strict=True):
+            # Markers: a one-epoch phase is a point, not nothing.
+            for key, style in zip(keys, (".-", "o-"), strict=False):
                 series = means.get(key, {})
-                ax.plot([offset + e + 1 for e in series], list(series.values()), style, markersize=3,
-                        label=f"{phase} {key.split('/')[0]}")
+                ax.plot(
+                    [offset + e + 1 for e in series],
+                    list(series.values()),
+                    style,
+                    markersize=3,
+                    label=f"{phase} {key.split('/')[0]}",
+                )
         if offset:
             for ax in axes:
                 ax.axvline(offset + 0.5, color="grey", linestyle=":")
         offset += epochs
-    for ax, (title, _) in zip(axes, PANELS):
+    for ax, (title, _) in zip(axes, PANELS, strict=True):
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

@@ -5,6 +5,7 @@
 out as ``root/<class>/*.jpg`` (with ``train/`` and ``val/``/``test/`` under it, or
 split here deterministically by ``seed``).
 """
+
 import copy
 import hashlib
 import logging
@@ -89,8 +90,12 @@ class ArrayImages(Dataset):
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """CIFAR-10 ships pickles; allow only the numpy types they contain, nothing executable."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -103,10 +108,15 @@ def download(url: str, dest: Path, md5: str) -> None:
     digest = hashlib.md5()
     with atomic_path(dest) as tmp, open(tmp, "wb") as out:
         try:
-            with urllib.request.urlopen(url, timeout=30) as response, tqdm(
-                total=int(response.headers.get("Content-Length") or 0) or None, unit="B", unit_scale=True,
-                desc=f"downloading {dest.name}",
-            ) as bar:
+            with (
+                urllib.request.urlopen(url, timeout=30) as response,
+                tqdm(
+                    total=int(response.headers.get("Content-Length") or 0) or None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"downloading {dest.name}",
+                ) as bar,
+            ):
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
@@ -114,7 +124,8 @@ def download(url: str, dest: Path, md5: str) -> None:
         except (urllib.error.URLError, OSError) as e:
             raise DataError(
                 f"cannot download CIFAR-10 from {url} ({e}); offline? use DATA=<ImageFolder dir> "
-                "(root/<class>/*.jpg) or leave DATA empty for the built-in procedural dataset") from None
+                "(root/<class>/*.jpg) or leave DATA empty for the built-in procedural dataset"
+            ) from None
         if digest.hexdigest() != md5:
             raise DataError(f"{url} downloaded with MD5 {digest.hexdigest()}, expected {md5}; try again")
 
@@ -228,7 +239,9 @@ class ImageDataModule(L.LightningDataModule):
         eval_tf = EvalTransform(self.input_spec)
         if self.hparams.source == "procedural":
             size = max(96, self.input_spec.resize)
-            self.train_set = ProceduralShapes(self.hparams.procedural_train_size, self.hparams.seed, "train", size, train_tf)
+            self.train_set = ProceduralShapes(
+                self.hparams.procedural_train_size, self.hparams.seed, "train", size, train_tf
+            )
             self.val_set = ProceduralShapes(self.hparams.procedural_val_size, self.hparams.seed, "val", size, eval_tf)
         elif self.hparams.source == "cifar10":
             arrays = load_cifar10(Path(self.hparams.cache_dir).expanduser() / "cifar10")
@@ -243,8 +256,10 @@ class ImageDataModule(L.LightningDataModule):
                 order = np.random.default_rng(self.hparams.seed).permutation(len(train))
                 n_val = self.hparams.val_size or max(1, int(len(train) * self.hparams.val_fraction))
                 if n_val >= len(train):
-                    raise DataError(f"--data.val_size={n_val} leaves no training images of the {len(train)} "
-                                    f"under {train_dir}; hold out fewer")
+                    raise DataError(
+                        f"--data.val_size={n_val} leaves no training images of the {len(train)} "
+                        f"under {train_dir}; hold out fewer"
+                    )
                 val = [train[i] for i in sorted(order[:n_val])]
                 train = [train[i] for i in sorted(order[n_val:])]
             else:
@@ -253,8 +268,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool, generator: torch.Generator) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, drop_last=shuffle,
-            num_workers=self.hparams.num_workers, generator=generator,
+            dataset,
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle,
+            num_workers=self.hparams.num_workers,
+            generator=generator,
             persistent_workers=False,  # fresh workers each epoch, seeded from the saved generator
         )
 

@@ -5,6 +5,7 @@ frame) drifting slowly, with fresh sensor-like noise on every frame.
 
     python -m training.demo_video artifacts/demo.mp4 --seconds 20
 """
+
 import argparse
 from pathlib import Path
 
@@ -26,8 +27,9 @@ def scene(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.copyMakeBorder(square, 0, 0, pad, w - h - pad, cv2.BORDER_REPLICATE)
 
 
-def write_video(path: Path, seconds: float = 20, fps: int = 30, size: tuple[int, int] = (640, 480),
-                seed: int = 0) -> list[str]:
+def write_video(
+    path: Path, seconds: float = 20, fps: int = 30, size: tuple[int, int] = (640, 480), seed: int = 0
+) -> list[str]:
     """Writes ``path`` (MPEG-4, via a temp file); returns the label shown in each second."""
     shapes = ProceduralShapes(int(seconds) + 1, seed, "val", image_size=96)
     rng = np.random.default_rng(seed)

@@ -1,4 +1,5 @@
 """The LightningModule for float classification training."""
+
 from typing import Literal
 
 import lightning as L
@@ -113,8 +114,13 @@ class ImageClassifier(L.LightningModule):
         total = max(1, self.trainer.estimated_stepping_batches)
         warmup = min(total - 1, int(hp.warmup_epochs * total / max(1, self.trainer.max_epochs)))
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warmup)
-        scheduler = cosine if warmup <= 0 else torch.optim.lr_scheduler.SequentialLR(
-            optimizer, [torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, warmup), cosine], [warmup])
+        scheduler = (
+            cosine
+            if warmup <= 0
+            else torch.optim.lr_scheduler.SequentialLR(
+                optimizer, [torch.optim.lr_scheduler.LinearLR(optimizer, 0.01, 1.0, warmup), cosine], [warmup]
+            )
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -4,6 +4,7 @@ It needs no download, so the main command works offline on a fresh machine,
 and it is hard enough (colour, size, position, rotation, background, noise and
 clutter all vary) that accuracy numbers mean something.
 """
+
 import math
 
 import cv2
@@ -30,8 +31,22 @@ def _outline(shape: str, cx: float, cy: float, r: float, angle: float) -> list[n
         return [_polygon(cx, cy, [r, 0.45 * r] * 5, angle)]
     if shape == "cross":
         arm = 0.35 * r
-        pts = np.array([(-arm, -r), (arm, -r), (arm, -arm), (r, -arm), (r, arm), (arm, arm),
-                        (arm, r), (-arm, r), (-arm, arm), (-r, arm), (-r, -arm), (-arm, -arm)])
+        pts = np.array(
+            [
+                (-arm, -r),
+                (arm, -r),
+                (arm, -arm),
+                (r, -arm),
+                (r, arm),
+                (arm, arm),
+                (arm, r),
+                (-arm, r),
+                (-arm, arm),
+                (-r, arm),
+                (-r, -arm),
+                (-arm, -arm),
+            ]
+        )
         rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         return [pts @ rot.T + (cx, cy)]
     circle = _polygon(cx, cy, [r] * 48, 0)
@@ -60,8 +75,14 @@ def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
     image = np.clip(base + ramp * tint, 0, 255).astype(np.uint8) * np.ones((size, size, 1), np.uint8)
     for _ in range(rng.integers(0, 4)):
         p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
-        cv2.line(image, tuple(map(int, p1)), tuple(map(int, p2)), tuple(map(int, rng.integers(0, 256, 3))),
-                 int(rng.integers(1, 3)), cv2.LINE_AA)
+        cv2.line(
+            image,
+            tuple(map(int, p1)),
+            tuple(map(int, p2)),
+            tuple(map(int, rng.integers(0, 256, 3))),
+            int(rng.integers(1, 3)),
+            cv2.LINE_AA,
+        )
     r = size * rng.uniform(0.18, 0.42)
     cx, cy = rng.uniform(r, size - r, 2)
     contours = _outline(CLASSES[label], cx, cy, r, rng.uniform(0, 2 * math.pi))

@@ -15,12 +15,17 @@ eps=1e-5 too (see :meth:`QATClassifier.convert`); and the exported graph ignores
 switches to ``move_exported_model_to_train/eval``. For every model, the quantizer's fused weight
 fake-quant trains on other scales than ``convert_pt2e`` quantizes with (see :func:`quantization_config`).
 """
+
 import copy
 from dataclasses import replace
 from functools import partial, reduce
 
 import torch
 import torch.nn.functional as F
+from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+    XNNPACKQuantizer,
+    get_symmetric_quantization_config,
+)
 from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
@@ -37,10 +42,6 @@ from torchao.quantization.pt2e import (
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 from torchao.quantization.pt2e.quantizer import QuantizationConfig
-from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-    XNNPACKQuantizer,
-    get_symmetric_quantization_config,
-)
 
 from .checkpoint import check_architecture, read_checkpoint
 from .module import Arch, ImageClassifier
@@ -93,8 +94,12 @@ def set_batchnorm_args(graph: torch.fx.GraphModule, eps: float, momentum: float,
             if frozen:
                 args[5] = False
             node.args = tuple(args)
-        elif (node.target == torch.ops.aten.add.Tensor and isinstance(node.args[1], float)
-              and getattr(node.args[0], "op", None) == "get_attr" and node.args[0].target.endswith("running_var")):
+        elif (
+            node.target == torch.ops.aten.add.Tensor
+            and isinstance(node.args[1], float)
+            and getattr(node.args[0], "op", None) == "get_attr"
+            and node.args[0].target.endswith("running_var")
+        ):
             node.args = (node.args[0], eps)  # running_std = sqrt(var + eps) in the fused conv-BN scale
     graph.recompile()
 
@@ -133,10 +138,18 @@ def calibrate(graph: torch.fx.GraphModule, loader, device: torch.device | str = 
     observers off. Returns the number of images seen.
     """
     spec = quantization_config(qat=False).input_activation
-    make_observer = partial(spec.observer_or_fake_quant_ctr, dtype=spec.dtype, quant_min=spec.quant_min,
-                            quant_max=spec.quant_max, qscheme=spec.qscheme)
-    observers = {m: make_observer().to(device) for m in graph.modules()
-                 if isinstance(m, FakeQuantizeBase) and not m.is_per_channel}
+    make_observer = partial(
+        spec.observer_or_fake_quant_ctr,
+        dtype=spec.dtype,
+        quant_min=spec.quant_min,
+        quant_max=spec.quant_max,
+        qscheme=spec.qscheme,
+    )
+    observers = {
+        m: make_observer().to(device)
+        for m in graph.modules()
+        if isinstance(m, FakeQuantizeBase) and not m.is_per_channel
+    }
     hooks = [quantizer.register_forward_pre_hook(lambda q, args: observers[q](args[0])) for quantizer in observers]
     graph.apply(disable_fake_quant)
     graph.apply(disable_observer)
@@ -162,8 +175,15 @@ def calibrate(graph: torch.fx.GraphModule, loader, device: torch.device | str = 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al.'s KL(teacher || student) on temperature-softened logits, scaled by T^2 so its
     gradients keep their size whatever T; ``teacher`` is treated as a constant."""
-    return F.kl_div(F.log_softmax(student / temperature, 1), F.log_softmax(teacher.detach() / temperature, 1),
-                    log_target=True, reduction="batchmean") * temperature ** 2
+    return (
+        F.kl_div(
+            F.log_softmax(student / temperature, 1),
+            F.log_softmax(teacher.detach() / temperature, 1),
+            log_target=True,
+            reduction="batchmean",
+        )
+        * temperature**2
+    )
 
 
 def default_freeze_epoch(fraction: float, max_epochs: int | None) -> int:
@@ -222,8 +242,14 @@ class QATClassifier(ImageClassifier):
             check_architecture(checkpoint, float_checkpoint, arch=arch, width_mult=width_mult, num_classes=num_classes)
             if bn_momentum is None:  # keep what the float run trained with
                 bn_momentum = checkpoint["hyper_parameters"].get("bn_momentum")
-        super().__init__(arch=arch, num_classes=num_classes, width_mult=width_mult, resolution=resolution,
-                         bn_momentum=bn_momentum, **kwargs)
+        super().__init__(
+            arch=arch,
+            num_classes=num_classes,
+            width_mult=width_mult,
+            resolution=resolution,
+            bn_momentum=bn_momentum,
+            **kwargs,
+        )
         self.hparams.bn_momentum = bn_momentum  # LightningCLI records the config's value, not the inherited one
         if checkpoint is not None:
             self.model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
@@ -248,7 +274,8 @@ class QATClassifier(ImageClassifier):
         frozen = fitting and self.current_epoch >= self._freeze_epoch(self.hparams.freeze_bn_epoch, 0.3)
         set_batchnorm_args(self.model, self._bn_eps, self._bn_momentum, frozen)
         observing = training and not (
-            fitting and self.current_epoch >= self._freeze_epoch(self.hparams.freeze_observer_epoch, 0.4))
+            fitting and self.current_epoch >= self._freeze_epoch(self.hparams.freeze_observer_epoch, 0.4)
+        )
         self.model.apply(enable_observer if observing else disable_observer)
 
     def train(self, mode: bool = True) -> "QATClassifier":

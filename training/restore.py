@@ -1,5 +1,6 @@
 """A checkpoint back as the LightningModule that wrote it: above ``module`` and ``qat``, which import
 ``checkpoint`` (a leaf), so the tree has no import cycle."""
+
 from pathlib import Path
 
 from .checkpoint import CheckpointError, read_checkpoint

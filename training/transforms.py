@@ -6,6 +6,7 @@ is what the bundle's ``model.json`` carries to the device; its crop is the edge 
 Randomness comes from torch's RNG so DataLoader worker seeding and checkpoint
 RNG restore make augmentation reproducible.
 """
+
 import math
 
 import numpy as np
@@ -33,8 +34,11 @@ class TrainTransform:
     """Random-resized crop (scale and aspect jitter) and horizontal flip, as in the MobileNet papers."""
 
     def __init__(
-        self, spec: InputSpec, scale: tuple[float, float] = (0.25, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: bool = True,
+        self,
+        spec: InputSpec,
+        scale: tuple[float, float] = (0.25, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
     ) -> None:
         self.spec, self.scale, self.log_ratio, self.hflip = spec, scale, (math.log(ratio[0]), math.log(ratio[1])), hflip
 
@@ -51,7 +55,7 @@ class TrainTransform:
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
         top, left, ch, cw = self.crop_box(*image.shape[:2])
-        image = resize(image[top:top + ch, left:left + cw], self.spec.size, self.spec.size)
+        image = resize(image[top : top + ch, left : left + cw], self.spec.size, self.spec.size)
         if self.hflip and torch.rand(1).item() < 0.5:
             image = image[:, ::-1]
         return to_tensor(image, self.spec.mean, self.spec.std)

@@ -1,4 +1,5 @@
 """python -m edge.native [--force]: build the native runner for this machine and Python environment."""
+
 import argparse
 import sys
 

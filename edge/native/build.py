@@ -8,6 +8,7 @@ keyed by the source's hash and the CPU architecture, so a stale or foreign build
 Nothing here imports torch or the executorch Python package: the wheel's files are found through
 its installed metadata.
 """
+
 import hashlib
 import os
 import platform
@@ -34,17 +35,20 @@ def executorch_dir() -> Path:
     try:
         dist = distribution("executorch")
     except PackageNotFoundError:
-        raise NativeError("the ExecuTorch runtime is not installed: "
-                          "pip install --no-deps executorch (the version in pyproject.toml)") from None
-    return Path(dist.locate_file("executorch"))
+        raise NativeError(
+            "the ExecuTorch runtime is not installed: pip install --no-deps executorch (the version in pyproject.toml)"
+        ) from None
+    return Path(str(dist.locate_file("executorch")))
 
 
 def runtime_lib_dir() -> Path:
     lib = executorch_dir() / "lib"
     missing = [name for name in LIBRARIES if not (lib / f"lib{name}.so").is_file()]
     if missing:
-        raise NativeError(f"the ExecuTorch runtime libraries are missing from {lib} ({', '.join(missing)}): "
-                          "reinstall with pip install --force-reinstall --no-deps executorch")
+        raise NativeError(
+            f"the ExecuTorch runtime libraries are missing from {lib} ({', '.join(missing)}): "
+            "reinstall with pip install --force-reinstall --no-deps executorch"
+        )
     return lib
 
 
@@ -77,11 +81,18 @@ def origins() -> dict[str, str | None]:
 def compile_flags(include: Path) -> list[str]:
     """The flags every build of the runner uses, this machine's library and the cross-built command alike."""
     if not (include / "executorch" / "runtime" / "executor" / "program.h").is_file():
-        raise NativeError(f"the ExecuTorch headers are missing from {include}: "
-                          "reinstall with pip install --force-reinstall --no-deps executorch")
+        raise NativeError(
+            f"the ExecuTorch headers are missing from {include}: "
+            "reinstall with pip install --force-reinstall --no-deps executorch"
+        )
     # C10_USING_CUSTOM_GENERATED_MACROS: the wheel lacks the generated cmake_macros.h, which this replaces.
-    return ["-std=c++17", "-O2", "-DC10_USING_CUSTOM_GENERATED_MACROS", f"-I{include}",
-            f"-I{include}/executorch/runtime/core/portable_type/c10"]
+    return [
+        "-std=c++17",
+        "-O2",
+        "-DC10_USING_CUSTOM_GENERATED_MACROS",
+        f"-I{include}",
+        f"-I{include}/executorch/runtime/core/portable_type/c10",
+    ]
 
 
 def link_flags(lib: Path) -> list[str]:
@@ -95,10 +106,21 @@ def compile_command(out: Path) -> list[str]:
         raise NativeError(f"CXX={os.environ['CXX']} is not a compiler found on this machine: fix or unset CXX")
     compiler = shutil.which(os.environ.get("CXX") or "c++") or shutil.which("g++")
     if not compiler:
-        raise NativeError("no C++ compiler found to build the native runner: install one "
-                          "(Debian/Raspberry Pi OS: sudo apt install g++), or set CXX=")
-    return [compiler, *flags, "-fPIC", "-shared", str(SOURCE), "-o", str(out), *link_flags(lib),
-            f"-Wl,-rpath,{lib.resolve()}"]
+        raise NativeError(
+            "no C++ compiler found to build the native runner: install one "
+            "(Debian/Raspberry Pi OS: sudo apt install g++), or set CXX="
+        )
+    return [
+        compiler,
+        *flags,
+        "-fPIC",
+        "-shared",
+        str(SOURCE),
+        "-o",
+        str(out),
+        *link_flags(lib),
+        f"-Wl,-rpath,{lib.resolve()}",
+    ]
 
 
 def build(force: bool = False) -> Path:

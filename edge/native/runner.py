@@ -3,6 +3,7 @@
 ctypes releases the GIL for each call, so other Python threads (capture, the web server) keep
 running while a frame is inferred; the C++ side serialises what the shared thread pool requires.
 """
+
 import ctypes
 import platform
 import threading
@@ -27,8 +28,10 @@ def check_elf(path: Path) -> None:
     built_for = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
     here = {"arm64": "aarch64"}.get(platform.machine(), platform.machine())
     if here in ELF_MACHINES.values() and ELF_MACHINES.get(built_for) != here:
-        raise NativeError(f"{path} is built for {ELF_MACHINES.get(built_for, f'ELF machine {built_for}')}, not "
-                          f"{here}: rebuild it here with python -m edge.native --force")
+        raise NativeError(
+            f"{path} is built for {ELF_MACHINES.get(built_for, f'ELF machine {built_for}')}, not "
+            f"{here}: rebuild it here with python -m edge.native --force"
+        )
 
 
 @cache
@@ -36,21 +39,34 @@ def library() -> ctypes.CDLL:
     """The runner for this environment and source, loaded once per process."""
     path = library_path()
     if not path.is_file():
-        raise NativeError("the native runner is not built for this Python environment: "
-                          "run `make setup` (or python -m edge.native)")
+        raise NativeError(
+            "the native runner is not built for this Python environment: run `make setup` (or python -m edge.native)"
+        )
     runtime_lib_dir()  # a clear line when the wheel's libraries went missing since the build
     check_elf(path)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
-        raise NativeError(f"cannot load the native runner {path}: {e}; "
-                          "rebuild it with python -m edge.native --force") from None
+        raise NativeError(
+            f"cannot load the native runner {path}: {e}; rebuild it with python -m edge.native --force"
+        ) from None
     error = (ctypes.c_char_p, ctypes.c_size_t)
-    lib.edge_runner_open.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint32,
-                                     ctypes.POINTER(ctypes.c_void_p), *error)
+    lib.edge_runner_open.argtypes = (
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_uint32,
+        ctypes.POINTER(ctypes.c_void_p),
+        *error,
+    )
     lib.edge_runner_shape.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int)
-    lib.edge_runner_run.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p,
-                                    ctypes.c_size_t, *error)
+    lib.edge_runner_run.argtypes = (
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        *error,
+    )
     lib.edge_runner_pool_threads.restype = ctypes.c_uint32
     lib.edge_runner_close.argtypes = (ctypes.c_void_p,)
     lib.edge_runner_close.restype = None

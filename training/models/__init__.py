@@ -1,4 +1,5 @@
 """The MobileNet zoo: ``create_model(name, ...)`` for ``v1``, ``v2``, ``v3_small``, ``v3_large``."""
+
 from functools import partial
 from pathlib import Path
 
@@ -62,7 +63,8 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise WeightsError(
             f"{path} does not fit {type(model).__name__} at this width: "
             f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong_shape)} mis-shaped keys "
-            f"(first: {(missing + unexpected + wrong_shape)[0]})")
+            f"(first: {(missing + unexpected + wrong_shape)[0]})"
+        )
     model.load_state_dict(state, strict=False)
 
 

@@ -4,6 +4,7 @@ Module and attribute names follow torchvision (``Conv2dNormActivation`` is a
 ``Sequential`` of conv, BN, activation; SE has ``fc1``/``fc2``), so that
 torchvision state dicts load key-for-key.
 """
+
 from collections.abc import Callable
 
 import torch
@@ -41,8 +42,13 @@ class ConvNormActivation(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = [
             nn.Conv2d(
-                in_channels, out_channels, kernel_size, stride,
-                padding=(kernel_size - 1) // 2, groups=groups, bias=False,
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride,
+                padding=(kernel_size - 1) // 2,
+                groups=groups,
+                bias=False,
             ),
             norm_layer(out_channels),
         ]
@@ -102,19 +108,29 @@ class InvertedResidual(nn.Module):
         self.use_res_connect = stride == 1 and in_channels == out_channels
         layers: list[nn.Module] = []
         if expanded_channels != in_channels:
-            layers.append(ConvNormActivation(
-                in_channels, expanded_channels, 1, norm_layer=norm_layer, activation=activation))
-        layers.append(ConvNormActivation(
-            expanded_channels, expanded_channels, kernel_size, stride,
-            groups=expanded_channels, norm_layer=norm_layer, activation=activation))
+            layers.append(
+                ConvNormActivation(in_channels, expanded_channels, 1, norm_layer=norm_layer, activation=activation)
+            )
+        layers.append(
+            ConvNormActivation(
+                expanded_channels,
+                expanded_channels,
+                kernel_size,
+                stride,
+                groups=expanded_channels,
+                norm_layer=norm_layer,
+                activation=activation,
+            )
+        )
         if use_se:
             layers.append(SqueezeExcitation(expanded_channels, make_divisible(expanded_channels // 4)))
         if container == "conv":
             # torchvision's V2 keeps the projection as two bare modules, not a Sequential.
             layers += [nn.Conv2d(expanded_channels, out_channels, 1, bias=False), norm_layer(out_channels)]
         else:
-            layers.append(ConvNormActivation(
-                expanded_channels, out_channels, 1, norm_layer=norm_layer, activation=None))
+            layers.append(
+                ConvNormActivation(expanded_channels, out_channels, 1, norm_layer=norm_layer, activation=None)
+            )
         self._container = container
         setattr(self, container, nn.Sequential(*layers))
 

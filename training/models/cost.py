@@ -1,4 +1,5 @@
 """A model's cost: parameters, and multiply-accumulates counted by torch's own FlopCounterMode."""
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 

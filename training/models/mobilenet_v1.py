@@ -3,6 +3,7 @@
 The resolution multiplier rho is simply the input size; the width multiplier
 alpha scales every layer's channels.
 """
+
 import torch
 from torch import nn
 
@@ -12,10 +13,18 @@ STEM_CHANNELS = 32
 # (output channels, stride) of each depthwise-separable block.
 STAGES: list[tuple[int, int]] = [
     (64, 1),
-    (128, 2), (128, 1),
-    (256, 2), (256, 1),
-    (512, 2), (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
-    (1024, 2), (1024, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
 ]
 
 

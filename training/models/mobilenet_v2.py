@@ -1,4 +1,5 @@
 """MobileNetV2 (Sandler et al., 2018), Table 2, laid out as torchvision's ``mobilenet_v2``."""
+
 import torch
 from torch import nn
 
@@ -27,10 +28,19 @@ class MobileNetV2(nn.Module):
         for t, c, n, s in STAGES:
             out_channels = make_divisible(c * width_mult)
             for i in range(n):
-                layers.append(InvertedResidual(
-                    channels, int(round(channels * t)), out_channels, 3, s if i == 0 else 1,
-                    activation=nn.ReLU6, use_se=False, norm_layer=nn.BatchNorm2d, container="conv",
-                ))
+                layers.append(
+                    InvertedResidual(
+                        channels,
+                        int(round(channels * t)),
+                        out_channels,
+                        3,
+                        s if i == 0 else 1,
+                        activation=nn.ReLU6,
+                        use_se=False,
+                        norm_layer=nn.BatchNorm2d,
+                        container="conv",
+                    )
+                )
                 channels = out_channels
         layers.append(ConvNormActivation(channels, last_channels, 1, activation=nn.ReLU6))
         self.features = nn.Sequential(*layers)

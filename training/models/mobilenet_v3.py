@@ -1,4 +1,5 @@
 """MobileNetV3-Small/Large (Howard et al., 2019), Tables 1 and 2, laid out as torchvision's."""
+
 from functools import partial
 from typing import NamedTuple
 
@@ -61,7 +62,11 @@ ACTIVATIONS = {"RE": nn.ReLU, "HS": nn.Hardswish}
 
 class MobileNetV3(nn.Module):
     def __init__(
-        self, variant: str = "large", num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
+        self,
+        variant: str = "large",
+        num_classes: int = 1000,
+        width_mult: float = 1.0,
+        dropout: float = 0.2,
     ) -> None:
         super().__init__()
         table = {"large": LARGE, "small": SMALL}[variant]
@@ -70,17 +75,31 @@ class MobileNetV3(nn.Module):
         def scaled(channels: int) -> int:
             return make_divisible(channels * width_mult)
 
-        layers: list[nn.Module] = [ConvNormActivation(
-            3, scaled(table[0].in_channels), 3, stride=2, norm_layer=norm_layer, activation=nn.Hardswish)]
+        layers: list[nn.Module] = [
+            ConvNormActivation(
+                3, scaled(table[0].in_channels), 3, stride=2, norm_layer=norm_layer, activation=nn.Hardswish
+            )
+        ]
         for row in table:
-            layers.append(InvertedResidual(
-                scaled(row.in_channels), scaled(row.expanded), scaled(row.out_channels), row.kernel, row.stride,
-                activation=ACTIVATIONS[row.activation], use_se=row.use_se, norm_layer=norm_layer,
-                container="block",
-            ))
+            layers.append(
+                InvertedResidual(
+                    scaled(row.in_channels),
+                    scaled(row.expanded),
+                    scaled(row.out_channels),
+                    row.kernel,
+                    row.stride,
+                    activation=ACTIVATIONS[row.activation],
+                    use_se=row.use_se,
+                    norm_layer=norm_layer,
+                    container="block",
+                )
+            )
         last_conv = 6 * scaled(table[-1].out_channels)
-        layers.append(ConvNormActivation(
-            scaled(table[-1].out_channels), last_conv, 1, norm_layer=norm_layer, activation=nn.Hardswish))
+        layers.append(
+            ConvNormActivation(
+                scaled(table[-1].out_channels), last_conv, 1, norm_layer=norm_layer, activation=nn.Hardswish
+            )
+        )
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         hidden = scaled(LAST_CHANNELS[variant])
