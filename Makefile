@@ -3,26 +3,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-MODEL ?= v3_small
-DATA ?=
-EPOCHS ?= 10
-RES ?= 64
-WIDTH ?= 1.0
-QAT_EPOCHS ?= 2
-# QAT starting point: CKPT= a float checkpoint, WEIGHTS= torchvision-format weights, else a float run first.
-CKPT ?=
-WEIGHTS ?=
+# The pipeline's defaults live in its recipe (configs/recipes/default.yaml); these variables override them
+# when given: MODEL DATA EPOCHS QAT_EPOCHS RES WIDTH, CKPT= (a float checkpoint) or WEIGHTS= (torchvision
+# weights) to start QAT from, RUN= and OUT= (runs/MODEL, artifacts/MODEL), ARGS= (extra LightningCLI
+# arguments, e.g. ARGS="--data.batch_size=64"), EXPORT_ARGS= (extra python -m export options).
+MODEL ?= $(shell sed -n 's/^model: *\([a-z0-9_]*\).*/\1/p' configs/recipes/default.yaml)
 PRECISION ?= int8
 OUT ?= artifacts/$(MODEL)
-RUN ?= runs/$(MODEL)
-# Extra LightningCLI arguments, e.g. ARGS="--data.batch_size=64 --model.init_args.lr=0.01"
-ARGS ?=
-# Extra `python -m export` options for make qat and make export, e.g. EXPORT_ARGS=--no-baselines
-EXPORT_ARGS ?=
-
-# MODEL is checked before any work: one of the configs/model/*.yaml (the numbers are checked by the CLIs).
-MODEL_CONFIGS := $(sort $(basename $(notdir $(wildcard configs/model/*.yaml))))
-check_model = $(if $(and $(filter 1,$(words $(MODEL))),$(filter $(MODEL),$(MODEL_CONFIGS))),,$(error MODEL=$(MODEL) is not one of: $(MODEL_CONFIGS)))
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -32,17 +19,13 @@ VENV_FLAGS := $(if $(ON_PI),--system-site-packages,)
 HOST_EXTRAS := train,export,edge,deploy,dev
 PI_EXTRAS := edge,rpi,dev
 EXTRAS := $(if $(ON_PI),$(PI_EXTRAS),$(HOST_EXTRAS))
-# DATA empty: built-in procedural shapes; DATA=cifar10: the official archive; else an ImageFolder dir.
-DATA_CONFIG := configs/data/$(if $(DATA),$(if $(filter cifar10,$(DATA)),cifar10,folder),procedural).yaml
-DATA_ARGS := --config $(DATA_CONFIG) $(if $(DATA),--data.source=$(DATA),)
-COMMON_ARGS := $(DATA_ARGS) --data.resolution=$(RES) --model.init_args.arch=$(MODEL) --model.init_args.width_mult=$(WIDTH)
-FIT_ARGS := --config configs/train.yaml --config configs/model/$(MODEL).yaml $(COMMON_ARGS) \
-	--trainer.max_epochs=$(EPOCHS) $(if $(WEIGHTS),--model.init_args.weights=$(WEIGHTS),) \
-	--trainer.logger.init_args.save_dir=$(RUN) --checkpoint.dirpath=$(RUN)/checkpoints $(ARGS)
-FLOAT_CKPT := $(or $(CKPT),$(RUN)/checkpoints/best.ckpt)
-QAT_ARGS := --config configs/train.yaml --config configs/qat.yaml $(COMMON_ARGS) --trainer.max_epochs=$(QAT_EPOCHS) \
-	$(if $(WEIGHTS),--model.init_args.weights=$(WEIGHTS),--model.init_args.float_checkpoint=$(FLOAT_CKPT)) \
-	--trainer.logger.init_args.save_dir=$(RUN)/qat --checkpoint.dirpath=$(RUN)/qat/checkpoints $(ARGS)
+given = $(filter command line environment environment override,$(origin $(1)))
+opt = $(if $(2),$(1) $(2),)
+# Each pipeline variable as its flag, when given (an empty DATA= is given: the procedural shapes).
+PIPELINE_ARGS = --model $(MODEL) $(if $(call given,DATA),--data="$(DATA)") $(call opt,--epochs,$(EPOCHS)) \
+	$(call opt,--qat-epochs,$(QAT_EPOCHS)) $(call opt,--res,$(RES)) $(call opt,--width,$(WIDTH)) $(call opt,--ckpt,$(CKPT)) \
+	$(call opt,--weights,$(WEIGHTS)) $(call opt,--run,$(RUN)) --out $(OUT) \
+	$(if $(ARGS),--args="$(ARGS)") $(if $(EXPORT_ARGS),--export-args="$(EXPORT_ARGS)")
 
 # The edge app: BUNDLE to run, SOURCE (empty: a generated video of the procedural shapes; picamera; 0; a file/URL).
 BUNDLE ?= artifacts/$(MODEL)
@@ -72,21 +55,19 @@ SERVICE ?=
 # QAT model) goes first, so the other worker runs the rest meanwhile. WORKERS=0 runs them in one process.
 WORKERS ?= 2
 PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests)
-opt = $(if $(2),$(1) $(2),)
 DEVICE_ARGS := $(call opt,--serial,$(SERIAL)) $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
 	$(call opt,--known-hosts,$(KNOWN_HOSTS))
 DEPLOY_ARGS := $(DEVICE_ARGS) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service --serve $(SERVE),)
 
-# make sweep: every MODELS x WIDTHS x RES point built by make qat (EPOCHS, QAT_EPOCHS, DATA, WEIGHTS, ARGS as there)
-# and timed on DEVICE (here: local unless given; rpi5 with HOST=...). BUDGET_MS= copies the best bundle within it
-# (p90) to artifacts/sweep/best; JOBS= points built at once.
-# Unless EPOCHS/QAT_EPOCHS are given, points train python -m sweep's default epochs (fewer than make qat's).
+# make sweep: every MODELS x WIDTHS x RES point built by the pipeline with the sweep recipe (configs/recipes/sweep.yaml;
+# EPOCHS, QAT_EPOCHS, DATA, RES, WEIGHTS, ARGS override it as in make qat) and timed on DEVICE (here: local unless
+# given; rpi5 with HOST=...). BUDGET_MS= copies the best bundle within it (p90) to artifacts/sweep/best; JOBS= points
+# built at once.
 MODELS ?= v3_small v1
 WIDTHS ?= 0.5 1.0
 BUDGET_MS ?=
 JOBS ?= 1
-given = $(filter command line environment environment override,$(origin $(1)))
 SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
 .PHONY: help setup train qat export lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep clean \
@@ -106,16 +87,11 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed  ## create .venv, install the project with its extras, build the native runner
 	@$(PY) -m edge.native >/dev/null
 
-train: setup  ## float training: make train MODEL=v3_small DATA=<dir|cifar10> EPOCHS=10 RES=64 WIDTH=1.0
-	$(check_model)$(PY) -m training fit $(FIT_ARGS)
+train: setup  ## float training only: make train MODEL=v3_small DATA=<dir|cifar10> EPOCHS= RES= WIDTH=
+	$(PY) -m pipeline --float-only $(PIPELINE_ARGS)
 
-qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, verify, print the table
-	$(check_model)$(if $(CKPT)$(WEIGHTS),,@echo "== make qat 1/3: float training ($(MODEL), $(EPOCHS) epochs)" >&2)
-	$(if $(CKPT)$(WEIGHTS),,$(PY) -m training fit $(FIT_ARGS))
-	@echo "== make qat 2/3: quantization-aware training ($(QAT_EPOCHS) epochs)" >&2
-	$(PY) -m training fit $(QAT_ARGS)
-	@echo "== make qat 3/3: convert to int8 (QAT, and PTQ to compare), lower to ExecuTorch/XNNPACK, verify, compare, write the bundles" >&2
-	$(PY) -m export $(RUN)/qat/checkpoints/best.ckpt --out $(OUT) --candidates $(EXPORT_ARGS)
+qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, verify, print the table (python -m pipeline)
+	$(PY) -m pipeline $(PIPELINE_ARGS)
 
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=] [EXPORT_ARGS=]
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
@@ -187,31 +163,24 @@ device-report: setup  ## compare two device reports: make device-report A=path/d
 	$(PY) -m device_tests.compare $(A) $(B)
 
 sweep: setup  ## accuracy/MACs/size/latency over MODELS x WIDTHS x RES, Pareto plots, BUDGET_MS= pick (README)
-	$(PY) -m sweep --models $(MODELS) --widths $(WIDTHS) --res $(RES) --data="$(DATA)" \
-		$(if $(call given,EPOCHS),--epochs $(EPOCHS)) $(if $(call given,QAT_EPOCHS),--qat-epochs $(QAT_EPOCHS)) \
-		--weights="$(WEIGHTS)" --args="$(ARGS)" --device $(SWEEP_DEVICE) \
+	$(PY) -m sweep --models $(MODELS) --widths $(WIDTHS) $(call opt,--res,$(RES)) $(if $(call given,DATA),--data="$(DATA)") \
+		$(call opt,--epochs,$(EPOCHS)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) \
+		$(if $(WEIGHTS),--weights="$(WEIGHTS)") $(if $(ARGS),--args="$(ARGS)") --device $(SWEEP_DEVICE) \
 		--deploy-args="$(strip $(DEVICE_ARGS))" $(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 	$(PY) -m training.bench
 
-# CIFAR-10 as JPEG folders if present (the team's shared copy), else the official archive.
-BENCH_DATA ?= $(if $(wildcard ../shared/data/cifar10/train),../shared/data/cifar10/train,cifar10)
+# The benchmarks' recipes take CIFAR-10 from its official archive; DATA= a folder per class (CIFAR-10 as JPEGs)
+# is used instead when given.
 SEEDS ?= 0 1
-BENCH_QAT_ARGS := --data.crop_fraction=1.0 --data.min_scale=0.35 --data.val_size=10000 \
-	--model.init_args.bn_momentum=0.01 --trainer.enable_progress_bar=false
-bench-qat: setup  ## float -> QAT -> int8 .pte on CIFAR-10, 10,000 held out, per seed in SEEDS (long: 20 min to 2 h per seed on 2 cores, by CPU)
-	$(foreach seed,$(SEEDS),$(MAKE) qat MODEL=v3_small DATA=$(BENCH_DATA) RES=64 EPOCHS=8 QAT_EPOCHS=2 \
-		RUN=runs/bench-qat/seed$(seed) OUT=artifacts/bench-qat-v3_small-seed$(seed) \
-		ARGS="$(BENCH_QAT_ARGS) --seed_everything=$(seed) $(ARGS)" &&) true
+bench-qat: setup  ## the bench-qat recipe (CIFAR-10, 10,000 held out) once per seed in SEEDS (long: 20 min to 2 h per seed on 2 cores)
+	$(foreach seed,$(SEEDS),$(PY) -m pipeline --recipe bench-qat $(if $(DATA),--data="$(DATA)") --seed $(seed) \
+		--run runs/bench-qat/seed$(seed) --out artifacts/bench-qat-v3_small-seed$(seed) $(if $(ARGS),--args="$(ARGS)") &&) true
 
-# The README's CIFAR-10 sweep: each point trains on a quarter of the 40,000 training images per epoch (8 short
-# epochs: two passes in all), then one short QAT epoch; 10,000 held out for top-1.
-BENCH_SWEEP_ARGS := --data.crop_fraction=1.0 --data.min_scale=0.35 --data.val_size=10000 \
-	--trainer.limit_train_batches=0.25 --trainer.enable_progress_bar=false
-bench-sweep: setup  ## make sweep on CIFAR-10: V3-Small/Large x α 0.75/1.0 x ρ 64/96, latency here or DEVICE= (hours)
-	$(PY) -m sweep --models v3_small v3_large --widths 0.75 1.0 --res 64 96 --data=$(BENCH_DATA) --epochs 8 \
-		--qat-epochs 1 --args="$(BENCH_SWEEP_ARGS) $(ARGS)" --device $(SWEEP_DEVICE) \
+bench-sweep: setup  ## make sweep with the bench-sweep recipe: V3-Small/Large x α 0.75/1.0 x ρ 64/96 on CIFAR-10 (hours)
+	$(PY) -m sweep --recipe bench-sweep --models v3_small v3_large --widths 0.75 1.0 --res 64 96 \
+		$(if $(DATA),--data="$(DATA)") $(if $(ARGS),--args="$(ARGS)") --device $(SWEEP_DEVICE) \
 		--deploy-args="$(strip $(DEVICE_ARGS))" --out artifacts/bench-sweep --runs runs/bench-sweep \
 		$(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
 

@@ -1,1 +1,1 @@
-"""make sweep: models × widths × resolutions, each built by make qat and timed by the device tests."""
+"""make sweep: models × widths × resolutions, each built by python -m pipeline and timed by the device tests."""

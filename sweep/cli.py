@@ -3,7 +3,8 @@ latency on the device, the Pareto fronts, and the best bundle within a latency b
 
     python -m sweep --models v3_small v1 --widths 0.5 1.0 --res 64 [--device local] [--budget-ms 10]
 
-Each point is `make qat` (float training, QAT, export) and then `python -m deploy DEVICE` (the device tests).
+Each point is `python -m pipeline` with the sweep's recipe (float training, QAT, export; configs/recipes/sweep.yaml
+by default) and then `python -m deploy DEVICE` (the device tests).
 A point that is done is skipped when the same sweep runs again; one that fails is reported, and the rest go on.
 """
 
@@ -22,6 +23,8 @@ from deploy.profile import ProfileError, load_device
 from edge.bundle import BundleError
 from edge.command import positive_float, positive_int, with_examples
 from edge.files import blocking_file, write_atomic
+from pipeline.recipe import RecipeError, load_recipe
+from pipeline.recipe import names as recipe_names
 from training.models import MODELS
 
 from . import report
@@ -63,21 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="width multipliers α (default 0.5 1.0)",
     )
     parser.add_argument(
+        "--recipe",
+        default="sweep",
+        help=f"the points' recipe, configs/recipes/NAME.yaml: {', '.join(recipe_names())} (default sweep)",
+    )
+    parser.add_argument(
         "--res",
         nargs="+",
         type=positive_int,
-        default=[64],
         metavar="PIXELS",
-        help="input resolutions ρ in pixels (default 64)",
+        help="input resolutions ρ in pixels (default: the recipe's)",
     )
-    parser.add_argument("--data", default="", help="an ImageFolder directory, or cifar10 (default: procedural shapes)")
     parser.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=5,
-        help="float epochs per point (default 5, make qat's half: the default grid within an hour on 2 cores)",
+        "--data", help="an ImageFolder directory, cifar10, or empty for procedural shapes (default: the recipe's)"
     )
-    parser.add_argument("--qat-epochs", type=positive_int, default=1, help="QAT epochs per point (default 1)")
+    parser.add_argument("--epochs", type=positive_int, help="float epochs per point (default: the recipe's)")
+    parser.add_argument("--qat-epochs", type=positive_int, help="QAT epochs per point (default: the recipe's)")
     parser.add_argument(
         "--weights",
         default="",
@@ -136,7 +140,7 @@ def done(path: Path) -> dict | None:
 def build_all(
     points: list[Point], recipe: Recipe, layout: Layout, jobs: int, failed: dict[str, str], export_args: str = ""
 ) -> None:
-    """`make qat` for each point not built yet, ``jobs`` at a time; failures are noted in ``failed``."""
+    """The pipeline for each point not built yet, ``jobs`` at a time; failures are noted in ``failed``."""
     todo = [p for p in points if done(layout.point(p, recipe) / BUILT) is None]
     if len(todo) < len(points):
         print(f"{len(points) - len(todo)} of {len(points)} points already built: skipped", file=sys.stderr)
@@ -149,7 +153,7 @@ def build_all(
     )
     pool = ThreadPoolExecutor(jobs)
     try:
-        with tqdm(total=len(todo), desc="make qat", unit="point") as bar:
+        with tqdm(total=len(todo), desc="building", unit="point") as bar:
             futures = {pool.submit(build, p, recipe, layout, threads, export_args): p for p in todo}
             for future in as_completed(futures):
                 point = futures[future]
@@ -256,11 +260,19 @@ def main(argv: list[str] | None = None) -> None:
     for flag, path in (("--out", args.out), ("--runs", args.runs)):
         if where := blocking_file(path.absolute()):
             parser.error(f"{flag} {path}: {where} exists and is not a directory")
-    if args.data and args.data != "cifar10" and not Path(args.data).is_dir():
-        parser.error(f"--data {args.data} is not a directory (an ImageFolder: one folder per class) or cifar10")
-    data = str(Path(args.data).resolve()) if args.data and args.data != "cifar10" else args.data
-    weights = str(Path(args.weights).absolute()) if args.weights else ""  # make runs in the project directory
-    recipe = Recipe(data, args.epochs, args.qat_epochs, weights, args.args)
+    try:
+        base = load_recipe(args.recipe)
+    except RecipeError as e:
+        parser.error(str(e))
+    data = base.data if args.data is None else args.data
+    if data and data != "cifar10" and not Path(data).is_dir():
+        parser.error(f"--data {data} is not a directory (an ImageFolder: one folder per class) or cifar10")
+    data = str(Path(data).resolve()) if data and data != "cifar10" else data
+    weights = str(Path(args.weights).absolute()) if args.weights else ""  # absolute, as every path a point gets
+    recipe = Recipe(
+        data, args.epochs or base.epochs, args.qat_epochs or base.qat_epochs, weights, args.args, args.recipe, base.args
+    )
+    args.res = args.res or [base.resolution]
     layout, points = Layout(args.out.resolve(), args.runs.resolve()), grid(args.models, args.widths, args.res)
     failed: dict[str, str] = {}
     print(

@@ -13,13 +13,16 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Recipe:
-    """What every point shares: the data and the `make qat` settings."""
+    """What every point shares: the pipeline recipe it starts from (configs/recipes/NAME.yaml) and what the
+    sweep sets on top of it."""
 
     data: str  # "" (procedural), cifar10, or an ImageFolder directory
     epochs: int
     qat_epochs: int
     weights: str = ""  # torchvision-format weights, with {model} and {width} filled in per point; "": train first
-    args: str = ""  # extra LightningCLI arguments, as make qat's ARGS=
+    args: str = ""  # extra LightningCLI arguments on top of the recipe's, as make's ARGS=
+    name: str = "sweep"
+    recipe_args: tuple[str, ...] = ()  # the recipe file's own: a change to them makes new points
 
 
 @dataclass(frozen=True)

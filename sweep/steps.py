@@ -1,5 +1,5 @@
 """The two steps of a point, each the project's own command run as a child process with its output in a log:
-``make qat`` builds the verified int8 bundle, ``python -m deploy`` runs the device tests on it."""
+``python -m pipeline`` builds the verified int8 bundle, ``python -m deploy`` runs the device tests on it."""
 
 import contextlib
 import json
@@ -16,10 +16,8 @@ from training.models.cost import count
 
 from .grid import Layout, Point, Recipe
 
-ROOT = Path(__file__).resolve().parent.parent  # the project's Makefile
-MAKE_STATE = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")  # `make sweep`'s variables must not reach each point's make
-# The table needs the shipped int8 program's accuracy; make qat's float and fp32 baselines would add a lowering
-# and two evaluations per point (PTQ is still built: make qat ships it when it is measurably better).
+# The table needs the shipped int8 program's accuracy; the pipeline's float and fp32 baselines would add a
+# lowering and two evaluations per point (PTQ is still built: it ships when it is measurably better).
 EXPORT_ARGS = "--no-baselines"
 
 
@@ -32,14 +30,14 @@ RUNNING: set[subprocess.Popen] = set()  # the steps under way, stopped together 
 
 def run_logged(command: list[str], log: Path, threads: int | None = None) -> int:
     """Run ``command`` with stdout and stderr in ``log``; its exit code. ``threads`` caps torch's threads."""
-    env = {k: v for k, v in os.environ.items() if k not in MAKE_STATE}
+    env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
         child = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
-        )  # its own group: stop_all reaches make's children too
+        )  # its own group: stop_all reaches its children too
         RUNNING.add(child)
         try:
             return child.wait()
@@ -63,37 +61,44 @@ def stop_all(grace_s: float = 30) -> None:
 def last_line(log: Path) -> str:
     """The log's last meaningful line (progress bars end lines with \\r: the text after the last one)."""
     lines = [line.rsplit("\r", 1)[-1].strip() for line in log.read_text(errors="replace").splitlines()]
-    lines = [line for line in lines if line and not line.startswith(("make", "=="))]
+    lines = [line for line in lines if line and not line.startswith("==")]
     return lines[-1][:300] if lines else "(no output)"
 
 
 def build(point: Point, recipe: Recipe, layout: Layout, threads: int | None = None, export_args: str = "") -> dict:
-    """``make qat`` for the point, then its bundle's figures: the shipped program's accuracy on the held-out
-    split and its size (from the bundle's report), and MACs and parameters (training.models.count)."""
+    """``python -m pipeline`` for the point, then its bundle's figures: the shipped program's accuracy on the
+    held-out split and its size (from the bundle's report), and MACs and parameters (training.models.count)."""
     bundle, log = layout.bundle(point, recipe), layout.point(point, recipe) / "build.log"
+    weights = point.weights(recipe)
     command = [
-        "make",
-        "-s",
-        "-C",
-        str(ROOT),
-        "qat",
-        f"MODEL={point.model}",
-        f"WIDTH={point.width:g}",
-        f"RES={point.resolution}",
-        f"EPOCHS={recipe.epochs}",
-        f"QAT_EPOCHS={recipe.qat_epochs}",
-        f"DATA={recipe.data}",
-        f"WEIGHTS={point.weights(recipe)}",
-        "CKPT=",
-        f"RUN={layout.run(point, recipe)}",
-        f"OUT={bundle}",
-        f"ARGS={recipe.args}",
-        f"EXPORT_ARGS={EXPORT_ARGS} {export_args}".strip(),
+        sys.executable,
+        "-m",
+        "pipeline",
+        "--recipe",
+        recipe.name,
+        "--model",
+        point.model,
+        "--width",
+        f"{point.width:g}",
+        "--res",
+        str(point.resolution),
+        "--epochs",
+        str(recipe.epochs),
+        "--qat-epochs",
+        str(recipe.qat_epochs),
+        f"--data={recipe.data}",
+        *(["--weights", weights] if weights else []),
+        "--run",
+        str(layout.run(point, recipe)),
+        "--out",
+        str(bundle),
+        f"--args={recipe.args}",
+        f"--export-args={EXPORT_ARGS} {export_args}".strip(),
     ]
     started = time.monotonic()
     code = run_logged(command, log, threads)
     if code != 0:
-        raise PointFailed(f"make qat failed (exit {code}): {last_line(log)} (log: {log})")
+        raise PointFailed(f"the pipeline failed (exit {code}): {last_line(log)} (log: {log})")
     meta = read_meta(bundle)
     report = json.loads((bundle / "report.json").read_text())
     program = PROGRAM[meta.quantization["scheme"]]

@@ -10,6 +10,7 @@ from deploy.cli import build_parser as deploy_parser
 from edge.bench import build_parser as bench_parser
 from edge.cli import build_parser as edge_parser
 from export.cli import build_parser as export_parser
+from pipeline.cli import build_parser as pipeline_parser
 from sweep.cli import build_parser as sweep_parser
 
 
@@ -23,6 +24,7 @@ def parsers():
         "export": export_parser(),
         "deploy": deploy_parser(),
         "sweep": sweep_parser(),
+        "pipeline": pipeline_parser(),
     }
 
 

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"edge", "training", "export", "deploy", "device_tests", "sweep"}
+OURS = {"edge", "training", "export", "deploy", "device_tests", "sweep", "pipeline"}
 EXTRAS_OF = {
     "edge": ["edge"],
     "deploy": ["deploy"],
@@ -17,6 +17,7 @@ EXTRAS_OF = {
     "training": ["train"],
     "export": ["export"],
     "sweep": ["export", "deploy"],
+    "pipeline": ["export"],
 }
 # Imported inside the Picamera2 source only, from apt on Raspberry Pi OS: python3-picamera2 brings
 # python3-libcamera (libcamera's Python bindings are not on PyPI).
@@ -135,7 +136,7 @@ def test_importing_our_packages_changes_no_log_or_warning_filter():
         "    return (len(warnings.filters), {n: len(l.filters) for n, l in logging.Logger.manager.loggerDict.items()"
         " if isinstance(l, logging.Logger)})\n"
         "before = filters()\n"
-        "import training.cli, training.restore, export.cli, sweep.cli, deploy.cli, edge.cli\n"
+        "import training.cli, training.restore, export.cli, sweep.cli, deploy.cli, edge.cli, pipeline.cli\n"
         "after = filters()\n"
         "print(before[0] == after[0] and all(after[1].get(k) == v for k, v in before[1].items()) and "
         "not any(v for k, v in after[1].items() if k not in before[1]))\n"

@@ -10,10 +10,11 @@ import matplotlib.pyplot as plt
 import pytest
 
 from edge.bundle import load_bundle, read_meta
+from pipeline.recipe import load_recipe
 from sweep.grid import Layout, Point, Recipe
 from sweep.report import front, front_figure, pick, table
 
-# The sweep end to end (make qat, then a deploy) takes minutes even on this grid: `make test-sweep` runs the
+# The sweep end to end (the pipeline, then a deploy) takes minutes even on this grid: `make test-sweep` runs the
 # tests marked sweep, apart from `make test`, which keeps the cheap ones.
 
 TINY = (
@@ -56,10 +57,10 @@ def sweep(tmp_path, *extra):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """The grid swept twice, with the 0.35 point's run directory taken by a user's file (its training cannot
-    start). One point is built for real (make qat takes minutes even this small): the front and the pick
+    start). One point is built for real (the pipeline takes minutes even this small): the front and the pick
     on many points are checked on known rows below."""
     tmp_path = tmp_path_factory.mktemp("sweep")
-    recipe = Recipe("", 1, 1, "", TINY)
+    recipe = Recipe("", 1, 1, "", TINY, "sweep", load_recipe("sweep").args)
     layout = Layout(tmp_path / "sweep", tmp_path / "runs")
     blocked = layout.run(Point("v1", 0.35, 32), recipe)
     blocked.parent.mkdir(parents=True)
@@ -79,10 +80,10 @@ def table_rows(swept) -> list[str]:
 def test_a_failing_point_is_reported_and_the_others_finish(swept):
     first = swept["first"]
     assert first.returncode == 1, first.stderr[-3000:]
-    assert "1 of 2 points failed" in first.stderr and "make qat failed" in first.stderr
+    assert "1 of 2 points failed" in first.stderr and "the pipeline failed" in first.stderr
     rows = table_rows(swept)
     assert len(rows) == 2 and "| 0.25 | 32 |" in rows[0] and "Pareto" in rows[0], rows
-    assert rows[1].startswith("| v1-0.35-32-") and "**failed**: make qat failed" in rows[1]
+    assert rows[1].startswith("| v1-0.35-32-") and "**failed**: the pipeline failed" in rows[1]
 
 
 @pytest.mark.sweep
@@ -186,13 +187,15 @@ def test_a_point_built_but_not_measured_keeps_its_row_with_the_reason():
         "scheme": "qat-int8",
         "build_s": 150.0,
     }
-    lines = table([built], {"v1-a": "deploy to rpi5 failed (exit 1)", "v1-b": "make qat failed (exit 2)"}).splitlines()
+    lines = table(
+        [built], {"v1-a": "deploy to rpi5 failed (exit 1)", "v1-b": "the pipeline failed (exit 2)"}
+    ).splitlines()
     assert (
         lines[2].startswith("| v1 | 0.25 | 32 |")
         and "| 2.5 |" in lines[2]
         and lines[2].endswith("not measured: deploy to rpi5 failed (exit 1) |")
     )
-    assert lines[3] == "| v1-b | | | | | | | | | **failed**: make qat failed (exit 2) |" and len(lines) == 4
+    assert lines[3] == "| v1-b | | | | | | | | | **failed**: the pipeline failed (exit 2) |" and len(lines) == 4
 
 
 def test_the_macs_plot_joins_each_width_across_resolutions_on_a_log_axis():

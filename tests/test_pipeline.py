@@ -1,0 +1,91 @@
+"""The pipeline's recipes (every default in one file each) and what make qat passes to it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.recipe import RECIPES, Recipe, RecipeError, load_recipe, names
+from pipeline.run import export_args, float_args, qat_args
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_recipe_loads_and_names_no_path_outside_the_project():
+    assert {"default", "sweep", "bench-qat", "bench-sweep"} <= set(names())
+    for name in names():
+        recipe = load_recipe(name)
+        assert recipe.data in ("", "cifar10") or not Path(recipe.data).is_absolute() and ".." not in recipe.data
+
+
+def test_a_recipe_starts_from_its_base_and_changes_only_what_it_says():
+    default, sweep = load_recipe("default"), load_recipe("sweep")
+    assert (sweep.epochs, sweep.qat_epochs) == (5, 1) and sweep.epochs * 2 == default.epochs
+    assert sweep.replace(epochs=None, qat_epochs=None) == sweep
+    assert (sweep.model, sweep.resolution, sweep.width, sweep.args) == (
+        default.model,
+        default.resolution,
+        default.width,
+        default.args,
+    )
+    assert load_recipe("bench-sweep").data == load_recipe("bench-qat").data == "cifar10"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochs: 0\nbase: default\n", "epochs must be"),
+        ("base: default\nepoch: 3\n", "unknown key epoch"),
+        ("base: loop\n", "its own base"),
+        ("base: default\nargs: --x\n", "list of strings"),
+        ("[1, 2]\n", "mapping"),
+    ],
+)
+def test_a_bad_recipe_is_one_line_naming_the_key(tmp_path, monkeypatch, text, message):
+    monkeypatch.setattr("pipeline.recipe.RECIPES", tmp_path)
+    (tmp_path / "default.yaml").write_text((RECIPES / "default.yaml").read_text())
+    (tmp_path / "loop.yaml").write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe("loop")
+
+
+def test_the_stages_get_the_recipe_as_arguments(tmp_path):
+    recipe = Recipe("v2", "data/train", 96, 0.5, 3, 1, args=("--data.batch_size=8",), seed=4)
+    run = tmp_path / "run"
+    fit = float_args(recipe, run)
+    assert "--trainer.max_epochs=3" in fit and "--data.resolution=96" in fit and "--seed_everything=4" in fit
+    assert "--model.init_args.width_mult=0.5" in fit and fit[-1] == "--data.batch_size=8"
+    assert any(a.endswith("configs/data/folder.yaml") for a in fit) and "--data.source=data/train" in fit
+    qat = qat_args(recipe, run)
+    assert f"--model.init_args.float_checkpoint={run}/checkpoints/best.ckpt" in qat and "--trainer.max_epochs=1" in qat
+    assert export_args(recipe, run, tmp_path / "out")[0] == str(run / "qat" / "checkpoints" / "best.ckpt")
+    with pytest.raises(RecipeError, match="not both"):
+        recipe.replace(ckpt="a.ckpt", weights="w.pth")
+
+
+def make_n(*variables: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "qat", *variables],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    return next(line for line in out.splitlines() if "-m pipeline" in line)
+
+
+def test_make_passes_only_the_variables_given():
+    assert make_n().split("-m pipeline")[1].split() == ["--model", "v3_small", "--out", "artifacts/v3_small"]
+    line = make_n("EPOCHS=3", "DATA=", "ARGS=--a=1 --b=2", "RES=96")
+    assert "--epochs 3" in line and '--data=""' in line and '--args="--a=1 --b=2"' in line and "--res 96" in line
+
+
+def test_a_missing_recipe_is_one_error_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--recipe", "nope"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: no recipe 'nope'")
