@@ -89,3 +89,10 @@ def test_a_missing_recipe_is_one_error_line():
         [sys.executable, "-m", "pipeline", "--recipe", "nope"], capture_output=True, text=True, timeout=120, cwd=ROOT
     )
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: no recipe 'nope'")
+
+
+def test_code_defaults_agree_with_the_default_recipe():
+    """LightningCLI run without the pipeline takes the code's input size: the default recipe's."""
+    from training.data import RESOLUTION
+
+    assert load_recipe("default").resolution == RESOLUTION

@@ -152,6 +152,9 @@ def load_cifar10(cache_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5
     return {split: stack(batches) for split, batches in splits.items()}
 
 
+RESOLUTION = 64  # the input size when none is given: the default recipe's, for a LightningCLI run without one
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train/val loaders plus what the bundle needs: ``labels`` and the eval ``input_spec``.
 
@@ -180,7 +183,7 @@ class ImageDataModule(L.LightningDataModule):
     def __init__(
         self,
         source: NotEmptyStr = "procedural",
-        resolution: PositiveInt = 96,
+        resolution: PositiveInt = RESOLUTION,
         crop_fraction: Fraction = 0.875,
         min_scale: Fraction = 0.25,
         batch_size: PositiveInt = 64,

@@ -9,6 +9,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .checkpoint import plain
+from .data import RESOLUTION
 from .models import MODELS, create_model
 
 Arch = Literal[tuple(MODELS)]
@@ -49,7 +50,7 @@ class ImageClassifier(L.LightningModule):
         arch: Arch = "v3_small",
         num_classes: PositiveInt = 1000,
         width_mult: PositiveFloat = 1.0,
-        resolution: PositiveInt = 224,
+        resolution: PositiveInt = RESOLUTION,
         dropout: UnitFraction = 0.2,
         weights: str | None = None,
         bn_momentum: ClosedUnitInterval | None = None,

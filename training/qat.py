@@ -44,6 +44,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, 
 from torchao.quantization.pt2e.quantizer import QuantizationConfig
 
 from .checkpoint import check_architecture, read_checkpoint
+from .data import RESOLUTION
 from .module import Arch, ImageClassifier
 
 BATCH = Dim("batch", min=1, max=4096)
@@ -227,7 +228,7 @@ class QATClassifier(ImageClassifier):
         arch: Arch = "v3_small",
         num_classes: PositiveInt = 1000,
         width_mult: PositiveFloat = 1.0,
-        resolution: PositiveInt = 96,
+        resolution: PositiveInt = RESOLUTION,
         float_checkpoint: str | None = None,
         freeze_observer_epoch: NonNegativeInt | None = None,
         freeze_bn_epoch: NonNegativeInt | None = None,
