@@ -27,6 +27,7 @@ import zipfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from deploy.wheelhouse import Platform, WheelhouseError, download
 from edge.files import blocking_file
 from edge.native.build import COMMAND_SOURCE, LIBRARIES, SOURCE, compile_flags, library_name, link_flags
 
@@ -35,7 +36,8 @@ CROSS_PACKAGE = "g++-aarch64-linux-gnu"  # Debian and Ubuntu
 SYSROOT_LIB = Path("/usr/aarch64-linux-gnu/lib")  # where that package's libc6-arm64-cross puts the libraries
 LOADER = "ld-linux-aarch64.so.1"
 GLIBC = {LOADER, "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0"}  # shipped, and the device's own
-WHEEL_PLATFORM = "manylinux_2_28_aarch64"
+WHEEL_GLIBC = "2.28"  # the executorch wheel's manylinux: the glibc its libraries need
+WHEEL_PLATFORM = f"manylinux_2_{WHEEL_GLIBC.split('.')[1]}_aarch64"
 COMMAND = "edge-bench"
 DEFAULT_CACHE = Path("~/.cache/mobilenet-edge/runner-packages").expanduser()
 SIZE_GOAL_MB = 20
@@ -81,32 +83,14 @@ def download_wheel(runtime: str, cache: Path) -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     print(f"downloading executorch {runtime} for {WHEEL_PLATFORM}", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=wheels) as tmp:
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--platform",
-                WHEEL_PLATFORM,
-                "--python-version",
-                f"{sys.version_info.major}.{sys.version_info.minor}",
-                "--dest",
-                tmp,
-                f"executorch=={runtime}",
-            ],
-            capture_output=True,
-            text=True,
-        )
+        platform = Platform("aarch64", WHEEL_GLIBC, f"{sys.version_info.major}.{sys.version_info.minor}")
+        try:
+            download(platform, ["--no-deps", f"executorch=={runtime}"], Path(tmp))
+        except WheelhouseError as e:
+            raise PackageError(f"cannot download the executorch {runtime} wheel: {e}") from None
         downloaded = sorted(Path(tmp).glob("executorch-*.whl"))
-        if result.returncode != 0 or not downloaded:
-            last = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise PackageError(
-                f"cannot download the executorch {runtime} wheel for {WHEEL_PLATFORM} ({last}); is PyPI reachable?"
-            )
+        if not downloaded:
+            raise PackageError(f"pip downloaded no executorch {runtime} wheel for {platform.describe()}")
         wheel = wheels / downloaded[0].name
         downloaded[0].replace(wheel)
     return wheel
