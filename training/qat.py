@@ -19,6 +19,7 @@ fake-quant trains on other scales than ``convert_pt2e`` quantizes with (see :fun
 import copy
 from dataclasses import replace
 from functools import partial, reduce
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     XNNPACKQuantizer,
     get_symmetric_quantization_config,
 )
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, PositiveFloat, PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.export import Dim
@@ -236,6 +237,10 @@ class QATClassifier(ImageClassifier):
         calibration_images: NonNegativeInt = 512,
         distill_weight: ClosedUnitInterval = 0.5,
         distill_temperature: PositiveFloat = 2.0,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: PositiveFloat = 0.005,
+        weight_decay: NonNegativeFloat = 1e-5,
+        warmup_epochs: NonNegativeFloat = 0.0,
         **kwargs,
     ) -> None:
         checkpoint = read_checkpoint(float_checkpoint) if float_checkpoint else None
@@ -249,6 +254,10 @@ class QATClassifier(ImageClassifier):
             width_mult=width_mult,
             resolution=resolution,
             bn_momentum=bn_momentum,
+            optimizer=optimizer,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
             **kwargs,
         )
         self.hparams.bn_momentum = bn_momentum  # LightningCLI records the config's value, not the inherited one
