@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
-from .files import is_image
+from .files import IMAGE_SUFFIXES, is_image
 
 
 @dataclass
@@ -32,13 +32,15 @@ class Expansion:
 
 def expand(args: list[str]) -> Expansion:
     """Files in argument order. A name that is neither a file, a folder nor a glob that matches stays in the
-    list, so the reader's line for it says it does not exist."""
+    list, so the reader's line for it says it does not exist; a folder without images is a skipped line."""
     found = Expansion()
     for arg in args:
         literal = os.path.lexists(arg) or not glob.has_magic(arg)
         matches = [Path(arg)] if literal else sorted(_match(_root(arg), _wild_parts(arg), found.skipped))
-        files = [file for match in matches for file in (_files(match, found.skipped) if match.is_dir() else [match])]
-        found.paths += _once(files) or [Path(arg)]
+        files = _once([file for m in matches for file in (_files(m, found.skipped) if m.is_dir() else [m])])
+        if not files and matches:
+            found.skipped.append(f"skipped {arg}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in it")
+        found.paths += files or ([] if matches else [Path(arg)])
     return found
 
 

@@ -408,3 +408,10 @@ def test_a_bundle_a_killed_write_left_aside_is_named_then_restored(tmp_path):
     write_bundle(out, meta, bundle_files(meta))
     assert (out / meta.pte).read_bytes() == b"new program"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_a_folder_without_images_is_a_skipped_line_not_a_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    found = expand([str(tmp_path / "empty"), str(tmp_path / "none*")])
+    assert found.paths == [tmp_path / "none*"], "a glob that matches nothing keeps its line: it does not exist"
+    assert found.skipped == [f"skipped {tmp_path / 'empty'}: no images (.bmp, .jpeg, .jpg, .png, .webp) in it"]
