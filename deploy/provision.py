@@ -74,7 +74,8 @@ def plan_runner(target: Target, facts: DeviceFacts, venv: str) -> RunnerPlan:
     """Nothing when the environment has this runner already. Else cross-compile here when this machine can
     and the device's C and C++ libraries are new enough for what that build needs; else the device's own
     compiler; else one line saying neither will do."""
-    if target.run(["test", "-f", runner_file(facts, venv)], check=False).returncode == 0:
+    finished = ["test", "-f", f"{venv}/.complete", "-a", "-f", runner_file(facts, venv)]
+    if target.run(finished, check=False).returncode == 0:
         return RunnerPlan(None, "already in the environment", present=True)
     if facts.machine != "aarch64":
         why = f"this machine cross-compiles for aarch64 only, the device is {facts.machine}"

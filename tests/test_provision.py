@@ -68,6 +68,8 @@ def test_without_a_build_here_the_device_compiles_or_the_deploy_says_neither_can
     runner = tmp_path / provision.runner_file(facts(machine="riscv64"), venv).removeprefix(str(tmp_path) + "/")
     runner.parent.mkdir(parents=True)
     runner.write_bytes(b"built before")
+    assert not plan_runner(target, facts(machine="riscv64", compiler=True), venv).present, "an unfinished environment"
+    (tmp_path / "venv" / ".complete").touch()
     assert plan_runner(target, facts(machine="riscv64"), venv).present, "already there: nothing to build"
 
 
