@@ -63,7 +63,7 @@ def load_recipe(name: str, seen: tuple[str, ...] = ()) -> Recipe:
 
 def _values(name: str, seen: tuple[str, ...]) -> dict:
     path = RECIPES / f"{name}.yaml"
-    if not path.is_file():
+    if name not in names():  # a name, never a path: ../qat would read another config as a recipe
         raise RecipeError(f"no recipe {name!r}: pick one of {', '.join(names())} (configs/recipes/)")
     if name in seen:
         raise RecipeError(f"recipe {name!r} is its own base ({' -> '.join([*seen, name])})")

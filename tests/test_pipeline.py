@@ -31,6 +31,8 @@ def test_a_recipe_starts_from_its_base_and_changes_only_what_it_says():
         default.args,
     )
     assert load_recipe("bench-sweep").data == load_recipe("bench-qat").data == "cifar10"
+    with pytest.raises(RecipeError, match="no recipe '../qat'"):
+        load_recipe("../qat")  # a name, never a path to another config
 
 
 @pytest.mark.parametrize(
