@@ -27,13 +27,16 @@ FILE_KINDS = {
 }
 
 
-def regular_file_problem(path: str | Path) -> str | None:
-    """Why ``path`` cannot be read as an image file without blocking, or None when it can be read.
+def file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as an image file (without blocking, within MAX_FILE_BYTES), or None.
 
     ``stat`` follows symlinks, so /dev/stdin (a pipe or a terminal) is named for what it is.
     """
-    mode = os.stat(path).st_mode
+    st = os.stat(path)
+    mode = st.st_mode
     if stat.S_ISREG(mode):
+        if st.st_size > MAX_FILE_BYTES:
+            return f"{path} is {st.st_size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB an image file may be"
         return None
     kind = next((name for test, name in FILE_KINDS.items() if test(mode)), "not a regular file")
     hint = ": save what it holds to a file and give that" if not stat.S_ISDIR(mode) else ""
@@ -67,26 +70,22 @@ def check_header(data: bytes, name: str) -> None:
 def read_bgr(path: str | Path) -> np.ndarray:
     """An image file as a BGR uint8 frame; ValueError (or OSError for a missing file) saying why it is not one.
 
-    ``np.fromfile`` + ``imdecode`` rather than ``imread``: a missing or unreadable file raises OSError
+    The file is read once, as bytes: Pillow reads the header from them and OpenCV decodes a view of them
+    (no copy). Reading it ourselves rather than ``imread`` makes a missing or unreadable file an OSError
     saying why, instead of ``imread``'s silent None.
     """
-    if problem := regular_file_problem(path):
+    if problem := file_problem(path):
         raise ValueError(problem)
-    if (size := os.path.getsize(path)) > MAX_FILE_BYTES:
-        raise ValueError(
-            f"{path} is {size / 2**20:.0f} MB, more than the {MAX_FILE_BYTES // 2**20} MB an image file may be here"
-        )
-    data = np.fromfile(path, np.uint8)
-    return decode_bgr(data, str(path))
+    return decode_bgr(Path(path).read_bytes(), str(path))
 
 
-def decode_bgr(data: np.ndarray, name: str) -> np.ndarray:
+def decode_bgr(data: bytes, name: str) -> np.ndarray:
     """Encoded image bytes as a BGR uint8 frame, refused before decoding when the header is too large."""
-    if not data.size:
+    if not data:
         raise ValueError(f"{name} is empty")
-    check_header(data.tobytes(), name)
+    check_header(data, name)
     try:
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         image = None
     if image is None:

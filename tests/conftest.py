@@ -17,8 +17,6 @@ import torch
 from edge.bundle import BundleMeta, write_bundle
 from edge.native import Runner
 from edge.preprocess import InputSpec
-from export.cli import main as export_main
-from training.cli import main as train_main
 from training.quiet import silence_known_noise
 
 COLOURS = {"blue": (255, 0, 0), "green": (0, 255, 0), "red": (0, 0, 255)}  # BGR on disk
@@ -28,8 +26,21 @@ TRAINED = {"runs", "bundle", "tiny_float_run", "colour_bundle"}
 
 
 def pytest_configure(config):
-    """The tests are an entry point, like ``python -m training``: they install its log and warning filters."""
+    """The tests are an entry point, like ``python -m training``: they install its log and warning filters,
+    before anything imports the libraries they filter (hence the imports inside the two functions below)."""
     silence_known_noise()
+
+
+def train_main(argv: list[str]) -> None:
+    from training.cli import main
+
+    main(argv)
+
+
+def export_main(argv: list[str]) -> None:
+    from export.cli import main
+
+    main(argv)
 
 
 def pytest_collection_modifyitems(items):
