@@ -3,6 +3,7 @@
 
 import sys
 from pathlib import Path
+from unittest import mock
 
 from export.cli import main as export_main
 from training.cli import main as train_main
@@ -75,6 +76,13 @@ def export_args(recipe: Recipe, run: Path, out: Path) -> list[str]:
     return [str(run / "qat" / "checkpoints" / "best.ckpt"), "--out", str(out), "--candidates", *recipe.export_args]
 
 
+def train(argv: list[str]) -> None:
+    """``python -m training`` with ``argv``, in this process. LightningCLI takes ``argv`` as given and warns
+    when the process's own command line (the pipeline's flags) has arguments too, so it sees none there."""
+    with mock.patch.object(sys, "argv", ["python -m training"]):
+        train_main(argv)
+
+
 def stage(number: int, total: int, text: str) -> None:
     print(f"== {number}/{total}: {text}", file=sys.stderr, flush=True)
 
@@ -85,11 +93,11 @@ def run(recipe: Recipe, run_dir: Path, out: Path, float_only: bool = False) -> N
     total = 1 if float_only else 2 + trains_float
     if trains_float or float_only:
         stage(1, total, f"float training ({recipe.model}, {recipe.epochs} epochs)")
-        train_main(float_args(recipe, run_dir))
+        train(float_args(recipe, run_dir))
         if float_only:
             return
     stage(total - 1, total, f"quantization-aware training ({recipe.qat_epochs} epochs)")
-    train_main(qat_args(recipe, run_dir))
+    train(qat_args(recipe, run_dir))
     stage(
         total,
         total,
