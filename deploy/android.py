@@ -31,6 +31,7 @@ from tqdm import tqdm
 from edge import device_report as report_file
 from edge import parity
 from edge.bundle import BundleMeta, read_golden
+from edge.native import Runner
 
 from . import pictures
 from .profile import Device
@@ -160,9 +161,12 @@ def manifest(root: Path) -> str:
 
 
 def stage(bundle: Path, meta: BundleMeta, version: str, device: Device, package: str, into: Path) -> None:
-    """The release as pushed: the program, the golden inputs as raw float32, and its manifest."""
+    """The release as pushed: the program, the golden inputs as raw float32 in the program's memory order
+    (edge-bench hands the bytes over as they are), and its manifest."""
     shutil.copy2(bundle / meta.pte, into / "model.pte")
-    np.ascontiguousarray(read_golden(bundle)["inputs"], np.float32).tofile(into / "golden.f32")
+    runner = Runner((bundle / meta.pte).read_bytes(), 1)
+    runner.in_memory_order(read_golden(bundle)["inputs"]).tofile(into / "golden.f32")
+    runner.close()
     (into / "release.json").write_text(
         json.dumps(
             {

@@ -28,7 +28,10 @@ import numpy as np
 from .native import NativeError, Runner
 from .preprocess import InputSpec
 
-FORMAT = 1  # bump when a reader of the previous format would misread a new bundle
+FORMAT = 2  # bump when a reader of the previous format would misread a new bundle
+# 2: the program's input is channels-last (NHWC memory), which a format-1 reader would feed NCHW memory.
+# This reader takes the memory order from the program itself, so format 1 still reads right.
+OLDEST_FORMAT = 1
 META = "model.json"
 REPORTS = ("report.json", "report.md")
 CONFUSION_PICTURE = "confusion.png"
@@ -65,8 +68,8 @@ class BundleMeta:
     golden: str = "golden.npz"
 
     def __post_init__(self) -> None:
-        if self.format != FORMAT:
-            raise ValueError(f"format {self.format} is not {FORMAT}")
+        if not OLDEST_FORMAT <= self.format <= FORMAT:
+            raise ValueError(f"format {self.format} is not one of {OLDEST_FORMAT}..{FORMAT}")
         if not self.name or not self.arch or self.width_mult <= 0:
             raise ValueError("name and arch must be non-empty and width_mult positive")
         if self.num_classes < 1 or len(self.labels) != self.num_classes or not all(self.labels):
@@ -107,8 +110,10 @@ class BundleMeta:
                 f"{where} is bundle format {version}, newer than this app reads ({FORMAT}): "
                 "update the app (git pull, then make deploy)"
             )
-        if version < FORMAT:
-            raise BundleError(f"{where} is bundle format {version}, older than this app reads ({FORMAT}); {REEXPORT}")
+        if version < OLDEST_FORMAT:
+            raise BundleError(
+                f"{where} is bundle format {version}, older than this app reads ({OLDEST_FORMAT}); {REEXPORT}"
+            )
         try:
             return _build(cls, raw, "")
         except (TypeError, ValueError) as e:

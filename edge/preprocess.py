@@ -75,14 +75,16 @@ def _folds_to_float32(mean: float, std: float) -> bool:
 class Preprocessor:
     """uint8 HWC frame -> (1, 3, size, size) float32 RGB: resize shorter side, center crop, normalise.
 
-    Built once per bundle; mean/std are folded into one scale and offset per channel.
+    Built once per bundle; mean/std are folded into one scale and offset per channel. The result is NCHW
+    over NHWC memory (channels-last strides): normalised in the frame's own layout, never transposed, it
+    is what an exported program reads (``export.lower``), and the runner passes it on without a copy.
     """
 
     def __init__(self, spec: InputSpec) -> None:
         self.size, self.resize = spec.size, spec.resize
         std = np.asarray(spec.std, np.float32)
-        self.scale = (1.0 / (255.0 * std)).reshape(3, 1, 1)
-        self.offset = (-np.asarray(spec.mean, np.float32) / std).reshape(3, 1, 1)
+        self.scale = 1.0 / (255.0 * std)
+        self.offset = -np.asarray(spec.mean, np.float32) / std
 
     def _geometry(self, height: int, width: int) -> tuple[tuple[int, int, int, int], tuple[int, int], int, int]:
         """Where ``crop`` cuts: the window of the frame it resizes (top, left, height, width), the size it
@@ -124,6 +126,5 @@ class Preprocessor:
             crop = crop[..., ::-1]
         elif order != "RGB":
             raise ValueError(f"order must be RGB or BGR, got {order!r}")
-        # C-contiguous: the ExecuTorch runtime reads the raw buffer and ignores numpy strides.
-        chw = np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32)
-        return (chw * self.scale + self.offset)[None]
+        hwc = crop.astype(np.float32) * self.scale + self.offset
+        return hwc.transpose(2, 0, 1)[None]

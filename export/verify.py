@@ -54,5 +54,5 @@ def check_parity(pte_logits: torch.Tensor, ref_logits: torch.Tensor, min_agreeme
 
 
 def latency_ms(runner: Runner, resolution: int, runs: int = 100) -> dict:
-    x = np.random.default_rng(0).standard_normal((1, 3, resolution, resolution), dtype=np.float32)
+    x = runner.laid_out(np.random.default_rng(0).standard_normal((1, 3, resolution, resolution), dtype=np.float32))
     return time_calls(lambda: runner(x), runs)

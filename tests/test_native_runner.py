@@ -197,7 +197,9 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
     edge_bench, tiny_bundle, tmp_path
 ):
     golden = np.load(tiny_bundle / "golden.npz")
-    golden["inputs"].astype(np.float32).tofile(tmp_path / "in.f32")
+    runner = Runner((tiny_bundle / "model.pte").read_bytes(), threads=1)
+    assert runner.input_order == (0, 2, 3, 1), "export writes programs that read NHWC memory"
+    runner.in_memory_order(golden["inputs"]).tofile(tmp_path / "in.f32")  # raw bytes: edge-bench takes them as they are
     result = bench(
         edge_bench,
         tiny_bundle / "model.pte",
@@ -215,7 +217,6 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     outputs = np.fromfile(tmp_path / "out.f32", np.float32).reshape(len(golden["inputs"]), -1)
-    runner = Runner((tiny_bundle / "model.pte").read_bytes(), threads=1)
     library = np.concatenate([runner(x[None]) for x in golden["inputs"]])
     runner.close()
     np.testing.assert_array_equal(outputs, library)
@@ -286,3 +287,33 @@ def test_closing_while_other_threads_run_is_a_clean_error_not_a_crash(tiny_bundl
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, f"exit {result.returncode} (negative: a signal): {result.stderr[-2000:]}"
     assert result.stdout.strip() == "30", "every thread ended with the one clean error, every round"
+
+
+def test_programs_of_either_memory_order_give_the_same_answers_for_any_nchw_array():
+    """A format-1 program reads NCHW memory, export's programs NHWC: the runner takes the order from the
+    program and lays out whatever array it is given, contiguous or a strided view."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from export.lower import to_pte
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("v1", num_classes=5, width_mult=0.25).eval()
+    with torch.no_grad():
+        model.classifier[-1].bias.copy_(torch.arange(5.0))  # an untrained head answers ~0: give it a spread
+    nhwc = Runner(to_pte(model, 32)[0], threads=1)
+    program = torch.export.export(model, (torch.randn(1, 3, 32, 32),))
+    nchw = Runner(to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer, 1)
+    assert (nhwc.input_order, nchw.input_order) == ((0, 2, 3, 1), (0, 1, 2, 3))
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32) * 3
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    strided = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # the preprocessor's layout
+    for runner in (nhwc, nchw):
+        for given in (x, strided, nhwc.laid_out(x)):
+            np.testing.assert_allclose(runner(given), expected, rtol=1e-4, atol=1e-4)
+    assert np.shares_memory(nhwc.in_memory_order(strided), strided), "NHWC memory goes to the program uncopied"
+    nhwc.close()
+    nchw.close()

@@ -196,7 +196,8 @@ def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
     method = Runtime.get().load_program(str(bundle / "model.pte")).load_method("forward")
     golden = np.load(bundle / "golden.npz")
     for x, expected in zip(golden["inputs"], golden["logits"], strict=True):
-        out = method.execute([torch.from_numpy(x[None])])[0]
+        # The program's input is channels-last (NHWC memory): plain ExecuTorch reads the buffer in that order.
+        out = method.execute([torch.from_numpy(x[None]).contiguous(memory_format=torch.channels_last)])[0]
         np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-4)
 
 

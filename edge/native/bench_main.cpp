@@ -4,7 +4,8 @@
 //
 // --threads defaults to every count from 1 to the CPUs online.
 // It is linked with runner.cpp, so it loads and runs programs exactly as the app's library does. It runs
-// the raw float32 inputs (N images, C-contiguous, back to back) and writes the raw outputs: the host
+// the raw float32 inputs (N images back to back, each in the program's memory order: NHWC for the programs
+// python -m export writes, see Runner.in_memory_order) and writes the raw outputs: the host
 // applies the parity rule (edge/parity.py), which keeps one home. It then times the first input per
 // thread count after a warm-up, and prints one JSON object: every sample, p50/p90/p99, load time, peak
 // RSS (VmHWM), the CPUs (/proc/cpuinfo and each core's cpuinfo_max_freq, so big and little cores are told

@@ -112,6 +112,7 @@ std::string error_name(Error e) {
 
 struct TensorSpec {
   std::vector<int64_t> sizes;
+  std::vector<uint8_t> dim_order;  // the order of the dimensions in memory, outermost first
   size_t numel = 1;
 };
 
@@ -143,6 +144,14 @@ bool float_tensor(const MethodMeta& meta, bool is_input, TensorSpec* spec) {
   for (int32_t d : info->sizes()) {
     spec->sizes.push_back(d);
     spec->numel *= static_cast<size_t>(d);
+  }
+  auto order = info->dim_order();
+  spec->dim_order.assign(order.begin(), order.end());
+  if (spec->dim_order.size() != spec->sizes.size()) {  // a program without dim orders: contiguous
+    spec->dim_order.resize(spec->sizes.size());
+    for (size_t i = 0; i < spec->dim_order.size(); ++i) {
+      spec->dim_order[i] = static_cast<uint8_t>(i);
+    }
   }
   return true;
 }
@@ -238,7 +247,19 @@ int edge_runner_shape(const EdgeRunner* r, int which, int64_t* dims, int max_dim
   return rank;
 }
 
-// Runs forward on a C-contiguous float input of input_numel values; writes the first output.
+// Writes the order in which the input's (which=0) or output's (which=1) dimensions lie in memory,
+// outermost first: 0 1 2 3 for NCHW, 0 2 3 1 for a program that takes NHWC memory. Returns the rank.
+int edge_runner_dim_order(const EdgeRunner* r, int which, int64_t* order, int max_dims) {
+  const TensorSpec& spec = which == 0 ? r->input : r->output;
+  int rank = static_cast<int>(spec.dim_order.size());
+  for (int i = 0; i < rank && i < max_dims; ++i) {
+    order[i] = spec.dim_order[i];
+  }
+  return rank;
+}
+
+// Runs forward on a float input of input_numel values laid out in the program's dim order (see
+// edge_runner_dim_order: C-contiguous for NCHW programs); writes the first output.
 int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float* output, size_t output_numel,
                     char* err, size_t errlen) {
   if (input_numel != r->input.numel || output_numel != r->output.numel) {
@@ -250,15 +271,12 @@ int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float
     return code;
   }
   std::vector<TensorImpl::SizesType> sizes(r->input.sizes.begin(), r->input.sizes.end());
-  std::vector<TensorImpl::DimOrderType> dim_order(sizes.size());
+  std::vector<TensorImpl::DimOrderType> dim_order(r->input.dim_order.begin(), r->input.dim_order.end());
   std::vector<TensorImpl::StridesType> strides(sizes.size());
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    dim_order[i] = static_cast<TensorImpl::DimOrderType>(i);
-  }
   TensorImpl::StridesType stride = 1;
-  for (size_t i = sizes.size(); i-- > 0;) {
-    strides[i] = stride;
-    stride *= sizes[i];
+  for (size_t i = dim_order.size(); i-- > 0;) {  // innermost dimension in memory first
+    strides[dim_order[i]] = stride;
+    stride *= sizes[dim_order[i]];
   }
   TensorImpl impl(ScalarType::Float, static_cast<ssize_t>(sizes.size()), sizes.data(), const_cast<float*>(input),
                   dim_order.data(), strides.data());

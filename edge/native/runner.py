@@ -59,6 +59,7 @@ def library() -> ctypes.CDLL:
         *error,
     )
     lib.edge_runner_shape.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int)
+    lib.edge_runner_dim_order.argtypes = lib.edge_runner_shape.argtypes
     lib.edge_runner_run.argtypes = (
         ctypes.c_void_p,
         ctypes.c_void_p,
@@ -74,7 +75,8 @@ def library() -> ctypes.CDLL:
 
 
 class Runner:
-    """One loaded program: ``runner(x)`` -> the first output, for a float32 input of ``input_shape``.
+    """One loaded program: ``runner(x)`` -> the first output, for a float32 input of ``input_shape``
+    (NCHW, whatever its strides: the runner lays it out in the program's ``input_order``).
 
     ``threads`` sizes the XNNPACK pool (None: leave it as it is, one thread per performance core
     by default). The pool is shared by the process: runners with different counts take turns,
@@ -92,10 +94,11 @@ class Runner:
             raise NativeError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
         self._call("edge_runner_open", pte, len(pte), threads or 0, ctypes.byref(self._handle))
         self.input_shape, self.output_shape = self._shape(0), self._shape(1)
+        self.input_order, self.output_order = self._shape(0, "dim_order"), self._shape(1, "dim_order")
 
-    def _shape(self, which: int) -> tuple[int, ...]:
+    def _shape(self, which: int, what: str = "shape") -> tuple[int, ...]:
         dims = (ctypes.c_int64 * MAX_DIMS)()
-        rank = self._lib.edge_runner_shape(self._handle, which, dims, MAX_DIMS)
+        rank = getattr(self._lib, f"edge_runner_{what}")(self._handle, which, dims, MAX_DIMS)
         return tuple(dims[:rank])
 
     def _call(self, name: str, *args) -> None:
@@ -107,7 +110,8 @@ class Runner:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if tuple(x.shape) != self.input_shape:
             raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
-        x, out = np.ascontiguousarray(x, np.float32), np.empty(self.output_shape, np.float32)
+        x = self.in_memory_order(x)
+        out = np.empty([self.output_shape[d] for d in self.output_order], np.float32)
         with self._idle:
             if self._closing or self._handle.value is None:
                 raise NativeError("the runner is closed")
@@ -118,7 +122,18 @@ class Runner:
             with self._idle:
                 self._calls -= 1
                 self._idle.notify_all()
-        return out
+        return out.transpose(np.argsort(self.output_order))
+
+    def in_memory_order(self, x: np.ndarray) -> np.ndarray:
+        """NCHW ``x`` (a batch of them too) as the program reads its memory: C-contiguous in ``input_order``.
+        A channels-last program reads NHWC, which an array of NCHW shape over NHWC memory (the
+        preprocessor's) already is: the transpose then copies nothing."""
+        return np.ascontiguousarray(np.asarray(x, np.float32).transpose(self.input_order))
+
+    def laid_out(self, x: np.ndarray) -> np.ndarray:
+        """NCHW ``x`` copied once into the program's memory order and viewed as NCHW again, as the
+        preprocessor gives its frames: calls on it copy nothing (benchmarks prepare inputs so)."""
+        return self.in_memory_order(x).transpose(np.argsort(self.input_order))
 
     @staticmethod
     def pool_threads() -> int:
