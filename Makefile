@@ -70,7 +70,7 @@ BUDGET_MS ?=
 JOBS ?= 1
 SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
-.PHONY: help setup train qat export lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep clean \
+.PHONY: help setup train qat export lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep bench-peers bench-peers-profile clean \
 	pi-emu pi-emu-down test-arm android-runner android-emu android-emu-down test-android
 
 help:  ## list targets
@@ -183,6 +183,34 @@ bench-sweep: setup  ## make sweep with the bench-sweep recipe: V3-Small/Large x 
 		$(if $(DATA),--data="$(DATA)") $(if $(ARGS),--args="$(ARGS)") --device $(SWEEP_DEVICE) \
 		--deploy-args="$(strip $(DEVICE_ARGS))" --out artifacts/bench-sweep --runs runs/bench-sweep \
 		$(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
+
+# make bench-peers: our programs against LiteRT, ONNX Runtime and ncnn on the same weights (python -m peers), in
+# its own environment (.venv-peers: the converters pull in jax and transformers, about 3 GB). The model: CKPT= a
+# float checkpoint, else seeded weights at MODEL= WIDTH= RES= (v3_small, 1.0, 224; 1000 classes). DATA= a folder
+# of images to check and calibrate on (default: the procedural shapes). THREADS= (default 2). It also measures on
+# DEVICE= when given, and on the emulated Pi when that is up (make pi-emu). Writes artifacts/peers/.
+PEERS_VENV := .venv-peers
+PEERS_PY := $(PEERS_VENV)/bin/python
+PEERS_DEVICE = $(if $(call given,DEVICE),$(DEVICE),$(shell deploy/pi-emu.sh status >/dev/null 2>&1 && echo rpi5-emu))
+PEERS_ARGS = $(call opt,--checkpoint,$(CKPT)) $(if $(call given,MODEL),--model $(MODEL)) $(call opt,--width,$(WIDTH)) \
+	$(call opt,--res,$(RES)) $(if $(DATA),--data="$(DATA)") $(call opt,--threads,$(THREADS)) \
+	$(if $(PEERS_DEVICE),--device $(PEERS_DEVICE)) $(call opt,--host,$(HOST))
+
+$(PEERS_VENV)/.installed: pyproject.toml
+	@echo "== bench-peers: $(PEERS_VENV) with the converters and the peer runtimes (the first time: a few minutes, about 3 GB)" >&2
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/pip install -q -e ".[peers]"
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.installed  ## ours vs LiteRT, ONNX Runtime, ncnn on the same weights: one table (and the emulated Pi's ratios when it is up)
+	@$(PEERS_PY) -m edge.native >/dev/null
+	$(PEERS_PY) -m peers $(PEERS_ARGS)
+
+bench-peers-profile: $(PEERS_VENV)/.installed  ## where the time goes after make bench-peers: ours per operator (ETDump), LiteRT per microkernel (perf)
+	@command -v perf >/dev/null || { [ "$$(id -u)" -eq 0 ] && apt-get install -y -q linux-perf >/dev/null; } || \
+		{ echo "error: perf is missing: sudo apt install linux-perf" >&2; exit 1; }
+	$(PEERS_PY) -m peers.profile artifacts/peers $(call opt,--threads,$(THREADS))
 
 clean:  ## remove runs and artifacts (keeps .venv)
 	rm -rf runs artifacts

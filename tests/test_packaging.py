@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"edge", "training", "export", "deploy", "device_tests", "sweep", "pipeline"}
+OURS = {"edge", "training", "export", "deploy", "device_tests", "sweep", "pipeline", "peers"}
 EXTRAS_OF = {
     "edge": ["edge"],
     "deploy": ["deploy"],
@@ -18,10 +18,19 @@ EXTRAS_OF = {
     "export": ["export"],
     "sweep": ["export", "deploy"],
     "pipeline": ["export"],
+    "peers": ["peers"],
 }
 # Imported inside the Picamera2 source only, from apt on Raspberry Pi OS: python3-picamera2 brings
 # python3-libcamera (libcamera's Python bindings are not on PyPI).
 ONLY_ON_A_PI = {"picamera2": "rpi", "libcamera": "rpi"}
+# Installed only in make bench-peers' own environment (.venv-peers), not in the one the tests run in.
+PEERS_ONLY = {
+    "ai_edge_litert": "ai-edge-litert",
+    "litert_torch": "litert-torch",
+    "onnxruntime": "onnxruntime",
+    "ncnn": "ncnn",
+    "pnnx": "pnnx",
+}
 
 
 def normalise(name: str) -> str:
@@ -73,7 +82,7 @@ def test_each_extra_installs_what_its_code_imports():
                     in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
                 )
                 continue
-            providers = {normalise(d) for d in distributions.get(module, [])}
+            providers = {normalise(d) for d in distributions.get(module, [PEERS_ONLY.get(module, "")]) if d}
             if not providers & names:
                 missing.append(
                     f"{package} imports {module} ({', '.join(providers) or 'not installed'}), "

@@ -1,0 +1,246 @@
+"""Our int8 and fp32 programs against LiteRT, ONNX Runtime and ncnn on the same weights: one table.
+
+    python -m peers [--checkpoint CKPT | --model v3_small --width 1.0 --res 224 --classes 1000]
+                    [--data DIR] [--threads 2] [--device rpi5-emu]
+
+Converts one float model to every runtime (``peers.convert``), checks each program's top-1 against the
+eager model on the same images, times them all in this process, taking turns (``peers.timing``), and
+prints the table; ``--device`` measures the same folder on a device too and prints the ratios there.
+Writes ``report.json`` and ``report.md`` beside the programs (``--out``).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge.command import positive_int, with_examples
+
+from .runtimes import PeerError
+from .timing import Plan
+
+CHECK_IMAGES = 64  # top-1 agreement on these; the first half also calibrates every int8 program
+
+
+def say(line: str) -> None:
+    print(f"== peers: {line}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m peers",
+        description=__doc__.splitlines()[0],
+        **with_examples(
+            "python -m peers",
+            "python -m peers --checkpoint runs/v3_small/checkpoints/best.ckpt --data cifar10-jpegs/",
+            "python -m peers --reuse --device rpi5-emu",
+        ),
+    )
+    model = parser.add_argument_group("the model (default: seeded V3-Small weights, 224 px, 1000 classes)")
+    model.add_argument("--checkpoint", type=Path, help="a float checkpoint (make train, or make qat's float run)")
+    model.add_argument("--model", default="v3_small", help="architecture of the seeded weights (default v3_small)")
+    model.add_argument("--width", type=float, default=1.0, help="width multiplier α (default 1.0)")
+    model.add_argument("--res", type=positive_int, default=224, help="input resolution ρ (default 224)")
+    model.add_argument("--classes", type=positive_int, default=1000, help="classes of the seeded model (default 1000)")
+    model.add_argument("--seed", type=int, default=0, help="seed of the weights and the images (default 0)")
+    parser.add_argument("--data", type=Path, help="a folder of images (default: the procedural shapes)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="threads for every runtime (default 2)")
+    parser.add_argument(
+        "--rounds", type=positive_int, default=Plan.rounds, help=f"turns per program (default {Plan.rounds})"
+    )
+    parser.add_argument(
+        "--calls", type=positive_int, default=Plan.calls, help=f"timed calls per turn (default {Plan.calls})"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("artifacts/peers"),
+        help="folder for the programs and the report (default artifacts/peers)",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the programs already in --out, converting nothing"
+    )
+    parser.add_argument("--device", help="also measure on this device profile (configs/devices), e.g. rpi5-emu")
+    parser.add_argument("--host", help="the device's user@host, overriding its profile")
+    parser.add_argument(
+        "--device-rounds",
+        type=positive_int,
+        default=8,
+        help="turns per program on the device (default 8: emulated time is slow)",
+    )
+    return parser
+
+
+def describe_source(args: argparse.Namespace) -> str:
+    if args.checkpoint:
+        return f"the float checkpoint {args.checkpoint}"
+    return f"seeded {args.model} weights (seed {args.seed}), α {args.width:g}, {args.res} px, {args.classes} classes"
+
+
+def float_model(args: argparse.Namespace):
+    """The float model and its input spec: a checkpoint's, or seeded weights at the given shape."""
+    import torch
+
+    from edge.preprocess import InputSpec
+    from training.models import create_model
+
+    if args.checkpoint:
+        from training.qat import QATClassifier
+        from training.restore import load_module
+
+        module, checkpoint = load_module(args.checkpoint)
+        if isinstance(module, QATClassifier):
+            raise ValueError(f"{args.checkpoint} is a QAT checkpoint: give the float one it started from")
+        return module.model.eval(), InputSpec(**checkpoint["data"]["input"])
+    torch.manual_seed(args.seed)
+    return create_model(args.model, args.classes, args.width).eval(), InputSpec.for_resolution(args.res)
+
+
+def convert(args: argparse.Namespace, out: Path) -> None:
+    from training.quiet import silence_known_noise
+
+    from .convert import convert_all, folder_images, procedural_images
+
+    silence_known_noise()
+
+    model, spec = float_model(args)
+    say(f"images: {CHECK_IMAGES} from {args.data or 'the procedural shapes'}, {spec.size} px")
+    images = (
+        folder_images(spec, args.data, CHECK_IMAGES) if args.data else procedural_images(spec, CHECK_IMAGES, args.seed)
+    )
+    convert_all(model, images, CHECK_IMAGES // 2, spec.size, out, say)
+
+
+def fmt(value: float | None, pattern: str = "{:.1%}") -> str:
+    return "" if value is None else pattern.format(value)
+
+
+def table(result: dict) -> str:
+    rows = result["programs"]
+    ours = next(r for r in rows if r["ours"] and r["precision"] == "int8")
+    lines = [
+        "| program | runtime | p50 ms | p90 ms | vs ours int8 (p50) | size MB | top-1 = eager | parity with eager "
+        "| top-1 = ours int8 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        name, eager = f"**{r['name']}**" if r["ours"] else r["name"], r["vs_eager"]
+        lines.append(
+            f"| {name} | {r['runtime_label']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+            f"{r['p50_ms'] / ours['p50_ms']:.2f}x | {r['bytes'] / 1e6:.2f} | {fmt(eager['top1_agreement'])} | "
+            f"{fmt(eager['agreement'])} | {fmt(r['top1_vs_ours_int8'])} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(host: dict, device: dict) -> str:
+    """Each program's p50 over ours int8's, here and there: under emulation only these ratios mean anything."""
+
+    def by_name(result):
+        ours = next(r for r in result["programs"] if r["ours"] and r["precision"] == "int8")["p50_ms"]
+        return {r["name"]: r["p50_ms"] / ours for r in result["programs"]}
+
+    here, there = by_name(host), by_name(device)
+    lines = [
+        "| program | host, vs ours int8 | device, vs ours int8 | device p50 ms | top-1 = eager there |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in device["programs"]:
+        lines.append(
+            f"| {r['name']} | {here[r['name']]:.2f}x | {there[r['name']]:.2f}x | {r['p50_ms']:.2f} | "
+            f"{fmt(r['vs_eager']['top1_agreement'])} |"
+        )
+    return "\n".join(lines)
+
+
+def check_fp32(result: dict) -> list[str]:
+    """Every fp32 program must agree with the eager model on every image, by the bundle's fp32 parity rule."""
+    return [
+        f"{r['name']}: agrees with eager on {r['vs_eager']['agreement']:.1%} of the images (top-1 "
+        f"{r['vs_eager']['top1_agreement']:.1%}, largest logit difference {r['vs_eager']['max_abs_logit_diff']:.2g})"
+        for r in result["programs"]
+        if r["precision"] == "fp32" and r["vs_eager"]["agreement"] < 1.0
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    out = args.out
+    if args.reuse:
+        if not (out / "programs.json").is_file():
+            raise PeerError(f"nothing to reuse in {out}: run without --reuse first")
+    else:
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "programs.json").is_file())):
+            raise PeerError(f"{out} exists and is not a folder of this benchmark: give another --out")
+        for stale in ("programs.json", "source.json"):  # written last: a folder half converted is never measured
+            (out / stale).unlink(missing_ok=True)
+        started = time.monotonic()
+        convert(args, out)
+        (out / "source.json").write_text(json.dumps({"model": describe_source(args)}) + "\n")
+        say(f"converted in {time.monotonic() - started:.0f} s into {out}")
+    source = json.loads((out / "source.json").read_text())["model"] if (out / "source.json").is_file() else "?"
+    report = {"host": measure_here(out, args.threads, Plan(args.rounds, args.calls))}
+    report["model"] = source
+    text = [
+        f"{source}; this machine, {args.threads} threads, {report['host']['images']} images:",
+        "",
+        table(report["host"]),
+    ]
+    if args.device:
+        from deploy.profile import ProfileError, load_device
+
+        try:
+            device = load_device(args.device, host=args.host)
+        except ProfileError as error:
+            raise PeerError(str(error)) from None
+        report["device"] = measure_on_device(device, out, args)
+        emulated = " (emulated: only the ratios between runtimes mean anything)" if device.emulated else ""
+        text += ["", f"{device.name}{emulated}, {args.threads} threads:", "", ratios(report["host"], report["device"])]
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    failures = check_fp32(report["host"]) + check_fp32(report.get("device", {"programs": []}))
+    for line in failures:
+        print(f"error: {line}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def measure_here(out: Path, threads: int, plan: Plan) -> dict:
+    """In a fresh process, as on a device: the converters' threads and memory are gone, torch is not loaded."""
+    argv = [
+        sys.executable,
+        "-m",
+        "peers.measure",
+        str(out),
+        "--threads",
+        str(threads),
+        "--rounds",
+        str(plan.rounds),
+        "--calls",
+        str(plan.calls),
+        "--settle",
+        str(plan.settle_s),
+    ]
+    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise PeerError("measuring on this machine failed (its error is above)")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure_on_device(device, out: Path, args: argparse.Namespace) -> dict:
+    from .remote import measure_on
+
+    return measure_on(device, out, args.threads, Plan(args.device_rounds, args.calls), say)
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # LiteRT's converter logs every pass otherwise
+    args = build_parser().parse_args(argv)
+    try:
+        sys.exit(run(args))
+    except (PeerError, ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")

@@ -1,0 +1,94 @@
+"""Check and time every program of a converted folder, here: on the host or on a device.
+
+    python -m peers.measure FOLDER [--threads 2] [--rounds 60] [--calls 10] [--settle 0.03]
+
+Prints one JSON object: per program its size, its p50/p90 in ms, how often its top-1 equals the eager
+model's on the folder's images (and how often its logits agree with eager's by the bundle's parity rule,
+``edge.parity``), and how often its top-1 equals our int8 program's. Needs numpy, the runtimes
+and the native runner only (no torch), so the same code measures on a device.
+"""
+
+import argparse
+import json
+import platform
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from edge.parity import compare, logit_tolerance
+
+from .runtimes import RUNTIMES, PeerError, load
+from .timing import Plan, alternate, summary
+
+PROGRAMS = "programs.json"  # written by peers.convert
+
+
+def measure(folder: Path, threads: int, plan: Plan, say=lambda line: None) -> dict:
+    listing = folder / PROGRAMS
+    if not listing.is_file():
+        raise PeerError(f"{folder} has no {PROGRAMS}: convert first (python -m peers)")
+    programs = json.loads(listing.read_text())
+    images, eager = np.load(folder / "images.npy"), np.load(folder / "eager.npy")
+    sessions, inputs, outputs = {}, {}, {}
+    for p in programs:
+        session = load(folder / p["file"], threads)
+        prepared = [session.prepare(x[None]) for x in images]
+        outputs[p["name"]] = np.stack([session.logits(session.run(x)) for x in prepared])
+        sessions[p["name"]], inputs[p["name"]] = session, prepared[0]
+    reference = next((outputs[p["name"]] for p in programs if p["ours"] and p["precision"] == "int8"), None)
+    calls = {name: (lambda s=s, x=inputs[name]: s.run(x)) for name, s in sessions.items()}
+    say(f"timing {len(calls)} programs, {plan.rounds} rounds of {plan.calls} calls each, {threads} threads")
+    every = 10 * len(calls)  # a line every 10 rounds
+
+    def progress(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            say(f"  round {done // len(calls)} of {plan.rounds}")
+
+    samples = alternate(calls, plan, progress=progress)
+    rows = []
+    for p in programs:
+        out = outputs[p["name"]]
+        size = sum(
+            f.stat().st_size for f in [folder / p["file"], (folder / p["file"]).with_suffix(".bin")] if f.is_file()
+        )
+        rows.append(
+            p
+            | summary(samples[p["name"]])
+            | {
+                "runtime_label": RUNTIMES[Path(p["file"]).suffix],
+                "bytes": size,
+                "vs_eager": compare(out, eager, logit_tolerance(eager, p["precision"])),
+                "top1_vs_ours_int8": None
+                if reference is None
+                else float(np.mean(out.argmax(1) == reference.argmax(1))),
+            }
+        )
+    return {
+        "machine": platform.machine(),
+        "threads": threads,
+        "images": len(images),
+        "plan": asdict(plan),
+        "programs": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m peers.measure", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=Plan.rounds)
+    parser.add_argument("--calls", type=int, default=Plan.calls)
+    parser.add_argument("--settle", type=float, default=Plan.settle_s, help="seconds of untimed calls per turn")
+    args = parser.parse_args(argv)
+    try:
+        plan = Plan(args.rounds, args.calls, args.settle)
+        result = measure(args.folder, args.threads, plan, say=lambda line: print(line, file=sys.stderr, flush=True))
+    except (PeerError, ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

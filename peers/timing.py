@@ -1,0 +1,62 @@
+"""Time several runtimes in one process, taking turns, so that drift of the machine hits all of them.
+
+Each round gives every runtime one turn, in an order that rotates from round to round: untimed calls
+for ``settle_s`` seconds, then ``calls`` timed ones. The untimed calls matter: after a call a runtime's
+worker threads spin before they sleep (ncnn's OpenMP threads for 20 ms, ONNX Runtime's and XNNPACK's
+pools for less), and on a machine with as many cores as threads the next runtime would compete with
+them for the cores. Meanwhile the untimed calls wake the next runtime's own threads and bring its
+weights back into the caches. An idle pause instead would let the cores drop into power saving (or a
+virtual machine's cores be descheduled), and the first calls after it run slow.
+"""
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Plan:
+    rounds: int = 60
+    calls: int = 10  # timed calls per turn
+    settle_s: float = 0.03  # untimed calls for this long at the start of each turn (at least one)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.calls < 1 or not 0 <= self.settle_s <= 10:
+            raise ValueError(f"rounds and calls must be 1 or more and settle 0 or more, got {self}")
+
+
+def turns(names: list[str], rounds: int) -> Iterator[str]:
+    """Every name once per round, the starting one moving on by one each round."""
+    for r in range(rounds):
+        for i in range(len(names)):
+            yield names[(r + i) % len(names)]
+
+
+def alternate(
+    calls: dict[str, Callable[[], object]],
+    plan: Plan,
+    clock: Callable[[], float] = time.perf_counter,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Milliseconds per timed call, per name, ``plan.rounds * plan.calls`` each."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    total = plan.rounds * len(calls)
+    for done, name in enumerate(turns(list(calls), plan.rounds), 1):
+        call = calls[name]
+        settled = clock() + plan.settle_s
+        call()
+        while clock() < settled:
+            call()
+        for _ in range(plan.calls):
+            start = clock()
+            call()
+            samples[name].append(1000 * (clock() - start))
+        if progress is not None:
+            progress(done, total)
+    return samples
+
+
+def summary(ms: list[float]) -> dict[str, float]:
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)), "runs": len(ms)}

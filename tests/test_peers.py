@@ -1,0 +1,172 @@
+"""make bench-peers' own logic, in the project's environment: the peer runtimes live in .venv-peers only,
+so what needs them (the conversions, the timings) runs in make bench-peers, not here."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from peers import cli, remote
+from peers.convert import decompose_hard_activations
+from peers.measure import measure
+from peers.runtimes import PeerError, load, quantize
+from peers.timing import Plan, alternate, summary, turns
+from training.models import create_model
+
+
+def test_every_runtime_gets_one_turn_per_round_and_no_runtime_always_follows_the_same_one():
+    order = list(turns(["a", "b", "c"], 3))
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+
+class FakeClock:
+    """Each call of runtime ``name`` takes ``cost[name]`` seconds of this clock."""
+
+    def __init__(self, cost: dict[str, float]) -> None:
+        self.now, self.cost, self.calls = 0.0, cost, {name: 0 for name in cost}
+
+    def __call__(self) -> float:
+        return self.now
+
+    def runtime(self, name: str):
+        def call() -> None:
+            self.calls[name] += 1
+            self.now += self.cost[name]
+
+        return call
+
+
+def test_timed_calls_measure_only_themselves_after_the_untimed_settling_calls():
+    clock = FakeClock({"fast": 0.001, "slow": 0.004})
+    plan = Plan(rounds=5, calls=4, settle_s=0.01)
+    samples = alternate({name: clock.runtime(name) for name in clock.cost}, plan, clock=clock)
+    assert samples["fast"] == pytest.approx([1.0] * 20) and samples["slow"] == pytest.approx([4.0] * 20)
+    # Settling: calls until 10 ms of this clock passed, at least one: 10 for fast, 3 for slow, per turn.
+    assert clock.calls == {"fast": 5 * (10 + 4), "slow": 5 * (3 + 4)}
+    assert summary(samples["slow"]) == {"p50_ms": pytest.approx(4.0), "p90_ms": pytest.approx(4.0), "runs": 20}
+
+
+@pytest.mark.parametrize("bad", [{"rounds": 0}, {"calls": 0}, {"settle_s": -1.0}, {"settle_s": float("nan")}])
+def test_a_plan_that_cannot_time_anything_is_refused(bad):
+    with pytest.raises(ValueError):
+        Plan(**bad)
+
+
+def test_int8_inputs_round_to_the_nearest_level_and_saturate():
+    x = np.array([-10.0, -0.26, -0.24, 0.0, 0.26, 10.0], np.float32)
+    assert quantize(x, 0.5, 0, np.int8).tolist() == [-20, -1, 0, 0, 1, 20]
+    assert quantize(x, 0.01, 0, np.int8).tolist() == [-128, -26, -24, 0, 26, 127]
+
+
+def test_a_file_of_no_known_runtime_or_of_a_runtime_not_installed_is_one_line(tmp_path):
+    with pytest.raises(PeerError, match="not a program of a known runtime"):
+        load(tmp_path / "model.bin", 1)
+    (tmp_path / "model.tflite").write_bytes(b"\0" * 16)
+    try:
+        import ai_edge_litert  # noqa: F401
+    except ImportError:
+        with pytest.raises(PeerError, match="LiteRT is not installed here"):
+            load(tmp_path / "model.tflite", 1)
+    else:
+        with pytest.raises(PeerError, match="LiteRT cannot load model.tflite"):
+            load(tmp_path / "model.tflite", 1)
+
+
+def test_decomposed_hard_activations_compute_the_same_function():
+    torch.manual_seed(0)
+    model = create_model("v3_small", 10, 0.5).eval()
+    decomposed = decompose_hard_activations(model)
+    assert not any(isinstance(m, torch.nn.Hardswish | torch.nn.Hardsigmoid) for m in decomposed.modules())
+    assert any(isinstance(m, torch.nn.Hardswish) for m in model.modules()), "the original is left as it was"
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(decomposed(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def ours_only(tiny_bundle, tmp_path):
+    """A converted folder with only our program: the eager logits are the runner's own answers, except
+    image 0's, where another class leads by far."""
+    from edge.native import Runner
+
+    folder = tmp_path / "peers"
+    folder.mkdir()
+    shutil.copy(tiny_bundle / "model.pte", folder / "ours-fp32.pte")
+    images = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
+    runner = Runner((tiny_bundle / "model.pte").read_bytes(), 1)
+    eager = np.concatenate([runner(x[None]) for x in images])
+    runner.close()
+    wrong = eager.argmin(1)[0]
+    eager[0, wrong] = eager[0].max() + 10 * (eager.max() - eager.min() + 1)
+    np.save(folder / "images.npy", images)
+    np.save(folder / "eager.npy", eager)
+    programs = [
+        {"name": "ours fp32", "file": "ours-fp32.pte", "runtime": "ExecuTorch", "precision": "fp32", "ours": True}
+    ]
+    (folder / "programs.json").write_text(json.dumps(programs))
+    return folder
+
+
+def test_measuring_checks_each_program_against_eager_and_times_it(ours_only):
+    result = measure(ours_only, 1, Plan(rounds=2, calls=3, settle_s=0.0))
+    (row,) = result["programs"]
+    assert row["runs"] == 6 and 0 < row["p50_ms"] <= row["p90_ms"]
+    assert row["vs_eager"]["images"] == 6 and row["vs_eager"]["top1_agreement"] == pytest.approx(5 / 6)
+    assert row["top1_vs_ours_int8"] is None, "no int8 program of ours to compare with"
+    assert row["bytes"] == (ours_only / "ours-fp32.pte").stat().st_size
+    assert cli.check_fp32(result) == [
+        "ours fp32: agrees with eager on 83.3% of the images (top-1 83.3%, largest logit difference "
+        f"{row['vs_eager']['max_abs_logit_diff']:.2g})"
+    ]
+
+
+def test_the_tables_compare_every_program_with_our_int8_one():
+    def row(name, ms, ours=False, precision="int8"):
+        vs = {"top1_agreement": 1.0, "agreement": 1.0}
+        return {
+            "name": name,
+            "ours": ours,
+            "precision": precision,
+            "runtime_label": "X",
+            "p50_ms": ms,
+            "p90_ms": ms,
+            "bytes": 2e6,
+            "vs_eager": vs,
+            "top1_vs_ours_int8": 0.5,
+        }
+
+    host = {"programs": [row("ours int8", 2.0, True), row("LiteRT int8", 1.0)]}
+    device = {"programs": [row("ours int8", 50.0, True), row("LiteRT int8", 75.0)]}
+    assert "| LiteRT int8 | X | 1.000 | 1.000 | 0.50x | 2.00 | 100.0% | 100.0% | 50.0% |" in cli.table(host)
+    assert "| LiteRT int8 | 0.50x | 1.50x | 75.00 | 100.0% |" in cli.ratios(host, device)
+
+
+def test_the_device_gets_the_programs_the_code_and_every_runtime_wheel_but_numpy(ours_only, tmp_path):
+    from deploy.provision import RunnerPlan
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for name in ("numpy-2.4.6-cp311-cp311-manylinux_2_27_aarch64.whl", "ncnn-1-cp311-cp311-manylinux_2_28_aarch64.whl"):
+        (wheels / name).write_bytes(b"")
+    staged = tmp_path / "staged"
+    remote.stage(ours_only, staged, wheels, RunnerPlan(None, "already in the environment", present=True))
+    assert sorted(p.name for p in (staged / "wheels").iterdir()) == ["ncnn-1-cp311-cp311-manylinux_2_28_aarch64.whl"]
+    assert {"ours-fp32.pte", "images.npy", "eager.npy", "programs.json"} <= {
+        p.name for p in (staged / "work").iterdir()
+    }
+    assert (staged / "peers" / "measure.py").is_file() and (staged / "edge" / "native" / "runner.py").is_file()
+    assert (staged / "requirements.txt").read_text() and (staged / "requirements-nodeps.txt").read_text()
+    assert [r.split("==")[0] for r in remote.requirements()] == ["ai-edge-litert", "onnxruntime", "ncnn"]
+
+
+def test_an_output_folder_of_something_else_is_left_alone(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--out", str(tmp_path)])
+    assert "is not a folder of this benchmark" in str(exit_info.value.code)
+    assert (tmp_path / "mine.txt").read_text() == "keep"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--reuse", "--out", str(tmp_path / "none")])
+    assert str(exit_info.value.code) == f"error: nothing to reuse in {tmp_path / 'none'}: run without --reuse first"
