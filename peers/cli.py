@@ -157,12 +157,14 @@ def ratios(host: dict, device: dict) -> str:
 
 
 def check_fp32(result: dict) -> list[str]:
-    """Every fp32 program must agree with the eager model on every image, by the bundle's fp32 parity rule."""
+    """Every fp32 program must give the eager model's top-1 on every image, a near-tie within the bundle's
+    fp32 tolerance (``edge.parity``) counting as the same answer. Their logits may stray further than that
+    tolerance (ncnn's Winograd convolutions do): the table shows it, it is not an error."""
     return [
-        f"{r['name']}: agrees with eager on {r['vs_eager']['agreement']:.1%} of the images (top-1 "
-        f"{r['vs_eager']['top1_agreement']:.1%}, largest logit difference {r['vs_eager']['max_abs_logit_diff']:.2g})"
+        f"{r['name']}: its top-1 is eager's on {r['vs_eager']['top1_agreement_within_tolerance']:.1%} of the images "
+        f"(largest logit difference {r['vs_eager']['max_abs_logit_diff']:.2g})"
         for r in result["programs"]
-        if r["precision"] == "fp32" and r["vs_eager"]["agreement"] < 1.0
+        if r["precision"] == "fp32" and r["vs_eager"]["top1_agreement_within_tolerance"] < 1.0
     ]
 
 

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -125,6 +126,7 @@ def litert(model: nn.Module, calibration: np.ndarray, resolution: int, int8: boo
         for x in calibration:
             graph(torch.from_numpy(x[None]).permute(0, 2, 3, 1))
     graph = convert_pt2e(graph, fold_quantize=False)
+    graph.training = False  # exported from an eval model, its ops are eval ops: the flag is what LiteRT checks
     return litert_torch.convert(graph, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).model_content()
 
 
@@ -201,8 +203,6 @@ def convert_all(
     say: Callable[[str], None],
 ) -> list[Program]:
     """Write every program and the reference into ``folder``; the first ``calibration`` images calibrate."""
-    import time
-
     model = model.eval()
     calib = images[:calibration]
     decomposed = decompose_hard_activations(model)

@@ -114,9 +114,11 @@ def perf_samples(program: Path, threads: int, seconds: float) -> tuple[str, floa
             "--seconds",
             str(seconds),
         ]
+        started = time.monotonic()
         record = subprocess.run(
             ["perf", "record", "-q", "-F", "2000", "-o", str(data), "--", *child], capture_output=True, text=True
         )
+        wall = time.monotonic() - started
         if record.returncode != 0:
             raise PeerError(f"perf record failed: {(record.stderr.strip().splitlines() or ['?'])[-1]}")
         report = subprocess.run(
@@ -124,7 +126,7 @@ def perf_samples(program: Path, threads: int, seconds: float) -> tuple[str, floa
             capture_output=True,
             text=True,
         )
-    return report.stdout
+    return report.stdout, 1000 * wall / int(record.stdout.strip().splitlines()[-1])
 
 
 def named_kernels(report: str, top: int = 12) -> list[tuple[str, float]]:
@@ -170,8 +172,7 @@ SIGNATURES = (  # the first of these instructions a function uses -> what XNNPAC
     ("vpmullw", "int8 multiply (mul16)"),
     ("vpshufb", "int8 lookup table (hard-swish)"),
     ("vpunpck", "transpose"),
-    ("vbroadcastss", "fp32 GEMM (broadcast)"),
-    ("vfmadd", "fp32 depthwise conv / other FMA"),
+    ("vfmadd", "fp32 GEMM or depthwise conv (FMA)"),
 )
 
 
@@ -212,17 +213,24 @@ def markdown(folder: Path, threads: int, runs: int, seconds: float) -> str:
     for file in ("ours-int8.pte", "litert-int8.tflite", "ours-fp32.pte", "litert-fp32.tflite"):
         if file not in programs:
             continue
-        report = perf_samples(folder / file, threads, seconds)
-        lines += [f"**{programs[file]['name']}** (perf, % of all samples of the process):", ""]
+        report, per_run = perf_samples(folder / file, threads, seconds)
+        name = programs[file]["name"]
+        lines += [
+            f"**{name}** (perf: % of the process's samples; ms = % x its wall time per run, {per_run:.3f} ms, which "
+            "includes loading and perf's own cost: compare the rows of two runtimes, not with the ETDump figures):",
+            "",
+        ]
         if file.endswith(".pte"):
             lines += [
-                "| microkernel (by its instructions) | % | vector registers spilled to the stack |",
-                "|---|---:|---:|",
+                "| microkernel (by its instructions) | % | ms | vector registers spilled to the stack |",
+                "|---|---:|---:|---:|",
             ]
-            lines += [f"| {what} | {pct:.1f} | {spills} |" for what, pct, spills in kernels(report, library)]
+            rows = kernels(report, library)
+            lines += [f"| {what} | {pct:.1f} | {pct * per_run / 100:.3f} | {spills} |" for what, pct, spills in rows]
         else:
-            lines += ["| microkernel | % |", "|---|---:|"]
-            lines += [f"| `{name}` | {pct:.1f} |" for name, pct in named_kernels(report)]
+            lines += ["| microkernel | % | ms |", "|---|---:|---:|"]
+            rows = named_kernels(report)
+            lines += [f"| `{kernel}` | {pct:.1f} | {pct * per_run / 100:.3f} |" for kernel, pct in rows]
         lines.append("")
     return "\n".join(lines)
 

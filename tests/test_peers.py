@@ -117,7 +117,7 @@ def test_measuring_checks_each_program_against_eager_and_times_it(ours_only):
     assert row["top1_vs_ours_int8"] is None, "no int8 program of ours to compare with"
     assert row["bytes"] == (ours_only / "ours-fp32.pte").stat().st_size
     assert cli.check_fp32(result) == [
-        "ours fp32: agrees with eager on 83.3% of the images (top-1 83.3%, largest logit difference "
+        f"ours fp32: its top-1 is eager's on 83.3% of the images (largest logit difference "
         f"{row['vs_eager']['max_abs_logit_diff']:.2g})"
     ]
 
