@@ -36,6 +36,7 @@ from edge.files import atomic_path
 from edge.preprocess import InputSpec, Preprocessor
 
 from .measure import PROGRAMS
+from .runtimes import PeerError
 
 
 @dataclass(frozen=True)
@@ -165,26 +166,34 @@ def onnx_int8(fp32: Path, calibration: np.ndarray, out: Path) -> None:
 
 
 @contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """pnnx prints every pass from C++ to the process's stdout: send it to /dev/null meanwhile."""
+def captured_output(log: Path) -> Iterator[None]:
+    """pnnx prints every pass from C++ on the process's stdout and stderr: into ``log`` meanwhile."""
     sys.stdout.flush()
-    saved = os.dup(1)
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
     try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 1)
+        with open(log, "wb") as file:
+            os.dup2(file.fileno(), 1)
+            os.dup2(file.fileno(), 2)
         yield
     finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
 
 
 def ncnn_fp32(model: nn.Module, resolution: int, out: Path) -> None:
     """pnnx writes its files beside the TorchScript it is given: run it in a scratch folder, keep the pair."""
     import pnnx
 
-    with tempfile.TemporaryDirectory() as scratch, quiet_stdout():
-        traced = Path(scratch) / "model.pt"
-        pnnx.export(model.eval(), str(traced), (torch.zeros(1, 3, resolution, resolution),))
+    with tempfile.TemporaryDirectory() as scratch:
+        traced, log = Path(scratch) / "model.pt", Path(scratch) / "pnnx.log"
+        with captured_output(log):
+            pnnx.export(model.eval(), str(traced), (torch.zeros(1, 3, resolution, resolution),))
+        if not (Path(scratch) / "model.ncnn.param").is_file():
+            said = log.read_text(errors="replace").strip().splitlines() or ["no output"]
+            raise RuntimeError(f"pnnx wrote no ncnn model: {said[-1][:300]}")
         shutil.copy(Path(scratch) / "model.ncnn.param", out)
         shutil.copy(Path(scratch) / "model.ncnn.bin", out.with_suffix(".bin"))
 
@@ -245,7 +254,11 @@ def convert_all(
     for i, (program, write) in enumerate(steps, 1):
         started = time.monotonic()
         say(f"[{i}/{len(steps)}] {program.name} ...")
-        write(folder / program.file)
+        try:
+            write(folder / program.file)
+        except Exception as error:  # each converter is another project's: whatever it raises becomes one line
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            raise PeerError(f"converting {program.name} failed: {type(error).__name__}: {first}") from None
         say(
             f"[{i}/{len(steps)}] {program.name}: {(folder / program.file).stat().st_size / 1e6:.2f} MB "
             f"in {time.monotonic() - started:.0f} s"
