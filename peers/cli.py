@@ -168,8 +168,23 @@ def check_fp32(result: dict) -> list[str]:
     ]
 
 
+def device_of(args: argparse.Namespace):
+    """The device profile to measure on too (None: this machine only), checked before any work."""
+    if not args.device:
+        return None
+    from deploy.profile import ProfileError, load_device
+
+    try:
+        device = load_device(args.device, host=args.host)
+    except ProfileError as error:
+        raise PeerError(str(error)) from None
+    if device.adb:
+        raise PeerError(f"{device.name} is reached over adb: the peers benchmark measures on SSH devices (a Pi)")
+    return device
+
+
 def run(args: argparse.Namespace) -> int:
-    out = args.out
+    out, device = args.out, device_of(args)
     if args.reuse:
         if not (out / "programs.json").is_file():
             raise PeerError(f"nothing to reuse in {out}: run without --reuse first")
@@ -190,13 +205,7 @@ def run(args: argparse.Namespace) -> int:
         "",
         table(report["host"]),
     ]
-    if args.device:
-        from deploy.profile import ProfileError, load_device
-
-        try:
-            device = load_device(args.device, host=args.host)
-        except ProfileError as error:
-            raise PeerError(str(error)) from None
+    if device:
         report["device"] = measure_on_device(device, out, args)
         emulated = " (emulated: only the ratios between runtimes mean anything)" if device.emulated else ""
         text += ["", f"{device.name}{emulated}, {args.threads} threads:", "", ratios(report["host"], report["device"])]

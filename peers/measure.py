@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         result = measure(args.folder, args.threads, plan, say=lambda line: print(line, file=sys.stderr, flush=True))
     except (PeerError, ValueError, OSError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
     print(json.dumps(result))
 
 

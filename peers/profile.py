@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         text = markdown(args.folder, args.threads, args.runs, args.seconds)
     except (PeerError, NativeError, OSError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
     (args.folder / "profile.md").write_text(text + "\n")
     print(text)
 
