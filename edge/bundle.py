@@ -102,7 +102,7 @@ class BundleMeta:
             raise BundleError(f"{where} is not a JSON object; {REEXPORT}")
         version = raw.get("format")
         if version is None:
-            raise BundleError(f"{where} has no format version: the bundle predates format {FORMAT}; {REEXPORT}")
+            raise BundleError(f"{where} has no format version: the bundle predates format {OLDEST_FORMAT}; {REEXPORT}")
         if not _is(version, int) or version < 1:
             raise BundleError(f"{where}: format {version!r} is not a version number; {REEXPORT}")
         if version > FORMAT:

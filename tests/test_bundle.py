@@ -210,3 +210,10 @@ def test_an_output_path_is_replaced_only_when_it_is_a_bundle(bundle, tmp_path):
     assert sorted(p.name for p in (tmp_path / "old").iterdir()) == sorted(meta.files)
     with pytest.raises(ValueError, match="are not the files"):
         write_bundle(tmp_path / "old", meta, contents | {"plot.png": b"png"})
+
+
+def test_a_format_1_bundle_still_loads_and_an_older_one_is_refused(tiny_bundle, tmp_path):
+    """Format 2 changed only the program's input memory order, which the runner reads from the program."""
+    assert load_bundle(broken_copy(tiny_bundle, tmp_path / "one", edit=put("format", 1))).meta.format == 1
+    with pytest.raises(BundleError, match="format 0 is not a version number"):
+        load_bundle(broken_copy(tiny_bundle, tmp_path / "zero", edit=put("format", 0)))
