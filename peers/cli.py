@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edge.command import positive_int, with_examples
 
+from .measure import command
 from .runtimes import PeerError
 from .timing import Plan
 
@@ -220,21 +221,7 @@ def run(args: argparse.Namespace) -> int:
 
 def measure_here(out: Path, threads: int, plan: Plan) -> dict:
     """In a fresh process, as on a device: the converters' threads and memory are gone, torch is not loaded."""
-    argv = [
-        sys.executable,
-        "-m",
-        "peers.measure",
-        str(out),
-        "--threads",
-        str(threads),
-        "--rounds",
-        str(plan.rounds),
-        "--calls",
-        str(plan.calls),
-        "--settle",
-        str(plan.settle_s),
-    ]
-    result = subprocess.run(argv, stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(command(sys.executable, str(out), threads, plan), stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise PeerError("measuring on this machine failed (its error is above)")
     return json.loads(result.stdout.strip().splitlines()[-1])

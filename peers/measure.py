@@ -25,6 +25,24 @@ from .timing import Plan, alternate, summary
 PROGRAMS = "programs.json"  # written by peers.convert
 
 
+def command(python: str, folder: str, threads: int, plan: Plan) -> list[str]:
+    """The command line that runs this module on ``folder``: here in a fresh process, or on a device."""
+    return [
+        python,
+        "-m",
+        "peers.measure",
+        folder,
+        "--threads",
+        str(threads),
+        "--rounds",
+        str(plan.rounds),
+        "--calls",
+        str(plan.calls),
+        "--settle",
+        str(plan.settle_s),
+    ]
+
+
 def measure(folder: Path, threads: int, plan: Plan, say=lambda line: None) -> dict:
     listing = folder / PROGRAMS
     if not listing.is_file():

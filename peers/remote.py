@@ -22,6 +22,7 @@ from deploy.profile import Device
 from deploy.target import DeployError, Target, connect
 from deploy.wheelhouse import DEFAULT_CACHE, Platform, device_requirements, download
 
+from .measure import command
 from .runtimes import PeerError
 from .timing import Plan
 
@@ -116,22 +117,7 @@ def measure_on(device: Device, folder: Path, threads: int, plan: Plan, say) -> d
         )
         say(f"measuring on {device.name}: {plan.rounds} rounds of {plan.calls} calls")
         result = target.run(
-            [
-                "env",
-                "PYTHONPATH=packages",
-                python,
-                "-m",
-                "peers.measure",
-                "work",
-                "--threads",
-                str(threads),
-                "--rounds",
-                str(plan.rounds),
-                "--calls",
-                str(plan.calls),
-                "--settle",
-                str(plan.settle_s),
-            ],
+            ["env", "PYTHONPATH=packages", *command(python, "work", threads, plan)],
             cwd=remote,
             what=f"measuring on {device.name}",
         )
