@@ -73,7 +73,7 @@ def key(platform: Platform, packages: str, runtime: str) -> str:
 
 def build(platform: Platform, packages: str, runtime: str, cache: Path = DEFAULT_CACHE) -> tuple[Path, bool]:
     """The wheelhouse for ``platform``: ``packages`` (requirements lines) with their dependencies, and
-    ``runtime`` without them. Returns (directory, whether it was downloaded now rather than cached)."""
+    ``runtime`` (may be empty) without them. Returns (directory, whether it was downloaded now rather than cached)."""
     if where := blocking_file(cache.absolute()):
         raise WheelhouseError(f"the wheel cache {cache} cannot be created: {where} is a file")
     out = cache / f"{platform.machine}-py{platform.python}-{key(platform, packages, runtime)}"
@@ -86,7 +86,8 @@ def build(platform: Platform, packages: str, runtime: str, cache: Path = DEFAULT
         (Path(tmp) / "packages.txt").write_text(packages)
         (Path(tmp) / "runtime.txt").write_text(runtime)
         download(platform, ["-r", str(Path(tmp) / "packages.txt")], wheels)
-        download(platform, ["--no-deps", "-r", str(Path(tmp) / "runtime.txt")], wheels)
+        if runtime.strip():
+            download(platform, ["--no-deps", "-r", str(Path(tmp) / "runtime.txt")], wheels)
         files = sorted(wheels.iterdir())
         (wheels / COMPLETE).write_text(
             json.dumps(

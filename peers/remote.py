@@ -9,18 +9,17 @@ environment's own is used). The programs, the images and the measuring code (``e
 follow, ``python -m peers.measure`` runs there, and its JSON comes back.
 """
 
-import hashlib
 import json
 import shutil
 import tempfile
 import tomllib
 from pathlib import Path
 
-from deploy import provision
+from deploy import provision, wheelhouse
 from deploy.cli import environment_dir
 from deploy.profile import Device
 from deploy.target import DeployError, Target, connect
-from deploy.wheelhouse import DEFAULT_CACHE, Platform, device_requirements, download
+from deploy.wheelhouse import Platform, device_requirements
 
 from .measure import command
 from .runtimes import PeerError
@@ -35,18 +34,12 @@ def requirements() -> list[str]:
     return tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["peers-runtimes"]
 
 
-def wheels_for(platform: Platform, say) -> Path:
-    """The peers' wheels for the device, cached per platform and requirements."""
-    pins = requirements()
-    key = hashlib.sha256(json.dumps([platform.machine, platform.glibc, platform.python, pins]).encode())
-    folder = DEFAULT_CACHE / f"peers-{key.hexdigest()[:16]}"
-    if not (folder / ".complete").is_file():
-        say(f"downloading the peers' wheels for {platform.describe()}")
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        download(platform, pins, folder)
-        (folder / ".complete").touch()
-    return folder
+def wheels_for(platform: Platform) -> Path:
+    """The peers' wheels for the device, with their dependencies: deploy's wheelhouse, cached the same way."""
+    try:
+        return wheelhouse.build(platform, "\n".join(requirements()) + "\n", "")[0]
+    except wheelhouse.WheelhouseError as error:
+        raise PeerError(str(error)) from None
 
 
 def runtime_wheels(wheels: Path) -> list[str]:
@@ -88,7 +81,7 @@ def measure_on(device: Device, folder: Path, threads: int, plan: Plan, say) -> d
         root = device.remote_dir if device.remote_dir.startswith("/") else f"{home}/{device.remote_dir}"
         remote, python = f"{root}/peers", f"{venv}/bin/python"
         runner = provision.plan_runner(target, facts, venv)
-        wheels = wheels_for(facts.platform(), say)
+        wheels = wheels_for(facts.platform())
         with tempfile.TemporaryDirectory() as scratch:
             stage(folder, Path(scratch), wheels, runner)
             say(f"copying the programs, the code and the wheels to {target.where}")

@@ -99,6 +99,7 @@ class Runner:
         self._run = self._lib.edge_runner_run
         self._out_memory_shape = tuple(self.output_shape[d] for d in self.output_order)
         self._out_to_logical = tuple(int(d) for d in np.argsort(self.output_order))
+        self._errors = threading.local()  # one message buffer per calling thread, not one per call
 
     def _shape(self, which: int, what: str = "shape") -> tuple[int, ...]:
         dims = (ctypes.c_int64 * MAX_DIMS)()
@@ -116,7 +117,9 @@ class Runner:
             raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
         x = self.in_memory_order(x)
         out = np.empty(self._out_memory_shape, np.float32)
-        err = ctypes.create_string_buffer(512)
+        err = getattr(self._errors, "buffer", None)
+        if err is None:
+            err = self._errors.buffer = ctypes.create_string_buffer(512)
         with self._idle:
             if self._closing or self._handle.value is None:
                 raise NativeError("the runner is closed")
