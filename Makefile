@@ -3,10 +3,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# The pipeline's defaults live in its recipe (configs/recipes/default.yaml); these variables override them
-# when given: MODEL DATA EPOCHS QAT_EPOCHS RES WIDTH, CKPT= (a float checkpoint) or WEIGHTS= (torchvision
-# weights) to start QAT from, RUN= and OUT= (runs/MODEL, artifacts/MODEL), ARGS= (extra LightningCLI
-# arguments, e.g. ARGS="--data.batch_size=64"), EXPORT_ARGS= (extra python -m export options).
+# The pipeline's defaults live in its recipe (configs/recipes/default.yaml; finetune.yaml with WEIGHTS=; RECIPE=
+# names another); these variables override them when given: MODEL DATA EPOCHS QAT_EPOCHS RES WIDTH, WEIGHTS=
+# (imagenet, or a torchvision-format file, to fine-tune) or CKPT= (a float checkpoint to start QAT from),
+# RUN= and OUT= (runs/MODEL, artifacts/MODEL), ARGS= (extra LightningCLI arguments, e.g.
+# ARGS="--data.batch_size=64"), EXPORT_ARGS= (extra python -m export options).
 MODEL ?= $(shell sed -n 's/^model: *\([a-z0-9_]*\).*/\1/p' configs/recipes/default.yaml)
 PRECISION ?= int8
 OUT ?= artifacts/$(MODEL)
@@ -22,7 +23,7 @@ EXTRAS := $(if $(ON_PI),$(PI_EXTRAS),$(HOST_EXTRAS))
 given = $(filter command line environment environment override,$(origin $(1)))
 opt = $(if $(2),$(1) $(2),)
 # Each pipeline variable as its flag, when given (an empty DATA= is given: the procedural shapes).
-PIPELINE_ARGS = --model $(MODEL) $(if $(call given,DATA),--data="$(DATA)") $(call opt,--epochs,$(EPOCHS)) \
+PIPELINE_ARGS = $(call opt,--recipe,$(RECIPE)) --model $(MODEL) $(if $(call given,DATA),--data="$(DATA)") $(call opt,--epochs,$(EPOCHS)) \
 	$(call opt,--qat-epochs,$(QAT_EPOCHS)) $(call opt,--res,$(RES)) $(call opt,--width,$(WIDTH)) $(call opt,--ckpt,$(CKPT)) \
 	$(call opt,--weights,$(WEIGHTS)) $(call opt,--run,$(RUN)) --out $(OUT) \
 	$(if $(ARGS),--args="$(ARGS)") $(if $(EXPORT_ARGS),--export-args="$(EXPORT_ARGS)")
@@ -90,7 +91,7 @@ setup: $(VENV)/.installed  ## create .venv, install the project with its extras,
 train: setup  ## float training only: make train MODEL=v3_small DATA=<dir|cifar10> EPOCHS= RES= WIDTH=
 	$(PY) -m pipeline --float-only $(PIPELINE_ARGS)
 
-qat: setup  ## float training (unless CKPT=/WEIGHTS=), QAT, convert, export, verify, print the table (python -m pipeline)
+qat: setup  ## float training (fine-tuning with WEIGHTS=imagenet|FILE; none with CKPT=), QAT, export, verify, compare
 	$(PY) -m pipeline $(PIPELINE_ARGS)
 
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=] [EXPORT_ARGS=]

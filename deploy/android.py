@@ -164,7 +164,7 @@ def stage(bundle: Path, meta: BundleMeta, version: str, device: Device, package:
     """The release as pushed: the program, the golden inputs as raw float32 in the program's memory order
     (edge-bench hands the bytes over as they are), and its manifest."""
     shutil.copy2(bundle / meta.pte, into / "model.pte")
-    runner = Runner((bundle / meta.pte).read_bytes(), 1)
+    runner = Runner((bundle / meta.pte).read_bytes(), 1, meta.method)
     runner.in_memory_order(read_golden(bundle)["inputs"]).tofile(into / "golden.f32")
     runner.close()
     (into / "release.json").write_text(
@@ -174,6 +174,7 @@ def stage(bundle: Path, meta: BundleMeta, version: str, device: Device, package:
                 "model": meta.name,
                 "device": device.name,
                 "pte_sha256": meta.pte_sha256,
+                "method": meta.method,
                 "runner": package,
             }
         )
@@ -201,9 +202,10 @@ def push_runner(adb: Adb, package: Path, runners: str) -> str:
     return remote
 
 
-def bench_command(runner: str, release: str, runs: int) -> list[str]:
+def bench_command(runner: str, release: str, method: str, runs: int) -> list[str]:
     """edge-bench in ``release``, through the package's own loader: the phone's C library (bionic) is never used.
-    It writes the golden inputs' outputs, then times every thread count from 1 to the phone's cores."""
+    It runs the app's ``method``, writes the golden inputs' outputs, then times every thread count from 1 to the
+    phone's cores."""
     return [
         "sh",
         "-c",
@@ -215,6 +217,8 @@ def bench_command(runner: str, release: str, runs: int) -> list[str]:
         f"{runner}/lib",
         f"{runner}/{COMMAND}",
         "model.pte",
+        "--method",
+        method,
         "--inputs",
         "golden.f32",
         "--outputs",
@@ -340,7 +344,9 @@ def deploy(device: Device, bundle: Path, meta: BundleMeta, version: str, reports
         "checking the copy against its manifest",
     )
     step("measuring")
-    result = adb.run(bench_command(runner, partial, device.runs), "running the program", timeout=3600, check=False)
+    result = adb.run(
+        bench_command(runner, partial, meta.method, device.runs), "running the program", timeout=3600, check=False
+    )
     if result.returncode != 0:
         adb.run(["mv", partial, f"{releases}/{version}.failed"], "keeping the failed release aside", check=False)
         raise DeployError(
@@ -408,6 +414,7 @@ def write_report(
             "name": meta.name,
             "arch": meta.arch,
             "pte_sha256": meta.pte_sha256,
+            "method": meta.method,
             "quantization": meta.quantization,
             "input_size": meta.input.size,
         },

@@ -50,6 +50,7 @@ def pytest_sessionfinish(session):
             "name": meta.name,
             "arch": meta.arch,
             "pte_sha256": meta.pte_sha256,
+            "method": meta.method,
             "quantization": meta.quantization,
             "input_size": meta.input.size,
         }

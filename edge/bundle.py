@@ -3,7 +3,11 @@
 A bundle is a directory::
 
     model.json    BundleMeta: format version, model, labels, input preprocessing, program hash, ...
-    model.pte     the ExecuTorch program (name in model.json's ``pte``, always inside the bundle)
+    model.pte     the ExecuTorch program (name in model.json's ``pte``, always inside the bundle): ``forward``
+                  takes contiguous NCHW memory, as every ExecuTorch runtime passes; ``forward_channels_last``
+                  takes NHWC memory, what the app runs (model.json's ``method``; ``methods`` declares both)
+    model.bpte    the same program with the golden inputs and logits inside, in ExecuTorch's BundledProgram
+                  format, for ExecuTorch's own tools (optional: not read by the app, not shipped to devices)
     golden.npz    a few preprocessed inputs and raw frames, with the logits the host's runtime gave for them
     report.json   export's verification figures, and report.md for people
     confusion.png the program's confusion matrix and per-class top-1 (optional: bundles before it lack it)
@@ -19,7 +23,8 @@ import re
 import shutil
 import tempfile
 import typing
-from dataclasses import MISSING, asdict, dataclass, fields
+import zipfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from glob import escape as glob_escape
 from pathlib import Path
 
@@ -29,13 +34,19 @@ from .native import NativeError, Runner
 from .preprocess import InputSpec
 
 FORMAT = 2  # bump when a reader of the previous format would misread a new bundle
-# 2: the program's input is channels-last (NHWC memory), which a format-1 reader would feed NCHW memory.
-# This reader takes the memory order from the program itself, so format 1 still reads right.
+# 2: the app's program input may be channels-last (NHWC memory), which a format-1 reader would feed NCHW memory.
+# This reader takes the memory order from the program itself, so format 1 still reads right. ``method`` and
+# ``methods`` came later within format 2: an app that does not know them runs ``forward``, which reads right.
 OLDEST_FORMAT = 1
 META = "model.json"
 REPORTS = ("report.json", "report.md")
 CONFUSION_PICTURE = "confusion.png"
 PICTURES = (CONFUSION_PICTURE,)  # for people reading the report: optional, and not shipped to devices
+BUNDLED_PROGRAM = "model.bpte"  # for ExecuTorch's own tools: optional, and not shipped to devices
+OPTIONAL = (*PICTURES, BUNDLED_PROGRAM)
+FORWARD = "forward"  # takes contiguous NCHW memory: what ExecuTorch's runtimes and mobile libraries pass
+APP_METHOD = "forward_channels_last"  # takes NHWC memory: what the app's preprocessor produces, no transpose
+MAX_METHODS = 16
 PTE_MAGIC_AT = slice(4, 6)  # a .pte is a flatbuffer whose file identifier starts "ET" at byte 4
 PTE_MIN_BYTES = 64  # the flatbuffer root offset, identifier and extended header come first
 REEXPORT = "re-export it (make export CKPT=...)"
@@ -44,6 +55,38 @@ PREVIOUS = ".previous-"  # a bundle set aside while its replacement is renamed i
 
 class BundleError(RuntimeError):
     """A bundle that cannot be used; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class TensorDecl:
+    """A method's input or output as a caller passes or gets it: shape, the order its dimensions lie in
+    memory (outermost first: 0 1 2 3 is contiguous NCHW, 0 2 3 1 is NHWC) and element type."""
+
+    shape: tuple[int, ...]
+    dim_order: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.shape) <= 8 or not all(1 <= d <= 1 << 20 for d in self.shape):
+            raise ValueError(f"shape {list(self.shape)[:9]} needs 1 to 8 dimensions of 1 to {1 << 20}")
+        if sorted(self.dim_order) != list(range(len(self.shape))):
+            raise ValueError(
+                f"dim_order {list(self.dim_order)[:9]} is not an order of the {len(self.shape)} dimensions"
+            )
+        if self.dtype != "float32":
+            raise ValueError(f"dtype {self.dtype[:20]!r}: this app feeds and reads float32 only")
+
+    @classmethod
+    def of(cls, shape: tuple[int, ...], dim_order: tuple[int, ...]) -> "TensorDecl":
+        return cls(tuple(int(d) for d in shape), tuple(int(d) for d in dim_order))
+
+
+@dataclass(frozen=True)
+class MethodDecl:
+    """One method of the program: its input and its first output."""
+
+    input: TensorDecl
+    output: TensorDecl
 
 
 @dataclass(frozen=True)
@@ -66,6 +109,8 @@ class BundleMeta:
     format: int = FORMAT
     pte: str = "model.pte"
     golden: str = "golden.npz"
+    method: str = FORWARD  # the method the app runs
+    methods: dict[str, MethodDecl] = field(default_factory=dict)  # each method's input and output; {}: undeclared
 
     def __post_init__(self) -> None:
         if not OLDEST_FORMAT <= self.format <= FORMAT:
@@ -82,10 +127,24 @@ class BundleMeta:
             raise ValueError("pte_sha256 is not a sha256 hex digest")
         if not self.golden_logit_tolerance >= 0:
             raise ValueError("golden_logit_tolerance must be >= 0")
+        self._check_methods()
         for key in ("pte", "golden"):
             name = getattr(self, key)
-            if name in ("", ".", "..", META, *REPORTS, *PICTURES) or Path(name).name != name or "\\" in name:
+            if name in ("", ".", "..", META, *REPORTS, *OPTIONAL) or Path(name).name != name or "\\" in name:
                 raise ValueError(f"{key} {name!r} must name a file inside the bundle")
+
+    def _check_methods(self) -> None:
+        if not self.method or len(self.methods) > MAX_METHODS:
+            raise ValueError(f"method must be non-empty and methods at most {MAX_METHODS}")
+        if self.methods and self.method not in self.methods:
+            raise ValueError(f"method {self.method[:40]!r} is not one of methods ({', '.join(self.methods)})")
+        size = self.input.size
+        for name, decl in self.methods.items():
+            if decl.input.shape != (1, 3, size, size) or decl.output.shape != (1, self.num_classes):
+                raise ValueError(
+                    f"methods.{name[:40]} takes {list(decl.input.shape)} and returns {list(decl.output.shape)}; "
+                    f"input.size and num_classes say [1, 3, {size}, {size}] and [1, {self.num_classes}]"
+                )
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -138,23 +197,36 @@ def _is(value: object, hint) -> bool:
 def _build(cls, raw: dict, prefix: str):
     """``cls`` from a JSON object, field by field: a missing or mistyped field is named in the error."""
     hints, values = typing.get_type_hints(cls), {}
-    for field in fields(cls):
-        key, hint = field.name, hints[field.name]
+    for spec in fields(cls):
+        key, hint = spec.name, hints[spec.name]
         if key not in raw:
-            if field.default is MISSING:
+            if spec.default is MISSING and spec.default_factory is MISSING:
                 raise ValueError(f"{prefix}{key} is missing")
             continue
         value = raw[key]
-        if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
-            if not isinstance(value, dict):
-                raise ValueError(f"{prefix}{key} is not an object")
-            values[key] = _build(hint, value, f"{prefix}{key}.")
+        if _is_dataclass(hint):
+            values[key] = _build_object(hint, value, f"{prefix}{key}")
+        elif typing.get_origin(hint) is dict and _is_dataclass(typing.get_args(hint)[1]):
+            if not isinstance(value, dict) or len(value) > MAX_METHODS:
+                raise ValueError(f"{prefix}{key} is not an object of at most {MAX_METHODS} entries")
+            item = typing.get_args(hint)[1]
+            values[key] = {k: _build_object(item, v, f"{prefix}{key}.{str(k)[:40]}") for k, v in value.items()}
         elif not _is(value, hint):
             want = str(hint) if typing.get_origin(hint) else hint.__name__
             raise ValueError(f"{prefix}{key} is {json.dumps(value)[:60]}, want {want}")
         else:
             values[key] = tuple(value) if typing.get_origin(hint) is tuple else value
     return cls(**values)
+
+
+def _is_dataclass(hint) -> bool:
+    return isinstance(hint, type) and hasattr(hint, "__dataclass_fields__")
+
+
+def _build_object(cls, value: object, where: str):
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is not an object")
+    return _build(cls, value, f"{where}.")
 
 
 def read_meta(path: str | Path) -> BundleMeta:
@@ -189,20 +261,90 @@ def read_bundle(path: str | Path) -> tuple[BundleMeta, bytes]:
     return meta, data
 
 
+GOLDEN_MAX_BYTES = 64 * 2**20  # golden.npz, packed and each array unpacked: eight inputs and frames take < 1 MB
+GOLDEN_MAX_IMAGES = 256
+GOLDEN_MAX_SIDE = 4096
+
+
 def read_golden(path: str | Path) -> dict:
-    """The host's golden inputs and raw frames, with the logits its runtime gave for them."""
-    golden = Path(path) / read_meta(path).golden
+    """The host's golden inputs and raw frames, with the logits its runtime gave for them.
+
+    Every array's name, dtype and shape is read from its header and checked against model.json before any
+    data is read, and sizes are bounded: a header claiming terabytes, or a deflate bomb, is one error.
+    """
+    meta = read_meta(path)
+    golden = Path(path) / meta.golden
     try:
-        with np.load(golden, allow_pickle=False) as data:
-            frames = [data[f"frame_{i}"] for i in range(sum(k.startswith("frame_") and k[6:].isdigit() for k in data))]
-            return {
-                "inputs": data["inputs"],
-                "logits": data["logits"],
-                "frames": frames,
-                "frame_logits": data["frame_logits"],
-            }
-    except (OSError, ValueError, KeyError) as e:
-        raise BundleError(f"{golden} is unreadable ({e}); {REEXPORT}") from None
+        if golden.stat().st_size > GOLDEN_MAX_BYTES:
+            raise ValueError(f"{golden.stat().st_size} bytes, more than {GOLDEN_MAX_BYTES}")
+        with zipfile.ZipFile(golden) as archive:
+            headers = _npy_headers(archive)
+            _check_golden(headers, meta)
+            with np.load(golden, allow_pickle=False) as data:
+                frames = [data[f"frame_{i}"] for i in range(_frame_count(headers))]
+                return {
+                    "inputs": data["inputs"],
+                    "logits": data["logits"],
+                    "frames": frames,
+                    "frame_logits": data["frame_logits"],
+                }
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise BundleError(f"{golden} is unreadable ({str(e)[:200]}); {REEXPORT}") from None
+
+
+def _npy_headers(archive: zipfile.ZipFile) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Each member's dtype and shape from its .npy header alone, its unpacked size bounded."""
+    headers = {}
+    for info in archive.infolist()[: 4 * GOLDEN_MAX_IMAGES]:
+        if not info.filename.endswith(".npy") or info.file_size > GOLDEN_MAX_BYTES:
+            raise ValueError(f"member {info.filename[:60]!r} is not a bounded .npy array")
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{info.filename[:60]!r} is .npy version {version}")
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(member, max_header_size=10_000)
+        if dtype.hasobject or fortran:
+            raise ValueError(f"{info.filename[:60]!r} holds objects or Fortran order")
+        headers[info.filename[:-4]] = (dtype, tuple(shape))
+    return headers
+
+
+def _frame_count(headers: dict) -> int:
+    return sum(name.startswith("frame_") and name[6:].isdigit() for name in headers)
+
+
+def _check_golden(headers: dict, meta: BundleMeta) -> None:
+    """The arrays export writes, with the dtypes and shapes model.json implies."""
+    size, classes, frames = meta.input.size, meta.num_classes, _frame_count(headers)
+    n = (headers.get("inputs", (None, (0,)))[1] or (0,))[0]
+    want = {
+        "inputs": (np.float32, (n, 3, size, size)),
+        "logits": (np.float32, (n, classes)),
+        "frame_logits": (np.float32, (frames, classes)),
+    }
+    if not 1 <= n <= GOLDEN_MAX_IMAGES:
+        raise ValueError(f"want 1 to {GOLDEN_MAX_IMAGES} inputs, found {n}")
+    for name, (dtype, shape) in want.items():
+        if name not in headers:
+            raise ValueError(f"no {name} array")
+        if headers[name] != (np.dtype(dtype), shape):
+            raise ValueError(
+                f"{name} is {headers[name][0]} {list(headers[name][1])}, want {np.dtype(dtype)} {list(shape)}"
+            )
+    for i in range(frames):
+        dtype, shape = headers[f"frame_{i}"]
+        if (
+            dtype != np.uint8
+            or len(shape) != 3
+            or shape[2] != 3
+            or not all(1 <= d <= GOLDEN_MAX_SIDE for d in shape[:2])
+        ):
+            raise ValueError(
+                f"frame_{i} is {dtype} {list(shape)}, want uint8 [height, width, 3] of at most {GOLDEN_MAX_SIDE}"
+            )
 
 
 @dataclass
@@ -231,27 +373,55 @@ class Bundle:
 
 
 def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
-    """Check and load a bundle; ``threads`` sizes XNNPACK's thread pool (None: one per performance core).
+    """Check and load the app's method of a bundle; ``threads`` sizes XNNPACK's thread pool (None: one per
+    performance core).
 
-    The program's own input and output shapes must be the ones model.json promises, so a mismatch
-    is one error here rather than a wrong or failing result at the first frame.
+    The method's own input and output, shape and memory order, must be the ones model.json declares, so a
+    mismatch is one error here rather than a wrong or failing result at the first frame.
     """
     path = Path(path)
     meta, data = read_bundle(path)
     try:
-        runner = Runner(data, threads)
+        runner = Runner(data, threads, meta.method)
     except NativeError as e:
         raise BundleError(f"cannot load {path / meta.pte}: {e}") from None
-    size = meta.input.size
-    if runner.input_shape != (1, 3, size, size):
-        raise BundleError(
-            f"{path / meta.pte} takes {runner.input_shape}, {META} says (1, 3, {size}, {size}); {REEXPORT}"
-        )
-    if runner.output_shape != (1, meta.num_classes):
-        raise BundleError(
-            f"{path / meta.pte} returns {runner.output_shape}, {META} has {meta.num_classes} classes; {REEXPORT}"
-        )
+    try:
+        check_declared(runner, meta, path / meta.pte)
+    except BundleError:
+        runner.close()
+        raise
     return Bundle(path, meta, runner)
+
+
+def declare_methods(pte: bytes, names: tuple[str, ...]) -> dict[str, MethodDecl]:
+    """model.json's ``methods``, read from the program itself: each method's input and output as it takes them."""
+    declared = {}
+    for name in names:
+        runner = Runner(pte, None, name)
+        declared[name] = MethodDecl(
+            TensorDecl.of(runner.input_shape, runner.input_order),
+            TensorDecl.of(runner.output_shape, runner.output_order),
+        )
+        runner.close()
+    return declared
+
+
+def check_declared(runner: Runner, meta: BundleMeta, where: Path) -> None:
+    """The loaded method is what model.json says: the declared input and output (shape and dim order) when
+    it declares them, else the shapes its input size and class count imply."""
+    size, classes = meta.input.size, meta.num_classes
+    want = meta.methods.get(runner.method) or MethodDecl(
+        TensorDecl.of((1, 3, size, size), runner.input_order), TensorDecl.of((1, classes), runner.output_order)
+    )
+    for what, shape, order, decl in (
+        ("takes", runner.input_shape, runner.input_order, want.input),
+        ("returns", runner.output_shape, runner.output_order, want.output),
+    ):
+        if (shape, order) != (decl.shape, decl.dim_order):
+            raise BundleError(
+                f"{where}: {runner.method} {what} shape {list(shape)} in dim order {list(order)}, {META} says "
+                f"{list(decl.shape)} in {list(decl.dim_order)}; {REEXPORT}"
+            )
 
 
 def _any_format_meta(path: Path) -> dict | None:
@@ -280,7 +450,7 @@ def check_replaceable(out: Path) -> None:
             f"{out} exists and is not a bundle (no readable {META}): nothing was written; "
             "give another output path or move it away"
         )
-    known = {META, *REPORTS, *PICTURES, "model.pte", "golden.npz", str(raw.get("pte")), str(raw.get("golden"))}
+    known = {META, *REPORTS, *OPTIONAL, "model.pte", "golden.npz", str(raw.get("pte")), str(raw.get("golden"))}
     if extra := sorted(entries - known):
         raise BundleError(
             f"{out} is a bundle but also holds {', '.join(extra[:5])}: nothing was written; "
@@ -291,14 +461,14 @@ def check_replaceable(out: Path) -> None:
 def write_bundle(out: Path, meta: BundleMeta, contents: dict[str, bytes]) -> None:
     """Write the bundle into a temporary sibling of ``out``, then swap it in for the previous bundle there.
 
-    ``contents`` holds every file but model.json, and any of the PICTURES. ``out`` must pass
+    ``contents`` holds every file but model.json, and any of the OPTIONAL ones. ``out`` must pass
     ``check_replaceable``: a directory that is not a bundle is never replaced. The previous bundle is
     set aside, not deleted, until the new one is in place: an interrupt between the two renames puts
     it back, and a write cut short harder than that (power, SIGKILL) leaves it beside ``out``, where
     the next write restores it first.
     """
     out = Path(out)
-    if set(contents) - set(PICTURES) != set(meta.files[1:]):
+    if set(contents) - set(OPTIONAL) != set(meta.files[1:]):
         raise ValueError(f"bundle contents {sorted(contents)} are not the files {meta.files[1:]} (and pictures)")
     recover_previous(out)
     check_replaceable(out)

@@ -7,6 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+CACHE_VARIABLE = "MOBILENET_EDGE_CACHE"  # moves the cache folder (downloaded weights)
+
+
+def cache_root() -> Path:
+    """The project's cache folder: ``$MOBILENET_EDGE_CACHE``, else ``~/.cache/mobilenet-edge``."""
+    return Path(os.environ.get(CACHE_VARIABLE) or "~/.cache/mobilenet-edge").expanduser()
 
 
 def is_image(path: Path | str) -> bool:

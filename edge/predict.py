@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -46,10 +47,21 @@ def json_line(result: dict) -> str:
     return json.dumps(result)
 
 
-def shown(path: str) -> str:
-    """A path as text any terminal or file takes: bytes that are not UTF-8 (a name from another system)
-    as ``\\xff`` escapes, where ``str`` holds unencodable surrogates."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+def shown(text: str) -> str:
+    """A file name or label as inert text for a terminal, a log or one CSV record: bytes that are not UTF-8
+    (a name from another system) as ``\\xff`` escapes, where ``str`` holds unencodable surrogates, and
+    control and format characters (a newline, ``\\x1b[2J``, a right-to-left override) as ``\\x1b``-style
+    escapes, so a name can neither start a record of its own nor drive the terminal."""
+    text = os.fsencode(text).decode("utf-8", "backslashreplace")
+    return "".join(_escaped(c) if unicodedata.category(c) in INERT_CATEGORIES else c for c in text)
+
+
+INERT_CATEGORIES = {"Cc", "Cf", "Zl", "Zp"}  # control, format, line and paragraph separators
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def inert(cell: str) -> str:
@@ -59,11 +71,11 @@ def inert(cell: str) -> str:
 
 
 def csv_format(top_k: int) -> tuple[str, Callable[[dict], str]]:
-    """``path,label_1,score_1,...,error``: a header, then one row per file."""
+    """``path,label_1,score_1,...,error``: a header, then one line per file, every cell quoted."""
     header = ["path", *(f"{kind}_{rank}" for rank in range(1, top_k + 1) for kind in ("label", "score")), "error"]
 
     def row(result: dict) -> str:
-        cells = [c for t in result.get("top", []) for c in (inert(t["label"]), f"{t['score']:.4f}")]
+        cells = [c for t in result.get("top", []) for c in (inert(shown(t["label"])), f"{t['score']:.4f}")]
         return _csv_line(
             [
                 inert(shown(result["path"])),
@@ -78,7 +90,7 @@ def csv_format(top_k: int) -> tuple[str, Callable[[dict], str]]:
 
 def _csv_line(cells: list[str]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(cells)
+    csv.writer(buffer, lineterminator="", quoting=csv.QUOTE_ALL).writerow(cells)
     return buffer.getvalue()
 
 
@@ -89,7 +101,7 @@ def table_format(width: int) -> tuple[str, Callable[[dict], str]]:
         path = shown(result["path"])
         if "error" in result:
             return f"{path:<{width}}  unreadable: {shown(result['error'])}"
-        labels = "  ".join(f"{t['label']} ({t['score']:.2f})" for t in result["top"]) or "(none above threshold)"
+        labels = "  ".join(f"{shown(t['label'])} ({t['score']:.2f})" for t in result["top"]) or "(none above threshold)"
         return f"{path:<{width}}  {labels}"
 
     return f"{'file':<{width}}  labels (score)", row
@@ -110,7 +122,7 @@ def predict(
     """
     found = expand(args)
     for skipped in found.skipped:
-        print(skipped, file=log)
+        print(shown(skipped), file=log)
     paths, top_k = found.paths, min(top_k, len(model.labels))
     if not paths:
         raise PredictError("no files to label: give image files, folders or globs")

@@ -25,7 +25,16 @@ import cv2
 import numpy as np
 import torch
 
-from edge.bundle import CONFUSION_PICTURE, BundleError, BundleMeta, check_replaceable, write_bundle
+from edge.bundle import (
+    APP_METHOD,
+    BUNDLED_PROGRAM,
+    CONFUSION_PICTURE,
+    BundleError,
+    BundleMeta,
+    check_replaceable,
+    declare_methods,
+    write_bundle,
+)
 from edge.command import fraction, positive_int, with_examples
 from edge.native import NativeError, Runner
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
@@ -37,7 +46,8 @@ from training.module import ImageClassifier
 from training.qat import QATClassifier, ptq
 from training.restore import load_module
 
-from .lower import Delegation, activation_scales, to_pte
+from .bundled import bundled_program, check_bundled_program
+from .lower import METHODS, Delegation, activation_scales, to_pte
 from .paired import Difference
 from .pictures import confusion_png
 from .report import PROGRAM, add_comparisons, evaluate, markdown, per_class, table
@@ -114,7 +124,7 @@ GOLDEN_FRAME_SIZES = ((53, 37), (67, 101), (160, 120), (45, 45))  # odd and non-
 
 @dataclass
 class Program:
-    """A lowered program, loaded on the native runner."""
+    """A lowered program, its app method loaded on the native runner."""
 
     pte: bytes
     delegation: Delegation
@@ -134,7 +144,11 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> dict[str, tuple
     models = reference_models(args, module, checkpoint, scheme, data, spec.size)
     bundled = [scheme] + (["ptq-int8"] if args.candidates and scheme == "qat-int8" and "ptq" in models else [])
     compared = [s for s in ("ptq-int8", "fp32") if args.baselines and REFERENCE[s] in models]
-    programs = {s: lower(models[REFERENCE[s]], s, spec.size) for s in dict.fromkeys(bundled + compared)}
+    # A bundle's program has every method; one that is only compared needs the app's alone.
+    programs = {
+        s: lower(models[REFERENCE[s]], s, spec.size, METHODS if s in bundled else (APP_METHOD,))
+        for s in dict.fromkeys(bundled + compared)
+    }
     for s, program in programs.items():
         models[PROGRAM[s]] = partial(run_pte, program.runner)
 
@@ -165,6 +179,8 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> dict[str, tuple
             "per_class": per_class(confusion[PROGRAM[s]], meta.labels),
         }
         inputs, logits = kept["inputs"][:GOLDEN_IMAGES].numpy(), program[:GOLDEN_IMAGES].numpy()
+        bpte = bundled_program(programs[s].pte, inputs, logits)
+        check_bundled_program(bpte, len(inputs), meta.golden_logit_tolerance)
         picture = confusion_png(
             report_s["per_class"], f"{meta.name}: the .pte on {report['val_images']} validation images"
         )
@@ -173,6 +189,7 @@ def build(args: argparse.Namespace, module, checkpoint: dict) -> dict[str, tuple
             {
                 meta.pte: programs[s].pte,
                 meta.golden: golden(inputs, logits, programs[s].runner, spec),
+                BUNDLED_PROGRAM: bpte,
                 "report.json": _json(report_s),
                 CONFUSION_PICTURE: picture,
                 "report.md": markdown(report_s, CONFUSION_PICTURE).encode(),
@@ -229,14 +246,14 @@ def reference_models(args: argparse.Namespace, module, checkpoint: dict, scheme:
     return models
 
 
-def lower(model, scheme: str, size: int) -> Program:
-    """Lower ``model`` to a program, check that XNNPACK took every weighted layer, load it."""
-    print(f"lowering {scheme} to ExecuTorch/XNNPACK", file=sys.stderr)
-    pte, delegation = to_pte(model.model if isinstance(model, ImageClassifier) else model, size)
+def lower(model, scheme: str, size: int, methods: tuple[str, ...]) -> Program:
+    """Lower ``model`` to a program of ``methods``, check that XNNPACK took every weighted layer, load the app's."""
+    print(f"lowering {scheme} to ExecuTorch/XNNPACK ({', '.join(methods)})", file=sys.stderr)
+    pte, delegation = to_pte(model.model if isinstance(model, ImageClassifier) else model, size, methods)
     print(f"{scheme}: {delegation.summary()}", file=sys.stderr)
     check_delegation(delegation)
     try:
-        return Program(pte, delegation, load_program(pte))
+        return Program(pte, delegation, load_program(pte, APP_METHOD))
     except NativeError as e:
         scales = activation_scales(model) if isinstance(model, torch.fx.GraphModule) else None
         if scales is None:
@@ -283,6 +300,8 @@ def describe(
         source_checkpoint_sha256=file_sha256(args.checkpoint),
         versions={pkg: version(pkg) for pkg in ("torch", "executorch", "torchao")},
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        method=APP_METHOD,
+        methods=declare_methods(pte_bytes, METHODS),
     )
 
 

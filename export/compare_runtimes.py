@@ -1,9 +1,13 @@
 """The device's native runner against ExecuTorch's Python runtime, on one bundle, in one run.
 
-    python -m export.compare_runtimes BUNDLE [--threads N] [--runs 2000] [--rounds 7]
+    python -m export.compare_runtimes BUNDLE [--against OTHER_BUNDLE] [--threads N] [--runs 2000] [--rounds 7]
 
-Each runtime runs in its own process (the two link different copies of the ExecuTorch runtime and
-must not share one), alternating A/B for ``--rounds`` so that machine drift hits both. Each process
+Three rows: the native runner on the app's method (model.json's ``method``, channels-last), the native
+runner on ``forward`` (contiguous NCHW, what other runtimes are given), and ExecuTorch's Python runtime on
+``forward`` fed plain contiguous tensors, as a user would. Each runs in its own process (the runner and the
+bindings link different copies of the ExecuTorch runtime and must not share one), taking turns for
+``--rounds`` so that machine drift hits all. ``--against`` adds the native runner on another bundle's app
+method to the same rounds: an A/B of two programs of one model. Each process
 reports its time from start to the first result (imports and load included), inference p50/p90 over
 ``--runs`` calls on the golden inputs, and its peak RSS.
 """
@@ -17,20 +21,22 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import BundleError, load_bundle, read_bundle, read_golden
+from edge.bundle import FORWARD, BundleError, read_bundle, read_golden
 from edge.command import positive_int
+from edge.native import Runner
 
-RUNTIMES = ("native", "executorch.runtime")
+RUNTIMES = ("native", "native forward", "executorch.runtime")
 
 
 def child(runtime: str, bundle: Path, threads: int | None, runs: int) -> dict:
     """Runs in the measured process: load, first result, then ``runs`` timed calls."""
     started = time.perf_counter()
-    # Laid out as each runtime reads them, outside the timer: NHWC memory for export's channels-last programs.
-    inputs = [x[None] for x in read_golden(bundle)["inputs"]]
-    if runtime == "native":
-        loaded = load_bundle(bundle, threads)
-        inputs, infer = [loaded.runner.laid_out(x) for x in inputs], loaded.logits
+    # Laid out as each method reads them, outside the timer.
+    inputs = list(read_golden(bundle)["inputs"])
+    if runtime.startswith("native"):
+        meta, pte = read_bundle(bundle)
+        runner = Runner(pte, threads, FORWARD if runtime == "native forward" else meta.method)
+        inputs, infer = [runner.laid_out(x[None]) for x in inputs], runner
     else:
         import torch
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
@@ -38,11 +44,10 @@ def child(runtime: str, bundle: Path, threads: int | None, runs: int) -> dict:
 
         if threads:
             _unsafe_reset_threadpool(threads)
-        meta, pte = read_bundle(bundle)
+        _, pte = read_bundle(bundle)
         program = Runtime.get().load_program(pte)  # kept alive: the method does not keep its program
-        method = program.load_method("forward")
-        memory = torch.channels_last if meta.format >= 2 else torch.contiguous_format  # docs/bundle.md
-        inputs = [torch.from_numpy(x).contiguous(memory_format=memory) for x in inputs]
+        method = program.load_method(FORWARD)
+        inputs = [torch.from_numpy(x).unsqueeze(0) for x in inputs]  # contiguous NCHW, as a user passes
 
         def infer(x):
             return method.execute([x])[0].numpy()
@@ -67,12 +72,12 @@ def child(runtime: str, bundle: Path, threads: int | None, runs: int) -> dict:
     }
 
 
-def measure(runtime: str, args: argparse.Namespace) -> dict:
+def measure(runtime: str, bundle: Path, args: argparse.Namespace) -> dict:
     argv = [
         sys.executable,
         "-m",
         "export.compare_runtimes",
-        str(args.bundle),
+        str(bundle),
         "--child",
         runtime,
         "--runs",
@@ -98,16 +103,17 @@ def table(results: dict[str, list[dict]]) -> str:
             f"| {runtime} | {mid['p50_ms']:.4f} | {each} | {mid['p90_ms']:.4f} | {mid['first_result_s']:.2f} | "
             f"{mid['peak_rss_mb']:.0f} |"
         )
-    native, pybind = (float(np.median([r["p50_ms"] for r in results[name]])) for name in RUNTIMES)
-    return (
-        "\n".join(lines) + f"\n\nnative / executorch.runtime inference p50: {native / pybind:.3f}x (median of rounds)"
-    )
+    p50 = {name: float(np.median([r["p50_ms"] for r in rounds])) for name, rounds in results.items()}
+    native = p50["native"]
+    ratios = [f"{name} / native: {value / native:.3f}x" for name, value in p50.items() if name != "native"]
+    return "\n".join(lines) + f"\n\ninference p50, medians of rounds: {'; '.join(ratios)}"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m export.compare_runtimes", description=__doc__.split("\n\n")[0])
     parser.add_argument("bundle", type=Path)
-    parser.add_argument("--threads", type=positive_int, help="XNNPACK threads for both (default: the runtimes' own)")
+    parser.add_argument("--against", type=Path, help="another bundle whose app method joins the rounds")
+    parser.add_argument("--threads", type=positive_int, help="XNNPACK threads for all (default: the runtimes' own)")
     parser.add_argument("--runs", type=positive_int, default=2000, help="timed inferences per round (default 2000)")
     parser.add_argument(
         "--rounds",
@@ -119,16 +125,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        read_bundle(args.bundle)
+        for bundle in (args.bundle, args.against):
+            if bundle is not None:
+                read_bundle(bundle)
     except BundleError as e:
         sys.exit(f"error: {e}")
     if args.child:
         print(json.dumps(child(args.child, args.bundle, args.threads, args.runs)))
         return
-    results = {name: [] for name in RUNTIMES}
+    rows = {name: (name, args.bundle) for name in RUNTIMES}
+    if args.against:
+        rows[f"native, {args.against}"] = ("native", args.against)
+    results = {name: [] for name in rows}
     for _ in range(args.rounds):
-        for name in RUNTIMES:
-            results[name].append(measure(name, args))
+        for name, (runtime, bundle) in rows.items():
+            results[name].append(measure(runtime, bundle, args))
     print(table(results))
 
 

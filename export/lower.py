@@ -7,6 +7,12 @@ from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPar
 from executorch.devtools.backend_debug import get_delegation_info
 from executorch.exir import to_edge_transform_and_lower
 
+from edge.bundle import APP_METHOD, FORWARD
+
+# The program's methods and the memory layout each takes its input in (edge.bundle describes them in model.json).
+LAYOUTS = {FORWARD: torch.contiguous_format, APP_METHOD: torch.channels_last}
+METHODS = tuple(LAYOUTS)
+
 # Ops that carry the network's weights: all of them must run inside XNNPACK.
 WEIGHTED_OPS = ("convolution", "linear", "addmm", "_mm")
 
@@ -47,25 +53,39 @@ def global_pools_as_means(program: torch.export.ExportedProgram) -> None:
     program.graph_module.recompile()
 
 
-def to_pte(model: torch.nn.Module | torch.fx.GraphModule, resolution: int) -> tuple[bytes, Delegation]:
-    """Export at batch 1 (one camera frame per call), with a channels-last input, and lower with XNNPACK.
+def to_pte(
+    model: torch.nn.Module | torch.fx.GraphModule, resolution: int, methods: tuple[str, ...] = METHODS
+) -> tuple[bytes, Delegation]:
+    """Export at batch 1 (one camera frame per call), one method per input layout, and lower with XNNPACK.
 
-    A static batch keeps the final flatten a static view, which XNNPACK takes:
-    a dynamic batch leaves it outside and splits the program in two. A channels-last input is NHWC in
-    memory, the layout XNNPACK computes in and the preprocessor produces: the program then starts with
-    its first convolution, not with a transpose of the frame (a quarter of a millisecond at 224 px on
-    one x86 core). The runner reads the input's dim order from the program, so callers still pass NCHW.
+    ``forward`` takes a contiguous NCHW tensor, what every ExecuTorch runtime and mobile library passes
+    (``Tensor.fromBlob(floats, shape)``, ``torch.rand(1, 3, H, W)``). ``forward_channels_last`` takes NHWC
+    memory, the layout XNNPACK computes in and the app's preprocessor produces: it starts with its first
+    convolution, not with a transpose of the frame. XNNPACK keys its weights by their hash, so the two
+    methods share them and the second costs a few percent of the file. ``methods`` picks a subset (the
+    programs export only compares need the app's alone).
+
+    A static batch keeps the final flatten a static view, which XNNPACK takes: a dynamic batch leaves it
+    outside and splits the program in two. The returned delegation is the worst of the methods'.
     """
-    example = (torch.randn(1, 3, resolution, resolution).to(memory_format=torch.channels_last),)
-    program = torch.export.export(model, example)
-    global_pools_as_means(program)
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    info = get_delegation_info(edge.exported_program().graph_module)
-    delegation = Delegation(
-        info.num_delegated_subgraphs,
-        {op: (b.delegated, b.non_delegated) for op, b in info.delegation_by_operator.items()},
-    )
-    return edge.to_executorch().buffer, delegation
+    example = torch.randn(1, 3, resolution, resolution)
+    programs = {
+        name: torch.export.export(model, (example.contiguous(memory_format=LAYOUTS[name]),)) for name in methods
+    }
+    for program in programs.values():
+        global_pools_as_means(program)
+    edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+    delegations = []
+    for name in methods:
+        info = get_delegation_info(edge.exported_program(name).graph_module)
+        delegations.append(
+            Delegation(
+                info.num_delegated_subgraphs,
+                {op: (b.delegated, b.non_delegated) for op, b in info.delegation_by_operator.items()},
+            )
+        )
+    worst = max(delegations, key=lambda d: (sum(d.undelegated_weighted_ops.values()), d.subgraphs))
+    return edge.to_executorch().buffer, worst
 
 
 def activation_scales(model: torch.fx.GraphModule) -> tuple[float, float] | None:

@@ -19,8 +19,8 @@ class VerificationError(RuntimeError):
     """The lowered program does not do what the PyTorch model does."""
 
 
-def load_program(pte: bytes) -> Runner:
-    return Runner(pte)
+def load_program(pte: bytes, method: str) -> Runner:
+    return Runner(pte, method=method)
 
 
 def run_pte(runner: Runner, inputs: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,7 @@ def check_parity(pte_logits: torch.Tensor, ref_logits: torch.Tensor, min_agreeme
             hint = (
                 f"; its answers agree (each changed one a near-tie), as with int8 rounding rather than a wrong "
                 f"program: if so, --min-agreement {math.floor(100 * result['agreement']) / 100:.2f} accepts it "
-                "(README: Verification)"
+                "(docs/verification.md)"
             )
         raise VerificationError(f"runtime disagrees with PyTorch: {e}{hint}") from None
 

@@ -1,7 +1,7 @@
 // Runs a program N times with ExecuTorch's ETDump event tracer and writes the trace: per-operator
 // times, the XNNPACK delegate's own operators included (peers/profile.py reads it with the Inspector).
 //
-//   peers-etdump PROGRAM.pte OUT.etdp RUNS THREADS
+//   peers-etdump PROGRAM.pte OUT.etdp RUNS THREADS METHOD
 //
 // The input is zeros in the program's own shape and dim order: operator times do not depend on it.
 #include <cstdio>
@@ -32,9 +32,10 @@ int die(const std::string& message) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    return die("usage: peers-etdump PROGRAM.pte OUT.etdp RUNS THREADS");
+  if (argc != 6) {
+    return die("usage: peers-etdump PROGRAM.pte OUT.etdp RUNS THREADS METHOD");
   }
+  const std::string method = argv[5];
   int runs = std::atoi(argv[3]), threads = std::atoi(argv[4]);
   if (runs < 1 || threads < 1) {
     return die("RUNS and THREADS must be 1 or more");
@@ -43,10 +44,10 @@ int main(int argc, char** argv) {
   auto tracer = std::make_unique<executorch::etdump::ETDumpGen>();
   auto* etdump = tracer.get();
   Module module(argv[1], Module::LoadMode::File, std::move(tracer));
-  if (module.load_method("forward") != Error::Ok) {
-    return die(std::string("cannot load the forward method of ") + argv[1]);
+  if (module.load_method(method) != Error::Ok) {
+    return die("cannot load the " + method + " method of " + argv[1]);
   }
-  auto meta = module.method_meta("forward");
+  auto meta = module.method_meta(method);
   auto info = meta->input_tensor_meta(0);
   std::vector<executorch::aten::SizesType> sizes(info->sizes().begin(), info->sizes().end());
   std::vector<executorch::aten::DimOrderType> order(info->dim_order().begin(), info->dim_order().end());
@@ -59,8 +60,8 @@ int main(int argc, char** argv) {
                     .dim_order(order)
                     .make_tensor_ptr();
   for (int i = 0; i < runs; ++i) {
-    if (!module.forward(tensor).ok()) {
-      return die("forward failed");
+    if (!module.execute(method, tensor).ok()) {
+      return die(method + " failed");
     }
   }
   auto result = etdump->get_etdump_data();

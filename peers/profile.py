@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge.bundle import APP_METHOD
 from edge.command import positive_int
 from edge.files import atomic_path
 from edge.native.build import NativeError, compile_flags, executorch_dir, link_flags, runtime_lib_dir
@@ -77,7 +78,9 @@ def operators(pte: Path, threads: int, runs: int) -> list[tuple[str, int, float]
     with tempfile.TemporaryDirectory() as scratch:
         trace = Path(scratch) / "trace.etdp"
         result = subprocess.run(
-            [str(etdump_tool()), str(pte), str(trace), str(runs), str(threads)], capture_output=True, text=True
+            [str(etdump_tool()), str(pte), str(trace), str(runs), str(threads), APP_METHOD],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise PeerError(f"profiling {pte.name} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")

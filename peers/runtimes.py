@@ -35,9 +35,10 @@ def quantize(x: np.ndarray, scale: float, zero_point: int, dtype: type) -> np.nd
 
 
 def executorch(path: Path, threads: int) -> Session:
+    from edge.bundle import APP_METHOD
     from edge.native import Runner
 
-    runner = Runner(path.read_bytes(), threads)
+    runner = Runner(path.read_bytes(), threads, APP_METHOD)
     return Session(runner.laid_out, runner, lambda out: np.asarray(out).reshape(-1))
 
 

@@ -1,7 +1,8 @@
 """python -m pipeline [--recipe NAME] [overrides]: float training -> QAT -> int8 bundle, verified and compared.
 
-What make qat runs. The recipe (configs/recipes/NAME.yaml, default "default") holds every default; each flag
-overrides one. Without --ckpt or --weights the float model is trained first.
+What make qat runs. The recipe (configs/recipes/NAME.yaml) holds every default; each flag overrides one. The
+recipe is "default", or "finetune" when --weights is given and no recipe is named. The float model is
+trained first (fine-tuned, from --weights), unless --ckpt gives one.
 """
 
 import argparse
@@ -24,10 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
             "python -m pipeline --model v2 --data data/train --res 96 --epochs 20",
             "python -m pipeline --recipe bench-qat --data cifar10 --seed 1 --out artifacts/bench-qat-seed1",
             "python -m pipeline --ckpt runs/v3_small/checkpoints/best.ckpt --qat-epochs 3",
+            "python -m pipeline --weights imagenet --data photos/",
         ),
     )
     parser.add_argument(
-        "--recipe", default="default", help=f"configs/recipes/NAME.yaml: {', '.join(names())} (default: default)"
+        "--recipe",
+        help=f"configs/recipes/NAME.yaml: {', '.join(names())} (default: finetune with --weights, else default)",
     )
     parser.add_argument("--model", help="v1, v2, v3_small or v3_large (default: the recipe's)")
     parser.add_argument(
@@ -39,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--qat-epochs", type=positive_int, help="QAT epochs (default: the recipe's)")
     parser.add_argument("--ckpt", help="a float checkpoint to start QAT from: no float training (default: train)")
     parser.add_argument(
-        "--weights", help="torchvision-format weights to start from: no float training (default: train)"
+        "--weights",
+        help="imagenet (torchvision's, downloaded once; v2, v3_small, v3_large) or a torchvision-format file: "
+        "the float run fine-tunes them (default: train from scratch)",
     )
     parser.add_argument("--seed", type=int, help="--seed_everything for both runs (default: the configs')")
     parser.add_argument("--args", default="", help="extra LightningCLI arguments, one string (default none)")
@@ -58,7 +63,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        base = load_recipe(args.recipe)
+        name = args.recipe or ("finetune" if args.weights else "default")
+        if not args.recipe and args.weights:
+            print(
+                "recipe: finetune (configs/recipes/finetune.yaml), for weights; --recipe picks another", file=sys.stderr
+            )
+        base = load_recipe(name)
         recipe = base.replace(
             model=args.model,
             data=args.data,

@@ -28,28 +28,67 @@ class Recipe:
     epochs: int  # float training epochs
     qat_epochs: int
     args: tuple[str, ...] = ()  # extra LightningCLI arguments, for both runs
+    float_args: tuple[str, ...] = ()  # extra LightningCLI arguments for the float run alone (fine-tuning's schedule)
     export_args: tuple[str, ...] = ()  # extra python -m export options
-    weights: str = ""  # torchvision-format weights to start from (QAT directly, no float training)
+    weights: str = ""  # torchvision-format weights (a file, or imagenet) the float run fine-tunes
     ckpt: str = ""  # a float checkpoint to start QAT from (no float training)
     seed: int | None = None  # --seed_everything for both runs (None: the configs' own)
 
     def __post_init__(self) -> None:
+        for name in ("model", "data", "weights", "ckpt"):
+            if not isinstance(getattr(self, name), str):
+                raise RecipeError(f"{name} must be a string, got {short(getattr(self, name))}")
         if self.model not in MODELS:
-            raise RecipeError(f"model {self.model!r} is not one of {', '.join(MODELS)}")
+            raise RecipeError(f"model {short(self.model)} is not one of {', '.join(MODELS)}")
         for name in ("resolution", "epochs", "qat_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RecipeError(f"{name} must be a whole number >= 1, got {value!r}")
+                raise RecipeError(f"{name} must be a whole number >= 1, got {short(value)}")
         if isinstance(self.width, bool) or not isinstance(self.width, int | float) or not 0 < self.width <= MAX_WIDTH:
-            raise RecipeError(f"width must be in (0, {MAX_WIDTH}], got {self.width!r}")
+            raise RecipeError(f"width must be in (0, {MAX_WIDTH}], got {short(self.width)}")
         if self.weights and self.ckpt:
             raise RecipeError("give a float checkpoint or torchvision weights to start from, not both")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise RecipeError(f"seed must be a whole number, got {self.seed!r}")
+            raise RecipeError(f"seed must be a whole number, got {short(self.seed)}")
 
     def replace(self, **changes) -> "Recipe":
         """This recipe with ``changes`` (None leaves a value as it is)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+MAX_BYTES = 64 * 1024  # a recipe is a screenful of keys
+MAX_DEPTH = 4  # a mapping of keys, some of them lists of strings
+
+
+def cut(text: str, limit: int = 60) -> str:
+    """Text for an error line, cut to ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def short(value: object) -> str:
+    return cut(repr(value))
+
+
+def read_yaml(path: Path) -> object:
+    """A recipe file's YAML, read without anchors or aliases and nested at most ``MAX_DEPTH`` deep.
+
+    A recipe needs neither; an alias bomb (each alias doubling the one before) grows past any memory, and
+    deep nesting exhausts the composer's recursion. The parser's events are checked before anything is built.
+    """
+    if path.stat().st_size > MAX_BYTES:
+        raise RecipeError(f"{path} is {path.stat().st_size} bytes, more than a recipe's {MAX_BYTES}")
+    try:
+        text = path.read_text()
+        depth = 0
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise RecipeError(f"{path}: anchors and aliases (& and *) are not allowed in a recipe")
+            depth += isinstance(event, yaml.CollectionStartEvent) - isinstance(event, yaml.CollectionEndEvent)
+            if depth > MAX_DEPTH:
+                raise RecipeError(f"{path} nests deeper than a recipe's {MAX_DEPTH} levels")
+        return yaml.safe_load(text) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as e:
+        raise RecipeError(f"{path} is not valid YAML: {cut(' '.join(str(e).split()), 200)}") from None
 
 
 def names() -> list[str]:
@@ -63,21 +102,20 @@ def load_recipe(name: str, seen: tuple[str, ...] = ()) -> Recipe:
 
 def _values(name: str, seen: tuple[str, ...]) -> dict:
     path = RECIPES / f"{name}.yaml"
-    if name not in names():  # a name, never a path: ../qat would read another config as a recipe
-        raise RecipeError(f"no recipe {name!r}: pick one of {', '.join(names())} (configs/recipes/)")
+    if (
+        not isinstance(name, str) or name not in names()
+    ):  # a name, never a path: ../qat would read another config as a recipe
+        raise RecipeError(f"no recipe {short(name)}: pick one of {', '.join(names())} (configs/recipes/)")
     if name in seen:
         raise RecipeError(f"recipe {name!r} is its own base ({' -> '.join([*seen, name])})")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path} is not valid YAML: {e}") from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise RecipeError(f"{path} must be a mapping of recipe keys")
     values = _values(raw.pop("base"), (*seen, name)) if "base" in raw else {}
     known = {f.name for f in fields(Recipe)}
-    if unknown := sorted(set(raw) - known):
-        raise RecipeError(f"{path}: unknown key {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    for key in ("args", "export_args"):
+    if unknown := sorted(map(str, set(raw) - known)):
+        raise RecipeError(f"{path}: unknown key {cut(', '.join(unknown))} (known: {', '.join(sorted(known))})")
+    for key in ("args", "float_args", "export_args"):
         if key in raw:
             if not isinstance(raw[key], list) or not all(isinstance(a, str) for a in raw[key]):
                 raise RecipeError(f"{path}: {key} must be a list of strings")

@@ -48,15 +48,14 @@ def float_args(recipe: Recipe, run: Path) -> list[str]:
         f"--trainer.logger.init_args.save_dir={run}",
         f"--checkpoint.dirpath={run}/checkpoints",
         *recipe.args,
+        *recipe.float_args,
     ]
 
 
 def qat_args(recipe: Recipe, run: Path) -> list[str]:
-    start = (
-        f"--model.init_args.weights={recipe.weights}"
-        if recipe.weights
-        else f"--model.init_args.float_checkpoint={recipe.ckpt or run / 'checkpoints' / 'best.ckpt'}"
-    )
+    """QAT from a float checkpoint, always: the given one, or the float run's (trained or fine-tuned from
+    weights). It is the distillation teacher and the model of export's PTQ and fp32 baselines."""
+    start = f"--model.init_args.float_checkpoint={recipe.ckpt or run / 'checkpoints' / 'best.ckpt'}"
     return [
         "fit",
         "--config",
@@ -89,10 +88,11 @@ def stage(number: int, total: int, text: str) -> None:
 
 def run(recipe: Recipe, run_dir: Path, out: Path, float_only: bool = False) -> None:
     """Every stage the recipe asks for; a stage that fails ends the run with its own one-line error."""
-    trains_float = not (recipe.ckpt or recipe.weights)
+    trains_float = not recipe.ckpt
     total = 1 if float_only else 2 + trains_float
     if trains_float or float_only:
-        stage(1, total, f"float training ({recipe.model}, {recipe.epochs} epochs)")
+        start = f"fine-tuning {recipe.weights}" if recipe.weights else "training"
+        stage(1, total, f"float {start} ({recipe.model}, {recipe.epochs} epochs, {recipe.resolution} px)")
         train(float_args(recipe, run_dir))
         if float_only:
             return

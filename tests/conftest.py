@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge.bundle import BundleMeta, write_bundle
+from edge.bundle import APP_METHOD, BundleMeta, declare_methods, write_bundle
 from edge.native import Runner
 from edge.preprocess import InputSpec
 from training.quiet import silence_known_noise
@@ -216,16 +216,18 @@ def tiny_bundle(tmp_path_factory):
     """A real program in seconds: an untrained V1 (width 0.25, 32 px, 3 labels) lowered to fp32. For tests of
     the app's loop, sources and errors, where what the model answers does not matter."""
     from export.cli import golden
-    from export.lower import to_pte
+    from export.lower import METHODS, to_pte
     from training.models import create_model
 
     pte, _ = to_pte(create_model("v1", num_classes=3, width_mult=0.25).eval(), 32)
-    runner = Runner(pte, threads=1)
+    runner = Runner(pte, threads=1, method=APP_METHOD)
     meta = dataclasses.replace(
         fake_meta(labels=tuple(COLOURS), size=32),
         name="tiny-v1-0.25-32-fp32",
         pte_sha256=hashlib.sha256(pte).hexdigest(),
         golden_logit_tolerance=1e-3,
+        method=APP_METHOD,
+        methods=declare_methods(pte, METHODS),
     )
     inputs = np.random.default_rng(0).standard_normal((8, 3, 32, 32), dtype=np.float32)
     out = tmp_path_factory.mktemp("tiny") / "bundle"

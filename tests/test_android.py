@@ -127,6 +127,8 @@ def test_deploy_measures_latency_per_thread_count_and_exact_parity(phone, bundle
     figures = report["figures"]
     assert report["profile"]["emulated"] and "EMULATED" in (report_dir / "device_report.md").read_text()
     assert figures["parity"]["max_abs_logit_diff"] == 0.0 and figures["parity"]["images"] == 8, figures["parity"]
+    release = json.loads((DEVICE_ROOT / "releases" / version / "release.json").read_text())
+    assert report["bundle"]["method"] == release["method"] == "forward_channels_last", "the phone runs the app's method"
     assert sorted(figures["latency"], key=int) == [str(t) for t in range(1, 9)], "1 to the phone's 8 cores"
     assert all(len(row["samples_ms"]) == 20 and row["p50"] <= row["p90"] for row in figures["latency"].values())
     assert figures["cores"] == {

@@ -129,6 +129,7 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     report = json.loads((REPORTS / "rpi5-emu" / current.name / "device_report.json").read_text())
     assert report["device"]["machine"] == "aarch64" and report["profile"]["emulated"] is True
     assert report["figures"]["parity"]["max_abs_logit_diff"] == 0.0, report["figures"]["parity"]
+    assert report["bundle"]["method"] == "forward_channels_last", "the Pi runs the app's method"
     assert report["figures"]["parity"]["top1_agreement"] == 1.0 and report["figures"]["parity"]["images"] == 8
     assert report["figures"]["preprocessing_parity"]["top1_agreement"] == 1.0
     assert "torch" not in report["versions"] and report["versions"]["executorch"] == "1.5.1"

@@ -1,10 +1,14 @@
 """The bundle format: versioned, typed, checked at load; a broken bundle is one error line everywhere."""
 
 import hashlib
+import io
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from edge.bundle import (
     BundleMeta,
     check_replaceable,
     load_bundle,
+    read_golden,
     read_meta,
     write_bundle,
 )
@@ -88,14 +93,17 @@ META_EDITS = {
     "labels_text": (put("labels", "abc"), 'labels is "abc", want tuple'),
     "labels_empty": (put("labels", []), "0 labels for num_classes"),
     "labels_fewer": (lambda m: m.__setitem__("labels", m["labels"][:-1]), "labels for num_classes"),
-    "labels_more": (lambda m: m.update(labels=[*m["labels"], "x"], num_classes=len(m["labels"]) + 1), "returns (1, 3)"),
+    "labels_more": (
+        lambda m: m.update(labels=[*m["labels"], "x"], num_classes=len(m["labels"]) + 1),
+        "returns [1, 3]; input.size and num_classes say [1, 3, 32, 32] and [1, 4]",
+    ),
     "num_classes_float": (put("num_classes", 3.5), "num_classes is 3.5, want int"),
     "num_classes_bool": (put("num_classes", True), "num_classes is true, want int"),
     "no_input": (drop("input"), "input is missing"),
     "input_list": (put("input", [64]), "input is not an object"),
     "size_text": (put_input("size", "64"), 'input.size is "64", want int'),
     "size_zero": (put_input("size", 0), "need 1 <= size <= resize"),
-    "other_size": (lambda m: m["input"].update(size=64, resize=73), "model.json says (1, 3, 64, 64)"),
+    "other_size": (lambda m: m["input"].update(size=64, resize=73), "input.size and num_classes say [1, 3, 64, 64]"),
     "mean_short": (put_input("mean", [0.5, 0.5]), "input.mean is [0.5, 0.5]"),
     "std_nan": (put_input("std", [float("nan")] * 3), "input.std is [NaN, NaN, NaN]"),
     "bgr": (put_input("channel_order", "BGR"), "unsupported input channel_order"),
@@ -105,6 +113,34 @@ META_EDITS = {
     "sha_short": (put("pte_sha256", "abc"), "not a sha256 hex digest"),
     "tolerance_negative": (put("golden_logit_tolerance", -1), "golden_logit_tolerance must be >= 0"),
     "quantization_empty": (put("quantization", {}), "quantization has no scheme"),
+    # The program's methods as declared: what a caller must pass, checked against the program itself.
+    "layout_lies": (
+        lambda m: m["methods"]["forward_channels_last"]["input"].update(dim_order=[0, 1, 2, 3]),
+        "forward_channels_last takes shape [1, 3, 32, 32] in dim order [0, 2, 3, 1], model.json says "
+        "[1, 3, 32, 32] in [0, 1, 2, 3]",
+    ),
+    "method_unknown": (put("method", "nope"), "method 'nope' is not one of methods (forward, forward_channels_last)"),
+    "method_not_in_program": (
+        lambda m: m.update(method="other", methods={**m["methods"], "other": m["methods"]["forward"]}),
+        "no method other (it has: forward, forward_channels_last)",
+    ),
+    "dtype_int8": (
+        lambda m: m["methods"]["forward"]["input"].update(dtype="int8"),
+        "this app feeds and reads float32 only",
+    ),
+    "dim_order_repeats": (
+        lambda m: m["methods"]["forward"]["input"].update(dim_order=[0, 0, 1, 2]),
+        "is not an order of the 4",
+    ),
+    "methods_list": (put("methods", []), "methods is not an object of at most 16 entries"),
+    "methods_many": (
+        lambda m: m["methods"].update({f"m{i}": m["methods"]["forward"] for i in range(200)}),
+        "at most 16 entries",
+    ),
+    "method_input_text": (
+        lambda m: m["methods"]["forward"].update(input="NCHW"),
+        "methods.forward.input is not an object",
+    ),
 }
 
 
@@ -217,3 +253,70 @@ def test_a_format_1_bundle_still_loads_and_an_older_one_is_refused(tiny_bundle, 
     assert load_bundle(broken_copy(tiny_bundle, tmp_path / "one", edit=put("format", 1))).meta.format == 1
     with pytest.raises(BundleError, match="format 0 is not a version number"):
         load_bundle(broken_copy(tiny_bundle, tmp_path / "zero", edit=put("format", 0)))
+
+
+def test_a_bundle_that_declares_no_methods_runs_forward_in_the_order_the_program_says(tiny_bundle, tmp_path):
+    """model.json before ``method``/``methods``: the app runs ``forward`` and reads its memory order from the
+    program, so older bundles (forward over NHWC memory) and this one (forward over NCHW) both read right."""
+    plain = broken_copy(tiny_bundle, tmp_path / "plain", edit=lambda m: [m.pop("method"), m.pop("methods")])
+    loaded, golden = load_bundle(plain), read_golden(tiny_bundle)
+    assert (loaded.meta.method, loaded.meta.methods, loaded.runner.input_order) == ("forward", {}, (0, 1, 2, 3))
+    logits = np.concatenate([loaded.logits(x[None]) for x in golden["inputs"]])
+    np.testing.assert_allclose(logits, golden["logits"], atol=1e-4)
+    loaded.runner.close()
+
+
+def npz_with(golden: dict, **changes) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: v for k, v in (golden | changes).items() if v is not None})
+    return buffer.getvalue()
+
+
+def huge_header_npy(shape: tuple) -> bytes:
+    """A .npy whose header claims ``shape`` of float32, followed by a few bytes of data."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue() + b"\0" * 64
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("terabytes", "want 1 to 256 inputs, found 1099511627776"),
+        ("bomb", "member 'inputs.npy' is not a bounded .npy array"),
+        ("float64", "logits is float64 [8, 3], want float32 [8, 3]"),
+        ("other_size", "inputs is float32 [8, 3, 16, 16], want float32 [8, 3, 32, 32]"),
+        ("no_logits", "no logits array"),
+        ("frame_gray", "frame_0 is uint8 [37, 53], want uint8 [height, width, 3]"),
+        ("objects", "'frame_0.npy' holds objects or Fortran order"),
+        ("not_zip", "File is not a zip file"),
+    ],
+)
+def test_golden_arrays_are_checked_from_their_headers_before_any_is_read(tiny_bundle, tmp_path, case, message):
+    """golden.npz is data from outside like the rest: a header claiming 4 TiB, a deflate bomb, or arrays of
+    another type or shape are one error line before anything is allocated, not a MemoryError or a failure
+    later on the device."""
+    with np.load(tiny_bundle / "golden.npz") as data:
+        golden = dict(data)
+    copy = broken_copy(tiny_bundle, tmp_path / case)
+    if case == "terabytes":
+        with zipfile.ZipFile(copy / "golden.npz", "w") as archive:
+            archive.writestr("inputs.npy", huge_header_npy((1 << 40, 3, 32, 32)))
+    elif case == "bomb":
+        with zipfile.ZipFile(copy / "golden.npz", "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("inputs.npy", bytes(70 * 2**20))  # 70 MB of zeros, packed into 70 KB
+        assert (copy / "golden.npz").stat().st_size < 200_000
+    elif case == "not_zip":
+        (copy / "golden.npz").write_bytes(os.urandom(1000))
+    else:
+        changes = {
+            "float64": {"logits": golden["logits"].astype(np.float64)},
+            "other_size": {"inputs": golden["inputs"][:, :, :16, :16].copy()},
+            "no_logits": {"logits": None},
+            "frame_gray": {"frame_0": golden["frame_0"][..., 0].copy()},
+            "objects": {"frame_0": np.array([{"a": 1}], dtype=object)},
+        }[case]
+        (copy / "golden.npz").write_bytes(npz_with(golden, **changes))
+    with pytest.raises(BundleError, match=re.escape(message)) as error:
+        read_golden(copy)
+    assert "\n" not in str(error.value) and len(str(error.value)) < 500

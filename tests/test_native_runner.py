@@ -13,7 +13,7 @@ from conftest import write_colour_images
 
 import edge.native.build as native_build
 import edge.native.runner as native_runner
-from edge.bundle import load_bundle
+from edge.bundle import APP_METHOD, FORWARD, load_bundle
 from edge.native import NativeError, Runner
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,12 +197,14 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
     edge_bench, tiny_bundle, tmp_path
 ):
     golden = np.load(tiny_bundle / "golden.npz")
-    runner = Runner((tiny_bundle / "model.pte").read_bytes(), threads=1)
-    assert runner.input_order == (0, 2, 3, 1), "export writes programs that read NHWC memory"
+    runner = Runner((tiny_bundle / "model.pte").read_bytes(), threads=1, method=APP_METHOD)
+    assert runner.input_order == (0, 2, 3, 1), "the app's method reads NHWC memory"
     runner.in_memory_order(golden["inputs"]).tofile(tmp_path / "in.f32")  # raw bytes: edge-bench takes them as they are
     result = bench(
         edge_bench,
         tiny_bundle / "model.pte",
+        "--method",
+        APP_METHOD,
         "--inputs",
         tmp_path / "in.f32",
         "--outputs",
@@ -221,10 +223,18 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
     runner.close()
     np.testing.assert_array_equal(outputs, library)
     assert figures["input_shape"] == [1, 3, 32, 32] and figures["output_shape"] == [1, 3] and figures["images"] == 8
+    assert figures["method"] == APP_METHOD
     assert [row["threads"] for row in figures["latency_ms"]] == [1, 2]
     assert all(len(row["samples_ms"]) == 7 and row["p50"] <= row["p90"] <= row["p99"] for row in figures["latency_ms"])
     assert figures["peak_rss_kb"] > 0 and figures["load_ms"] > 0 and figures["cpus"]["cores"]
     assert not (tmp_path / "out.f32.partial").exists()
+
+    golden["inputs"].tofile(tmp_path / "nchw.f32")  # forward, edge-bench's default, reads plain NCHW bytes
+    result = bench(
+        edge_bench, tiny_bundle / "model.pte", "--inputs", tmp_path / "nchw.f32", "--outputs", tmp_path / "o"
+    )
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_allclose(np.fromfile(tmp_path / "o", np.float32).reshape(library.shape), library, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -239,6 +249,8 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
         (["{junk}"], 1, "cannot load the program: not an ExecuTorch program"),
         (["{pte}", "--inputs", "{junk}"], 1, "not a whole number of float32 inputs of [1, 3, 32, 32]"),
         (["{pte}", "--outputs", "{out}"], 2, "--outputs needs --inputs"),
+        (["{pte}", "--method", "nope"], 1, "no method nope (it has: forward, forward_channels_last)"),
+        (["{pte}", "--method", ""], 2, "--method wants a method name"),
     ],
 )
 def test_the_command_says_what_is_wrong_in_one_line(edge_bench, tiny_bundle, tmp_path, args, code, message):
@@ -293,8 +305,6 @@ def test_programs_of_either_memory_order_give_the_same_answers_for_any_nchw_arra
     """A format-1 program reads NCHW memory, export's programs NHWC: the runner takes the order from the
     program and lays out whatever array it is given, contiguous or a strided view."""
     import torch
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
 
     from export.lower import to_pte
     from training.models import create_model
@@ -303,9 +313,8 @@ def test_programs_of_either_memory_order_give_the_same_answers_for_any_nchw_arra
     model = create_model("v1", num_classes=5, width_mult=0.25).eval()
     with torch.no_grad():
         model.classifier[-1].bias.copy_(torch.arange(5.0))  # an untrained head answers ~0: give it a spread
-    nhwc = Runner(to_pte(model, 32)[0], threads=1)
-    program = torch.export.export(model, (torch.randn(1, 3, 32, 32),))
-    nchw = Runner(to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch().buffer, 1)
+    pte = to_pte(model, 32)[0]
+    nhwc, nchw = Runner(pte, threads=1, method=APP_METHOD), Runner(pte, threads=1, method=FORWARD)
     assert (nhwc.input_order, nchw.input_order) == ((0, 2, 3, 1), (0, 1, 2, 3))
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32) * 3
     with torch.no_grad():

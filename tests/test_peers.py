@@ -89,13 +89,14 @@ def test_decomposed_hard_activations_compute_the_same_function():
 def ours_only(tiny_bundle, tmp_path):
     """A converted folder with only our program: the eager logits are the runner's own answers, except
     image 0's, where another class leads by far."""
+    from edge.bundle import APP_METHOD
     from edge.native import Runner
 
     folder = tmp_path / "peers"
     folder.mkdir()
     shutil.copy(tiny_bundle / "model.pte", folder / "ours-fp32.pte")
     images = np.random.default_rng(0).standard_normal((6, 3, 32, 32)).astype(np.float32)
-    runner = Runner((tiny_bundle / "model.pte").read_bytes(), 1)
+    runner = Runner((tiny_bundle / "model.pte").read_bytes(), 1, APP_METHOD)
     eager = np.concatenate([runner(x[None]) for x in images])
     runner.close()
     wrong = eager.argmin(1)[0]

@@ -1,6 +1,7 @@
 """The pipeline's recipes (every default in one file each) and what make qat passes to it."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,14 +44,26 @@ def test_a_recipe_starts_from_its_base_and_changes_only_what_it_says():
         ("base: loop\n", "its own base"),
         ("base: default\nargs: --x\n", "list of strings"),
         ("[1, 2]\n", "mapping"),
+        # Hostile files: an alias bomb, deep nesting, values of the wrong type, bytes that are not text.
+        ("base: default\na: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n", "anchors and aliases"),
+        ("base: default\nargs: " + "[" * 30_000 + "]" * 30_000 + "\n", "nests deeper than a recipe's 4 levels"),
+        ("base: default\nargs: [" + "x, " * 40_000 + "]\n", "bytes, more than a recipe's 65536"),
+        ("base: default\nmodel: [v1]\n", "model must be a string, got ['v1']"),
+        ("base: default\ndata: 5\n", "data must be a string, got 5"),
+        ("base: default\nweights: 5\n", "weights must be a string"),
+        ("base: default\nckpt: [a]\n", "ckpt must be a string"),
+        ("base: [default]\n", "no recipe ['default']"),
+        ("base: default\nepochs: " + "9" * 5000 + "\n", "not valid YAML: Exceeds the limit"),
+        ("\udcff\udcfe", "not valid YAML"),
     ],
 )
 def test_a_bad_recipe_is_one_line_naming_the_key(tmp_path, monkeypatch, text, message):
     monkeypatch.setattr("pipeline.recipe.RECIPES", tmp_path)
     (tmp_path / "default.yaml").write_text((RECIPES / "default.yaml").read_text())
-    (tmp_path / "loop.yaml").write_text(text)
-    with pytest.raises(RecipeError, match=message):
+    (tmp_path / "loop.yaml").write_bytes(text.encode(errors="surrogateescape"))
+    with pytest.raises(RecipeError, match=re.escape(message)) as error:
         load_recipe("loop")
+    assert "\n" not in str(error.value) and len(str(error.value)) < 400
 
 
 def test_the_stages_get_the_recipe_as_arguments(tmp_path):
@@ -65,6 +78,11 @@ def test_the_stages_get_the_recipe_as_arguments(tmp_path):
     assert export_args(recipe, run, tmp_path / "out")[0] == str(run / "qat" / "checkpoints" / "best.ckpt")
     with pytest.raises(RecipeError, match="not both"):
         recipe.replace(ckpt="a.ckpt", weights="w.pth")
+    weights = load_recipe("finetune").replace(weights="imagenet")
+    fit, qat = float_args(weights, run), qat_args(weights, run)
+    assert "--model.init_args.weights=imagenet" in fit and "--model.init_args.head_epochs=1" in fit
+    assert f"--model.init_args.float_checkpoint={run}/checkpoints/best.ckpt" in qat, "QAT from the fine-tuned model"
+    assert not any("weights" in a or "head_epochs" in a for a in qat)
 
 
 def make_n(*variables: str) -> str:

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -112,6 +113,34 @@ def test_csv_and_table_rows_match_the_api(model, image_folder):
     header, line = out.getvalue().splitlines()
     label, score = model.predict(files[0], top_k=1)[0]
     assert header.startswith("file") and line == f"{files[0]}  {label} ({score:.2f})"
+
+
+def test_hostile_file_names_and_labels_stay_one_inert_record(image_folder, tmp_path):
+    """A newline in a name must not forge a CSV record, and escape sequences in names or labels (a label from
+    a bundle's model.json) must not reach the terminal."""
+    source = next((image_folder / "blue").glob("*.png"))
+    names = ["two\nlines.png", "clear\x1b[2J.png", "over\u202eride.png"]
+    for name in names:
+        shutil.copy(source, tmp_path / name)
+    bundle = Bundle(None, fake_meta(labels=("=cmd\x1b[31m", "b\nc")), None)
+    bundle.logits = lambda x: np.log(np.array([[0.7, 0.3]]))
+    model = edge.Model(bundle)
+    files = [str(tmp_path / n) for n in names]
+    out = io.StringIO()
+    predict(model, files, top_k=2, fmt="csv", out=out)
+    text = out.getvalue()
+    assert len(text.splitlines()) == 1 + len(names), "one line per file, header first"
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [r["path"] for r in rows] == [
+        str(tmp_path / "two\\x0alines.png"),
+        str(tmp_path / "clear\\x1b[2J.png"),
+        str(tmp_path / "over\\u202eride.png"),
+    ]
+    assert rows[0]["label_1"] == "'=cmd\\x1b[31m" and rows[0]["label_2"] == "b\\x0ac"
+    out = io.StringIO()
+    predict(model, files, top_k=2, fmt="table", out=out)
+    assert len(out.getvalue().splitlines()) == 1 + len(names)
+    assert not any(c in out.getvalue() for c in "\x1b\u202e"), "nothing that drives a terminal"
 
 
 def test_threshold_leaves_out_low_scores():

@@ -191,14 +191,64 @@ def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
     assert "vs_fp32" not in report["accuracy"]["fp32_pte"] and "vs_ptq" not in report["accuracy"]["ptq_pte"]
     assert "| vs fp32, pt (95% interval) |" in (bundle / "report.md").read_text()
 
+    assert meta["method"] == "forward_channels_last", "the app runs the channels-last method"
+    assert meta["methods"] == {
+        "forward": {
+            "input": {"shape": [1, 3, 32, 32], "dim_order": [0, 1, 2, 3], "dtype": "float32"},
+            "output": {"shape": [1, 3], "dim_order": [0, 1], "dtype": "float32"},
+        },
+        "forward_channels_last": {
+            "input": {"shape": [1, 3, 32, 32], "dim_order": [0, 2, 3, 1], "dtype": "float32"},
+            "output": {"shape": [1, 3], "dim_order": [0, 1], "dtype": "float32"},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "method,memory", [("forward", "contiguous_format"), ("forward_channels_last", "channels_last")]
+)
+def test_each_method_gives_the_golden_logits_in_executorchs_own_runtime(bundle, method, memory):
+    """A user's ExecuTorch (Python, Android's Tensor.fromBlob, iOS) hands ``forward`` a plain contiguous NCHW
+    tensor; the app's method takes NHWC memory. Each, fed its layout, answers as golden.npz says."""
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(str(bundle / "model.pte")).load_method("forward")
+    meta = json.loads((bundle / "model.json").read_text())
+    program = Runtime.get().load_program(str(bundle / "model.pte"))
+    run = program.load_method(method)
     golden = np.load(bundle / "golden.npz")
-    for x, expected in zip(golden["inputs"], golden["logits"], strict=True):
-        # The program's input is channels-last (NHWC memory): plain ExecuTorch reads the buffer in that order.
-        out = method.execute([torch.from_numpy(x[None]).contiguous(memory_format=torch.channels_last)])[0]
-        np.testing.assert_allclose(out[0].numpy(), expected, atol=1e-4)
+    logits = np.concatenate(
+        [
+            run.execute([torch.from_numpy(x).unsqueeze(0).contiguous(memory_format=getattr(torch, memory))])[0].numpy()
+            for x in golden["inputs"]
+        ]
+    )
+    assert (logits.argmax(1) == golden["logits"].argmax(1)).all()
+    np.testing.assert_allclose(logits, golden["logits"], atol=meta["golden_logit_tolerance"], rtol=0)
+
+
+def test_the_bundled_program_passes_executorchs_own_verification_and_catches_a_wrong_expectation(bundle):
+    """model.bpte: the golden inputs and logits of ``forward`` inside the program, checked by ExecuTorch's
+    bundled-program verification (what its example runner does with a .bpte); a wrong expectation fails it."""
+    from executorch.devtools.bundled_program.serialize import deserialize_from_flatbuffer_to_bundled_program
+    from executorch.extension.pybindings.portable_lib import _load_bundled_program_from_buffer
+
+    from export.bundled import bundled_program
+
+    meta = json.loads((bundle / "model.json").read_text())
+    bpte = (bundle / "model.bpte").read_bytes()
+    golden = np.load(bundle / "golden.npz")
+    (suite,) = deserialize_from_flatbuffer_to_bundled_program(bpte).method_test_suites
+    assert suite.method_name == "forward" and len(suite.test_cases) == len(golden["inputs"]) == 8
+    stored = np.frombuffer(suite.test_cases[3].inputs[0].val.data, np.float32)
+    np.testing.assert_array_equal(stored, golden["inputs"][3].ravel(), "plain NCHW memory, as forward reads it")
+    loaded = _load_bundled_program_from_buffer(bpte)
+    for case in range(8):
+        loaded.verify_result_with_bundled_expected_output("forward", case, 0.0, meta["golden_logit_tolerance"])
+    wrong = golden["logits"][:1] + 10 * meta["golden_logit_tolerance"] + 1
+    pte = (bundle / "model.pte").read_bytes()
+    bad = _load_bundled_program_from_buffer(bundled_program(pte, golden["inputs"][:1], wrong))
+    with pytest.raises(RuntimeError, match="verification failed"):
+        bad.verify_result_with_bundled_expected_output("forward", 0, 0.0, meta["golden_logit_tolerance"])
 
 
 def test_bundle_holds_its_programs_confusion_matrix_and_picture_linked_from_the_report(bundle):
@@ -286,7 +336,7 @@ def test_failed_verification_leaves_the_previous_bundle(runs, bundle, tmp_path, 
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     monkeypatch.setattr(QATClassifier, "convert", lambda module: module)
     program = (bundle / "model.pte").read_bytes()
-    monkeypatch.setattr(export_cli, "to_pte", lambda model, size: (program, Delegation(1, {})))
+    monkeypatch.setattr(export_cli, "to_pte", lambda model, size, methods: (program, Delegation(1, {})))
     monkeypatch.setattr(export_cli, "run_pte", lambda method, x: torch.randn(len(x), 3) * 100)
     with pytest.raises(SystemExit, match="runtime disagrees with PyTorch"):
         export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out), "--no-baselines"])
@@ -307,7 +357,7 @@ def test_a_candidate_failing_parity_is_left_out_and_qat_shipped(runs, bundle, tm
     monkeypatch.setattr(QATClassifier, "convert", lambda module: module)
     monkeypatch.setattr(export_cli, "ptq", lambda model, size, loader: model)
     program = (bundle / "model.pte").read_bytes()
-    monkeypatch.setattr(export_cli, "to_pte", lambda model, size: (program, Delegation(1, {})))
+    monkeypatch.setattr(export_cli, "to_pte", lambda model, size, methods: (program, Delegation(1, {})))
     calls = []
 
     def parity(logits, reference, min_agreement, tolerance):

@@ -146,6 +146,7 @@ def test_calibrated_qat_starts_from_ptqs_scales_on_the_same_images(tmp_path):
 def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
     """V3's hard-swish and squeeze-excite, quantized, all go into one XNNPACK subgraph, and the runtime agrees
     with the PyTorch int8 model by the export gate's rule (the trained-model tests use V1: this is V3's)."""
+    from edge.bundle import APP_METHOD
     from edge.native import Runner
     from edge.parity import check, logit_tolerance
     from export.lower import to_pte
@@ -158,7 +159,7 @@ def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
     pte, delegation = to_pte(int8, 32)
     check_delegation(delegation)
     assert delegation.subgraphs == 1 and not delegation.undelegated_weighted_ops
-    runner = Runner(pte, threads=1)
+    runner = Runner(pte, threads=1, method=APP_METHOD)
     logits = np.concatenate([runner(x[None].numpy()) for x in images])
     runner.close()
     with torch.no_grad():

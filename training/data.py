@@ -10,6 +10,7 @@ import copy
 import hashlib
 import logging
 import pickle
+import sys
 import tarfile
 import urllib.error
 import urllib.request
@@ -21,11 +22,12 @@ import lightning as L
 import numpy as np
 import torch
 from jsonargparse.typing import NonNegativeInt, NotEmptyStr, OpenUnitInterval, PositiveInt, restricted_number_type
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from edge.files import atomic_path, class_folders, folder_images
-from edge.images import read_bgr
+from edge.images import MAX_PIXELS, file_problem, read_bgr
 from edge.preprocess import InputSpec
 
 from .procedural import ProceduralShapes
@@ -33,6 +35,7 @@ from .transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
 Fraction = restricted_number_type("Fraction", float, [(">", 0), ("<=", 1)])  # (0, 1]
+UnitFraction = restricted_number_type("UnitFraction", float, [(">=", 0), ("<", 1)])  # [0, 1)
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -155,6 +158,44 @@ def load_cifar10(cache_dir: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5
 RESOLUTION = 64  # the input size when none is given: the default recipe's, for a LightningCLI run without one
 
 
+def readable(samples: list[tuple[str, int]]) -> tuple[list[tuple[str, int]], list[str]]:
+    """The samples whose file is an image this project decodes, by its header (nothing decoded), and the rest."""
+    good, bad = [], []
+    for path, label in samples:
+        try:
+            problem = file_problem(path)
+            if problem is None:
+                with Image.open(path) as image:
+                    problem = None if image.size[0] * image.size[1] <= MAX_PIXELS else "too large"
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            problem = "unreadable"
+        (bad.append(path) if problem else good.append((path, label)))
+    return good, bad
+
+
+FEW_IMAGES = 20  # per class: below it, a class's top-1 on validation means little and its features are thin
+
+
+def summary(
+    root: Path, labels: list[str], train: list[tuple], val: list[tuple], unreadable: list[str], split_here: bool
+) -> str:
+    """What a run trains on, before it does: classes, images per class in each split, and what was left out."""
+    counts = [(sum(y == i for _, y in train), sum(y == i for _, y in val)) for i in range(len(labels))]
+    how = "held out here (seeded)" if split_here else "from its val/ or test/ folder"
+    lines = [
+        f"data: {root}: {len(labels)} classes, {len(train)} training and {len(val)} validation images ({how})",
+        *(f"  {name[:40]:<40} {t:>6} train {v:>5} val" for name, (t, v) in zip(labels, counts, strict=True)),
+    ]
+    if unreadable:
+        lines.append(f"  skipped {len(unreadable)} unreadable or oversized files, e.g. {unreadable[0]}")
+    lines += [
+        f"warning: class {name!r} has {t + v} images; about {FEW_IMAGES} or more per class make a usable model"
+        for name, (t, v) in zip(labels, counts, strict=True)
+        if t + v < FEW_IMAGES
+    ]
+    return "\n".join(lines)
+
+
 class ImageDataModule(L.LightningDataModule):
     """Train/val loaders plus what the bundle needs: ``labels`` and the eval ``input_spec``.
 
@@ -170,6 +211,7 @@ class ImageDataModule(L.LightningDataModule):
         resolution: the model's input size in pixels (the crop's side).
         crop_fraction: eval center crop as a share of the resized shorter side (0.875: resize 256 for 224).
         min_scale: the smallest random-resized-crop area in training, as a share of the image.
+        colour_jitter: brightness, contrast and saturation varied by up to this share in training (photos).
         batch_size: images per training step.
         num_workers: data-loading processes (0: load in the training process).
         val_fraction: share of an ImageFolder held out for validation when it has no val/ folder.
@@ -186,6 +228,7 @@ class ImageDataModule(L.LightningDataModule):
         resolution: PositiveInt = RESOLUTION,
         crop_fraction: Fraction = 0.875,
         min_scale: Fraction = 0.25,
+        colour_jitter: UnitFraction = 0.0,
         batch_size: PositiveInt = 64,
         num_workers: NonNegativeInt = 2,
         val_fraction: OpenUnitInterval = 0.1,
@@ -238,7 +281,9 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        train_tf = TrainTransform(self.input_spec, scale=(self.hparams.min_scale, 1.0))
+        train_tf = TrainTransform(
+            self.input_spec, scale=(self.hparams.min_scale, 1.0), jitter=self.hparams.colour_jitter
+        )
         eval_tf = EvalTransform(self.input_spec)
         if self.hparams.source == "procedural":
             size = max(96, self.input_spec.resize)
@@ -252,9 +297,9 @@ class ImageDataModule(L.LightningDataModule):
             self.val_set = ArrayImages(*arrays["test"], transform=eval_tf)
         else:
             train_dir, val_dir = self.splits
-            train = folder_images(train_dir, self.labels)
+            train, unreadable = readable(folder_images(train_dir, self.labels))
             if not train:
-                raise DataError(f"no images (*.jpg, *.png, ...) under {train_dir}/<class>/")
+                raise DataError(f"no readable images (*.jpg, *.png, ...) under {train_dir}/<class>/")
             if val_dir is None:
                 order = np.random.default_rng(self.hparams.seed).permutation(len(train))
                 n_val = self.hparams.val_size or max(1, int(len(train) * self.hparams.val_fraction))
@@ -266,8 +311,11 @@ class ImageDataModule(L.LightningDataModule):
                 val = [train[i] for i in sorted(order[:n_val])]
                 train = [train[i] for i in sorted(order[n_val:])]
             else:
-                val = folder_images(val_dir, self.labels)
+                val, unreadable_val = readable(folder_images(val_dir, self.labels))
+                unreadable += unreadable_val
             self.train_set, self.val_set = FileImages(train, train_tf), FileImages(val, eval_tf)
+            if self.trainer is not None:  # a run, not export's evaluation of a checkpoint
+                print(summary(self.root, self.labels, train, val, unreadable, val_dir is None), file=sys.stderr)
 
     def _loader(self, dataset: Dataset, shuffle: bool, generator: torch.Generator) -> DataLoader:
         return DataLoader(

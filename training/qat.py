@@ -46,6 +46,7 @@ from torchao.quantization.pt2e.quantizer import QuantizationConfig
 
 from .checkpoint import check_architecture, read_checkpoint
 from .data import RESOLUTION
+from .models import WeightsError
 from .module import Arch, ImageClassifier
 
 BATCH = Dim("batch", min=1, max=4096)
@@ -264,6 +265,12 @@ class QATClassifier(ImageClassifier):
         if checkpoint is not None:
             self.model.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
         self._bn_eps, self._bn_momentum = batchnorm_settings(self.model)
+        if kwargs.get("weights") is not None and not self.head_from_weights:
+            raise WeightsError(
+                f"{kwargs['weights']} holds a classifier for other classes than these {num_classes}: QAT would "
+                "start from, and distil from, a head nothing trained. Fine-tune it first (make qat WEIGHTS=... "
+                "does: float fine-tuning, then QAT from its checkpoint)"
+            )
         starts_from_float = checkpoint is not None or kwargs.get("weights") is not None
         teacher = copy.deepcopy(self.model).eval().requires_grad_(False) if starts_from_float else None
         object.__setattr__(self, "teacher", teacher)  # not a submodule: not trained, checkpointed or exported

@@ -1,8 +1,10 @@
 // edge-bench: the native runner as a command, for devices that run no Python (an Android phone over adb).
 //
-//   edge-bench PROGRAM.pte [--inputs IN.f32] [--outputs OUT.f32] [--threads 1,2,4] [--warmup 10] [--runs 50]
+//   edge-bench PROGRAM.pte [--method forward] [--inputs IN.f32] [--outputs OUT.f32] [--threads 1,2,4]
+//              [--warmup 10] [--runs 50]
 //
-// --threads defaults to every count from 1 to the CPUs online.
+// --threads defaults to every count from 1 to the CPUs online. --method names the program's method (the
+// app runs forward_channels_last, model.json's "method"; forward takes NCHW memory, as other runtimes pass).
 // It is linked with runner.cpp, so it loads and runs programs exactly as the app's library does. It runs
 // the raw float32 inputs (N images back to back, each in the program's memory order: NHWC for the programs
 // python -m export writes, see Runner.in_memory_order) and writes the raw outputs: the host
@@ -28,7 +30,8 @@
 
 extern "C" {
 struct EdgeRunner;
-int edge_runner_open(const uint8_t* data, size_t size, uint32_t threads, EdgeRunner** out, char* err, size_t errlen);
+int edge_runner_open(const uint8_t* data, size_t size, const char* method, uint32_t threads, EdgeRunner** out,
+                     char* err, size_t errlen);
 int edge_runner_shape(const EdgeRunner* r, int which, int64_t* dims, int max_dims);
 int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float* output, size_t output_numel,
                     char* err, size_t errlen);
@@ -38,7 +41,7 @@ void edge_runner_close(EdgeRunner* r);
 namespace {
 
 struct Args {
-  std::string program, inputs, outputs;
+  std::string program, inputs, outputs, method = "forward";
   std::vector<uint32_t> threads;
   long warmup = 10, runs = 50;
 };
@@ -70,7 +73,10 @@ Args parse(int argc, char** argv) {
     }
     if (i + 1 >= argc) die(2, flag + " wants a value");
     std::string value = argv[++i];
-    if (flag == "--inputs") {
+    if (flag == "--method") {
+      if (value.empty()) die(2, "--method wants a method name");
+      args.method = value;
+    } else if (flag == "--inputs") {
       args.inputs = value;
     } else if (flag == "--outputs") {
       args.outputs = value;
@@ -86,7 +92,7 @@ Args parse(int argc, char** argv) {
       }
       if (args.threads.empty()) die(2, "--threads wants a list such as 1,2,4");
     } else {
-      die(2, "unknown option " + flag + " (usage: edge-bench PROGRAM.pte [--inputs F] [--outputs F] "
+      die(2, "unknown option " + flag + " (usage: edge-bench PROGRAM.pte [--method NAME] [--inputs F] [--outputs F] "
                                         "[--threads 1,2] [--warmup N] [--runs N])");
     }
   }
@@ -223,11 +229,11 @@ double ms_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
 }
 
-EdgeRunner* open_runner(const std::string& pte, uint32_t threads) {
+EdgeRunner* open_runner(const std::string& pte, const std::string& method, uint32_t threads) {
   char err[512] = {0};
   EdgeRunner* runner = nullptr;
-  if (edge_runner_open(reinterpret_cast<const uint8_t*>(pte.data()), pte.size(), threads, &runner, err,
-                       sizeof err) != 0) {
+  if (edge_runner_open(reinterpret_cast<const uint8_t*>(pte.data()), pte.size(), method.c_str(), threads, &runner,
+                       err, sizeof err) != 0) {
     die(1, std::string("cannot load the program: ") + err);
   }
   return runner;
@@ -258,7 +264,7 @@ int main(int argc, char** argv) {
   std::string pte = read_file(args.program, "program");
   std::string thermal_before = thermal_json();
   auto load_start = std::chrono::steady_clock::now();
-  EdgeRunner* runner = open_runner(pte, args.threads[0]);
+  EdgeRunner* runner = open_runner(pte, args.method, args.threads[0]);
   double load_ms = ms_since(load_start);
   std::string input_shape, output_shape;
   size_t in_numel = numel(runner, 0, &input_shape), out_numel = numel(runner, 1, &output_shape);
@@ -296,7 +302,7 @@ int main(int argc, char** argv) {
   for (size_t t = 0; t < args.threads.size(); ++t) {
     if (t > 0) {
       edge_runner_close(runner);
-      runner = open_runner(pte, args.threads[t]);
+      runner = open_runner(pte, args.method, args.threads[t]);
     }
     for (long i = 0; i < args.warmup; ++i) run_one(runner, inputs.data(), in_numel, output.data(), out_numel);
     std::vector<double> samples;
@@ -318,10 +324,10 @@ int main(int argc, char** argv) {
   }
   edge_runner_close(runner);
   std::printf(
-      "{\"program\": %s, \"program_bytes\": %zu, \"input_shape\": %s, \"output_shape\": %s, \"images\": %zu, "
+      "{\"program\": %s, \"method\": %s, \"program_bytes\": %zu, \"input_shape\": %s, \"output_shape\": %s, \"images\": %zu, "
       "\"load_ms\": %s, \"warmup\": %ld, \"latency_ms\": [%s], \"peak_rss_kb\": %ld, \"cpus\": %s, "
       "\"thermal_before\": %s, \"thermal_after\": %s}\n",
-      quoted(args.program).c_str(), pte.size(), input_shape.c_str(), output_shape.c_str(), images,
+      quoted(args.program).c_str(), quoted(args.method).c_str(), pte.size(), input_shape.c_str(), output_shape.c_str(), images,
       number(load_ms).c_str(), args.warmup, rows.c_str(), status_kb("VmHWM"), cpus_json().c_str(),
       thermal_before.c_str(), thermal_json().c_str());
   return 0;

@@ -1,7 +1,7 @@
 // A torch-free ExecuTorch runner with a C ABI, called from Python through ctypes (edge/native/runner.py).
 //
 // It follows ExecuTorch's executor_runner: load the program from a buffer, size the planned memory
-// from method_meta, load "forward", then set_input / execute / get_output. ctypes releases the GIL
+// from method_meta, load the named method, then set_input / execute / get_output. ctypes releases the GIL
 // for the whole call, so capture keeps running while a frame is inferred.
 //
 // Every failure returns a code and one line of text; nothing here aborts on a bad file: the header
@@ -131,6 +131,7 @@ struct EdgeRunner {
   std::unique_ptr<Method> method;
   uint64_t generation = 0;
   uint32_t threads = 0;  // 0: whatever the pool has
+  std::string method_name;  // a program can hold several methods (export writes forward and forward_channels_last)
   TensorSpec input, output;
 };
 
@@ -168,9 +169,9 @@ int ensure_method(EdgeRunner* r, char* err, size_t errlen) {
   }
   r->method.reset();
   r->method_allocator->reset();
-  auto method = r->program->load_method("forward", r->memory.get());
+  auto method = r->program->load_method(r->method_name.c_str(), r->memory.get());
   if (!method.ok()) {
-    return fail(kLoadFailed, "cannot load method forward: " + error_name(method.error()), err, errlen);
+    return fail(kLoadFailed, "cannot load method " + r->method_name + ": " + error_name(method.error()), err, errlen);
   }
   r->method = std::make_unique<Method>(std::move(method.get()));
   r->generation = g_pool_generation;
@@ -184,13 +185,19 @@ int open_program(EdgeRunner* r, char* err, size_t errlen) {
     return fail(kLoadFailed, "not a valid ExecuTorch program: " + error_name(program.error()), err, errlen);
   }
   r->program = std::make_unique<Program>(std::move(program.get()));
-  auto meta = r->program->method_meta("forward");
+  auto meta = r->program->method_meta(r->method_name.c_str());
   if (!meta.ok()) {
-    return fail(kUnsupported, "the program has no forward method", err, errlen);
+    std::string names;
+    for (size_t i = 0; i < r->program->num_methods(); ++i) {
+      auto name = r->program->get_method_name(i);
+      names += std::string(names.empty() ? "" : ", ") + (name.ok() ? *name : "?");
+    }
+    return fail(kUnsupported, "the program has no method " + r->method_name + " (it has: " + names + ")", err, errlen);
   }
   if (meta->num_inputs() != 1 || meta->num_outputs() < 1 || !float_tensor(*meta, true, &r->input) ||
       !float_tensor(*meta, false, &r->output)) {
-    return fail(kUnsupported, "forward must take one float tensor and return a float tensor first", err, errlen);
+    return fail(kUnsupported, r->method_name + " must take one float tensor and return a float tensor first", err,
+                errlen);
   }
   for (size_t id = 0; id < meta->num_memory_planned_buffers(); ++id) {
     auto size = meta->memory_planned_buffer_size(id);
@@ -217,9 +224,10 @@ int open_program(EdgeRunner* r, char* err, size_t errlen) {
 
 extern "C" {
 
-// Copies ``size`` bytes of a .pte and loads its forward method with ``threads`` XNNPACK threads
-// (0: keep the pool as it is). On success *out owns the runner; free it with edge_runner_close.
-int edge_runner_open(const uint8_t* data, size_t size, uint32_t threads, EdgeRunner** out, char* err, size_t errlen) {
+// Copies ``size`` bytes of a .pte and loads its method ``method`` (a C string) with ``threads`` XNNPACK
+// threads (0: keep the pool as it is). On success *out owns the runner; free it with edge_runner_close.
+int edge_runner_open(const uint8_t* data, size_t size, const char* method, uint32_t threads, EdgeRunner** out,
+                     char* err, size_t errlen) {
   init_runtime_once();
   *out = nullptr;
   if (size < Program::kMinHeadBytes ||
@@ -230,6 +238,7 @@ int edge_runner_open(const uint8_t* data, size_t size, uint32_t threads, EdgeRun
   auto runner = std::make_unique<EdgeRunner>();
   runner->pte.assign(data, data + size);
   runner->threads = threads;
+  runner->method_name = method;
   int code = open_program(runner.get(), err, errlen);
   if (code == kOk) {
     *out = runner.release();
@@ -258,7 +267,7 @@ int edge_runner_dim_order(const EdgeRunner* r, int which, int64_t* order, int ma
   return rank;
 }
 
-// Runs forward on a float input of input_numel values laid out in the program's dim order (see
+// Runs the method on a float input of input_numel values laid out in the program's dim order (see
 // edge_runner_dim_order: C-contiguous for NCHW programs); writes the first output.
 int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float* output, size_t output_numel,
                     char* err, size_t errlen) {

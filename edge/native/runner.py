@@ -54,6 +54,7 @@ def library() -> ctypes.CDLL:
     lib.edge_runner_open.argtypes = (
         ctypes.c_char_p,
         ctypes.c_size_t,
+        ctypes.c_char_p,
         ctypes.c_uint32,
         ctypes.POINTER(ctypes.c_void_p),
         *error,
@@ -75,8 +76,8 @@ def library() -> ctypes.CDLL:
 
 
 class Runner:
-    """One loaded program: ``runner(x)`` -> the first output, for a float32 input of ``input_shape``
-    (NCHW, whatever its strides: the runner lays it out in the program's ``input_order``).
+    """One method of a loaded program: ``runner(x)`` -> the first output, for a float32 input of ``input_shape``
+    (NCHW, whatever its strides: the runner lays it out in the method's ``input_order``).
 
     ``threads`` sizes the XNNPACK pool (None: leave it as it is, one thread per performance core
     by default). The pool is shared by the process: runners with different counts take turns,
@@ -87,12 +88,15 @@ class Runner:
     it (a server reloading its model) gives them "the runner is closed", not a crash.
     """
 
-    def __init__(self, pte: bytes, threads: int | None = None) -> None:
+    def __init__(self, pte: bytes, threads: int | None = None, method: str = "forward") -> None:
         self._lib, self._handle = library(), ctypes.c_void_p()
         self._calls, self._closing, self._idle = 0, False, threading.Condition()
         if threads is not None and not 1 <= threads <= MAX_THREADS:
             raise NativeError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
-        self._call("edge_runner_open", pte, len(pte), threads or 0, ctypes.byref(self._handle))
+        if not method or "\0" in method:
+            raise NativeError(f"method must be a non-empty name without NUL, got {method!r}")
+        self.method = method
+        self._call("edge_runner_open", pte, len(pte), method.encode(), threads or 0, ctypes.byref(self._handle))
         self.input_shape, self.output_shape = self._shape(0), self._shape(1)
         self.input_order, self.output_order = self._shape(0, "dim_order"), self._shape(1, "dim_order")
         # Worked out once: __call__ is on every frame's path, where each microsecond of Python shows at 64 px.

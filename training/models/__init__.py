@@ -47,7 +47,8 @@ def create_model(
     return model
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
+def load_weights(model: nn.Module, path: str | Path) -> bool:
+    """Load a torchvision-format state dict; True when its last classifier layer fits and was loaded too."""
     path = Path(path)
     state = safe_load(path, "weights file", WeightsError)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -66,6 +67,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
             f"(first: {(missing + unexpected + wrong_shape)[0]})"
         )
     model.load_state_dict(state, strict=False)
+    return f"{head}.weight" in state
 
 
 def classifier_head_prefix(model: nn.Module) -> str:
