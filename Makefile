@@ -21,12 +21,18 @@ HOST_EXTRAS := train,export,edge,deploy,dev
 PI_EXTRAS := edge,rpi,dev
 EXTRAS := $(if $(ON_PI),$(PI_EXTRAS),$(HOST_EXTRAS))
 given = $(filter command line environment environment override,$(origin $(1)))
-opt = $(if $(2),$(1) $(2),)
+# Every value a user gives reaches its program as one argument, whatever it holds (; $$() ` quotes spaces, a
+# leading -): single-quoted, its own single quotes escaped, and as --flag=VALUE. Lists (MODELS, WIDTHS, RES,
+# SEEDS) are a word each; ARGS-like strings are split by the program (shlex) or by bash's read, never run.
+q = '$(subst ','\'',$(1))'
+qs = $(foreach word,$(1),$(call q,$(word)))
+qm = $(call q,$(subst $$,$$$$,$(1)))# for a sub-make's command line, which expands a value once more
+opt = $(if $(2),$(1)=$(call q,$(2)),)
 # Each pipeline variable as its flag, when given (an empty DATA= is given: the procedural shapes).
-PIPELINE_ARGS = $(call opt,--recipe,$(RECIPE)) --model $(MODEL) $(if $(call given,DATA),--data="$(DATA)") $(call opt,--epochs,$(EPOCHS)) \
-	$(call opt,--qat-epochs,$(QAT_EPOCHS)) $(call opt,--res,$(RES)) $(call opt,--width,$(WIDTH)) $(call opt,--ckpt,$(CKPT)) \
-	$(call opt,--weights,$(WEIGHTS)) $(call opt,--run,$(RUN)) --out $(OUT) \
-	$(if $(ARGS),--args="$(ARGS)") $(if $(EXPORT_ARGS),--export-args="$(EXPORT_ARGS)")
+PIPELINE_ARGS = $(call opt,--recipe,$(RECIPE)) --model=$(call q,$(MODEL)) $(if $(call given,DATA),--data=$(call q,$(DATA))) \
+	$(call opt,--epochs,$(EPOCHS)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(call opt,--res,$(RES)) $(call opt,--width,$(WIDTH)) \
+	$(call opt,--ckpt,$(CKPT)) $(call opt,--weights,$(WEIGHTS)) $(call opt,--run,$(RUN)) --out=$(call q,$(OUT)) \
+	$(call opt,--args,$(ARGS)) $(call opt,--export-args,$(EXPORT_ARGS))
 
 # The edge app: BUNDLE to run, SOURCE (empty: a generated video of the procedural shapes; picamera; 0; a file/URL).
 BUNDLE ?= artifacts/$(MODEL)
@@ -55,11 +61,12 @@ SERVICE ?=
 # make test: two pytest-xdist workers, a test file each at a time; the longest file (it trains and exports the
 # QAT model) goes first, so the other worker runs the rest meanwhile. WORKERS=0 runs them in one process.
 WORKERS ?= 2
-PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadfile tests/test_qat_export.py tests)
+PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(call q,$(WORKERS)) --dist loadfile tests/test_qat_export.py tests)
 DEVICE_ARGS := $(call opt,--serial,$(SERIAL)) $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
 	$(call opt,--known-hosts,$(KNOWN_HOSTS))
-DEPLOY_ARGS := $(DEVICE_ARGS) --reports $(REPORTS) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) $(if $(SERVICE),--service --serve $(SERVE),)
+DEPLOY_ARGS := $(DEVICE_ARGS) --reports=$(call q,$(REPORTS)) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) \
+	$(if $(SERVICE),--service --serve=$(call q,$(SERVE)),)
 
 # make sweep: every MODELS x WIDTHS x RES point built by the pipeline with the sweep recipe (configs/recipes/sweep.yaml;
 # EPOCHS, QAT_EPOCHS, DATA, RES, WEIGHTS, ARGS override it as in make qat) and timed on DEVICE (here: local unless
@@ -71,7 +78,7 @@ BUDGET_MS ?=
 JOBS ?= 1
 SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
-.PHONY: help setup train qat export lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep bench-peers bench-peers-profile clean \
+.PHONY: help setup bundle train qat export lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep bench-peers bench-peers-profile clean \
 	pi-emu pi-emu-down test-arm android-runner android-emu android-emu-down test-android
 
 help:  ## list targets
@@ -96,7 +103,8 @@ qat: setup  ## float training (fine-tuning with WEIGHTS=imagenet|FILE; none with
 
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=] [EXPORT_ARGS=]
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
-	$(PY) -m export $(CKPT) --precision $(PRECISION) --out $(OUT) $(EXPORT_ARGS)
+	read -r -a extra <<< $(call q,$(EXPORT_ARGS)); \
+	$(PY) -m export $(call q,$(CKPT)) --precision=$(call q,$(PRECISION)) --out=$(call q,$(OUT)) "$${extra[@]}"
 
 lint: setup  ## ruff (checks and format) over the tree, mypy over edge/ (the code that ships to devices)
 	$(PY) -m ruff check .
@@ -111,7 +119,7 @@ test-sweep: setup test-deps  ## make sweep end to end on a tiny grid (about 4 mi
 
 N ?= 3
 test-repeat: setup test-deps  ## the tests on trained fixtures, threads or time, N=3 times with fresh fixtures: flakes show here first
-	$(if $(shell [[ "$(N)" =~ ^[1-9][0-9]*$$ ]] && echo ok),,$(error N=$(N): give the number of repeats, a whole number of 1 or more))
+	$(if $(shell [[ $(call q,$(N)) =~ ^[1-9][0-9]*$$ ]] && echo ok),,$(error N=$(N): give the number of repeats, a whole number of 1 or more))
 	@for i in $$(seq $(N)); do echo "== make test-repeat: run $$i of $(N)" >&2; \
 		$(PY) -m pytest -q -p no:cacheprovider -m "repeat and not arm and not sweep and not android" $(PYTEST_WORKERS) || exit 1; done
 
@@ -121,22 +129,27 @@ test-fast: setup  ## the host tests that need no trained model (make test runs a
 test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
 	@.ci/debian-test-deps
 
-$(BUNDLE)/model.json:  # built here when it is the default bundle; a Pi gets its bundle from make deploy
-	$(if $(and $(filter artifacts/$(MODEL),$(BUNDLE)),$(if $(ON_PI),,1)),$(MAKE) qat MODEL=$(MODEL),$(error no bundle at $(BUNDLE): build one with make qat (or make deploy to a Pi)))
+# The bundle the app's targets use, checked in the shell (a user's path is never a make target, whose ; or :
+# make would read as syntax): built here when it is the default one; a Pi gets its bundle from make deploy.
+bundle: | setup
+	@test -f $(call q,$(BUNDLE))/model.json || \
+	$(if $(and $(filter artifacts/$(MODEL),$(BUNDLE)),$(if $(ON_PI),,1)),$(MAKE) qat MODEL=$(call qm,$(MODEL)),\
+	{ printf 'error: no bundle at %s: build one with make qat (or make deploy to a Pi)\n' $(call q,$(BUNDLE)) >&2; exit 1; })
 
 $(DEMO_VIDEO): | setup
 	$(PY) -m training.demo_video $@ --seconds 30
 
-demo: setup $(BUNDLE)/model.json $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo, page on SERVE=127.0.0.1:8080 (WINDOW=1: a window too)
-	@$(MAKE) -s -f deploy/device.mk demo PY=$(PY) BUNDLE=$(BUNDLE) SOURCE="$(or $(SOURCE),$(DEMO_VIDEO) --loop)" \
-		SERVE=$(SERVE) THREADS=$(THREADS) WINDOW=$(WINDOW) ARGS="$(ARGS)"
+demo: setup bundle $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo, page on SERVE=127.0.0.1:8080 (WINDOW=1: a window too)
+	@$(MAKE) -s -f deploy/device.mk demo PY=$(PY) BUNDLE=$(call qm,$(BUNDLE)) SOURCE=$(call qm,$(or $(SOURCE),$(DEMO_VIDEO))) \
+		LOOP=$(if $(SOURCE),,1) SERVE=$(call qm,$(SERVE)) THREADS=$(call qm,$(THREADS)) WINDOW=$(call qm,$(WINDOW)) \
+		ARGS=$(call qm,$(ARGS))
 
-bench-edge: setup $(BUNDLE)/model.json $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS=120)
-	$(PY) -m edge.bench $(BUNDLE) --source $(or $(SOURCE),$(DEMO_VIDEO)) --seconds $(BENCH_SECONDS) \
-		$(if $(THREADS),--threads $(THREADS),) --json runs/bench/edge-$(notdir $(BUNDLE)).json
+bench-edge: setup bundle $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS=120)
+	$(PY) -m edge.bench $(call q,$(BUNDLE)) --source=$(call q,$(or $(SOURCE),$(DEMO_VIDEO))) --seconds=$(call q,$(BENCH_SECONDS)) \
+		$(call opt,--threads,$(THREADS)) --json=$(call q,runs/bench/edge-$(notdir $(BUNDLE)).json)
 
-deploy: setup $(BUNDLE)/model.json  ## ship bundle + app + device tests to DEVICE=rpi5|local|local-ssh, run the tests there
-	$(PY) -m deploy $(DEVICE) --bundle $(BUNDLE) $(DEPLOY_ARGS)
+deploy: setup bundle  ## ship bundle + app + device tests to DEVICE=rpi5|local|local-ssh, run the tests there
+	$(PY) -m deploy $(call q,$(DEVICE)) --bundle=$(call q,$(BUNDLE)) $(DEPLOY_ARGS)
 
 android-runner: setup  ## the native runner cross-compiled for aarch64 with its C library (cached; what DEVICE=android runs)
 	$(PY) -m deploy.runner_package
@@ -161,13 +174,13 @@ test-arm: setup test-deps  ## on ARM: emulated Pi up, deploy + device tests ther
 
 device-report: setup  ## compare two device reports: make device-report A=path/device_report.json B=...
 	$(if $(and $(A),$(B)),,$(error give two reports: make device-report A=... B=... (under artifacts/devices/)))
-	$(PY) -m device_tests.compare $(A) $(B)
+	$(PY) -m device_tests.compare $(call q,$(A)) $(call q,$(B))
 
 sweep: setup  ## accuracy/MACs/size/latency over MODELS x WIDTHS x RES, Pareto plots, BUDGET_MS= pick (README)
-	$(PY) -m sweep --models $(MODELS) --widths $(WIDTHS) $(call opt,--res,$(RES)) $(if $(call given,DATA),--data="$(DATA)") \
-		$(call opt,--epochs,$(EPOCHS)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) \
-		$(if $(WEIGHTS),--weights="$(WEIGHTS)") $(if $(ARGS),--args="$(ARGS)") --device $(SWEEP_DEVICE) \
-		--deploy-args="$(strip $(DEVICE_ARGS))" $(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
+	$(PY) -m sweep --models $(call qs,$(MODELS)) --widths $(call qs,$(WIDTHS)) $(if $(RES),--res $(call qs,$(RES))) \
+		$(if $(call given,DATA),--data=$(call q,$(DATA))) $(call opt,--epochs,$(EPOCHS)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) \
+		$(call opt,--weights,$(WEIGHTS)) $(call opt,--args,$(ARGS)) --device=$(call q,$(SWEEP_DEVICE)) \
+		--deploy-args=$(call q,$(strip $(DEVICE_ARGS))) $(call opt,--budget-ms,$(BUDGET_MS)) --jobs=$(call q,$(JOBS))
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 	$(PY) -m training.bench
@@ -176,14 +189,14 @@ bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 # is used instead when given.
 SEEDS ?= 0 1
 bench-qat: setup  ## the bench-qat recipe (CIFAR-10, 10,000 held out) once per seed in SEEDS (long: 20 min to 2 h per seed on 2 cores)
-	$(foreach seed,$(SEEDS),$(PY) -m pipeline --recipe bench-qat $(if $(DATA),--data="$(DATA)") --seed $(seed) \
-		--run runs/bench-qat/seed$(seed) --out artifacts/bench-qat-v3_small-seed$(seed) $(if $(ARGS),--args="$(ARGS)") &&) true
+	$(foreach seed,$(SEEDS),$(PY) -m pipeline --recipe bench-qat $(call opt,--data,$(DATA)) --seed=$(call q,$(seed)) \
+		--run=$(call q,runs/bench-qat/seed$(seed)) --out=$(call q,artifacts/bench-qat-v3_small-seed$(seed)) $(call opt,--args,$(ARGS)) &&) true
 
 bench-sweep: setup  ## make sweep with the bench-sweep recipe: V3-Small/Large x α 0.75/1.0 x ρ 64/96 on CIFAR-10 (hours)
 	$(PY) -m sweep --recipe bench-sweep --models v3_small v3_large --widths 0.75 1.0 --res 64 96 \
-		$(if $(DATA),--data="$(DATA)") $(if $(ARGS),--args="$(ARGS)") --device $(SWEEP_DEVICE) \
-		--deploy-args="$(strip $(DEVICE_ARGS))" --out artifacts/bench-sweep --runs runs/bench-sweep \
-		$(call opt,--budget-ms,$(BUDGET_MS)) --jobs $(JOBS)
+		$(call opt,--data,$(DATA)) $(call opt,--args,$(ARGS)) --device=$(call q,$(SWEEP_DEVICE)) \
+		--deploy-args=$(call q,$(strip $(DEVICE_ARGS))) --out artifacts/bench-sweep --runs runs/bench-sweep \
+		$(call opt,--budget-ms,$(BUDGET_MS)) --jobs=$(call q,$(JOBS))
 
 # make bench-peers: our programs against LiteRT, ONNX Runtime and ncnn on the same weights (python -m peers), in
 # its own environment (.venv-peers: the converters pull in jax and transformers, about 3 GB). The model: CKPT= a
@@ -193,9 +206,9 @@ bench-sweep: setup  ## make sweep with the bench-sweep recipe: V3-Small/Large x 
 PEERS_VENV := .venv-peers
 PEERS_PY := $(PEERS_VENV)/bin/python
 PEERS_DEVICE = $(if $(call given,DEVICE),$(DEVICE),$(shell deploy/pi-emu.sh status >/dev/null 2>&1 && echo rpi5-emu))
-PEERS_ARGS = $(call opt,--checkpoint,$(CKPT)) $(if $(call given,MODEL),--model $(MODEL)) $(call opt,--width,$(WIDTH)) \
-	$(call opt,--res,$(RES)) $(if $(DATA),--data="$(DATA)") $(call opt,--threads,$(THREADS)) \
-	$(if $(PEERS_DEVICE),--device $(PEERS_DEVICE)) $(call opt,--host,$(HOST))
+PEERS_ARGS = $(call opt,--checkpoint,$(CKPT)) $(if $(call given,MODEL),--model=$(call q,$(MODEL))) $(call opt,--width,$(WIDTH)) \
+	$(call opt,--res,$(RES)) $(call opt,--data,$(DATA)) $(call opt,--threads,$(THREADS)) \
+	$(call opt,--device,$(PEERS_DEVICE)) $(call opt,--host,$(HOST))
 
 $(PEERS_VENV)/.installed: pyproject.toml
 	@echo "== bench-peers: $(PEERS_VENV) with the converters and the peer runtimes (the first time: a few minutes, about 3 GB)" >&2

@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,7 @@ class Adb:
         self, args: list[str], what: str, timeout: float = TIMEOUT_S, check: bool = True
     ) -> subprocess.CompletedProcess:
         try:
-            result = subprocess.run(
-                [self.binary, "-s", self.serial, *args], capture_output=True, text=True, timeout=timeout
-            )
+            result = run_bounded([self.binary, "-s", self.serial, *args], timeout)
         except subprocess.TimeoutExpired:
             raise DeployError(f"{what}: {self.where} did not answer within {timeout:.0f} s") from None
         if check and result.returncode != 0:  # adb push and pull print their errors among the progress
@@ -95,16 +94,82 @@ def explain_adb(text: str, where: str) -> str:
     return next((message for needle, message in known if needle in text), None) or explain(text, where)
 
 
+MAX_OUTPUT = 1 << 20  # bytes kept of each stream of one adb command; the rest is read and dropped
+
+
+def run_bounded(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``argv`` with at most MAX_OUTPUT bytes of each stream kept, decoded with errors replaced: adb's output
+    is a device's, and a device can print anything, of any size."""
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        kept: dict[str, list[bytes]] = {"out": [], "err": []}
+
+        def drain(stream, into: list[bytes]) -> None:
+            size = 0
+            while chunk := stream.read(1 << 16):
+                if size < MAX_OUTPUT:
+                    into.append(chunk[: MAX_OUTPUT - size])
+                size += len(chunk)
+
+        readers = [
+            threading.Thread(target=drain, args=(child.stdout, kept["out"]), daemon=True),
+            threading.Thread(target=drain, args=(child.stderr, kept["err"]), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise
+        for reader in readers:
+            reader.join()
+    text = {k: b"".join(v).decode(errors="replace") for k, v in kept.items()}
+    return subprocess.CompletedProcess(argv, child.returncode, text["out"], text["err"])
+
+
+STATES = (
+    "device",
+    "unauthorized",
+    "offline",
+    "bootloader",
+    "recovery",
+    "sideload",
+    "host",
+    "authorizing",
+    "connecting",
+    "rescue",
+    "no permissions",
+    "unknown",
+)
+
+
+def parse_devices(text: str) -> dict[str, str]:
+    """``adb devices`` (with or without ``-l``): serial -> state. Each row is a serial, white space, a known
+    state and perhaps more fields (``product:... model:...``); a row that is not is refused, not guessed at."""
+    devices = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("List of devices") or line.startswith("* "):
+            continue
+        serial, _, rest = line.partition("\t") if "\t" in line else line.partition(" ")
+        state = next((s for s in STATES if rest.strip() == s or rest.strip().startswith(s + " ")), None)
+        if not serial.isprintable() or not serial.isascii() or " " in serial or state is None:
+            raise DeployError(
+                f"adb devices printed a row this deploy does not understand: {line[:80].encode('unicode_escape')!r}"
+            )
+        devices[serial] = state
+    return devices
+
+
 def attached(binary: str) -> dict[str, str]:
     """``adb devices``: serial -> state (device, unauthorized, offline, ...)."""
     try:
-        result = subprocess.run([binary, "devices"], capture_output=True, text=True, timeout=TIMEOUT_S)
+        result = run_bounded([binary, "devices"], TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise DeployError("adb devices did not answer: restart the adb server (adb kill-server)") from None
     if result.returncode != 0:
         raise DeployError(f"adb devices failed: {explain(result.stderr, 'adb')}")
-    rows = [line.split("\t") for line in result.stdout.splitlines()[1:] if "\t" in line]
-    return {serial: state.strip() for serial, state in rows}
+    return parse_devices(result.stdout)
 
 
 def pick(serial: str | None) -> Adb:
@@ -114,7 +179,7 @@ def pick(serial: str | None) -> Adb:
         raise DeployError(f"adb is not installed: {INSTALL_ADB}")
     devices = attached(binary)
     if serial and serial not in devices and re.fullmatch(r"[\w.-]+:\d+", serial):
-        subprocess.run([binary, "connect", serial], capture_output=True, text=True, timeout=TIMEOUT_S)
+        run_bounded([binary, "connect", serial], TIMEOUT_S)
         devices = attached(binary)
     if serial is None:
         if not devices:

@@ -3,6 +3,7 @@
 #             [WINDOW=1]                                            also a window (needs an OpenCV with GUI)
 #   make test                                                       the device tests, report in device_report.*
 # The host's `make demo` and the systemd unit of `make deploy SERVICE=1` run this demo target too: one demo command.
+SHELL := /bin/bash
 PY ?= $(shell cat python)
 BUNDLE ?= bundle
 FACT = $(shell $(PY) -c "import json; print(json.load(open('device.json'))['$(1)'] or '')")
@@ -11,11 +12,15 @@ THREADS ?= $(call FACT,threads)
 SERVE ?= 127.0.0.1:8080
 WINDOW ?=
 ARGS ?=
+LOOP ?=
+# A value as one shell word, whatever it holds; ARGS (extra edge run options) split on spaces by bash, never run.
+q = '$(subst ','\'',$(1))'
 
 .PHONY: demo test
 demo:
-	$(PY) -m edge run $(BUNDLE) --source $(SOURCE) --serve $(SERVE) $(if $(THREADS),--threads $(THREADS),) \
-		$(if $(WINDOW),,--headless) $(ARGS)
+	read -r -a extra <<< $(call q,$(ARGS)); \
+	$(PY) -m edge run $(call q,$(BUNDLE)) --source=$(call q,$(SOURCE)) $(if $(LOOP),--loop) --serve=$(call q,$(SERVE)) \
+		$(if $(THREADS),--threads=$(call q,$(THREADS))) $(if $(WINDOW),,--headless) "$${extra[@]}"
 
 test:
 	$(PY) -m pytest -c device_tests/pytest.ini device_tests -q --report device_report.json

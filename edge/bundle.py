@@ -16,21 +16,27 @@ A bundle is a directory::
 with ``read_meta`` / ``read_bundle`` / ``load_bundle``. None of this needs torch.
 """
 
+import fcntl
 import hashlib
 import json
 import math
+import os
 import re
 import shutil
 import tempfile
 import typing
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
 
+from .files import cache_root
 from .native import NativeError, Runner
+from .native.vet import vet
 from .preprocess import InputSpec
 
 FORMAT = 2  # bump when a reader of the previous format would misread a new bundle
@@ -47,6 +53,7 @@ OPTIONAL = (*PICTURES, BUNDLED_PROGRAM)
 FORWARD = "forward"  # takes contiguous NCHW memory: what ExecuTorch's runtimes and mobile libraries pass
 APP_METHOD = "forward_channels_last"  # takes NHWC memory: what the app's preprocessor produces, no transpose
 MAX_METHODS = 16
+META_MAX_BYTES = 1 << 20  # model.json: labels of 1000 classes take 20 kB
 PTE_MAGIC_AT = slice(4, 6)  # a .pte is a flatbuffer whose file identifier starts "ET" at byte 4
 PTE_MIN_BYTES = 64  # the flatbuffer root offset, identifier and extended header come first
 REEXPORT = "re-export it (make export CKPT=...)"
@@ -163,7 +170,7 @@ class BundleMeta:
         if version is None:
             raise BundleError(f"{where} has no format version: the bundle predates format {OLDEST_FORMAT}; {REEXPORT}")
         if not _is(version, int) or version < 1:
-            raise BundleError(f"{where}: format {version!r} is not a version number; {REEXPORT}")
+            raise BundleError(f"{where}: format {json.dumps(version)[:60]} is not a version number; {REEXPORT}")
         if version > FORMAT:
             raise BundleError(
                 f"{where} is bundle format {version}, newer than this app reads ({FORMAT}): "
@@ -239,10 +246,12 @@ def read_meta(path: str | Path) -> BundleMeta:
                 f"{found[0]}: rename it back, or export again (which does)"
             )
         raise BundleError(f"{path} is not a bundle: no {META} (build one with `make qat` or `make export`)")
+    if (size := meta_path.stat().st_size) > META_MAX_BYTES:
+        raise BundleError(f"{meta_path} is {size} bytes, more than a model.json's {META_MAX_BYTES}; {REEXPORT}")
     try:
         raw = json.loads(meta_path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise BundleError(f"{meta_path} is not valid JSON ({e}); {REEXPORT}") from None
+        raise BundleError(f"{meta_path} is not valid JSON ({str(e)[:200]}); {REEXPORT}") from None
     return BundleMeta.from_json(raw, meta_path)
 
 
@@ -382,6 +391,7 @@ def load_bundle(path: str | Path, threads: int | None = None) -> Bundle:
     path = Path(path)
     meta, data = read_bundle(path)
     try:
+        vet(data, meta.method)
         runner = Runner(data, threads, meta.method)
     except NativeError as e:
         raise BundleError(f"cannot load {path / meta.pte}: {e}") from None
@@ -456,6 +466,38 @@ def check_replaceable(out: Path) -> None:
             f"{out} is a bundle but also holds {', '.join(extra[:5])}: nothing was written; "
             "move those files, or give another output path"
         )
+
+
+_WRITING: dict[Path, int] = {}  # the bundles this process holds the writer's lock of: path -> the lock's fd
+
+
+@contextmanager
+def sole_writer(out: Path) -> Iterator[None]:
+    """Hold ``out``'s writer's lock for the block, or fail at once with one line: a second export to the same
+    place stops at its start, not after minutes of work. Re-entrant within a process (make qat's pipeline holds
+    it, and the export it runs takes it again). The lock is a file under the cache folder named by ``out``'s
+    absolute path, so nothing is left beside the bundles, and the kernel drops it when the process ends,
+    however it ends."""
+    key = Path(os.path.abspath(out))
+    if key in _WRITING:
+        yield
+        return
+    lock = cache_root() / "locks" / hashlib.sha256(os.fsencode(key)).hexdigest()
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise BundleError(
+            f"another export is writing {out} now: wait for it to finish, or give another output path"
+        ) from None
+    _WRITING[key] = fd
+    try:
+        yield
+    finally:
+        del _WRITING[key]
+        os.close(fd)
 
 
 def write_bundle(out: Path, meta: BundleMeta, contents: dict[str, bytes]) -> None:

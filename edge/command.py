@@ -8,6 +8,8 @@ import signal
 import sys
 from collections.abc import Callable
 
+MAX_ERROR = 1000  # characters of an error line
+
 
 def run_main(module: str, quiet: Callable[[], None] | None = None) -> None:
     """Import ``module`` and call its ``main()``; the imports alone take seconds (torch, the runtime).
@@ -16,7 +18,9 @@ def run_main(module: str, quiet: Callable[[], None] | None = None) -> None:
     imported: importing a package never changes them.
 
     SIGTERM (a service stop, ``kill``) is handled like Ctrl-C. Commands that clean up on an interrupt
-    catch it themselves; one that reaches here exits 130 with "interrupted", never a traceback.
+    catch it themselves; one that reaches here exits 130 with "interrupted", never a traceback. An error line
+    (``sys.exit("error: ...")``) longer than MAX_ERROR characters is cut there: a value from a hostile file
+    may be megabytes long.
     An interrupt during the imports is held until they finish: OpenCV's loader has a bare ``except:``
     that would swallow it, and the run would go on as if nothing had been asked.
     """
@@ -35,6 +39,10 @@ def run_main(module: str, quiet: Callable[[], None] | None = None) -> None:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
+    except SystemExit as done:
+        if isinstance(done.code, str) and len(done.code) > MAX_ERROR:
+            done.code = done.code[: MAX_ERROR - 3] + "..."
+        raise
 
 
 def with_examples(*commands: str) -> dict:

@@ -3,9 +3,12 @@ which the page shows), ``/stream.mjpg`` (annotated MJPEG, for players like VLC),
 
 Standard library HTTP server in daemon threads; each frame is JPEG-encoded once, when a client
 first asks for it, so an unwatched server costs one array copy per frame. On a LAN anyone may
-connect: clients are capped (503 beyond), idle ones time out, a request's headers must all arrive
-within ``header_time`` seconds (a client sending a line every few seconds cannot hold a slot), a
-malformed request gets 400, and a client that hangs up is logged at debug level, never as a traceback.
+connect. A connection waits in a bounded waiting room until its request is in: its request line must
+arrive within ``request_line_time`` seconds of the connection and all its headers within ``header_time``
+(a client that sends nothing, or a line every few seconds, cannot hold on). Only then does it take one of
+``max_clients`` slots, so idle and trickling connections never lock out a real client; beyond either
+bound a connection gets 503. Idle clients time out, a malformed request gets 400, and a client that
+hangs up is logged at debug level, never as a traceback.
 """
 
 import html
@@ -158,18 +161,22 @@ class Broadcast:
 
 
 class _HeaderDeadline:
-    """The request's reader until its headers are in: each line may take only what is left of ``seconds``.
+    """The request's reader until its headers are in: the request line may take ``first_line`` seconds from
+    the start, and each line only what is left of ``seconds``.
 
     The socket's own timeout restarts with every byte received, so on its own it lets a client that
-    sends one header line every few seconds keep its connection, and a server slot, for ever.
+    sends one header line every few seconds keep its connection for ever.
     """
 
-    def __init__(self, rfile, connection: socket.socket, seconds: float, timeout: float) -> None:
+    def __init__(self, rfile, connection: socket.socket, seconds: float, timeout: float, first_line: float) -> None:
         self.rfile, self.connection, self.timeout = rfile, connection, timeout
-        self.deadline = time.monotonic() + seconds
+        start = time.monotonic()
+        self.deadline, self.first_line_deadline = start + seconds, start + min(first_line, seconds)
+        self.lines = 0
 
     def readline(self, limit: int = -1) -> bytes:
-        left = self.deadline - time.monotonic()
+        self.lines += 1
+        left = (self.first_line_deadline if self.lines == 1 else self.deadline) - time.monotonic()
         if left <= 0:
             raise TimeoutError("the request's headers took too long")
         self.connection.settimeout(min(left, self.timeout))
@@ -188,14 +195,14 @@ def after_frame(query: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
-def make_handler(broadcast: Broadcast, title: str, idle_timeout: float, header_time: float):
+def make_handler(broadcast: Broadcast, title: str, idle_timeout: float, header_time: float, request_line_time: float):
     page = PAGE.format(title=html.escape(title)).encode()
 
     class Handler(BaseHTTPRequestHandler):
         timeout = idle_timeout  # for every read and write: an idle or stalled client lets go of its thread
 
         def handle_one_request(self) -> None:
-            reader = _HeaderDeadline(self.rfile, self.connection, header_time, idle_timeout)
+            reader = _HeaderDeadline(self.rfile, self.connection, header_time, idle_timeout, request_line_time)
             self.rfile = cast(BufferedIOBase, reader)  # it reads lines as the server's reader does
             try:
                 super().handle_one_request()
@@ -203,9 +210,16 @@ def make_handler(broadcast: Broadcast, title: str, idle_timeout: float, header_t
                 self.rfile = reader.rfile
 
         def parse_request(self) -> bool:
-            """The headers are in (or refused): writes get the whole idle timeout again."""
+            """The headers are in (or refused): the request takes a client slot, or gets 503, and writes get the
+            whole idle timeout again."""
             parsed = super().parse_request()
             self.connection.settimeout(idle_timeout)
+            if parsed and not cast(_HTTPServer, self.server).admit(self.request):
+                self.send_response(HTTPStatus.SERVICE_UNAVAILABLE)
+                self.send_header("Retry-After", "5")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return False
             return parsed
 
         def log_message(self, format, *args):  # keep the terminal for the app's own output
@@ -282,17 +296,20 @@ def make_handler(broadcast: Broadcast, title: str, idle_timeout: float, header_t
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    """At most ``max_clients`` connections at a time; errors are one log line each."""
+    """At most ``max_waiting`` connections whose request is not in yet, and ``max_clients`` being answered, so
+    at most the sum of threads; errors are one log line each."""
 
     daemon_threads = True
 
-    def __init__(self, address, handler, max_clients: int) -> None:
-        self.slots = threading.BoundedSemaphore(max_clients)
+    def __init__(self, address, handler, max_clients: int, max_waiting: int) -> None:
+        self.waiting, self.slots = threading.BoundedSemaphore(max_waiting), threading.BoundedSemaphore(max_clients)
+        self.admitted: set[int] = set()  # ids of the connections that hold a slot rather than a waiting place
+        self.lock = threading.Lock()
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:
-        if not self.slots.acquire(blocking=False):
+        if not self.waiting.acquire(blocking=False):
             try:
                 request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n")
             except OSError:
@@ -301,11 +318,23 @@ class _HTTPServer(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
+    def admit(self, request) -> bool:
+        """A connection whose request is in leaves the waiting room for a client slot, if one is free."""
+        if not self.slots.acquire(blocking=False):
+            return False
+        with self.lock:
+            self.admitted.add(id(request))
+        self.waiting.release()
+        return True
+
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.slots.release()
+            with self.lock:
+                admitted = id(request) in self.admitted
+                self.admitted.discard(id(request))
+            (self.slots if admitted else self.waiting).release()
 
     def handle_error(self, request, client_address) -> None:
         error = sys.exc_info()[1]
@@ -326,9 +355,12 @@ class Server:
         timeout: float = 10.0,
         max_clients: int = 16,
         header_time: float = 10.0,
+        request_line_time: float = 2.0,
+        max_waiting: int = 64,
     ) -> None:
+        handler = make_handler(broadcast, title, timeout, header_time, request_line_time)
         try:
-            self.httpd = _HTTPServer(address, make_handler(broadcast, title, timeout, header_time), max_clients)
+            self.httpd = _HTTPServer(address, handler, max_clients, max_waiting)
         except (OSError, OverflowError) as e:
             raise OSError(f"cannot serve on {address[0]}:{address[1]}: {getattr(e, 'strerror', None) or e}") from None
         self.broadcast = broadcast

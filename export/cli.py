@@ -33,6 +33,7 @@ from edge.bundle import (
     BundleMeta,
     check_replaceable,
     declare_methods,
+    sole_writer,
     write_bundle,
 )
 from edge.command import fraction, positive_int, with_examples
@@ -352,14 +353,15 @@ def main(argv: list[str] | None = None) -> None:
                 check_replaceable(path)  # before loading, minutes of work, and again when writing
         module, checkpoint = load_module(args.checkpoint)
         out = args.out or Path("artifacts") / module.hparams.arch
-        for path in outputs(out, args.candidates):
-            check_replaceable(path)
-        bundles = build(args, module, checkpoint)
-        shipped, why = choose(bundles)
-        if args.candidates:
-            write_candidates(out, bundles)
-        meta, files, report = bundles[shipped]
-        write_bundle(out, meta, files)
+        with sole_writer(out):  # a second export to OUT stops here, before the work
+            for path in outputs(out, args.candidates):
+                check_replaceable(path)
+            bundles = build(args, module, checkpoint)
+            shipped, why = choose(bundles)
+            if args.candidates:
+                write_candidates(out, bundles)
+            meta, files, report = bundles[shipped]
+            write_bundle(out, meta, files)
     except (BundleError, CheckpointError, DataError, NativeError, WeightsError, VerificationError) as e:
         sys.exit(f"error: {e}")
     parity = report["parity"]

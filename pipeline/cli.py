@@ -10,6 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from edge.bundle import BundleError, sole_writer
 from edge.command import positive_float, positive_int, with_examples
 
 from .recipe import RecipeError, load_recipe, names
@@ -84,4 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (RecipeError, ValueError) as e:
         sys.exit(f"error: {e}")
-    run(recipe, args.run or Path("runs") / recipe.model, args.out or Path("artifacts") / recipe.model, args.float_only)
+    out = args.out or Path("artifacts") / recipe.model
+    try:
+        with sole_writer(out):  # a second make qat to the same OUT stops at its start, not after training
+            run(recipe, args.run or Path("runs") / recipe.model, out, args.float_only)
+    except BundleError as e:
+        sys.exit(f"error: {e}")

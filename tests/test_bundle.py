@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -26,9 +28,12 @@ from edge.bundle import (
     load_bundle,
     read_golden,
     read_meta,
+    sole_writer,
     write_bundle,
 )
 from edge.cli import main as edge_main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -320,3 +325,140 @@ def test_golden_arrays_are_checked_from_their_headers_before_any_is_read(tiny_bu
     with pytest.raises(BundleError, match=re.escape(message)) as error:
         read_golden(copy)
     assert "\n" not in str(error.value) and len(str(error.value)) < 500
+
+
+def delegate_flatbuffers(pte: bytes) -> list[tuple[int, int]]:
+    """Where each XNNPACK delegate's own flatbuffer lies in a program: its header (magic XH00 at byte 4) gives the
+    flatbuffer's offset and size within the delegate's blob."""
+    regions, at = [], pte.find(b"XH00")
+    while at >= 0:
+        start = at - 4
+        offset, size = (int.from_bytes(pte[start + a : start + a + 4], "little") for a in (10, 14))
+        regions.append((start + offset, start + offset + size))
+        at = pte.find(b"XH00", at + 1)
+    return regions
+
+
+def test_no_byte_of_the_delegate_payload_kills_the_loading_process(tiny_bundle, tmp_path):
+    """240 seeded single-bit flips inside the XNNPACK delegates' flatbuffers and 20 truncations, each with
+    pte_sha256 rewritten so that the runtime really parses it, each loaded and run in one process as the app does:
+    every one ends in a result or one error line, and the process lives (ExecuTorch 1.5 does not verify the
+    payload; edge.native.vet loads each new program in a child first)."""
+    pte = (tiny_bundle / "model.pte").read_bytes()
+    regions = delegate_flatbuffers(pte)
+    assert len(regions) == 2, "one delegate per method"
+    rng = np.random.default_rng(0)
+    programs = []
+    for i in range(240):
+        low, high = regions[i % 2]
+        mutated = bytearray(pte)
+        mutated[int(rng.integers(low, high))] ^= 1 << int(rng.integers(8))
+        programs.append(bytes(mutated))
+    programs += [pte[: int(n)] for n in rng.integers(64, len(pte), 20)]
+    for i, program in enumerate(programs):
+        broken_copy(tiny_bundle, tmp_path / f"m{i}", pte=program)
+    script = textwrap.dedent(f"""
+        import json
+        import numpy as np
+        from pathlib import Path
+        from edge.bundle import BundleError, load_bundle
+        from edge.native import NativeError
+        outcomes = {{"result": 0, "error": 0}}
+        for i in range({len(programs)}):
+            try:
+                bundle = load_bundle(Path({str(tmp_path)!r}) / f"m{{i}}", threads=1)
+                bundle.runner(np.zeros(bundle.runner.input_shape, np.float32))
+                outcomes["result"] += 1
+            except (BundleError, NativeError) as e:
+                assert "\\n" not in str(e)
+                outcomes["error"] += 1
+        print(json.dumps(outcomes))
+    """)
+    env = os.environ | {"MOBILENET_EDGE_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env
+    )
+    assert result.returncode == 0, f"exit {result.returncode} (negative: a signal): {result.stderr[-2000:]}"
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sum(outcomes.values()) == len(programs) and outcomes["error"] >= 20, outcomes
+
+
+def test_a_program_that_crashes_the_runtime_is_refused_in_one_line_and_loads_are_remembered(
+    tiny_bundle, tmp_path, monkeypatch
+):
+    """The child that vets a program dies by a signal (a stand-in child here): one line, nothing remembered.
+    A program that loads is remembered: its second load starts no child."""
+    import edge.native.vet as vet
+
+    monkeypatch.setenv("MOBILENET_EDGE_CACHE", str(tmp_path / "cache"))
+    pte = (tiny_bundle / "model.pte").read_bytes()
+    real_run, runs = subprocess.run, []
+
+    def crashing(argv, **kwargs):
+        runs.append(argv)
+        return subprocess.CompletedProcess(argv, -signal.SIGSEGV, b"", b"")
+
+    monkeypatch.setattr(vet.subprocess, "run", crashing)
+    with pytest.raises(BundleError, match="crashes the ExecuTorch runtime when its forward_channels_last is loaded"):
+        load_bundle(tiny_bundle)
+    assert not vet.marker(pte, "forward_channels_last").exists()
+    monkeypatch.setattr(vet.subprocess, "run", lambda argv, **kw: runs.append(argv) or real_run(argv, **kw))
+    load_bundle(tiny_bundle).runner.close()
+    load_bundle(tiny_bundle).runner.close()
+    assert len(runs) == 2 and vet.marker(pte, "forward_channels_last").is_file(), "one child for two loads"
+
+
+def test_a_huge_model_json_or_a_huge_value_is_refused_in_a_short_line(tiny_bundle, tmp_path):
+    big = broken_copy(tiny_bundle, tmp_path / "big", edit=put("padding", "x" * (2 << 20)))
+    with pytest.raises(BundleError, match="bytes, more than a model.json's 1048576"):
+        read_meta(big)
+    for key in ("format", "labels", "methods", "name"):
+        edited = broken_copy(tiny_bundle, tmp_path / key, edit=put(key, list(range(100_000))))
+        with pytest.raises(BundleError) as error:
+            read_meta(edited)
+        assert len(str(error.value)) < 500 and "\n" not in str(error.value), (key, str(error.value)[:300])
+
+
+def test_an_error_line_of_megabytes_is_cut_to_one_short_line(tmp_path):
+    (tmp_path / "long_error.py").write_text("import sys\ndef main():\n    sys.exit('error: ' + 'x' * 10**6)\n")
+    script = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); from edge.command import run_main; run_main('long_error')"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1 and result.stderr.startswith("error: x") and len(result.stderr) <= 1001
+
+
+def test_one_writer_per_bundle_path_and_a_second_make_qat_stops_at_its_start(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOBILENET_EDGE_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bundle"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from edge.bundle import sole_writer\n"
+            "with sole_writer(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(BundleError, match=f"another export is writing {out} now"):
+            with sole_writer(out):
+                pass
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline", "--out", str(out), "--epochs", "1"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=ROOT,
+        )
+        assert "another export is writing" in one_error_line(result) and "== 1/" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with sole_writer(out), sole_writer(out):  # free once its holder is gone, however it ended; re-entrant
+        pass
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cache"], "nothing beside it"

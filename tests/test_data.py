@@ -35,18 +35,21 @@ def test_folder_split_is_deterministic_and_corrupt_files_are_skipped(image_folde
     dm = ImageDataModule(source=str(image_folder), resolution=32, batch_size=4, num_workers=0, val_fraction=0.25)
     dm.setup("fit")
     assert dm.labels == ["blue", "green", "red"] and dm.num_classes == 3
-    assert len(dm.train_set) + len(dm.val_set) == 25
+    assert len(dm.train_set) + len(dm.val_set) == 24, "the corrupt JPEG's header is checked: left out up front"
     again = ImageDataModule(source=str(image_folder), resolution=32, val_fraction=0.25)
     again.setup("fit")
     assert again.val_set.samples == dm.val_set.samples
     assert not {p for p, _ in dm.train_set.samples} & {p for p, _ in dm.val_set.samples}
 
-    everything = FileImages(dm.train_set.samples + dm.val_set.samples, EvalTransform(dm.input_spec))
+    # A file whose header reads but whose pixels do not is skipped when it is loaded.
+    (image_folder / "red" / "cut.png").write_bytes((image_folder / "red" / "0.png").read_bytes()[:60])
+    cut = (str(image_folder / "red" / "cut.png"), 2)
+    everything = FileImages(dm.train_set.samples + dm.val_set.samples + [cut], EvalTransform(dm.input_spec))
     before = FileImages.skipped
     with caplog.at_level(logging.WARNING):
         items = [everything[i] for i in range(len(everything))]
     assert FileImages.skipped == before + 1
-    assert "skipped unreadable image" in caplog.text and "corrupt.jpg" in caplog.text
+    assert "skipped unreadable image" in caplog.text and "cut.png" in caplog.text
     assert all(x.shape == (3, 32, 32) for x, _ in items)
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 32, 32) and labels.dtype == torch.int64
@@ -55,12 +58,12 @@ def test_folder_split_is_deterministic_and_corrupt_files_are_skipped(image_folde
 def test_val_size_holds_out_that_many_images_and_the_fraction_split_agrees(image_folder):
     by_size = ImageDataModule(source=str(image_folder), resolution=32, val_size=5)
     by_size.setup("fit")
-    by_fraction = ImageDataModule(source=str(image_folder), resolution=32, val_fraction=0.2)
+    assert len(by_size.val_set) == 5 and len(by_size.train_set) == 19
+    by_fraction = ImageDataModule(source=str(image_folder), resolution=32, val_fraction=5 / 24 + 1e-9)
     by_fraction.setup("fit")
-    assert len(by_size.val_set) == 5 and len(by_size.train_set) == 20
     assert by_size.val_set.samples == by_fraction.val_set.samples
-    with pytest.raises(DataError, match="val_size=25 leaves no training images"):
-        ImageDataModule(source=str(image_folder), resolution=32, val_size=25).setup("fit")
+    with pytest.raises(DataError, match="val_size=24 leaves no training images"):
+        ImageDataModule(source=str(image_folder), resolution=32, val_size=24).setup("fit")
 
 
 def test_folder_with_train_and_val_subdirs_uses_them(image_folder, tmp_path):
@@ -69,7 +72,7 @@ def test_folder_with_train_and_val_subdirs_uses_them(image_folder, tmp_path):
     shutil.copytree(image_folder, root / "val")
     dm = ImageDataModule(source=str(root), resolution=32)
     dm.setup("fit")
-    assert len(dm.train_set) == len(dm.val_set) == 25
+    assert len(dm.train_set) == len(dm.val_set) == 24
     assert all("/val/" in p for p, _ in dm.val_set.samples)
 
 
@@ -80,7 +83,7 @@ def test_missing_or_empty_dataset_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="no class folders"):
         _ = ImageDataModule(source=str(tmp_path / "empty")).labels
     (tmp_path / "empty" / "cls").mkdir()
-    with pytest.raises(DataError, match="no images"):
+    with pytest.raises(DataError, match="no readable images"):
         ImageDataModule(source=str(tmp_path / "empty")).setup("fit")
 
 
@@ -176,3 +179,19 @@ def test_train_transform_follows_torch_seed():
     assert torch.equal(a, transform(image))
     assert a.shape == (3, 64, 64)
     assert not torch.equal(a, transform(image))
+
+
+def test_a_run_starts_with_a_summary_of_its_data(image_folder):
+    """Classes, images per class in each split, the unreadable file left out, and a warning per thin class."""
+    from training.data import folder_images, readable, summary
+
+    labels = ["blue", "green", "red"]
+    good, bad = readable(folder_images(image_folder, labels))
+    assert len(good) == 24 and bad == [str(image_folder / "red" / "corrupt.jpg")]
+    text = summary(image_folder, labels, good[:18], good[18:], bad, split_here=True)
+    lines = text.splitlines()
+    assert lines[0] == f"data: {image_folder}: 3 classes, 18 training and 6 validation images (held out here, seeded)"
+    assert lines[1].split() == ["blue", "8", "train", "0", "val"]
+    assert lines[3].split() == ["red", "2", "train", "6", "val"]
+    assert f"skipped 1 unreadable or oversized files, e.g. {bad[0]}" in text
+    assert sum(line.startswith("warning: class") for line in lines) == 3, "8 images each, under 20"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import interrupt_once_copying
 
+from deploy.android import MAX_OUTPUT, parse_devices, run_bounded
 from deploy.cli import main as deploy_main
 from deploy.cli import prune, prune_environments, service_unit, smoke_run, stage
 from deploy.profile import ProfileError, load_device, settings_from
@@ -399,3 +400,49 @@ def test_adbs_failures_are_explained_in_one_line(output, says):
 
     line = explain_adb(output, "the Android device X")
     assert says in line and "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "output, devices",
+    [
+        ("List of devices attached\nemulator-5554\tdevice\n\n", {"emulator-5554": "device"}),
+        (
+            "List of devices attached\nemulator-5554\tdevice product:sdk_gphone64_arm64 model:sdk transport_id:1\n"
+            "192.168.1.7:5555       unauthorized usb:1-1 transport_id:2\n",
+            {"emulator-5554": "device", "192.168.1.7:5555": "unauthorized"},
+        ),
+        (
+            "* daemon not running; starting now at tcp:5037\n* daemon started successfully\nList of devices attached\n",
+            {},
+        ),
+        (
+            "List of devices attached\nR58M\tno permissions (user in plugdev group); see [http://...]\n",
+            {"R58M": "no permissions"},
+        ),
+    ],
+)
+def test_adb_devices_with_and_without_l_is_parsed(output, devices):
+    assert parse_devices(output) == devices
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "List of devices attached\nemulator-5554\tsleeping\n",
+        "List of devices attached\nemu\x1b[2J\tdevice\n",
+        "List of devices attached\n\ufffd\ufffd\tdevice\n",
+        "List of devices attached\njust-a-serial\n",
+    ],
+)
+def test_adb_devices_rows_not_understood_are_refused_in_one_line(output):
+    with pytest.raises(DeployError, match="adb devices printed a row this deploy does not understand") as error:
+        parse_devices(output)
+    assert "\n" not in str(error.value) and "\x1b" not in str(error.value)
+
+
+def test_adb_output_is_read_bounded_and_any_bytes_decode(tmp_path):
+    """A device may print anything: 300 MB of it keeps a megabyte per stream, bytes that are not UTF-8 decode."""
+    script = "import sys; sys.stdout.buffer.write(b'\\xff\\xfe ok\\n' + b'x' * (300 << 20)); sys.stderr.write('e')"
+    result = run_bounded([sys.executable, "-c", script], timeout=120)
+    assert result.returncode == 0 and len(result.stdout) <= MAX_OUTPUT and result.stdout.startswith("\ufffd\ufffd ok")
+    assert result.stderr == "e"

@@ -248,6 +248,8 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
         (["{missing}"], 1, "cannot read program"),
         (["{junk}"], 1, "cannot load the program: not an ExecuTorch program"),
         (["{pte}", "--inputs", "{junk}"], 1, "not a whole number of float32 inputs of [1, 3, 32, 32]"),
+        (["{pte}", "--inputs", "/dev/zero"], 1, "the inputs /dev/zero is not a regular file"),
+        (["{pte}", "--inputs", "{inputs}", "--outputs", "{folder}"], 1, "cannot write {folder}: Is a directory"),
         (["{pte}", "--outputs", "{out}"], 2, "--outputs needs --inputs"),
         (["{pte}", "--method", "nope"], 1, "no method nope (it has: forward, forward_channels_last)"),
         (["{pte}", "--method", ""], 2, "--method wants a method name"),
@@ -255,15 +257,20 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
 )
 def test_the_command_says_what_is_wrong_in_one_line(edge_bench, tiny_bundle, tmp_path, args, code, message):
     (tmp_path / "junk").write_bytes(os.urandom(1000))
+    (tmp_path / "folder").mkdir()
+    np.zeros((2, 3, 32, 32), np.float32).tofile(tmp_path / "inputs.f32")
     files = {
         "pte": tiny_bundle / "model.pte",
         "missing": tmp_path / "missing.pte",
         "junk": tmp_path / "junk",
         "out": tmp_path / "out.f32",
+        "inputs": tmp_path / "inputs.f32",
+        "folder": tmp_path / "folder",
     }
     result = bench(edge_bench, *(a.format(**files) for a in args))
     assert result.returncode == code and result.stdout == "", result
-    assert result.stderr.startswith("error: ") and message in result.stderr and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: ") and message.format(**files) in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and not list(tmp_path.glob("*.partial")), "one line, nothing half-written"
 
 
 def test_closing_while_other_threads_run_is_a_clean_error_not_a_crash(tiny_bundle):

@@ -241,7 +241,7 @@ def test_a_program_xnnpack_will_not_load_is_explained_with_its_scales(monkeypatc
     model = ptq(create_model("v1", 3, 0.25).eval(), 32, [(torch.randn(4, 3, 32, 32), None)])
     monkeypatch.setattr(export.cli, "to_pte", lambda *_: (b"", Delegation(1, {})))
 
-    def refuse(_):
+    def refuse(*_):
         raise NativeError("cannot load method forward: error 0x1 (Init failed for backend XnnpackBackend: 0x1)")
 
     monkeypatch.setattr(export.cli, "load_program", refuse)
@@ -250,4 +250,4 @@ def test_a_program_xnnpack_will_not_load_is_explained_with_its_scales(monkeypatc
         match=r"would not load the ptq-int8 program .*Init failed.*scales span "
         r"[0-9.e-]+ to [0-9.e-]+\. .*Train longer",
     ):
-        export.cli.lower(model, "ptq-int8", 32)
+        export.cli.lower(model, "ptq-int8", 32, ("forward_channels_last",))

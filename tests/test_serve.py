@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from edge.serve import Broadcast, Server, lan_address
+from edge.serve import Broadcast, Server, after_frame, lan_address, parse_address
 
 
 @pytest.fixture
@@ -59,16 +59,48 @@ def test_each_frame_comes_with_its_own_figures_then_204_then_503_at_the_end(serv
     assert request(server, "GET", "/frame.jpg?after=2")[0] == 503
 
 
-def test_idle_clients_time_out_and_a_full_house_gets_503(server):
-    idle = [socket.create_connection(address(server)) for _ in range(3)]
+def test_idle_connections_hold_no_client_slot_and_are_hung_up_on(server):
+    """Connections that never send a byte (a scanner, or someone holding the page hostage by renewing them)
+    wait without a client slot: a real client is served while many of them are open, and each is hung up
+    once its request line is overdue."""
+    idle = [socket.create_connection(address(server)) for _ in range(30)]  # ten times the 3 client slots
     time.sleep(0.1)
-    status, headers, _ = request(server, "GET", "/stats.json")
-    assert status == 503 and headers["Retry-After"] == "5", "a fourth client while three are connected"
+    assert request(server, "GET", "/stats.json")[0] == 200
+    start = time.monotonic()
     for sock in idle:
-        sock.settimeout(3)
+        sock.settimeout(10)
         assert sock.recv(1) == b"", "the server hung up on an idle client"
         sock.close()
-    assert request(server, "GET", "/stats.json")[0] == 200, "their threads are free again"
+    assert time.monotonic() - start < 8, "within the request line's 2 s (and the 0.5 s idle timeout)"
+
+
+def test_a_full_house_gets_503_and_a_full_waiting_room_too():
+    """Clients being answered take the slots (three streams here); past the waiting room's bound, a new
+    connection is refused at once: threads stay bounded whatever the number of connections."""
+    broadcast = Broadcast()
+    broadcast.publish(np.zeros((24, 32, 3), np.uint8), {"frames": 1})
+    server = Server(("127.0.0.1", 0), broadcast, "test", timeout=5, max_clients=3, max_waiting=4)
+    try:
+        streams = []
+        for _ in range(3):
+            sock = socket.create_connection(address(server), timeout=5)
+            sock.sendall(b"GET /stream.mjpg HTTP/1.0\r\n\r\n")
+            assert sock.recv(12) == b"HTTP/1.0 200"
+            streams.append(sock)
+        status, headers, _ = request(server, "GET", "/stats.json")
+        assert status == 503 and headers["Retry-After"] == "5", "a fourth client while three are answered"
+        waiting = [socket.create_connection(address(server)) for _ in range(4)]
+        time.sleep(0.2)
+        extra = socket.create_connection(address(server), timeout=5)
+        assert extra.recv(12) == b"HTTP/1.0 503", "the fifth connection with nothing sent yet is refused"
+        for sock in [*streams, *waiting, extra]:
+            sock.close()
+        deadline = time.monotonic() + 10
+        while request(server, "GET", "/stats.json")[0] != 200:
+            assert time.monotonic() < deadline, "the slots come back"
+            time.sleep(0.1)
+    finally:
+        server.close()
 
 
 def test_a_client_that_resets_leaves_no_traceback(server, capfd):
@@ -110,3 +142,79 @@ def request_url(url: str) -> int:
     status = connection.getresponse().status
     connection.close()
     return status
+
+
+@pytest.fixture
+def slow_server():
+    broadcast = Broadcast()
+    broadcast.publish(np.zeros((24, 32, 3), np.uint8), {"frames": 1})
+    server = Server(("127.0.0.1", 0), broadcast, "test", timeout=2.0, max_clients=3, header_time=1.0)
+    yield server
+    server.close()
+
+
+def get(server, path: str) -> int:
+    sock = socket.create_connection(server.httpd.server_address[:2], timeout=5)
+    sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+    status = sock.recv(64).split(b" ")[1]
+    sock.close()
+    return int(status)
+
+
+def test_clients_sending_a_header_line_at_a_time_hold_no_slot_and_are_cut_off(slow_server):
+    """Each slow client sends a header line every 0.4 s, inside the 2 s idle timeout, for ever: it waits
+    without a client slot (a real client is served meanwhile), and the 1 s total for the headers ends it."""
+    slow = [socket.create_connection(slow_server.httpd.server_address[:2]) for _ in range(3)]
+    for sock in slow:
+        sock.sendall(b"GET / HTTP/1.0\r\n")
+    assert get(slow_server, "/") == 200, "three slow clients, as many as the slots, lock nobody out"
+    cut = set()
+    start = time.monotonic()
+    while len(cut) < 3 and time.monotonic() - start < 10:
+        for i, sock in enumerate(slow):
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+            except OSError:
+                cut.add(i)
+        time.sleep(0.4)
+    assert cut == {0, 1, 2}, "the server hung up on every slow client"
+    assert get(slow_server, "/") == 200
+
+
+def test_a_malformed_query_gets_400_and_no_log_line(capfd):
+    assert [after_frame(q) for q in ("", "after=7", "after=²", "after=-1", "after=1e3", "after=" + "9" * 40)] == [
+        0,
+        7,
+        None,
+        None,
+        None,
+        None,
+    ]
+    broadcast = Broadcast()
+    broadcast.publish(np.zeros((24, 32, 3), np.uint8), {"frames": 1})
+    # More slots than requests: a handler thread still closing its connection on a loaded machine
+    # must not turn the next request into a 503.
+    server = Server(("127.0.0.1", 0), broadcast, "test", timeout=2.0, max_clients=16)
+    try:
+        for _ in range(5):
+            assert get(server, "/frame.jpg?after=%C2%B2") == 400
+        assert get(server, "/frame.jpg?after=0") == 200
+    finally:
+        server.close()
+    assert capfd.readouterr().err == ""
+
+
+def test_an_ipv6_address_is_served_in_brackets():
+    assert parse_address("[::1]:8080") == ("::1", 8080)
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_address("8080²")
+    if not socket.has_ipv6:
+        pytest.skip("this kernel has no IPv6")
+    try:
+        server = Server(("::1", 0), Broadcast(), "test")
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        assert server.url.startswith("http://[::1]:")
+    finally:
+        server.close()

@@ -181,7 +181,7 @@ def summary(
 ) -> str:
     """What a run trains on, before it does: classes, images per class in each split, and what was left out."""
     counts = [(sum(y == i for _, y in train), sum(y == i for _, y in val)) for i in range(len(labels))]
-    how = "held out here (seeded)" if split_here else "from its val/ or test/ folder"
+    how = "held out here, seeded" if split_here else "from its val/ or test/ folder"
     lines = [
         f"data: {root}: {len(labels)} classes, {len(train)} training and {len(val)} validation images ({how})",
         *(f"  {name[:40]:<40} {t:>6} train {v:>5} val" for name, (t, v) in zip(labels, counts, strict=True)),

@@ -12,8 +12,9 @@
 // thread count after a warm-up, and prints one JSON object: every sample, p50/p90/p99, load time, peak
 // RSS (VmHWM), the CPUs (/proc/cpuinfo and each core's cpuinfo_max_freq, so big and little cores are told
 // apart) and the thermal zones before and after. Errors are one "error: ..." line and exit code 1 (2 for
-// bad arguments).
+// bad arguments), a program that crashes the runtime included (it is first run in a forked child).
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -26,6 +27,9 @@
 #include <vector>
 
 #include <dirent.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 extern "C" {
@@ -105,7 +109,15 @@ Args parse(int argc, char** argv) {
   return args;
 }
 
+constexpr long long kMaxFileBytes = 1LL << 30;  // a program or a batch of inputs: far below; /dev/zero is not one
+
 std::string read_file(const std::string& path, const char* what) {
+  struct stat info {};
+  if (stat(path.c_str(), &info) != 0) die(1, std::string("cannot read ") + what + " " + path + ": " + std::strerror(errno));
+  if (!S_ISREG(info.st_mode)) die(1, std::string("the ") + what + " " + path + " is not a regular file");
+  if (info.st_size > kMaxFileBytes) {
+    die(1, std::string("the ") + what + " " + path + " is over " + std::to_string(kMaxFileBytes >> 20) + " MB");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) die(1, std::string("cannot read ") + what + " " + path + ": " + std::strerror(errno));
   std::stringstream data;
@@ -257,11 +269,40 @@ void run_one(EdgeRunner* runner, const float* input, size_t in_numel, float* out
   if (edge_runner_run(runner, input, in_numel, output, out_numel, err, sizeof err) != 0) die(1, err);
 }
 
+// ExecuTorch 1.5 does not verify an XNNPACK delegate's payload: a corrupt one can crash the loading process. The
+// program is first loaded and run once in a forked child (before this process has any thread), so such a
+// program ends in one error line here, not a signal. A child that fails cleanly leaves the error to the load below.
+void vet_in_child(const std::string& pte, const std::string& method) {
+  std::fflush(nullptr);
+  pid_t pid = fork();
+  if (pid < 0) die(1, std::string("cannot start a process to check the program: ") + std::strerror(errno));
+  if (pid == 0) {
+    char err[512] = {0};
+    EdgeRunner* runner = nullptr;
+    if (edge_runner_open(reinterpret_cast<const uint8_t*>(pte.data()), pte.size(), method.c_str(), 1, &runner, err,
+                         sizeof err) == 0) {
+      std::string shape;
+      std::vector<float> input(numel(runner, 0, &shape), 0.0f), output(numel(runner, 1, &shape));
+      edge_runner_run(runner, input.data(), input.size(), output.data(), output.size(), err, sizeof err);
+      edge_runner_close(runner);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(status)) {
+    die(1, "the program crashes the ExecuTorch runtime when its " + method + " is loaded and run (signal " +
+               std::to_string(WTERMSIG(status)) + "): a corrupt or hostile program; re-export it");
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Args args = parse(argc, argv);
   std::string pte = read_file(args.program, "program");
+  vet_in_child(pte, args.method);
   std::string thermal_before = thermal_json();
   auto load_start = std::chrono::steady_clock::now();
   EdgeRunner* runner = open_runner(pte, args.method, args.threads[0]);
@@ -286,16 +327,25 @@ int main(int argc, char** argv) {
     std::string partial = args.outputs + ".partial";
     std::FILE* out = std::fopen(partial.c_str(), "wb");
     if (out == nullptr) die(1, "cannot write " + partial + ": " + std::strerror(errno));
+    auto fail = [&](const std::string& what) {  // nothing half-written is left behind
+      int error = errno;
+      std::remove(partial.c_str());
+      die(1, "cannot write " + what + ": " + std::strerror(error));
+    };
     for (size_t i = 0; i < images; ++i) {
-      run_one(runner, inputs.data() + i * in_numel, in_numel, output.data(), out_numel);
+      char err[512] = {0};
+      if (edge_runner_run(runner, inputs.data() + i * in_numel, in_numel, output.data(), out_numel, err,
+                          sizeof err) != 0) {
+        std::fclose(out);
+        std::remove(partial.c_str());
+        die(1, err);
+      }
       if (std::fwrite(output.data(), sizeof(float), out_numel, out) != out_numel) {
         std::fclose(out);
-        die(1, "cannot write " + partial + ": " + std::strerror(errno));
+        fail(partial);
       }
     }
-    if (std::fclose(out) != 0 || std::rename(partial.c_str(), args.outputs.c_str()) != 0) {
-      die(1, "cannot write " + args.outputs + ": " + std::strerror(errno));
-    }
+    if (std::fclose(out) != 0 || std::rename(partial.c_str(), args.outputs.c_str()) != 0) fail(args.outputs);
   }
 
   std::string rows;
