@@ -38,7 +38,7 @@ from . import pictures
 from .profile import Device
 from .runner_package import COMMAND, LOADER, PackageError
 from .runner_package import build as build_package
-from .target import KEEP_RELEASES, DeployError, explain
+from .target import KEEP_RELEASES, DeployError, device_lock, explain
 
 ABI = "arm64-v8a"
 WARMUP = 10
@@ -394,65 +394,67 @@ def deploy(device: Device, bundle: Path, meta: BundleMeta, version: str, reports
         raise DeployError(str(e)) from None
     root = device.remote_dir.rstrip("/")
     releases, partial = f"{root}/releases", f"{root}/releases/{version}.partial"
-    adb.run(["mkdir", "-p", releases, f"{root}/runners"], f"creating {releases}")
-    adb.run(
-        ["sh", "-c", 'rm -rf "$1"/*.partial "$1"/*.failed', "sh", releases], "removing unfinished and failed releases"
-    )
-    step("runner")
-    runner = push_runner(adb, package, f"{root}/runners")
-    step("copying")
-    with tempfile.TemporaryDirectory(prefix="release-") as tmp:
-        stage(bundle, meta, version, device, package.name, Path(tmp))
-        adb.push(Path(tmp), partial, "pushing the release")
-    adb.run(
-        ["sh", "-c", 'cd "$1" && sha256sum -c MANIFEST.sha256 >/dev/null', "sh", partial],
-        "checking the copy against its manifest",
-    )
-    step("measuring")
-    result = adb.run(
-        bench_command(runner, partial, meta.method, device.runs), "running the program", timeout=3600, check=False
-    )
-    if result.returncode != 0:
-        adb.run(["mv", partial, f"{releases}/{version}.failed"], "keeping the failed release aside", check=False)
-        raise DeployError(
-            f"the program failed on {adb.where} ({explain(result.stderr, adb.where)}); current is "
-            f"unchanged, the failed copy is {releases}/{version}.failed"
+    with device_lock(adb, root):  # one deploy at a time per phone
+        adb.run(["mkdir", "-p", releases, f"{root}/runners"], f"creating {releases}")
+        adb.run(
+            ["sh", "-c", 'rm -rf "$1"/*.partial "$1"/*.failed', "sh", releases],
+            "removing unfinished and failed releases",
         )
-    step("parity")
-    with tempfile.TemporaryDirectory(prefix="results-") as tmp:
-        adb.pull(f"{partial}/bench.json", Path(tmp) / "bench.json", "fetching the measurements")
-        adb.pull(f"{partial}/outputs.f32", Path(tmp) / "outputs.f32", "fetching the outputs")
-        bench = json.loads((Path(tmp) / "bench.json").read_text())
-        outputs = np.fromfile(Path(tmp) / "outputs.f32", np.float32)
-    golden = read_golden(bundle)
-    outputs = outputs.reshape(len(golden["logits"]), -1)
-    figures = figures_of(bench, outputs, golden, meta)
-    tests = outcomes(figures, device, meta)
-    local = write_report(adb, device, meta, version, package, bench, figures, tests, reports)
-    failed = {name: t["reason"] for name, t in tests.items() if t["outcome"] == "failed"}
-    if "android::golden_parity" in failed:
-        adb.run(["mv", partial, f"{releases}/{version}.failed"], "keeping the failed release aside", check=False)
-        raise DeployError(
-            f"the phone's outputs differ from the host's ({failed['android::golden_parity']}); current "
-            f"is unchanged: see {local}/device_report.md"
+        step("runner")
+        runner = push_runner(adb, package, f"{root}/runners")
+        step("copying")
+        with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+            stage(bundle, meta, version, device, package.name, Path(tmp))
+            adb.push(Path(tmp), partial, "pushing the release")
+        adb.run(
+            ["sh", "-c", 'cd "$1" && sha256sum -c MANIFEST.sha256 >/dev/null', "sh", partial],
+            "checking the copy against its manifest",
         )
-    step("switching")
-    adb.run(["mv", partial, f"{releases}/{version}"], "finishing the release")
-    adb.run(
-        ["sh", "-c", 'echo "$2" > "$1/current.new" && mv -f "$1/current.new" "$1/current"', "sh", root, version],
-        "switching current",
-    )
-    prune(adb, releases, f"{root}/runners", version)
-    step("done")
-    steps.close()
-    print((local / "device_report.md").read_text())
-    print(
-        f"deployed {meta.name} to {adb.where} as {releases}/{version}; report: {local}/device_report.json",
-        file=sys.stderr,
-    )
-    if failed:
-        raise DeployError(f"{', '.join(failed)} failed on {adb.where}: see {local}/device_report.md")
-    return local
+        step("measuring")
+        result = adb.run(
+            bench_command(runner, partial, meta.method, device.runs), "running the program", timeout=3600, check=False
+        )
+        if result.returncode != 0:
+            adb.run(["mv", partial, f"{releases}/{version}.failed"], "keeping the failed release aside", check=False)
+            raise DeployError(
+                f"the program failed on {adb.where} ({explain(result.stderr, adb.where)}); current is "
+                f"unchanged, the failed copy is {releases}/{version}.failed"
+            )
+        step("parity")
+        with tempfile.TemporaryDirectory(prefix="results-") as tmp:
+            adb.pull(f"{partial}/bench.json", Path(tmp) / "bench.json", "fetching the measurements")
+            adb.pull(f"{partial}/outputs.f32", Path(tmp) / "outputs.f32", "fetching the outputs")
+            bench = json.loads((Path(tmp) / "bench.json").read_text())
+            outputs = np.fromfile(Path(tmp) / "outputs.f32", np.float32)
+        golden = read_golden(bundle)
+        outputs = outputs.reshape(len(golden["logits"]), -1)
+        figures = figures_of(bench, outputs, golden, meta)
+        tests = outcomes(figures, device, meta)
+        local = write_report(adb, device, meta, version, package, bench, figures, tests, reports)
+        failed = {name: t["reason"] for name, t in tests.items() if t["outcome"] == "failed"}
+        if "android::golden_parity" in failed:
+            adb.run(["mv", partial, f"{releases}/{version}.failed"], "keeping the failed release aside", check=False)
+            raise DeployError(
+                f"the phone's outputs differ from the host's ({failed['android::golden_parity']}); current "
+                f"is unchanged: see {local}/device_report.md"
+            )
+        step("switching")
+        adb.run(["mv", partial, f"{releases}/{version}"], "finishing the release")
+        adb.run(
+            ["sh", "-c", 'echo "$2" > "$1/current.new" && mv -f "$1/current.new" "$1/current"', "sh", root, version],
+            "switching current",
+        )
+        prune(adb, releases, f"{root}/runners", version)
+        step("done")
+        steps.close()
+        print((local / "device_report.md").read_text())
+        print(
+            f"deployed {meta.name} to {adb.where} as {releases}/{version}; report: {local}/device_report.json",
+            file=sys.stderr,
+        )
+        if failed:
+            raise DeployError(f"{', '.join(failed)} failed on {adb.where}: see {local}/device_report.md")
+        return local
 
 
 def write_report(

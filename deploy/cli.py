@@ -34,7 +34,7 @@ from edge.serve import parse_address
 
 from . import android, pictures, provision
 from .profile import Device, ProfileError, load_device
-from .target import KEEP_RELEASES, DeployError, Target, connect, explain
+from .target import KEEP_RELEASES, DeployError, Target, connect, device_lock, explain
 from .wheelhouse import device_requirements
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,60 +165,61 @@ def deploy(args: argparse.Namespace) -> Path | None:
         steps.set_postfix_str(text)
         steps.update(1)
 
-    target.run(["mkdir", "-p", releases], what=f"creating {releases}")
-    target.run(
-        [
-            "find",
-            releases,
-            "-maxdepth",
-            "1",
-            "(",
-            "-name",
-            "*.partial",
-            "-o",
-            "-name",
-            "*.failed",
-            ")",
-            "-exec",
-            "rm",
-            "-rf",
-            "{}",
-            "+",
-        ],
-        what="removing unfinished and failed releases",
-    )
-    step("staging")
-    partial = f"{release}.partial"
-    with tempfile.TemporaryDirectory(prefix="release-") as tmp:
-        stage(args.bundle, device, root, python, version, meta, Path(tmp), args.serve)
-        if plan:
-            provision.stage_runner(plan, Path(tmp))
-        step("copying")
-        target.push(Path(tmp), partial, args.bwlimit)
-    step("verifying")
-    target.run(
-        ["sha256sum", "--quiet", "--strict", "-c", "MANIFEST.sha256"],
-        cwd=partial,
-        what="checking the copy against its manifest",
-    )
-    step("environment")
-    setup_python(target, device, venv, root, partial, python, args.bwlimit, plan, facts)
-    step("smoke run")
-    smoke_run(target, python, partial, release)
-    target.run(["mv", "-T", partial, release], what="finishing the release")
-    step("switching")
-    target.run(["ln", "-sfn", f"releases/{version}", f"{root}/current.new"], what="linking the release")
-    target.run(["mv", "-T", f"{root}/current.new", f"{root}/current"], what="switching current")
-    prune(target, releases, version)
-    if venv:
-        prune_environments(target, releases, venv_base, venv)
-    if args.service:
-        install_service(target, root, home, args.serve)
-    steps.close()
-    print(f"deployed {meta.name} to {target.where} as {root}/current -> releases/{version}", file=sys.stderr)
-    if args.no_tests:
-        return None
-    return run_device_tests(target, device, root, python, version, args.reports)
+    with device_lock(target, root):  # the whole deploy, device tests included: one at a time
+        target.run(["mkdir", "-p", releases], what=f"creating {releases}")
+        target.run(
+            [
+                "find",
+                releases,
+                "-maxdepth",
+                "1",
+                "(",
+                "-name",
+                "*.partial",
+                "-o",
+                "-name",
+                "*.failed",
+                ")",
+                "-exec",
+                "rm",
+                "-rf",
+                "{}",
+                "+",
+            ],
+            what="removing unfinished and failed releases",
+        )
+        step("staging")
+        partial = f"{release}.partial"
+        with tempfile.TemporaryDirectory(prefix="release-") as tmp:
+            stage(args.bundle, device, root, python, version, meta, Path(tmp), args.serve)
+            if plan:
+                provision.stage_runner(plan, Path(tmp))
+            step("copying")
+            target.push(Path(tmp), partial, args.bwlimit)
+        step("verifying")
+        target.run(
+            ["sha256sum", "--quiet", "--strict", "-c", "MANIFEST.sha256"],
+            cwd=partial,
+            what="checking the copy against its manifest",
+        )
+        step("environment")
+        setup_python(target, device, venv, root, partial, python, args.bwlimit, plan, facts)
+        step("smoke run")
+        smoke_run(target, python, partial, release)
+        target.run(["mv", "-T", partial, release], what="finishing the release")
+        step("switching")
+        target.run(["ln", "-sfn", f"releases/{version}", f"{root}/current.new"], what="linking the release")
+        target.run(["mv", "-T", f"{root}/current.new", f"{root}/current"], what="switching current")
+        prune(target, releases, version)
+        if venv:
+            prune_environments(target, releases, venv_base, venv)
+        if args.service:
+            install_service(target, root, home, args.serve)
+        steps.close()
+        print(f"deployed {meta.name} to {target.where} as {root}/current -> releases/{version}", file=sys.stderr)
+        if args.no_tests:
+            return None
+        return run_device_tests(target, device, root, python, version, args.reports)
 
 
 def release_name(meta: BundleMeta) -> str:

@@ -7,6 +7,8 @@ a hostile file name or host string stays one argument.
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .profile import Device
@@ -139,3 +141,33 @@ class SSHTarget(Target):
 
 def connect(device: Device) -> Target:
     return SSHTarget(device) if device.ssh else Target(device)
+
+
+LOCK_STALE_S = 4 * 3600  # a lock older than the longest deploy (the emulated Pi's first, with its tests) is left over
+
+
+@contextmanager
+def device_lock(target, root: str) -> Iterator[None]:
+    """One deploy at a time per device: ``ROOT/.deploy.lock``, a directory (mkdir is atomic), for the whole
+    deploy. Two deploys would otherwise remove each other's unfinished release and race to switch ``current``.
+    ``target`` is an SSH or adb target: both run an argv with ``what`` and ``check``. A lock left by a deploy that
+    was killed or lost its device is taken over once it is LOCK_STALE_S old; until then the line says how to
+    free it."""
+    lock = f"{root}/.deploy.lock"
+    target.run(["mkdir", "-p", root], what=f"creating {root}")
+    if target.run(["mkdir", lock], what="taking the device's deploy lock", check=False).returncode != 0:
+        age = target.run(
+            ["sh", "-c", 'echo $(( $(date +%s) - $(stat -c %Y "$1") ))', "sh", lock],
+            what="reading the lock",
+            check=False,
+        ).stdout.strip()
+        if not (age.isdigit() and int(age) > LOCK_STALE_S):
+            raise DeployError(
+                f"another deploy to {target.where} is under way (its lock {lock} is {age or '?'} s old): wait for it, "
+                f"or if none is running, remove that directory"
+            )
+        target.run(["sh", "-c", 'rmdir "$1" && mkdir "$1"', "sh", lock], what="taking over a stale deploy lock")
+    try:
+        yield
+    finally:
+        target.run(["rmdir", lock], what="releasing the deploy lock", check=False)

@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,23 +43,27 @@ def every_class_in_turn(samples: list[tuple[str, int]]) -> list[tuple[str, int]]
     return [s for turn in itertools.zip_longest(*by_class.values()) for s in turn if s is not None]
 
 
-def evaluate_folder(bundle: Bundle, root: Path, limit: int | None = None, progress: bool = True) -> dict:
-    """Top-1/top-5 over ``root/<class>/*``; ``limit`` images are spread over the classes, not the first class's."""
-    samples = every_class_in_turn(labelled_images(root, bundle.labels))[:limit]
+def ranked(bundle: Bundle, samples: list[tuple[str, int]], progress: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+    """(label, class indices best first) per readable sample, through the app's preprocessing and runtime;
+    an unreadable file is logged and left out."""
     preprocess = Preprocessor(bundle.input)
-    top1 = top5 = n = skipped = 0
     for path, label in tqdm(samples, desc="edge eval", unit="img", disable=not progress):
         try:
             bgr = read_bgr(path)
         except (OSError, ValueError) as e:
-            skipped += 1
             log.warning("skipped %s", unreadable(path, e))
             continue
-        logits = bundle.logits(preprocess(bgr, order="BGR"))[0]
-        ranked = np.argsort(-logits)
-        top1 += int(ranked[0] == label)
-        top5 += int(label in ranked[:5])
+        yield label, np.argsort(-bundle.logits(preprocess(bgr, order="BGR"))[0])
+
+
+def evaluate_folder(bundle: Bundle, root: Path, limit: int | None = None, progress: bool = True) -> dict:
+    """Top-1/top-5 over ``root/<class>/*``; ``limit`` images are spread over the classes, not the first class's."""
+    samples = every_class_in_turn(labelled_images(root, bundle.labels))[:limit]
+    top1 = top5 = n = 0
+    for label, order in ranked(bundle, samples, progress):
+        top1 += int(order[0] == label)
+        top5 += int(label in order[:5])
         n += 1
     if n == 0:
         raise BundleError(f"no readable images under {root}/<class>/")
-    return {"top1": top1 / n, "top5": top5 / n, "n": n, "skipped": skipped}
+    return {"top1": top1 / n, "top5": top5 / n, "n": n, "skipped": len(samples) - n}

@@ -26,6 +26,7 @@ from edge.files import blocking_file, write_atomic
 from pipeline.recipe import RecipeError, load_recipe
 from pipeline.recipe import names as recipe_names
 from training.models import MODELS
+from training.pretrained import IMAGENET
 
 from . import report
 from .grid import Layout, Point, Recipe, grid
@@ -85,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights",
         default="",
-        help="torchvision-format weights to start from instead of float "
-        "training; {model} and {width} are filled in (default: train)",
+        help="weights each point's float run fine-tunes: imagenet, or a torchvision-format file with {model} and "
+        "{width} filled in (default: train from scratch)",
     )
     parser.add_argument(
         "--args", default="", help="extra LightningCLI arguments for every run, as make's ARGS= (default none)"
@@ -268,7 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     if data and data != "cifar10" and not Path(data).is_dir():
         parser.error(f"--data {data} is not a directory (an ImageFolder: one folder per class) or cifar10")
     data = str(Path(data).resolve()) if data and data != "cifar10" else data
-    weights = str(Path(args.weights).absolute()) if args.weights else ""  # absolute, as every path a point gets
+    # A file absolute, as every path a point gets; imagenet as it is.
+    weights = str(Path(args.weights).absolute()) if args.weights not in ("", IMAGENET) else args.weights
     recipe = Recipe(
         data, args.epochs or base.epochs, args.qat_epochs or base.qat_epochs, weights, args.args, args.recipe, base.args
     )

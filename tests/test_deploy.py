@@ -3,6 +3,7 @@
 import getpass
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -177,9 +178,11 @@ def test_service_unit_runs_the_current_release_on_the_address_asked_for():
     assert "WorkingDirectory=/home/me/mobilenet-edge/current" in unit and "WantedBy=default.target" in unit
     assert "ExecStart=/usr/bin/make -s demo SERVE=127.0.0.1:8080\n" in unit, "the release's own demo command"
     make = ["make", "-s", "--eval", "deploy-args: ; @echo $(DEPLOY_ARGS)", "deploy-args", "SERVICE=1"]
-    assert "--service --serve 127.0.0.1:8080" in subprocess.run(make, capture_output=True, text=True).stdout
     assert (
-        "--serve 0.0.0.0:9000" in subprocess.run([*make, "SERVE=0.0.0.0:9000"], capture_output=True, text=True).stdout
+        "--service --serve=127.0.0.1:8080" in subprocess.run(make, capture_output=True, text=True).stdout
+    )  # echo drops the quotes
+    assert (
+        "--serve=0.0.0.0:9000" in subprocess.run([*make, "SERVE=0.0.0.0:9000"], capture_output=True, text=True).stdout
     )
 
 
@@ -342,24 +345,27 @@ def test_one_demo_command_here_and_on_the_device(tmp_path):
     """The host's make demo runs the release Makefile's demo target: one command line for both."""
 
     def printed(*argv, cwd):
+        """The command that runs the app, as shell words."""
         env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
         out = subprocess.run(
             ["make", "--no-print-directory", "-n", *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
         ).stdout
-        return " ".join(out.replace("\\\n", " ").split())
+        line = next(line for line in out.replace("\\\n", " ").splitlines() if "-m edge run" in line)
+        return " ".join(shlex.split(line.split(";", 1)[1]))
 
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "model.json").write_text("{}")
     host = printed("demo", f"BUNDLE={bundle}", "SOURCE=clip.mp4", "THREADS=2", cwd=Path(__file__).parent.parent)
-    assert f"-m edge run {bundle} --source clip.mp4 --serve 127.0.0.1:8080 --threads 2 --headless" in host
+    assert f"-m edge run {bundle} --source=clip.mp4 --serve=127.0.0.1:8080 --threads=2 --headless ${{extra[@]}}" in host
     release = tmp_path / "release"
     release.mkdir()
     (release / "python").write_text("/usr/bin/python3\n")
     (release / "device.json").write_text(json.dumps({"camera": "picamera", "threads": 4}))
     device = printed("-f", str(Path(__file__).parent.parent / "deploy" / "device.mk"), "demo", cwd=release)
     assert device == (
-        "/usr/bin/python3 -m edge run bundle --source picamera --serve 127.0.0.1:8080 --threads 4 --headless"
+        "/usr/bin/python3 -m edge run bundle --source=picamera --serve=127.0.0.1:8080 --threads=4 --headless "
+        "${extra[@]}"
     )
 
 
@@ -446,3 +452,36 @@ def test_adb_output_is_read_bounded_and_any_bytes_decode(tmp_path):
     result = run_bounded([sys.executable, "-c", script], timeout=120)
     assert result.returncode == 0 and len(result.stdout) <= MAX_OUTPUT and result.stdout.startswith("\ufffd\ufffd ok")
     assert result.stderr == "e"
+
+
+class LocalShell:
+    """A transport running argv here, as deploy's SSH and adb targets run it on a device."""
+
+    where = "the test device"
+
+    def run(self, argv, what=None, check=True):
+        result = subprocess.run(argv, capture_output=True, text=True)
+        if check and result.returncode != 0:
+            raise DeployError(f"{what} failed")
+        return result
+
+
+def test_one_deploy_at_a_time_per_device_and_a_stale_lock_is_taken_over(tmp_path):
+    """Two deploys would remove each other's unfinished release and race to switch current."""
+    from deploy.target import LOCK_STALE_S, device_lock
+
+    root, shell = str(tmp_path / "mobilenet-edge"), LocalShell()
+    with device_lock(shell, root):
+        with pytest.raises(DeployError, match="another deploy to the test device is under way .* s old"):
+            with device_lock(shell, root):
+                pass
+    assert not (tmp_path / "mobilenet-edge" / ".deploy.lock").exists(), "released"
+    with pytest.raises(RuntimeError, match="the deploy failed"), device_lock(shell, root):
+        raise RuntimeError("the deploy failed")
+    assert not (tmp_path / "mobilenet-edge" / ".deploy.lock").exists(), "released when the deploy fails too"
+    lock = tmp_path / "mobilenet-edge" / ".deploy.lock"
+    lock.mkdir()
+    old = time.time() - LOCK_STALE_S - 60
+    os.utime(lock, (old, old))  # left by a deploy killed hours ago
+    with device_lock(shell, root):
+        assert lock.is_dir() and lock.stat().st_mtime > old

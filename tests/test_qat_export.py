@@ -420,3 +420,26 @@ def test_edge_eval_errors(bundle, tmp_path):
 def test_observers_are_never_frozen_before_they_observe(max_epochs, observer_epoch, bn_epoch):
     assert default_freeze_epoch(0.4, max_epochs) == observer_epoch
     assert default_freeze_epoch(0.3, max_epochs) == bn_epoch
+
+
+def test_two_bundles_compare_on_the_same_images_with_a_paired_interval(bundle, colour_folder, capsys, tmp_path):
+    """QAT's bundle against PTQ's candidate, through the app's path: each top-1 is edge eval's, and the
+    difference comes with its interval."""
+    from edge.evaluate import evaluate_folder
+    from export.compare_bundles import main as compare
+
+    ptq = bundle.with_name("bundle-ptq")
+    compare([str(bundle), str(ptq), str(colour_folder), "--json"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    expected = [evaluate_folder(load_bundle(b), colour_folder, progress=False)["top1"] for b in (bundle, ptq)]
+    assert result["n"] == 120 and [result["top1_a"], result["top1_b"]] == pytest.approx(expected)
+    assert (
+        result["delta"] == pytest.approx(expected[0] - expected[1])
+        and result["low"] <= result["delta"] <= result["high"]
+    )
+    other = tmp_path / "other"
+    shutil.copytree(bundle, other)
+    meta = json.loads((other / "model.json").read_text())
+    (other / "model.json").write_text(json.dumps(meta | {"labels": meta["labels"][::-1]}))
+    with pytest.raises(SystemExit, match="have other labels"):
+        compare([str(bundle), str(other), str(colour_folder)])
