@@ -78,7 +78,7 @@ BUDGET_MS ?=
 JOBS ?= 1
 SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
-.PHONY: help setup bundle train qat export lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep bench-peers bench-peers-profile clean \
+.PHONY: help setup bundle train qat export collect lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep bench-peers bench-peers-profile clean \
 	pi-emu pi-emu-down test-arm android-runner android-emu android-emu-down test-android
 
 help:  ## list targets
@@ -171,6 +171,15 @@ pi-emu-down:  ## stop the emulated Pi: sshd, its mounts, its binfmt entry
 
 test-arm: setup test-deps  ## on ARM: emulated Pi up, deploy + device tests there, an interrupted deploy, down (as root)
 	$(PY) -m pytest -q -s -m arm tests/test_arm.py
+
+# make collect: training images from the device's camera (a page, or LABEL= COUNT= EVERY= headless), added to DATA
+# (default data/collected); the page is forwarded over SSH to http://127.0.0.1:8080/ here, SERVE=0.0.0.0:8080 for the LAN.
+collect: setup  ## training images from a deployed device's camera, brought home: make collect DEVICE=rpi5 HOST=... CLASSES=cat,dog
+	$(if $(CLASSES),,$(error give the classes: make collect DEVICE=$(DEVICE) CLASSES=cat,dog,nothing))
+	$(PY) -m deploy.collect $(call q,$(DEVICE)) --classes=$(call q,$(CLASSES)) --into=$(call q,$(or $(DATA),data/collected)) \
+		$(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) $(call opt,--known-hosts,$(KNOWN_HOSTS)) \
+		$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--source,$(SOURCE)) $(if $(call given,SERVE),--serve=$(call q,$(SERVE))) \
+		$(call opt,--label,$(LABEL)) $(call opt,--count,$(COUNT)) $(call opt,--every,$(EVERY))
 
 device-report: setup  ## compare two device reports: make device-report A=path/device_report.json B=...
 	$(if $(and $(A),$(B)),,$(error give two reports: make device-report A=... B=... (under artifacts/devices/)))

@@ -1,4 +1,4 @@
-"""python -m edge {run,predict,eval} ...: the device app's command line."""
+"""python -m edge {run,predict,eval,collect} ...: the device app's command line."""
 
 import argparse
 import json
@@ -10,6 +10,7 @@ import cv2
 
 from .api import load
 from .bundle import BundleError, load_bundle
+from .collect import QUALITY, CollectError, collect, parse_classes
 from .command import frame_size, non_negative_float, positive_float, positive_int, probability, with_examples
 from .evaluate import evaluate_folder
 from .native import NativeError
@@ -161,6 +162,41 @@ def _add_eval(commands) -> None:
     )
 
 
+def _add_collect(commands) -> None:
+    p = commands.add_parser(
+        "collect",
+        help="save frames from a camera, video or stream as training images, one folder per class",
+        description="Collect training images through the app's own sources: a page with a button per class "
+        "(--serve), or a headless run of one class (--label). Each frame is written once, atomically, as "
+        "OUT/<class>/<time>-<n>.jpg; make qat DATA=OUT trains on the folder as it is.",
+        **with_examples(
+            "python -m edge collect --source picamera --classes cat,dog,nothing --out data/ --serve 0.0.0.0:8080",
+            "python -m edge collect --source 0 --classes cat,dog --out data/ --label cat --count 200 --every 0.2",
+        ),
+    )
+    p.add_argument("--source", required=True, help=f"{SOURCE_HELP} (required)")
+    p.add_argument("--loop", action="store_true", help="replay a video file or directory forever (default: once)")
+    p.add_argument("--classes", required=True, help="the class names, comma-separated: the folders (required)")
+    p.add_argument("--out", type=Path, required=True, help="the folder that gets a folder per class (required)")
+    p.add_argument(
+        "--serve",
+        help="HOST:PORT of the collecting page (default 127.0.0.1:8080 without --label; 0.0.0.0:8080 for the LAN)",
+    )
+    p.add_argument("--label", help="capture this class without a page (default: the page)")
+    p.add_argument("--count", type=positive_int, default=100, help="captures with --label (default 100)")
+    p.add_argument(
+        "--every", type=non_negative_float, default=0.2, help="seconds between captures with --label (default 0.2)"
+    )
+    p.add_argument("--quality", type=quality, default=QUALITY, help=f"JPEG quality, 1 to 100 (default {QUALITY})")
+
+
+def quality(text: str) -> int:
+    value = positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"want 1 to 100, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m edge",
@@ -175,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_predict(commands)
     _add_eval(commands)
+    _add_collect(commands)
     return parser
 
 
@@ -195,9 +232,16 @@ def main(argv: list[str] | None = None) -> None:
             print(format_counts(counts), file=sys.stderr)
             if counts["labelled"] == 0:
                 sys.exit(f"error: none of the {counts['files']} files could be read as an image")
+        elif args.command == "collect":
+            serve = args.serve or (None if args.label else "127.0.0.1:8080")
+            classes = parse_classes(args.classes)
+            saved = collect(
+                args.source, classes, args.out, serve, args.label, args.count, args.every, args.loop, args.quality
+            )
+            print(f"saved {saved} images in {args.out}", file=sys.stderr)
         else:
             evaluate(args)
-    except (BundleError, NativeError, SourceError, RunError, PredictError, ValueError, OSError) as e:
+    except (BundleError, NativeError, SourceError, RunError, PredictError, CollectError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 
 

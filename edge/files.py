@@ -31,7 +31,7 @@ def folder_images(root: Path, classes: list[str]) -> list[tuple[str, int]]:
         for label, name in enumerate(classes)
         if (root / name).is_dir()
         for entry in sorted(os.scandir(root / name), key=lambda e: e.name)
-        if is_image(entry.name)
+        if is_image(entry.name) and not entry.name.startswith(".")  # hidden: a temporary file, not an image
     ]
 
 

@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BufferedIOBase
@@ -195,8 +196,21 @@ def after_frame(query: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
-def make_handler(broadcast: Broadcast, title: str, idle_timeout: float, header_time: float, request_line_time: float):
-    page = PAGE.format(title=html.escape(title)).encode()
+# An action the page posts to (``edge collect``'s capture and undo): query -> (HTTP status, JSON object).
+Action = Callable[[dict[str, list[str]]], tuple[int, dict]]
+
+
+def make_handler(
+    broadcast: Broadcast,
+    title: str,
+    idle_timeout: float,
+    header_time: float,
+    request_line_time: float,
+    page: str | None = None,
+    actions: dict[str, Action] | None = None,
+):
+    page_bytes = (page if page is not None else PAGE.format(title=html.escape(title))).encode()
+    routes: dict[str, Action] = actions or {}
 
     class Handler(BaseHTTPRequestHandler):
         timeout = idle_timeout  # for every read and write: an idle or stalled client lets go of its thread
@@ -238,7 +252,7 @@ def make_handler(broadcast: Broadcast, title: str, idle_timeout: float, header_t
 
         def do_GET(self) -> None:
             if self.path == "/":
-                self._send(page, "text/html; charset=utf-8")
+                self._send(page_bytes, "text/html; charset=utf-8")
             elif self.path == "/stats.json":
                 with broadcast.changed:
                     stats = dict(broadcast.stats)
@@ -251,6 +265,27 @@ def make_handler(broadcast: Broadcast, title: str, idle_timeout: float, header_t
                 self.send_error(HTTPStatus.NOT_FOUND)
 
         do_HEAD = do_GET  # the same headers, no body
+
+        def do_POST(self) -> None:
+            """An action: ``/NAME?key=value``; the body, if any, is read and ignored (at most 64 kB)."""
+            url = urlsplit(self.path)
+            action = routes.get(url.path)
+            length = self.headers.get("Content-Length", "0")
+            if not length.isdigit() or int(length) > 1 << 16:
+                self.send_error(HTTPStatus.BAD_REQUEST, "a body of at most 64 kB")
+                return
+            self.rfile.read(int(length))
+            if action is None:
+                self.send_error(HTTPStatus.NOT_FOUND)
+                return
+            status, answer = action(parse_qs(url.query))
+            body = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
 
         def _frame(self) -> None:
             """``/frame.jpg?after=N``: the next frame after N with its own stats (X-Frame, X-Stats); 204 when
@@ -357,8 +392,10 @@ class Server:
         header_time: float = 10.0,
         request_line_time: float = 2.0,
         max_waiting: int = 64,
+        page: str | None = None,
+        actions: dict[str, Action] | None = None,
     ) -> None:
-        handler = make_handler(broadcast, title, timeout, header_time, request_line_time)
+        handler = make_handler(broadcast, title, timeout, header_time, request_line_time, page, actions)
         try:
             self.httpd = _HTTPServer(address, handler, max_clients, max_waiting)
         except (OSError, OverflowError) as e:

@@ -8,9 +8,12 @@ Run by `make test-arm` (not by `make test`: the first run builds the arm64 root,
 device's environment under emulation). Needs root for mount/chroot/binfmt_misc.
 """
 
+import http.client
 import json
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -169,3 +172,42 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     assert not list((device_root / "releases").glob("*.partial"))
     for work in ("setting up the Python environment", "downloading", "cross-compiling", "compile its native runner"):
         assert work not in third.stderr, third.stderr[-2000:]
+
+
+def test_collecting_on_the_pi_brings_the_images_home_headless_and_from_the_forwarded_page(pi, tiny_bundle, tmp_path):
+    """make collect on the emulated Pi with the procedural source: headless captures of one class, then the page
+    (served on the Pi's loopback, forwarded over SSH) pressed twice and stopped like Ctrl-C; both land in DATA."""
+    if not (DEVICE_ROOT / "current" / "python").is_file():
+        deployed = subprocess.run(make_deploy(tiny_bundle, "NO_TESTS=1"), capture_output=True, text=True, timeout=1800)
+        assert deployed.returncode == 0, deployed.stderr[-3000:]
+    data = tmp_path / "data"
+    common = ["make", "-s", "collect", "DEVICE=rpi5-emu", "CLASSES=a,b", "SOURCE=procedural", f"DATA={data}"]
+    headless = subprocess.run([*common, "LABEL=a", "COUNT=3", "EVERY=0"], capture_output=True, text=True, timeout=600)
+    assert headless.returncode == 0, headless.stderr[-3000:]
+    assert len(list((data / "a").glob("*.jpg"))) == 3
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    page = subprocess.Popen(
+        [*common, f"SERVE=127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline, saved = time.monotonic() + 300, 0
+        while saved < 2 and time.monotonic() < deadline:
+            assert page.poll() is None, page.communicate()[1][-3000:]
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request("POST", "/capture?label=b")
+                saved += connection.getresponse().status == 200
+            except OSError:
+                time.sleep(1)  # the forward or the page is not up yet
+        assert saved == 2
+    finally:
+        os.killpg(page.pid, signal.SIGINT)
+        _, err = page.communicate(timeout=300)
+    assert f"copied into {data}" in err, err[-3000:]
+    assert len(list((data / "b").glob("*.jpg"))) == 2 and len(list((data / "a").glob("*.jpg"))) == 3
