@@ -148,7 +148,7 @@ bench-edge: setup bundle $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, 
 	$(PY) -m edge.bench $(call q,$(BUNDLE)) --source=$(call q,$(or $(SOURCE),$(DEMO_VIDEO))) --seconds=$(call q,$(BENCH_SECONDS)) \
 		$(call opt,--threads,$(THREADS)) --json=$(call q,runs/bench/edge-$(notdir $(BUNDLE)).json)
 
-deploy: setup bundle  ## ship bundle + app + device tests to DEVICE=rpi5|local|local-ssh, run the tests there
+deploy: setup bundle  ## ship bundle + app + device tests to DEVICE=rpi5|rpi5-emu|android|android-emu|local|local-ssh, run the tests there
 	$(PY) -m deploy $(call q,$(DEVICE)) --bundle=$(call q,$(BUNDLE)) $(DEPLOY_ARGS)
 
 android-runner: setup  ## the native runner cross-compiled for aarch64 with its C library (cached; what DEVICE=android runs)
@@ -189,7 +189,8 @@ sweep: setup  ## accuracy/MACs/size/latency over MODELS x WIDTHS x RES, Pareto p
 	$(PY) -m sweep --models $(call qs,$(MODELS)) --widths $(call qs,$(WIDTHS)) $(if $(RES),--res $(call qs,$(RES))) \
 		$(if $(call given,DATA),--data=$(call q,$(DATA))) $(call opt,--epochs,$(EPOCHS)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) \
 		$(call opt,--weights,$(WEIGHTS)) $(call opt,--args,$(ARGS)) --device=$(call q,$(SWEEP_DEVICE)) \
-		--deploy-args=$(call q,$(strip $(DEVICE_ARGS))) $(call opt,--budget-ms,$(BUDGET_MS)) --jobs=$(call q,$(JOBS))
+		--deploy-args=$(call q,$(strip $(DEVICE_ARGS))) $(call opt,--budget-ms,$(BUDGET_MS)) --jobs=$(call q,$(JOBS)) \
+		$(call opt,--export-args,$(EXPORT_ARGS))
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 	$(PY) -m training.bench
