@@ -155,7 +155,10 @@ def device_lock(target, root: str) -> Iterator[None]:
     free it."""
     lock = f"{root}/.deploy.lock"
     target.run(["mkdir", "-p", root], what=f"creating {root}")
-    if target.run(["mkdir", lock], what="taking the device's deploy lock", check=False).returncode != 0:
+    taken = target.run(["mkdir", lock], what="taking the device's deploy lock", check=False)
+    if taken.returncode != 0:
+        if target.run(["test", "-d", lock], what="reading the lock", check=False).returncode != 0:
+            raise DeployError(f"cannot create {lock} on {target.where}: {explain(taken.stderr, target.where)}")
         age = target.run(
             ["sh", "-c", 'echo $(( $(date +%s) - $(stat -c %Y "$1") ))', "sh", lock],
             what="reading the lock",

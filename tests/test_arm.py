@@ -104,6 +104,8 @@ def test_a_full_disk_while_the_wheelhouse_is_copied_is_one_line_and_nothing_swit
     current = (DEVICE_ROOT / "current").resolve() if (DEVICE_ROOT / "current").exists() else None
     wheels = DEVICE_ROOT / "wheelhouse"
     wheels.mkdir(parents=True, exist_ok=True)
+    home = DEVICE_ROOT.parent.stat()
+    os.chown(DEVICE_ROOT, home.st_uid, home.st_gid)  # the release root stays the pi user's; only the mount is root's
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0777", "tmpfs", str(wheels)], check=True)
     try:
         full = subprocess.run(make_deploy(bundle, "NO_TESTS=1"), capture_output=True, text=True, timeout=1800)

@@ -485,3 +485,20 @@ def test_one_deploy_at_a_time_per_device_and_a_stale_lock_is_taken_over(tmp_path
     os.utime(lock, (old, old))  # left by a deploy killed hours ago
     with device_lock(shell, root):
         assert lock.is_dir() and lock.stat().st_mtime > old
+    shell.run(["mv", root, f"{root}.moved"])
+    Path(root).write_text("a file where the release root should be")  # mkdir fails, and no lock is there
+    with pytest.raises(DeployError, match="creating .*mobilenet-edge failed"):
+        with device_lock(shell, root):
+            pass
+
+    class FullDisk(LocalShell):
+        def run(self, argv, what=None, check=True):
+            if argv[0] == "mkdir" and argv[-1].endswith(".deploy.lock"):
+                return subprocess.CompletedProcess(
+                    argv, 1, "", "mkdir: cannot create directory: No space left on device"
+                )
+            return super().run(argv, what, check)
+
+    with pytest.raises(DeployError, match="cannot create .*deploy.lock on the test device: .*disk space"):
+        with device_lock(FullDisk(), str(tmp_path / "other")):
+            pass
