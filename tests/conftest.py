@@ -1,6 +1,7 @@
 import dataclasses
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -374,3 +375,26 @@ def fake_picamera2(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
     monkeypatch.setitem(sys.modules, "libcamera", types.SimpleNamespace(Transform=lambda **flips: flips))
     return FakePicamera2
+
+
+@contextmanager
+def headless_chromium():
+    """Debian's Chromium driven by Selenium, headless; skipped where it is not installed, never in CI."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        reason = "Debian's chromium and chromium-driver are not installed (make test-deps installs them)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"in CI the browser test must run: {reason}")
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        yield browser
+    finally:
+        browser.quit()

@@ -13,8 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import one_error_line
-from test_edge_run import browser_or_skip
+from conftest import headless_chromium, one_error_line
 
 from edge.collect import CollectError, Collector, Frames, check_out, parse_classes
 
@@ -222,18 +221,10 @@ def post(url: str, path: str) -> tuple[int, dict]:
 
 def test_the_page_in_chromium_clicks_a_class_bursts_undoes_and_counts(collecting):
     url, out = collecting
-    chromium, chromedriver = browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    with headless_chromium() as browser:
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(chromedriver), options=options)
-    try:
         browser.get(url)
         wait = WebDriverWait(browser, 30)
         wait.until(lambda b: b.find_element(By.ID, "live").get_attribute("src"))
@@ -257,8 +248,6 @@ def test_the_page_in_chromium_clicks_a_class_bursts_undoes_and_counts(collecting
         browser.find_element(By.ID, "class-0").click()
         wait.until(lambda b: len(list((out / "a").glob("*.jpg"))) == 7)
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#recent img")) == 6)
-    finally:
-        browser.quit()
     status, state = post(url, "/capture?label=nope")
     assert status == 400 and "is not one of the classes" in state["error"] and state["counts"] == {"a": 7, "b": 2}
 

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import FakeClock, fake_meta, write_video
+from conftest import FakeClock, fake_meta, headless_chromium, write_video
 
 import edge as edge_api
 from edge.bundle import Bundle
@@ -271,16 +270,6 @@ def test_serve_address_defaults_to_loopback(text, address):
     assert parse_address(text) == address
 
 
-def browser_or_skip() -> tuple[str, str]:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if chromium and driver:
-        return chromium, driver
-    reason = "Debian's chromium and chromium-driver are not installed (make test-deps installs them)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"in CI the browser test must run: {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def bright_red_video(tmp_path_factory, colour_bundle):
     """Bright red frames, each of which the colour model calls red by a margin: the page's top label is then
@@ -342,17 +331,9 @@ def test_stats_json_while_serving(served):
 
 
 def test_served_page_renders_stream_and_stats_in_chromium(served, tmp_path):
-    chromium, chromedriver = browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
+    with headless_chromium() as browser:
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,700"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(chromedriver), options=options)
-    try:
         browser.get(served)
         wait = WebDriverWait(browser, 20)
         wait.until(lambda b: b.execute_script("return document.getElementById('stream').naturalWidth") == 320)
@@ -372,8 +353,6 @@ def test_served_page_renders_stream_and_stats_in_chromium(served, tmp_path):
             np.frombuffer(browser.find_element("id", "stream").screenshot_as_png, np.uint8), cv2.IMREAD_COLOR
         )
         browser.save_screenshot(str(tmp_path / "page.png"))
-    finally:
-        browser.quit()
     shot = cv2.resize(shot, (320, 240), interpolation=cv2.INTER_AREA)  # device pixels -> the frame's
     lower, banner = shot[shot.shape[0] // 2 :].reshape(-1, 3).mean(0), shot[:10].reshape(-1, 3).mean(0)
     assert lower[2] > lower[0] + 50, f"the red video shows (mean BGR {lower})"
