@@ -179,7 +179,7 @@ collect: setup  ## training images from a deployed device's camera, brought home
 	$(PY) -m deploy.collect $(call q,$(DEVICE)) --classes=$(call q,$(CLASSES)) --into=$(call q,$(or $(DATA),data/collected)) \
 		$(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) $(call opt,--known-hosts,$(KNOWN_HOSTS)) \
 		$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--source,$(SOURCE)) $(if $(call given,SERVE),--serve=$(call q,$(SERVE))) \
-		$(call opt,--label,$(LABEL)) $(call opt,--count,$(COUNT)) $(call opt,--every,$(EVERY))
+		$(call opt,--local-port,$(LOCAL_PORT)) $(call opt,--label,$(LABEL)) $(call opt,--count,$(COUNT)) $(call opt,--every,$(EVERY))
 
 device-report: setup  ## compare two device reports: make device-report A=path/device_report.json B=...
 	$(if $(and $(A),$(B)),,$(error give two reports: make device-report A=... B=... (under artifacts/devices/)))

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
         help="where the device serves the page (default 127.0.0.1:8080, forwarded over SSH to the same port here; "
         "0.0.0.0:8080 for the LAN)",
     )
+    parser.add_argument(
+        "--local-port", type=positive_int, help="the port here the page is forwarded to (default: the device's port)"
+    )
     parser.add_argument("--label", help="capture this class without a page (default: the page)")
     parser.add_argument("--count", type=positive_int, default=100, help="captures with --label (default 100)")
     parser.add_argument(
@@ -91,12 +94,11 @@ def run(device, args: argparse.Namespace, host: str, port: int) -> None:
         raise DeployError(f"no release on {target.where} under {root}: deploy one first (make deploy DEVICE=...)")
     command = target.command(collect_argv(root, args, args.source or device.camera or "procedural", args.serve))
     if isinstance(target, SSHTarget):  # a terminal there, so Ctrl-C and a lost connection stop it there too
-        forward = ["-L", f"{port}:127.0.0.1:{port}"] if host in ("127.0.0.1", "localhost") and not args.label else []
+        local = args.local_port or port
+        forward = ["-L", f"{local}:127.0.0.1:{port}"] if host in ("127.0.0.1", "localhost") and not args.label else []
         command = [command[0], "-tt", *forward, *command[1:]]
         if forward:
-            print(
-                f"the page: http://127.0.0.1:{port}/ (forwarded from {target.where}); Ctrl-C to stop", file=sys.stderr
-            )
+            print(f"the page: http://127.0.0.1:{local}/ (forwarded from {target.where}); Ctrl-C stops", file=sys.stderr)
     try:
         finished = subprocess.run(command, stdin=None if sys.stdin.isatty() else subprocess.DEVNULL)
     except KeyboardInterrupt:

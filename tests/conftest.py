@@ -220,7 +220,9 @@ def tiny_bundle(tmp_path_factory):
     from export.lower import METHODS, to_pte
     from training.models import create_model
 
-    pte, _ = to_pte(create_model("v1", num_classes=3, width_mult=0.25).eval(), 32)
+    with torch.random.fork_rng():  # the same program on every run: tests of its bytes rely on it (CRASHING_FLIP)
+        torch.manual_seed(0)
+        pte, _ = to_pte(create_model("v1", num_classes=3, width_mult=0.25).eval(), 32)
     runner = Runner(pte, threads=1, method=APP_METHOD)
     meta = dataclasses.replace(
         fake_meta(labels=tuple(COLOURS), size=32),
@@ -398,3 +400,15 @@ def headless_chromium():
         yield browser
     finally:
         browser.quit()
+
+
+# One bit of the tiny bundle's program, in its app method's XNNPACK payload, whose flip makes ExecuTorch 1.5.1
+# crash the process that loads and runs it (SIGSEGV): found by a seeded search of single-bit flips.
+CRASHING_FLIP = (34910, 1)
+
+
+def crashing_program(bundle: Path) -> bytes:
+    pte = bytearray((bundle / "model.pte").read_bytes())
+    at, bit = CRASHING_FLIP
+    pte[at] ^= 1 << bit
+    return bytes(pte)

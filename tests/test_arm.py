@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -182,34 +183,43 @@ def test_collecting_on_the_pi_brings_the_images_home_headless_and_from_the_forwa
     if not (DEVICE_ROOT / "current" / "python").is_file():
         deployed = subprocess.run(make_deploy(tiny_bundle, "NO_TESTS=1"), capture_output=True, text=True, timeout=1800)
         assert deployed.returncode == 0, deployed.stderr[-3000:]
+    shutil.rmtree(DEVICE_ROOT / "collected", ignore_errors=True)  # what earlier runs collected there comes home too
     data = tmp_path / "data"
     common = ["make", "-s", "collect", "DEVICE=rpi5-emu", "CLASSES=a,b", "SOURCE=procedural", f"DATA={data}"]
     headless = subprocess.run([*common, "LABEL=a", "COUNT=3", "EVERY=0"], capture_output=True, text=True, timeout=600)
     assert headless.returncode == 0, headless.stderr[-3000:]
     assert len(list((data / "a").glob("*.jpg"))) == 3
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
+    ports = []
+    for _ in range(2):  # the emulated Pi shares this machine's ports: its page and the forward here need two
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            ports.append(free.getsockname()[1])
+    remote, port = ports
     page = subprocess.Popen(
-        [*common, f"SERVE=127.0.0.1:{port}"],
+        [*common, f"SERVE=127.0.0.1:{remote}", f"LOCAL_PORT={port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
+    statuses: list[object] = []
     try:
-        deadline, saved = time.monotonic() + 300, 0
-        while saved < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 300
+        while statuses.count(200) < 2 and time.monotonic() < deadline:
             assert page.poll() is None, page.communicate()[1][-3000:]
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 connection.request("POST", "/capture?label=b")
-                saved += connection.getresponse().status == 200
-            except OSError:
-                time.sleep(1)  # the forward or the page is not up yet
-        assert saved == 2
+                statuses.append(connection.getresponse().status)
+            except OSError as e:  # the forward or the page is not up yet
+                statuses.append(type(e).__name__)
+            finally:
+                connection.close()  # each open connection holds one of the SSH session's channels
+            time.sleep(0.5)
+        assert statuses.count(200) == 2, statuses[-20:]
     finally:
-        os.killpg(page.pid, signal.SIGINT)
+        if page.poll() is None:
+            os.killpg(page.pid, signal.SIGINT)
         _, err = page.communicate(timeout=300)
     assert f"copied into {data}" in err, err[-3000:]
     assert len(list((data / "b").glob("*.jpg"))) == 2 and len(list((data / "a").glob("*.jpg"))) == 3

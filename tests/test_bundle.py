@@ -13,9 +13,10 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
-from conftest import fake_meta, one_error_line
+from conftest import crashing_program, fake_meta, one_error_line
 
 from deploy.cli import check_bundle
 from deploy.target import DeployError
@@ -462,3 +463,31 @@ def test_one_writer_per_bundle_path_and_a_second_make_qat_stops_at_its_start(tmp
     with sole_writer(out), sole_writer(out):  # free once its holder is gone, however it ended; re-entrant
         pass
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cache"], "nothing beside it"
+
+
+def test_a_program_that_crashes_the_runtime_is_one_line_for_the_api_the_app_and_deploy(tiny_bundle, tmp_path):
+    """A real crasher: loaded and run without the vetting, it ends its process by a signal; through every loader
+    it is one error line."""
+    program = crashing_program(tiny_bundle)
+    unvetted = (
+        "import sys, numpy as np; from edge.native import Runner\n"
+        "r = Runner(sys.stdin.buffer.read(), 1, 'forward_channels_last'); r(np.zeros(r.input_shape, np.float32))"
+    )
+    raw = subprocess.run([sys.executable, "-c", unvetted], input=program, capture_output=True, timeout=120, cwd=ROOT)
+    assert raw.returncode < 0, "the flip still crashes the runtime (else this test proves nothing)"
+    crash = broken_copy(tiny_bundle, tmp_path / "crash", pte=program)
+    message = "crashes the ExecuTorch runtime when its forward_channels_last is loaded and run (SIGSEGV"
+    with pytest.raises(BundleError, match=re.escape(message)):
+        load_bundle(crash)
+    with pytest.raises(DeployError, match=re.escape(message)):
+        check_bundle(crash)
+    image = tmp_path / "x.png"
+    cv2.imwrite(str(image), np.zeros((40, 40, 3), np.uint8))
+    result = subprocess.run(
+        [sys.executable, "-m", "edge", "predict", str(crash), str(image)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert message in one_error_line(result)

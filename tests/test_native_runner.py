@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_colour_images
+from conftest import crashing_program, write_colour_images
 
 import edge.native.build as native_build
 import edge.native.runner as native_runner
@@ -333,3 +333,11 @@ def test_programs_of_either_memory_order_give_the_same_answers_for_any_nchw_arra
     assert np.shares_memory(nhwc.in_memory_order(strided), strided), "NHWC memory goes to the program uncopied"
     nhwc.close()
     nchw.close()
+
+
+def test_edge_bench_refuses_a_program_that_crashes_the_runtime_in_one_line(edge_bench, tiny_bundle, tmp_path):
+    """edge-bench runs where there is no Python (a phone): it loads the program in a forked child first."""
+    (tmp_path / "crash.pte").write_bytes(crashing_program(tiny_bundle))
+    result = bench(edge_bench, tmp_path / "crash.pte", "--method", APP_METHOD, "--runs", "1", "--threads", "1")
+    assert result.returncode == 1 and result.stdout == "" and result.stderr.count("\n") == 1, result
+    assert result.stderr.startswith(f"error: the program crashes the ExecuTorch runtime when its {APP_METHOD}")
