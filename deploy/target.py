@@ -4,8 +4,10 @@ Over SSH the remote side runs one command line, so every argument is quoted with
 a hostile file name or host string stays one argument.
 """
 
+import os
 import shlex
 import shutil
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -148,29 +150,43 @@ LOCK_STALE_S = 4 * 3600  # a lock older than the longest deploy (the emulated Pi
 
 @contextmanager
 def device_lock(target, root: str) -> Iterator[None]:
-    """One deploy at a time per device: ``ROOT/.deploy.lock``, a directory (mkdir is atomic), for the whole
-    deploy. Two deploys would otherwise remove each other's unfinished release and race to switch ``current``.
-    ``target`` is an SSH or adb target: both run an argv with ``what`` and ``check``. A lock left by a deploy that
-    was killed or lost its device is taken over once it is LOCK_STALE_S old; until then the line says how to
-    free it."""
-    lock = f"{root}/.deploy.lock"
+    """One deploy at a time per device: ``ROOT/.deploy.lock``, a directory (mkdir is atomic) naming its owner
+    (host and pid), for the whole deploy. Two deploys would otherwise remove each other's unfinished release and
+    race to switch ``current``. ``target`` is an SSH or adb target: both run an argv with ``what`` and ``check``.
+    A lock whose owner was a process of this machine that has ended (a deploy killed, or whose device vanished
+    so the lock could not be removed) is taken over at once; one from another machine once it is LOCK_STALE_S
+    old. Until then the line says how to free it."""
+    lock, me = f"{root}/.deploy.lock", f"{socket.gethostname()} {os.getpid()}"
     target.run(["mkdir", "-p", root], what=f"creating {root}")
     taken = target.run(["mkdir", lock], what="taking the device's deploy lock", check=False)
     if taken.returncode != 0:
         if target.run(["test", "-d", lock], what="reading the lock", check=False).returncode != 0:
             raise DeployError(f"cannot create {lock} on {target.where}: {explain(taken.stderr, target.where)}")
-        age = target.run(
-            ["sh", "-c", 'echo $(( $(date +%s) - $(stat -c %Y "$1") ))', "sh", lock],
-            what="reading the lock",
-            check=False,
-        ).stdout.strip()
-        if not (age.isdigit() and int(age) > LOCK_STALE_S):
+        owner = target.run(["cat", f"{lock}/owner"], what="reading the lock", check=False).stdout.strip()
+        since = 'echo $(( $(date +%s) - $(stat -c %Y "$1") ))'
+        age = target.run(["sh", "-c", since, "sh", lock], what="reading the lock", check=False).stdout.strip()
+        if not (_ended_here(owner) or age.isdigit() and int(age) > LOCK_STALE_S):
             raise DeployError(
-                f"another deploy to {target.where} is under way (its lock {lock} is {age or '?'} s old): wait for it, "
-                f"or if none is running, remove that directory"
+                f"another deploy to {target.where} is under way ({owner or 'owner unknown'}, its lock {lock} is "
+                f"{age or '?'} s old): wait for it, or if none is running, remove that directory"
             )
-        target.run(["sh", "-c", 'rmdir "$1" && mkdir "$1"', "sh", lock], what="taking over a stale deploy lock")
+        target.run(["sh", "-c", 'rm -rf "$1" && mkdir "$1"', "sh", lock], what="taking over a stale deploy lock")
+    target.run(["sh", "-c", 'echo "$2" > "$1/owner"', "sh", lock, me], what="taking the device's deploy lock")
     try:
         yield
     finally:
-        target.run(["rmdir", lock], what="releasing the deploy lock", check=False)
+        target.run(["rm", "-rf", lock], what="releasing the deploy lock", check=False)
+
+
+def _ended_here(owner: str) -> bool:
+    """Whether ``owner`` (``host pid``) was a process of this machine that is no longer running."""
+    host, _, pid = owner.partition(" ")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False

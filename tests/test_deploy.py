@@ -481,10 +481,18 @@ def test_one_deploy_at_a_time_per_device_and_a_stale_lock_is_taken_over(tmp_path
     assert not (tmp_path / "mobilenet-edge" / ".deploy.lock").exists(), "released when the deploy fails too"
     lock = tmp_path / "mobilenet-edge" / ".deploy.lock"
     lock.mkdir()
+    (lock / "owner").write_text("another-machine 1\n")
     old = time.time() - LOCK_STALE_S - 60
-    os.utime(lock, (old, old))  # left by a deploy killed hours ago
+    os.utime(lock, (old, old))  # left by a deploy from elsewhere, killed hours ago
     with device_lock(shell, root):
         assert lock.is_dir() and lock.stat().st_mtime > old
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    lock.mkdir()
+    (lock / "owner").write_text(f"{socket.gethostname()} {ended.pid}\n")  # a deploy here whose device vanished
+    with device_lock(shell, root):
+        assert (lock / "owner").read_text().split() == [socket.gethostname(), str(os.getpid())]
+    assert not lock.exists()
     shell.run(["mv", root, f"{root}.moved"])
     Path(root).write_text("a file where the release root should be")  # mkdir fails, and no lock is there
     with pytest.raises(DeployError, match="creating .*mobilenet-edge failed"):
