@@ -146,6 +146,7 @@ def connect(device: Device) -> Target:
 
 
 LOCK_STALE_S = 4 * 3600  # a lock older than the longest deploy (the emulated Pi's first, with its tests) is left over
+OWNERLESS_STALE_S = 60  # the owner is written right after the lock is made: a lock without one this old was cut short
 
 
 @contextmanager
@@ -154,8 +155,8 @@ def device_lock(target, root: str) -> Iterator[None]:
     (host and pid), for the whole deploy. Two deploys would otherwise remove each other's unfinished release and
     race to switch ``current``. ``target`` is an SSH or adb target: both run an argv with ``what`` and ``check``.
     A lock whose owner was a process of this machine that has ended (a deploy killed, or whose device vanished
-    so the lock could not be removed) is taken over at once; one from another machine once it is LOCK_STALE_S
-    old. Until then the line says how to free it."""
+    so the lock could not be removed) is taken over at once, one without an owner after a minute, one from
+    another machine once it is LOCK_STALE_S old. Until then the line says how to free it."""
     lock, me = f"{root}/.deploy.lock", f"{socket.gethostname()} {os.getpid()}"
     target.run(["mkdir", "-p", root], what=f"creating {root}")
     taken = target.run(["mkdir", lock], what="taking the device's deploy lock", check=False)
@@ -165,7 +166,8 @@ def device_lock(target, root: str) -> Iterator[None]:
         owner = target.run(["cat", f"{lock}/owner"], what="reading the lock", check=False).stdout.strip()
         since = 'echo $(( $(date +%s) - $(stat -c %Y "$1") ))'
         age = target.run(["sh", "-c", since, "sh", lock], what="reading the lock", check=False).stdout.strip()
-        if not (_ended_here(owner) or age.isdigit() and int(age) > LOCK_STALE_S):
+        seconds = int(age) if age.isdigit() else 0
+        if not (_ended_here(owner) or seconds > LOCK_STALE_S or not owner and seconds > OWNERLESS_STALE_S):
             raise DeployError(
                 f"another deploy to {target.where} is under way ({owner or 'owner unknown'}, its lock {lock} is "
                 f"{age or '?'} s old): wait for it, or if none is running, remove that directory"

@@ -493,6 +493,10 @@ def test_one_deploy_at_a_time_per_device_and_a_stale_lock_is_taken_over(tmp_path
     with device_lock(shell, root):
         assert (lock / "owner").read_text().split() == [socket.gethostname(), str(os.getpid())]
     assert not lock.exists()
+    lock.mkdir()  # cut short between making the lock and naming its owner, two minutes ago
+    os.utime(lock, (time.time() - 120, time.time() - 120))
+    with device_lock(shell, root):
+        assert (lock / "owner").is_file()
     shell.run(["mv", root, f"{root}.moved"])
     Path(root).write_text("a file where the release root should be")  # mkdir fails, and no lock is there
     with pytest.raises(DeployError, match="creating .*mobilenet-edge failed"):
