@@ -466,20 +466,21 @@ def test_one_writer_per_bundle_path_and_a_second_make_qat_stops_at_its_start(tmp
 
 
 def test_a_program_that_crashes_the_runtime_is_one_line_for_the_api_the_app_and_deploy(tiny_bundle, tmp_path):
-    """A real crasher: loaded and run without the vetting, it ends its process by a signal; through every loader
-    it is one error line."""
+    """A real corrupt program: run without the vetting it fails, by SIGSEGV in most processes (where its garbage
+    lands depends on the memory layout); through every loader it is one error line and the process lives."""
     program = crashing_program(tiny_bundle)
     unvetted = (
         "import sys, numpy as np; from edge.native import Runner\n"
         "r = Runner(sys.stdin.buffer.read(), 1, 'forward_channels_last'); r(np.zeros(r.input_shape, np.float32))"
     )
     raw = subprocess.run([sys.executable, "-c", unvetted], input=program, capture_output=True, timeout=120, cwd=ROOT)
-    assert raw.returncode < 0, "the flip still crashes the runtime (else this test proves nothing)"
+    assert raw.returncode != 0, "the flip still breaks the program (else this test proves nothing)"
     crash = broken_copy(tiny_bundle, tmp_path / "crash", pte=program)
-    message = "crashes the ExecuTorch runtime when its forward_channels_last is loaded and run (SIGSEGV"
-    with pytest.raises(BundleError, match=re.escape(message)):
+    either = r"crashes the ExecuTorch runtime when its forward_channels_last is loaded and run|execute failed"
+    with pytest.raises(BundleError, match=either) as error:
         load_bundle(crash)
-    with pytest.raises(DeployError, match=re.escape(message)):
+    assert "\n" not in str(error.value)
+    with pytest.raises(DeployError, match=either):
         check_bundle(crash)
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.zeros((40, 40, 3), np.uint8))
@@ -490,4 +491,4 @@ def test_a_program_that_crashes_the_runtime_is_one_line_for_the_api_the_app_and_
         timeout=120,
         cwd=ROOT,
     )
-    assert message in one_error_line(result)
+    assert re.search(either, one_error_line(result))
