@@ -322,7 +322,9 @@ class ImageDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.hparams.batch_size,
             shuffle=shuffle,
-            drop_last=shuffle,
+            # A short last batch is dropped in training (its BN statistics are noisy), unless the whole set is one
+            # short batch: a few photos of one's own must still train.
+            drop_last=shuffle and len(dataset) > self.hparams.batch_size,
             num_workers=self.hparams.num_workers,
             generator=generator,
             persistent_workers=False,  # fresh workers each epoch, seeded from the saved generator
