@@ -1,5 +1,6 @@
 """Accuracy of every form of the model on the validation set, paired comparisons, and the table people compare."""
 
+import sys
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -66,7 +67,12 @@ BASELINES = {"vs_fp32": ("fp32_pte", "float"), "vs_ptq": ("ptq_pte", "ptq")}  # 
 
 
 def add_comparisons(accuracy: dict[str, dict], correct: dict[str, np.ndarray]) -> None:
-    """Each model against fp32 and against PTQ, paired on the same images, into ``accuracy[model]``."""
+    """Each model against fp32 and against PTQ, paired on the same images, into ``accuracy[model]``; none on
+    fewer than two images, where no interval means anything (then QAT ships: nothing shows PTQ better)."""
+    images = min((len(c) for c in correct.values()), default=0)
+    if images < 2:
+        print(f"no paired comparisons: {images} validation image(s); hold out more to compare", file=sys.stderr)
+        return
     for key, candidates in BASELINES.items():
         baseline = next((name for name in candidates if name in correct), None)
         for name in correct:

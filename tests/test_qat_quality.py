@@ -251,3 +251,17 @@ def test_a_program_xnnpack_will_not_load_is_explained_with_its_scales(monkeypatc
         r"[0-9.e-]+ to [0-9.e-]+\. .*Train longer",
     ):
         export.cli.lower(model, "ptq-int8", 32, ("forward_channels_last",))
+
+
+def test_one_validation_image_makes_no_comparison_and_says_so(capsys):
+    """A few photos split into one held-out image: no interval means anything there, so none is made (and the
+    shipping rule keeps QAT), in one line rather than a traceback."""
+    from export.cli import choose
+    from export.report import add_comparisons
+
+    accuracy = {name: {"top1": 1.0, "n": 1} for name in ("qat_pte", "ptq_pte", "fp32_pte")}
+    add_comparisons(accuracy, {name: np.array([1]) for name in accuracy})
+    assert all("vs_ptq" not in a and "vs_fp32" not in a for a in accuracy.values())
+    assert "no paired comparisons: 1 validation image(s)" in capsys.readouterr().err
+    report = {"accuracy": accuracy}
+    assert choose({"qat-int8": (None, None, report), "ptq-int8": (None, None, report)}) == ("qat-int8", "")

@@ -302,7 +302,9 @@ class ImageDataModule(L.LightningDataModule):
                 raise DataError(f"no readable images (*.jpg, *.png, ...) under {train_dir}/<class>/")
             if val_dir is None:
                 order = np.random.default_rng(self.hparams.seed).permutation(len(train))
-                n_val = self.hparams.val_size or max(1, int(len(train) * self.hparams.val_fraction))
+                # At least two held out where there are three or more: one image makes no comparison.
+                least = max(1, min(2, len(train) - 1))
+                n_val = self.hparams.val_size or max(least, int(len(train) * self.hparams.val_fraction))
                 if n_val >= len(train):
                     raise DataError(
                         f"--data.val_size={n_val} leaves no training images of the {len(train)} "
