@@ -61,6 +61,8 @@ SERVICE ?=
 # make test: two pytest-xdist workers, a test file each at a time; the longest file (it trains and exports the
 # QAT model) goes first, so the other worker runs the rest meanwhile. WORKERS=0 runs them in one process.
 WORKERS ?= 2
+# The end-to-end suites (markers arm, sweep, android) have their own targets; every host run leaves them out.
+HOST_TESTS := not arm and not sweep and not android
 PYTEST_WORKERS = $(if $(filter 0,$(WORKERS)),,-n $(call q,$(WORKERS)) --dist loadfile tests/test_qat_export.py tests)
 DEVICE_ARGS := $(call opt,--serial,$(SERIAL)) $(call opt,--host,$(HOST)) $(call opt,--port,$(PORT)) $(call opt,--key,$(KEY)) \
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
@@ -89,7 +91,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV_FLAGS) $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[$(EXTRAS)]"
-	$(if $(ON_PI),$(VENV)/bin/pip install -q --no-deps $$(grep -o '"executorch==[^"]*"' pyproject.toml | head -1 | tr -d '"'))
+	$(if $(ON_PI),$(VENV)/bin/pip install -q --no-deps "$$($(PY) -m deploy.environment.wheelhouse)")
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv, install the project with its extras, build the native runner
@@ -112,7 +114,7 @@ lint: setup  ## ruff (checks and format) over the tree, mypy over edge/ (the cod
 	$(PY) -m mypy edge/
 
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
-	$(PY) -m pytest -q -m "not arm and not sweep and not android" $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -m $(call q,$(HOST_TESTS)) $(PYTEST_WORKERS)
 
 test-sweep: setup test-deps  ## make sweep end to end on a tiny grid (about 4 min; CI runs it after make test)
 	$(PY) -m pytest -q -m sweep tests/test_sweep.py
@@ -121,10 +123,10 @@ N ?= 3
 test-repeat: setup test-deps  ## the tests on trained fixtures, threads or time, N=3 times with fresh fixtures: flakes show here first
 	$(if $(shell [[ $(call q,$(N)) =~ ^[1-9][0-9]*$$ ]] && echo ok),,$(error N=$(N): give the number of repeats, a whole number of 1 or more))
 	@for i in $$(seq $(N)); do echo "== make test-repeat: run $$i of $(N)" >&2; \
-		$(PY) -m pytest -q -p no:cacheprovider -m "repeat and not arm and not sweep and not android" $(PYTEST_WORKERS) || exit 1; done
+		$(PY) -m pytest -q -p no:cacheprovider -m $(call q,repeat and $(HOST_TESTS)) $(PYTEST_WORKERS) || exit 1; done
 
 test-fast: setup  ## the host tests that need no trained model (make test runs all)
-	$(PY) -m pytest -q -m "not arm and not slow and not sweep and not android" $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -m $(call q,not slow and $(HOST_TESTS)) $(PYTEST_WORKERS)
 
 test-deps:  ## Debian packages some tests use (chromium, chromedriver, sshd, rsync): installed when root
 	@.ci/debian-test-deps
@@ -152,22 +154,22 @@ deploy: setup bundle  ## ship bundle + app + device tests to DEVICE=rpi5|rpi5-em
 	$(PY) -m deploy $(call q,$(DEVICE)) --bundle=$(call q,$(BUNDLE)) $(DEPLOY_ARGS)
 
 android-runner: setup  ## the native runner cross-compiled for aarch64 with its C library (cached; what DEVICE=android runs)
-	$(PY) -m deploy.runner_package
+	$(PY) -m deploy.environment.runner_package
 
 android-emu: setup  ## start an emulated Android phone: aarch64 root with no C library, adbd for the real adb (as root)
-	PYTHON=$(abspath $(PY)) deploy/android-emu.sh up
+	PYTHON=$(abspath $(PY)) emulators/android.sh up
 
 android-emu-down:  ## stop the emulated phone: adb disconnect, adbd, its mounts, its binfmt entry
-	deploy/android-emu.sh down
+	emulators/android.sh down
 
 test-android: setup test-deps  ## the emulated phone up, make deploy DEVICE=android-emu of a QAT bundle, bad inputs, down (as root)
 	$(PY) -m pytest -q -s -m android tests/test_android.py
 
 pi-emu:  ## start an emulated Raspberry Pi 5 (arm64 under qemu, as root; builds its root once, ~6 min)
-	deploy/pi-emu.sh up
+	emulators/pi.sh up
 
 pi-emu-down:  ## stop the emulated Pi: sshd, its mounts, its binfmt entry
-	deploy/pi-emu.sh down
+	emulators/pi.sh down
 
 test-arm: setup test-deps  ## on ARM: emulated Pi up, deploy + device tests there, an interrupted deploy, down (as root)
 	$(PY) -m pytest -q -s -m arm tests/test_arm.py
@@ -215,7 +217,7 @@ bench-sweep: setup  ## make sweep with the bench-sweep recipe: V3-Small/Large x 
 # DEVICE= when given, and on the emulated Pi when that is up (make pi-emu). Writes artifacts/peers/.
 PEERS_VENV := .venv-peers
 PEERS_PY := $(PEERS_VENV)/bin/python
-PEERS_DEVICE = $(if $(call given,DEVICE),$(DEVICE),$(shell deploy/pi-emu.sh status >/dev/null 2>&1 && echo rpi5-emu))
+PEERS_DEVICE = $(if $(call given,DEVICE),$(DEVICE),$(shell emulators/pi.sh status >/dev/null 2>&1 && echo rpi5-emu))
 PEERS_ARGS = $(call opt,--checkpoint,$(CKPT)) $(if $(call given,MODEL),--model=$(call q,$(MODEL))) $(call opt,--width,$(WIDTH)) \
 	$(call opt,--res,$(RES)) $(call opt,--data,$(DATA)) $(call opt,--threads,$(THREADS)) \
 	$(call opt,--device,$(PEERS_DEVICE)) $(call opt,--host,$(HOST))

@@ -17,12 +17,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge.collect import CollectError, parse_classes
+from edge.collect import parse_classes
 from edge.command import non_negative_float, positive_int, with_examples
 from edge.serve import parse_address
 
-from .profile import ProfileError, load_device
-from .target import DeployError, SSHTarget, connect
+from .profile import load_device
+from .transport import DeployError
+from .transport.ssh import SSHTarget, connect
 
 REMOTE_OUT = "collected"  # under the device's release root: what a later collect adds to
 
@@ -54,17 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--serve",
         default="127.0.0.1:8080",
-        help="where the device serves the page (default 127.0.0.1:8080, forwarded over SSH to the same port here; "
-        "0.0.0.0:8080 for the LAN)",
+        help="where the device serves the page",
     )
     parser.add_argument(
         "--local-port", type=positive_int, help="the port here the page is forwarded to (default: the device's port)"
     )
     parser.add_argument("--label", help="capture this class without a page (default: the page)")
-    parser.add_argument("--count", type=positive_int, default=100, help="captures with --label (default 100)")
-    parser.add_argument(
-        "--every", type=non_negative_float, default=0.2, help="seconds apart with --label (default 0.2)"
-    )
+    parser.add_argument("--count", type=positive_int, default=100, help="captures with --label")
+    parser.add_argument("--every", type=non_negative_float, default=0.2, help="seconds apart with --label")
     parser.add_argument("--host", help="user@host (default: the profile's)")
     parser.add_argument("--port", type=positive_int, help="SSH port (default: the profile's)")
     parser.add_argument("--key", help="SSH private key (default: ssh's usual keys and agent)")
@@ -82,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         if device.adb:
             raise DeployError("collecting runs the Python app, which a phone does not have: use a Raspberry Pi")
         run(device, args, host, port)
-    except (CollectError, DeployError, ProfileError, ValueError) as e:
+    except ValueError as e:  # the address or the class list as given
         sys.exit(f"error: {e}")
 
 

@@ -1,6 +1,8 @@
 """The device report as a picture, drawn on the host once deploy has brought the report home (the device
 needs no matplotlib): inference latency per thread count as histograms, and the live pipeline's frames/s
-over time with its memory.
+over time with its memory. A report without a live pipeline (a phone's: the deploy is the measurement)
+shows instead the latency's percentiles against the thread count, with the phone's core clusters marked:
+what a phone user picks threads by.
 
     python -m deploy.pictures artifacts/devices/rpi5/<release>/device_report.json   (writes device_report.png)
 """
@@ -10,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from edge.command import HelpFormatter
 from edge.files import atomic_path, write_atomic
 
 PICTURE = "device_report.png"
@@ -45,13 +48,27 @@ def draw(report: dict, title: str, out: Path) -> Path:
         latency.axvline(row["p50"], color=colour, linestyle="--", linewidth=1)
     latency.set(title="inference latency", xlabel="ms per inference", ylabel="runs")
     _finish(latency, bool(rows), "no latency samples in this report")
-    memory = pipeline.twinx()
     runs = [
         (name, run["timeline"])
         for name, run in figures.get("pipeline", {}).items()
         if run.get("timeline", {}).get("t_s")
     ]
-    for (name, timeline), colour in zip(runs, plt.cm.tab10.colors, strict=False):
+    if runs or not rows:
+        draw_pipeline(pipeline, runs, plt.cm.tab10.colors)
+    else:
+        draw_threads(pipeline, rows, figures.get("cores", {}))
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def draw_pipeline(pipeline, runs: list, colours) -> None:
+    """Frames/s per second of each pipeline run, RSS on a second axis."""
+    memory = pipeline.twinx()
+    for (name, timeline), colour in zip(runs, colours, strict=False):
         pipeline.plot(timeline["t_s"], timeline["fps"], ".-", color=colour, label=f"{name}: frames/s")
         memory.plot(timeline["t_s"], timeline["rss_mb"], ":", color=colour, label=f"{name}: RSS")
     pipeline.set(title="live pipeline", xlabel="seconds since the first result", ylabel="frames/s")
@@ -59,12 +76,32 @@ def draw(report: dict, title: str, out: Path) -> Path:
     memory.ticklabel_format(useOffset=False)
     pipeline.set_ylim(bottom=0)
     _finish(pipeline, bool(runs), "no pipeline timeline in this report", memory)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return out
+
+
+def draw_threads(ax, rows: list[tuple[int, dict]], cores: dict) -> None:
+    """p50, p90 and p99 against the thread count; each core cluster (big, little) shaded over the thread
+    counts that fit on it, so where adding threads spills onto slower cores shows."""
+    threads = [t for t, _ in rows]
+    for quantile, style in (("p50", "o-"), ("p90", "s--"), ("p99", "^:")):
+        ax.plot(threads, [row[quantile] for _, row in rows], style, label=quantile)
+    start = 0
+    for (name, cluster), shade in zip(cores.items(), ("tab:orange", "tab:blue", "tab:green"), strict=False):
+        count = cpu_count(cluster.get("cpus", ""))
+        mhz = f", {cluster['max_mhz']} MHz" if cluster.get("max_mhz") else ""
+        ax.axvspan(start + 0.5, start + count + 0.5, color=shade, alpha=0.08, label=f"{name} cores: {count}{mhz}")
+        start += count
+    ax.set(title="latency by thread count", xlabel="threads", ylabel="ms per inference", xticks=threads)
+    ax.set_ylim(bottom=0)
+    _finish(ax, True, "")
+
+
+def cpu_count(span: str) -> int:
+    """CPUs in a span as the report writes it: ``0-3`` or ``0,2,5``."""
+    count = 0
+    for part in filter(None, span.split(",")):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
 
 
 def _finish(ax, drawn: bool, empty: str, twin=None) -> None:
@@ -114,7 +151,9 @@ def render(report_json: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.pictures", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.pictures", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("report", type=Path, help="a device_report.json, or the directory holding it")
     args = parser.parse_args(argv)
     path = args.report / "device_report.json" if args.report.is_dir() else args.report

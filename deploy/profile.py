@@ -7,6 +7,9 @@ from pathlib import Path
 
 import yaml
 
+from edge.command import UserError
+from edge.files import cache_root
+
 PROFILES = Path(__file__).resolve().parent.parent / "configs" / "devices"
 HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*|\[?[0-9A-Fa-f:.]+(%[A-Za-z0-9]+)?\]?")
 USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
@@ -17,7 +20,7 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile that is missing or incomplete; the message says which key to set."""
 
 
@@ -90,10 +93,11 @@ class Device:
 
 def settings_from(path: str | None, name: str, what: str, start: str) -> dict:
     """Connection settings another tool wrote: ``make pi-emu`` the emulated Pi's free port and key,
-    ``make android-emu`` the emulated phone's adb serial."""
+    ``make android-emu`` the emulated phone's adb serial. A relative path is under the project's cache
+    folder, where the emulators keep their state."""
     if not path:
         return {}
-    file = Path(path).expanduser()
+    file = cache_root() / Path(path).expanduser()
     if not file.is_file():
         raise ProfileError(
             f"the {name} profile reads its {what} settings from {file}, which is missing: "

@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from edge.command import HelpFormatter, UserError
+
 
 def flatten(value, prefix: str = "") -> dict:
     """{"latency.1.p50": 1.2, ...}: the numeric leaves of a report's figures."""
@@ -13,7 +15,7 @@ def flatten(value, prefix: str = "") -> dict:
     return {prefix.rstrip("."): value} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
 
 
-class ReportError(ValueError):
+class ReportError(UserError, ValueError):
     """A file that is not a device report; the message says which and why."""
 
 
@@ -59,17 +61,19 @@ def table(a: dict, b: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m device_tests.compare", description=__doc__.split(":", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m device_tests.compare", description=__doc__.split(":", 1)[1], formatter_class=HelpFormatter
+    )
     parser.add_argument("a", type=Path, help="a device_report.json or the directory holding it")
     parser.add_argument("b", type=Path)
     args = parser.parse_args(argv)
     try:
         print(table(load(args.a), load(args.b)))
-    except ReportError as e:
-        sys.exit(f"error: {e}")
     except (RecursionError, OverflowError) as e:  # figures nested or sized past what a report holds
         sys.exit(f"error: {args.a} or {args.b} is not a device report: {e}")
 
 
 if __name__ == "__main__":
-    main()
+    from edge.command import run_main
+
+    run_main("device_tests.compare")

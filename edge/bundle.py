@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .command import UserError
 from .files import cache_root
 from .native import NativeError, Runner
 from .native.vet import vet
@@ -60,7 +61,7 @@ REEXPORT = "re-export it (make export CKPT=...)"
 PREVIOUS = ".previous-"  # a bundle set aside while its replacement is renamed in
 
 
-class BundleError(RuntimeError):
+class BundleError(UserError):
     """A bundle that cannot be used; the message says what is wrong."""
 
 

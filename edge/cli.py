@@ -9,14 +9,13 @@ from pathlib import Path
 import cv2
 
 from .api import load
-from .bundle import BundleError, load_bundle
-from .collect import QUALITY, CollectError, collect, parse_classes
+from .bundle import load_bundle
+from .collect import QUALITY, collect, parse_classes
 from .command import frame_size, non_negative_float, positive_float, positive_int, probability, with_examples
 from .evaluate import evaluate_folder
-from .native import NativeError
-from .predict import PredictError, format_counts, predict
-from .run import RunConfig, RunError, run
-from .sources import SOURCE_HELP, SourceError
+from .predict import format_counts, predict
+from .run import RunConfig, run
+from .sources import SOURCE_HELP
 from .stats import format_summary
 
 
@@ -42,15 +41,13 @@ def _add_run(commands) -> None:
         "0 = as fast as it decodes",
     )
     p.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
-    p.add_argument(
-        "--top-k", type=positive_int, default=3, help="labels per result (default 3; at most the model's labels)"
-    )
+    p.add_argument("--top-k", type=positive_int, default=3, help="labels per result, at most the model's labels")
     p.add_argument(
         "--smooth",
         type=float,
         default=0.0,
         metavar="ALPHA",
-        help="exponential moving average of the scores over frames: weight of the past, in [0, 1) (default 0: none)",
+        help="exponential moving average of the scores over frames: weight of the past, in [0, 1) (0: none)",
     )
     p.add_argument(
         "--headless",
@@ -88,7 +85,7 @@ def _add_run(commands) -> None:
         type=int,
         choices=(0, 90, 180, 270),
         default=0,
-        help="turn frames clockwise by this many degrees, for a camera mounted sideways or upside down (default 0)",
+        help="turn frames clockwise by this many degrees, for a camera mounted sideways or upside down",
     )
     p.add_argument("--flip", choices=("horizontal", "vertical"), help="mirror frames after --rotate (default: none)")
 
@@ -113,14 +110,12 @@ def _add_predict(commands) -> None:
         metavar="PATH",
         help="image files, folders and globs (quote a glob for recursive **; at least one)",
     )
-    p.add_argument(
-        "--top-k", type=positive_int, default=5, help="labels per file (default 5; at most the model's labels)"
-    )
+    p.add_argument("--top-k", type=positive_int, default=5, help="labels per file, at most the model's labels")
     p.add_argument(
         "--threshold",
         type=probability,
         default=0.0,
-        help="leave out labels scored below this, in [0, 1] (default 0: keep all)",
+        help="leave out labels scored below this, in [0, 1] (0: keep all)",
     )
     p.add_argument("--threads", type=positive_int, help="XNNPACK threads (default: the runtime's, one per core)")
     form = p.add_mutually_exclusive_group()
@@ -183,11 +178,9 @@ def _add_collect(commands) -> None:
         help="HOST:PORT of the collecting page (default 127.0.0.1:8080 without --label; 0.0.0.0:8080 for the LAN)",
     )
     p.add_argument("--label", help="capture this class without a page (default: the page)")
-    p.add_argument("--count", type=positive_int, default=100, help="captures with --label (default 100)")
-    p.add_argument(
-        "--every", type=non_negative_float, default=0.2, help="seconds between captures with --label (default 0.2)"
-    )
-    p.add_argument("--quality", type=quality, default=QUALITY, help=f"JPEG quality, 1 to 100 (default {QUALITY})")
+    p.add_argument("--count", type=positive_int, default=100, help="captures with --label")
+    p.add_argument("--every", type=non_negative_float, default=0.2, help="seconds between captures with --label")
+    p.add_argument("--quality", type=quality, default=QUALITY, help="JPEG quality, 1 to 100")
 
 
 def quality(text: str) -> int:
@@ -241,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"saved {saved} images in {args.out}", file=sys.stderr)
         else:
             evaluate(args)
-    except (BundleError, NativeError, SourceError, RunError, PredictError, CollectError, ValueError, OSError) as e:
+    except ValueError as e:  # a value the user gave (an address, a class list) that did not parse
         sys.exit(f"error: {e}")
 
 

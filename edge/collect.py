@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .capture import Capture
+from .command import UserError
 from .files import IMAGE_SUFFIXES, atomic_path
 from .preprocess import resize
 from .serve import Broadcast, Server, parse_address
@@ -40,7 +41,7 @@ THUMB = 96  # their longer side, pixels
 FRAME_WAIT_S = 2.0  # how long a capture waits for a frame no capture took yet
 
 
-class CollectError(RuntimeError):
+class CollectError(UserError):
     """Collecting cannot start or go on; the message says what to do."""
 
 

@@ -18,13 +18,14 @@ from typing import TextIO
 from tqdm import tqdm
 
 from .api import Model
+from .command import UserError
 from .paths import expand
 from .stats import process_age_s
 
 PROGRESS_FROM = 100  # files; fewer finish before a bar would say anything
 
 
-class PredictError(RuntimeError):
+class PredictError(UserError):
     """Nothing to label; the message says why."""
 
 

@@ -17,6 +17,7 @@ import cv2
 from .bundle import load_bundle
 from .capture import Capture
 from .classify import Classifier
+from .command import UserError
 from .files import output_problem
 from .native import Runner
 from .overlay import annotate
@@ -28,7 +29,7 @@ WINDOW = "edge"
 HISTORY = 8  # top-1 label changes the page lists
 
 
-class RunError(RuntimeError):
+class RunError(UserError):
     """A run that cannot start as asked; the message says what to do instead."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .command import UserError
 from .files import IMAGE_SUFFIXES, is_image
 from .images import read_bgr, unreadable
 from .paths import folder_images
@@ -29,7 +30,7 @@ SOURCE_HELP = (
 )
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError):
     """A source that cannot be opened or read; the message says what to do."""
 
 

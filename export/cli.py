@@ -29,7 +29,6 @@ from edge.bundle import (
     APP_METHOD,
     BUNDLED_PROGRAM,
     CONFUSION_PICTURE,
-    BundleError,
     BundleMeta,
     check_replaceable,
     declare_methods,
@@ -41,8 +40,7 @@ from edge.native import NativeError, Runner
 from edge.parity import EXPORT_MIN_AGREEMENT, logit_tolerance
 from edge.preprocess import InputSpec, Preprocessor
 from training.checkpoint import CheckpointError
-from training.data import DataError, ImageDataModule
-from training.models import WeightsError
+from training.data import ImageDataModule
 from training.module import ImageClassifier
 from training.qat import QATClassifier, ptq
 from training.restore import load_module
@@ -72,24 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["int8", "fp32"],
         default="int8",
-        help="int8: the QAT model converted, or a float one quantized after training (PTQ); "
-        "fp32: the float program (default int8)",
+        help="int8: the QAT model converted, or a float one quantized after training (PTQ); fp32: the float program",
     )
     parser.add_argument("--out", type=Path, help="bundle directory (default: artifacts/<arch>)")
     parser.add_argument(
-        "--calibration-images", type=positive_int, default=512, help="training images PTQ calibrates on (default 512)"
+        "--calibration-images", type=positive_int, default=512, help="training images PTQ calibrates on"
     )
     parser.add_argument(
         "--parity-images",
         type=positive_int,
         default=1000,
-        help="held-out images for runtime/PyTorch parity (default 1000)",
+        help="held-out images for runtime/PyTorch parity",
     )
     parser.add_argument(
         "--min-agreement",
         type=fraction,
         default=EXPORT_MIN_AGREEMENT,
-        help=f"share of parity images whose logits must agree (default {EXPORT_MIN_AGREEMENT})",
+        help="share of parity images whose logits must agree",
     )
     parser.add_argument(
         "--no-baselines",
@@ -347,23 +344,20 @@ def candidate_dir(out: Path, scheme: str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
-        if args.out:
-            for path in outputs(args.out, args.candidates):
-                check_replaceable(path)  # before loading, minutes of work, and again when writing
-        module, checkpoint = load_module(args.checkpoint)
-        out = args.out or Path("artifacts") / module.hparams.arch
-        with sole_writer(out):  # a second export to OUT stops here, before the work
-            for path in outputs(out, args.candidates):
-                check_replaceable(path)
-            bundles = build(args, module, checkpoint)
-            shipped, why = choose(bundles)
-            if args.candidates:
-                write_candidates(out, bundles)
-            meta, files, report = bundles[shipped]
-            write_bundle(out, meta, files)
-    except (BundleError, CheckpointError, DataError, NativeError, WeightsError, VerificationError) as e:
-        sys.exit(f"error: {e}")
+    if args.out:
+        for path in outputs(args.out, args.candidates):
+            check_replaceable(path)  # before loading, minutes of work, and again when writing
+    module, checkpoint = load_module(args.checkpoint)
+    out = args.out or Path("artifacts") / module.hparams.arch
+    with sole_writer(out):  # a second export to OUT stops here, before the work
+        for path in outputs(out, args.candidates):
+            check_replaceable(path)
+        bundles = build(args, module, checkpoint)
+        shipped, why = choose(bundles)
+        if args.candidates:
+            write_candidates(out, bundles)
+        meta, files, report = bundles[shipped]
+        write_bundle(out, meta, files)
     parity = report["parity"]
     print(
         f"\n{meta.name} on {report['val_images']} validation images; runtime vs PyTorch on "

@@ -9,7 +9,6 @@ a question a fraction of a point apart: only a paired interval on the same image
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=positive_int, help="images, taken from every class in turn (default: all)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
-    try:
-        a, b = load_bundle(args.a), load_bundle(args.b)
-        if a.labels != b.labels:
-            raise BundleError(f"{args.a} and {args.b} have other labels: compare bundles of the same classes")
-        samples = every_class_in_turn(labelled_images(args.data, a.labels))[: args.limit]
-        right_a, right_b = correct(a, samples, str(args.a)), correct(b, samples, str(args.b))
-    except BundleError as e:
-        sys.exit(f"error: {e}")
+    a, b = load_bundle(args.a), load_bundle(args.b)
+    if a.labels != b.labels:
+        raise BundleError(f"{args.a} and {args.b} have other labels: compare bundles of the same classes")
+    samples = every_class_in_turn(labelled_images(args.data, a.labels))[: args.limit]
+    right_a, right_b = correct(a, samples, str(args.a)), correct(b, samples, str(args.b))
     difference = paired_difference(right_a, right_b)
     if args.json:
         print(

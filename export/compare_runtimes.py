@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import FORWARD, BundleError, read_bundle, read_golden
-from edge.command import positive_int
+from edge.bundle import FORWARD, read_bundle, read_golden
+from edge.command import HelpFormatter, positive_int
 from edge.native import Runner
 
 RUNTIMES = ("native", "native forward", "executorch.runtime")
@@ -110,26 +110,25 @@ def table(results: dict[str, list[dict]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m export.compare_runtimes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m export.compare_runtimes", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--against", type=Path, help="another bundle whose app method joins the rounds")
     parser.add_argument("--threads", type=positive_int, help="XNNPACK threads for all (default: the runtimes' own)")
-    parser.add_argument("--runs", type=positive_int, default=2000, help="timed inferences per round (default 2000)")
+    parser.add_argument("--runs", type=positive_int, default=2000, help="timed inferences per round")
     parser.add_argument(
         "--rounds",
         type=positive_int,
         default=7,
-        help="alternating rounds per runtime (default 7): "
+        help="alternating rounds per runtime: "
         "one process's timing can settle in a faster or slower mode, so sample several",
     )
     parser.add_argument("--child", choices=RUNTIMES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        for bundle in (args.bundle, args.against):
-            if bundle is not None:
-                read_bundle(bundle)
-    except BundleError as e:
-        sys.exit(f"error: {e}")
+    for bundle in (args.bundle, args.against):
+        if bundle is not None:
+            read_bundle(bundle)
     if args.child:
         print(json.dumps(child(args.child, args.bundle, args.threads, args.runs)))
         return
@@ -144,4 +143,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from edge.command import run_main
+
+    run_main("export.compare_runtimes")

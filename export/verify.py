@@ -9,13 +9,14 @@ import numpy as np
 import torch
 
 from edge import parity
+from edge.command import UserError
 from edge.native import Runner
 from edge.stats import time_calls
 
 from .lower import Delegation
 
 
-class VerificationError(RuntimeError):
+class VerificationError(UserError):
     """The lowered program does not do what the PyTorch model does."""
 
 

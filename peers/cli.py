@@ -42,24 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("the model (default: seeded V3-Small weights, 224 px, 1000 classes)")
     model.add_argument("--checkpoint", type=Path, help="a float checkpoint (make train, or make qat's float run)")
-    model.add_argument("--model", default="v3_small", help="architecture of the seeded weights (default v3_small)")
-    model.add_argument("--width", type=float, default=1.0, help="width multiplier α (default 1.0)")
-    model.add_argument("--res", type=positive_int, default=224, help="input resolution ρ (default 224)")
-    model.add_argument("--classes", type=positive_int, default=1000, help="classes of the seeded model (default 1000)")
-    model.add_argument("--seed", type=int, default=0, help="seed of the weights and the images (default 0)")
+    model.add_argument("--model", default="v3_small", help="architecture of the seeded weights")
+    model.add_argument("--width", type=float, default=1.0, help="width multiplier α")
+    model.add_argument("--res", type=positive_int, default=224, help="input resolution ρ")
+    model.add_argument("--classes", type=positive_int, default=1000, help="classes of the seeded model")
+    model.add_argument("--seed", type=int, default=0, help="seed of the weights and the images")
     parser.add_argument("--data", type=Path, help="a folder of images (default: the procedural shapes)")
-    parser.add_argument("--threads", type=positive_int, default=2, help="threads for every runtime (default 2)")
-    parser.add_argument(
-        "--rounds", type=positive_int, default=Plan.rounds, help=f"turns per program (default {Plan.rounds})"
-    )
-    parser.add_argument(
-        "--calls", type=positive_int, default=Plan.calls, help=f"timed calls per turn (default {Plan.calls})"
-    )
+    parser.add_argument("--threads", type=positive_int, default=2, help="threads for every runtime")
+    parser.add_argument("--rounds", type=positive_int, default=Plan.rounds, help="turns per program")
+    parser.add_argument("--calls", type=positive_int, default=Plan.calls, help="timed calls per turn")
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("artifacts/peers"),
-        help="folder for the programs and the report (default artifacts/peers)",
+        help="folder for the programs and the report",
     )
     parser.add_argument(
         "--reuse", action="store_true", help="measure the programs already in --out, converting nothing"
@@ -70,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--device-rounds",
         type=positive_int,
         default=8,
-        help="turns per program on the device (default 8: emulated time is slow)",
+        help="turns per program on the device (fewer than here: emulated time is slow)",
     )
     return parser
 
@@ -173,12 +169,9 @@ def device_of(args: argparse.Namespace):
     """The device profile to measure on too (None: this machine only), checked before any work."""
     if not args.device:
         return None
-    from deploy.profile import ProfileError, load_device
+    from deploy.profile import load_device
 
-    try:
-        device = load_device(args.device, host=args.host)
-    except ProfileError as error:
-        raise PeerError(str(error)) from None
+    device = load_device(args.device, host=args.host)
     if device.adb:
         raise PeerError(f"{device.name} is reached over adb: the peers benchmark measures on SSH devices (a Pi)")
     return device
@@ -238,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         sys.exit(run(args))
-    except (PeerError, ValueError, OSError) as error:
+    except ValueError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted")

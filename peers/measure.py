@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.command import HelpFormatter
 from edge.parity import compare, logit_tolerance
 
 from .runtimes import RUNTIMES, PeerError, load
@@ -93,7 +94,9 @@ def measure(folder: Path, threads: int, plan: Plan, say=lambda line: None) -> di
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m peers.measure", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m peers.measure", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("folder", type=Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=Plan.rounds)
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         plan = Plan(args.rounds, args.calls, args.settle)
         result = measure(args.folder, args.threads, plan, say=lambda line: print(line, file=sys.stderr, flush=True))
-    except (PeerError, ValueError, OSError) as error:
+    except ValueError as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted")
@@ -111,4 +114,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from edge.command import HelpFormatter, run_main
+
+    run_main("peers.measure")

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 from edge.bundle import APP_METHOD
-from edge.command import positive_int
+from edge.command import HelpFormatter, positive_int
 from edge.files import atomic_path
-from edge.native.build import NativeError, compile_flags, executorch_dir, link_flags, runtime_lib_dir
+from edge.native.build import compile_flags, executorch_dir, link_flags, runtime_lib_dir
 
 from .runtimes import PeerError, load
 
@@ -239,11 +239,15 @@ def markdown(folder: Path, threads: int, runs: int, seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m peers.profile", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m peers.profile", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("folder", type=Path, help="a folder python -m peers converted")
-    parser.add_argument("--threads", type=positive_int, default=1, help="threads (default 1: kernels, not scheduling)")
-    parser.add_argument("--runs", type=positive_int, default=300, help="ETDump runs per program (default 300)")
-    parser.add_argument("--seconds", type=float, default=5.0, help="perf sampling per program (default 5)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=1, help="threads (one: the kernels, not the scheduling)"
+    )
+    parser.add_argument("--runs", type=positive_int, default=300, help="ETDump runs per program")
+    parser.add_argument("--seconds", type=float, default=5.0, help="perf sampling per program")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -252,8 +256,6 @@ def main(argv: list[str] | None = None) -> None:
         if not (args.folder / "programs.json").is_file():
             raise PeerError(f"{args.folder} has no programs.json: convert first (python -m peers)")
         text = markdown(args.folder, args.threads, args.runs, args.seconds)
-    except (PeerError, NativeError, OSError) as error:
-        sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         sys.exit("interrupted")
     (args.folder / "profile.md").write_text(text + "\n")
@@ -261,4 +263,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from edge.command import run_main
+
+    run_main("peers.profile")

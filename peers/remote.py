@@ -1,7 +1,7 @@
 """Measure a converted folder on a device over SSH (a Pi, or the emulated one), as ``make deploy`` reaches it.
 
 The measuring runs in the environment ``make deploy`` makes there (Python, numpy, the ExecuTorch
-wheel and our runner), made the way deploy makes it when it is missing (``deploy.provision``: wheels
+wheel and our runner), made by deploy's own step when it is missing (``deploy.environment``: wheels
 and runner from this machine, nothing from the device's network). The peers' runtimes go beside it,
 not into it: their wheels are downloaded here for the device's Python, CPU and glibc, copied, and
 installed with ``pip --no-index --target`` into ``<remote_dir>/peers/packages``, without numpy (the
@@ -15,11 +15,10 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from deploy import provision, wheelhouse
-from deploy.cli import environment_dir
+from deploy.environment import Environment, locate, wheelhouse
+from deploy.environment.wheelhouse import Platform
 from deploy.profile import Device
-from deploy.target import DeployError, Target, connect
-from deploy.wheelhouse import Platform, device_requirements
+from deploy.transport.ssh import connect
 
 from .measure import command
 from .runtimes import PeerError
@@ -36,10 +35,7 @@ def requirements() -> list[str]:
 
 def wheels_for(platform: Platform) -> Path:
     """The peers' wheels for the device, with their dependencies: deploy's wheelhouse, cached the same way."""
-    try:
-        return wheelhouse.build(platform, "\n".join(requirements()) + "\n", "")[0]
-    except wheelhouse.WheelhouseError as error:
-        raise PeerError(str(error)) from None
+    return wheelhouse.build(platform, "\n".join(requirements()) + "\n", "")[0]
 
 
 def runtime_wheels(wheels: Path) -> list[str]:
@@ -47,9 +43,9 @@ def runtime_wheels(wheels: Path) -> list[str]:
     return sorted(w.name for w in wheels.glob("*.whl") if not w.name.startswith("numpy-"))
 
 
-def stage(folder: Path, into: Path, wheels: Path, plan: provision.RunnerPlan) -> None:
+def stage(folder: Path, into: Path, wheels: Path, env: Environment) -> None:
     """What goes to the device: the programs, the code that measures them, the wheels, and what deploy's
-    provisioning reads from a release (its requirements, the runner built here)."""
+    environment step reads (its requirements, the runner built here)."""
     (into / "work").mkdir(parents=True)
     for f in folder.iterdir():
         if f.suffix in SHIPPED:
@@ -59,61 +55,44 @@ def stage(folder: Path, into: Path, wheels: Path, plan: provision.RunnerPlan) ->
     (into / "wheels").mkdir()
     for name in runtime_wheels(wheels):
         shutil.copy(wheels / name, into / "wheels" / name)
-    packages, runtime = device_requirements()
-    (into / "requirements.txt").write_text(packages)
-    (into / "requirements-nodeps.txt").write_text(runtime)
-    provision.stage_runner(plan, into)
-
-
-def environment(target: Target, device: Device) -> tuple[str, str, provision.DeviceFacts]:
-    """(home, venv) on the device, as deploy names them, and what the device is."""
-    if device.venv is None:
-        raise PeerError(f"the {device.name} profile names no venv: the benchmark runs in the one deploy makes")
-    home = target.run(["pwd"], what=f"connecting to {target.where}").stdout.strip()
-    venv = environment_dir(device.venv if device.venv.startswith("/") else f"{home}/{device.venv}")
-    return home, venv, provision.probe(target, device.python)
+    env.stage(into)
 
 
 def measure_on(device: Device, folder: Path, threads: int, plan: Plan, say) -> dict:
-    try:
-        target = connect(device)
-        home, venv, facts = environment(target, device)
-        root = device.remote_dir if device.remote_dir.startswith("/") else f"{home}/{device.remote_dir}"
-        remote, python = f"{root}/peers", f"{venv}/bin/python"
-        runner = provision.plan_runner(target, facts, venv)
-        wheels = wheels_for(facts.platform())
-        with tempfile.TemporaryDirectory() as scratch:
-            stage(folder, Path(scratch), wheels, runner)
-            say(f"copying the programs, the code and the wheels to {target.where}")
-            target.push(Path(scratch), remote)
-        if target.run(["test", "-f", f"{venv}/.complete"], check=False).returncode != 0:
-            say("setting up the deploy environment there (once; several minutes under emulation)")
-            provision.install_packages(target, facts, root, venv, remote, None)
-        provision.install_runner(target, runner, facts, venv, remote, python)
-        say("installing the peers' runtimes there (pip --no-index)")
-        target.run(
-            [
-                python,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-index",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "--target",
-                "packages",
-                *[f"wheels/{name}" for name in runtime_wheels(wheels)],
-            ],
-            cwd=remote,
-            what="installing the peers' runtimes",
-        )
-        say(f"measuring on {device.name}: {plan.rounds} rounds of {plan.calls} calls")
-        result = target.run(
-            ["env", "PYTHONPATH=packages", *command(python, "work", threads, plan)],
-            cwd=remote,
-            what=f"measuring on {device.name}",
-        )
-    except DeployError as error:
-        raise PeerError(str(error)) from None
+    if device.venv is None:
+        raise PeerError(f"the {device.name} profile names no venv: the benchmark runs in the one deploy makes")
+    target = connect(device)
+    env = locate(target, device)
+    remote = f"{env.root}/peers"
+    wheels = wheels_for(env.facts.platform())
+    with tempfile.TemporaryDirectory() as scratch:
+        stage(folder, Path(scratch), wheels, env)
+        say(f"copying the programs, the code and the wheels to {target.where}")
+        target.push(Path(scratch), remote)
+    say("the deploy environment there (made once; several minutes under emulation)")
+    env.install(target, device, remote)
+    say("installing the peers' runtimes there (pip --no-index)")
+    target.run(
+        [
+            env.python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--target",
+            "packages",
+            *[f"wheels/{name}" for name in runtime_wheels(wheels)],
+        ],
+        cwd=remote,
+        what="installing the peers' runtimes",
+    )
+    say(f"measuring on {device.name}: {plan.rounds} rounds of {plan.calls} calls")
+    result = target.run(
+        ["env", "PYTHONPATH=packages", *command(env.python, "work", threads, plan)],
+        cwd=remote,
+        what=f"measuring on {device.name}",
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])

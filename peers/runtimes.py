@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.command import UserError
+
 # What each file type is, and which runtime runs it.
 RUNTIMES = {".pte": "ExecuTorch (our runner)", ".tflite": "LiteRT", ".onnx": "ONNX Runtime", ".param": "ncnn"}
 
 
-class PeerError(RuntimeError):
+class PeerError(UserError):
     """A program or runtime that cannot be used; the message says which and why."""
 
 

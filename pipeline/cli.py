@@ -10,10 +10,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from edge.bundle import BundleError, sole_writer
+from edge.bundle import sole_writer
 from edge.command import positive_float, positive_int, with_examples
 
-from .recipe import RecipeError, load_recipe, names
+from .recipe import load_recipe, names
 from .run import run
 
 
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the float run fine-tunes them (default: train from scratch)",
     )
     parser.add_argument("--seed", type=int, help="--seed_everything for both runs (default: the configs')")
-    parser.add_argument("--args", default="", help="extra LightningCLI arguments, one string (default none)")
-    parser.add_argument("--export-args", default="", help="extra python -m export options, one string (default none)")
+    parser.add_argument("--args", default="", help="extra LightningCLI arguments, one string")
+    parser.add_argument("--export-args", default="", help="extra python -m export options, one string")
     parser.add_argument("--run", type=Path, help="training runs' directory (default runs/MODEL)")
     parser.add_argument("--out", type=Path, help="the bundle's directory (default artifacts/MODEL)")
     parser.add_argument(
@@ -83,11 +83,8 @@ def main(argv: list[str] | None = None) -> None:
             args=(*base.args, *shlex.split(args.args)),
             export_args=(*base.export_args, *shlex.split(args.export_args)),
         )
-    except (RecipeError, ValueError) as e:
+    except ValueError as e:
         sys.exit(f"error: {e}")
     out = args.out or Path("artifacts") / recipe.model
-    try:
-        with sole_writer(out):  # a second make qat to the same OUT stops at its start, not after training
-            run(recipe, args.run or Path("runs") / recipe.model, out, args.float_only)
-    except BundleError as e:
-        sys.exit(f"error: {e}")
+    with sole_writer(out):  # a second make qat to the same OUT stops at its start, not after training
+        run(recipe, args.run or Path("runs") / recipe.model, out, args.float_only)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import yaml
 
+from edge.command import UserError
 from training.models import MAX_WIDTH, MODELS
 
 RECIPES = Path(__file__).resolve().parent.parent / "configs" / "recipes"
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe that cannot be used; the message names the file or key."""
 
 

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(MODELS),
         default=["v3_small", "v1"],
         metavar="MODEL",
-        help=f"architectures, of {', '.join(MODELS)} (default v3_small v1)",
+        help=f"architectures, of {', '.join(MODELS)}",
     )
     parser.add_argument(
         "--widths",
@@ -64,12 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         default=[0.5, 1.0],
         metavar="ALPHA",
-        help="width multipliers α (default 0.5 1.0)",
+        help="width multipliers α",
     )
     parser.add_argument(
         "--recipe",
         default="sweep",
-        help=f"the points' recipe, configs/recipes/NAME.yaml: {', '.join(recipe_names())} (default sweep)",
+        help=f"the points' recipe, configs/recipes/NAME.yaml: {', '.join(recipe_names())}",
     )
     parser.add_argument(
         "--res",
@@ -87,25 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         default="",
         help="weights each point's float run fine-tunes: imagenet, or a torchvision-format file with {model} and "
-        "{width} filled in (default: train from scratch)",
+        "{width} filled in; empty: train from scratch",
     )
-    parser.add_argument(
-        "--args", default="", help="extra LightningCLI arguments for every run, as make's ARGS= (default none)"
-    )
+    parser.add_argument("--args", default="", help="extra LightningCLI arguments for every run, as make's ARGS=")
     parser.add_argument(
         "--device",
         default="local",
-        help="the device profile latency is measured on: local (this machine), rpi5, rpi5-emu (default local)",
+        help="the device profile latency is measured on: local (this machine), rpi5, rpi5-emu",
     )
-    parser.add_argument(
-        "--deploy-args", default="", help="extra `python -m deploy` options, e.g. '--host you@pi' (default none)"
-    )
+    parser.add_argument("--deploy-args", default="", help="extra `python -m deploy` options, e.g. '--host you@pi'")
     parser.add_argument(
         "--export-args",
         default="",
-        help="extra `python -m export` options for every point, as "
-        "make's EXPORT_ARGS=, e.g. '--min-agreement 0.97' "
-        "(default none)",
+        help="extra `python -m export` options for every point, as make's EXPORT_ARGS=, e.g. '--min-agreement 0.97' ",
     )
     parser.add_argument(
         "--budget-ms",
@@ -116,18 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=positive_int,
         default=1,
-        help="points built at once, each with its share of the cores; latency is always measured "
-        "one point at a time (default 1)",
+        help="points built at once, each with its share of the cores; latency is always measured one point at a time",
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=Path("artifacts/sweep"),
-        help="points, table, plots and best/ (default artifacts/sweep)",
+        help="points, table, plots and best/",
     )
-    parser.add_argument(
-        "--runs", type=Path, default=Path("runs/sweep"), help="training runs, a folder per point (default runs/sweep)"
-    )
+    parser.add_argument("--runs", type=Path, default=Path("runs/sweep"), help="training runs, a folder per point")
     return parser
 
 
@@ -305,10 +296,7 @@ def pick_best(rows: list[dict], args: argparse.Namespace) -> None:
             f"no point's p90 latency is within {args.budget_ms:g} ms on {args.device}: nothing copied", file=sys.stderr
         )
         return
-    try:
-        report.copy_bundle(Path(best["bundle"]), args.out / "best")
-    except BundleError as e:
-        sys.exit(f"error: {e}")
+    report.copy_bundle(Path(best["bundle"]), args.out / "best")
     print(
         f"best within {args.budget_ms:g} ms (p90) on {args.device}: {best['name']}, top-1 "
         f"{100 * best['top1']:.2f}%, p90 {best['p90']:.2f} ms -> {args.out / 'best'}/ "

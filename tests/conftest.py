@@ -46,7 +46,7 @@ def export_main(argv: list[str]) -> None:
 
 def pytest_collection_modifyitems(items):
     """Tests that need a trained model (the ``runs`` fixture and the ``bundle`` exported from it: minutes)
-    are ``slow``: ``pytest -m "not slow and not arm"`` runs the rest; ``make test`` runs all. Under
+    are ``slow``: ``make test-fast`` runs the rest; ``make test`` runs all. Under
     pytest-xdist ``make test`` hands out whole files (``--dist loadfile``): the runs are made once, by the
     worker that runs test_qat_export.py, the only file that needs them (make test starts it first).
     Every test on a trained fixture is also ``repeat``: ``make test-repeat`` runs those N times."""
@@ -412,3 +412,13 @@ def crashing_program(bundle: Path) -> bytes:
     at, bit = CRASHING_FLIP
     pte[at] ^= 1 << bit
     return bytes(pte)
+
+
+def run_module(*args, env=None, timeout=180, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        timeout=timeout,
+        env=os.environ | {"PYTHONPATH": os.getcwd()} | (env or {}),
+        **kwargs,
+    )

@@ -17,11 +17,13 @@ import pytest
 import yaml
 from conftest import one_error_line
 
+from edge.files import cache_root
+
 pytestmark = pytest.mark.android
 
 ROOT = Path(__file__).resolve().parent.parent
-EMU = ROOT / "deploy" / "android-emu.sh"
-EMU_DIR = Path.home() / ".cache" / "mobilenet-edge" / "android-emu"
+EMU = ROOT / "emulators" / "android.sh"
+EMU_DIR = cache_root() / "android-emu"
 PHONE = EMU_DIR / "root"
 DEVICE_ROOT = PHONE / "data" / "local" / "tmp" / "mobilenet-edge"
 
@@ -64,7 +66,7 @@ def another_adbd(*flags: str):
     port_file = EMU_DIR / "state" / f"extra-{os.getpid()}.port"
     port_file.unlink(missing_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "deploy.adbd", str(PHONE), "--port-file", str(port_file), *flags],
+        [sys.executable, "-m", "emulators.adbd", str(PHONE), "--port-file", str(port_file), *flags],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         text=True,
@@ -96,8 +98,13 @@ def deploy(bundle: Path, *args: str, env: dict | None = None, timeout: float = 1
 
 
 def current() -> str | None:
+    """The current release's name: ``current`` links into releases/, as on a Pi (one lifecycle)."""
     path = DEVICE_ROOT / "current"
-    return path.read_text().strip() if path.is_file() else None
+    if not path.is_symlink():
+        return None
+    link = os.readlink(path)
+    assert link.startswith("releases/") and (DEVICE_ROOT / link).is_dir(), link
+    return link.removeprefix("releases/")
 
 
 def test_the_emulated_phone_is_arm64_with_no_c_library_outside_the_package(phone):

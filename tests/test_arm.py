@@ -23,11 +23,13 @@ import pytest
 import yaml
 from conftest import interrupt_once_copying
 
+from edge.files import cache_root
+
 pytestmark = pytest.mark.arm
 
 ROOT = Path(__file__).resolve().parent.parent
-EMU = ROOT / "deploy" / "pi-emu.sh"
-EMU_DIR = Path.home() / ".cache" / "mobilenet-edge" / "pi-emu"
+EMU = ROOT / "emulators" / "pi.sh"
+EMU_DIR = cache_root() / "pi-emu"
 REPORTS = ROOT / "artifacts" / "devices"
 
 

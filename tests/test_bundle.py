@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from conftest import crashing_program, fake_meta, one_error_line
 
-from deploy.cli import check_bundle
-from deploy.target import DeployError
+from deploy.release import check_bundle
 from edge.bundle import (
     CONFUSION_PICTURE,
     FORMAT,
@@ -32,7 +31,7 @@ from edge.bundle import (
     sole_writer,
     write_bundle,
 )
-from edge.cli import main as edge_main
+from edge.command import run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,7 +164,7 @@ def test_edited_model_json_is_one_error_line_in_load_run_eval_and_deploy(bundle,
     with pytest.raises(BundleError) as error:
         load_bundle(broken)
     assert message in str(error.value) and "\n" not in str(error.value)
-    with pytest.raises(DeployError) as deploy_error:
+    with pytest.raises(BundleError) as deploy_error:
         check_bundle(broken)
     assert str(deploy_error.value) == str(error.value)
     for args in (
@@ -173,7 +172,7 @@ def test_edited_model_json_is_one_error_line_in_load_run_eval_and_deploy(bundle,
         ["eval", str(broken), str(tmp_path)],
     ):
         with pytest.raises(SystemExit) as exit:
-            edge_main(args)
+            run_main("edge.cli", argv=args)
         assert exit.value.code == f"error: {error.value}"
 
 
@@ -480,7 +479,7 @@ def test_a_program_that_crashes_the_runtime_is_one_line_for_the_api_the_app_and_
     with pytest.raises(BundleError, match=either) as error:
         load_bundle(crash)
     assert "\n" not in str(error.value)
-    with pytest.raises(DeployError, match=either):
+    with pytest.raises(BundleError, match=either):
         check_bundle(crash)
     image = tmp_path / "x.png"
     cv2.imwrite(str(image), np.zeros((40, 40, 3), np.uint8))
@@ -492,3 +491,52 @@ def test_a_program_that_crashes_the_runtime_is_one_line_for_the_api_the_app_and_
         cwd=ROOT,
     )
     assert re.search(either, one_error_line(result))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [({"resize": 10**6}, "resize"), ({"std": [1e-50, 0.2, 0.2]}, "float32"), ({"mean": [1e39, 0, 0]}, "float32")],
+)
+def test_model_json_ranges_are_checked_for_what_they_imply(tiny_bundle, tmp_path, change, match):
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for path in tiny_bundle.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    meta = json.loads((copy / "model.json").read_text())
+    meta["input"] |= change
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=match):
+        load_bundle(copy)
+
+
+def bundle_files(meta) -> dict[str, bytes]:
+    return {meta.pte: b"new program", meta.golden: b"g", "report.json": b"{}", "report.md": b"#"}
+
+
+def test_an_interrupt_between_the_renames_keeps_the_old_bundle(tmp_path, monkeypatch):
+    out, meta = tmp_path / "bundle", fake_meta()
+    write_bundle(out, meta, bundle_files(meta) | {meta.pte: b"old program"})
+    real_rename = Path.rename
+
+    def interrupted(self, target):
+        if ".staging-" in self.name:
+            raise KeyboardInterrupt
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_bundle(out, meta, bundle_files(meta))
+    monkeypatch.undo()
+    assert (out / meta.pte).read_bytes() == b"old program"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"], "nothing left beside it"
+
+
+def test_a_bundle_a_killed_write_left_aside_is_named_then_restored(tmp_path):
+    out, meta = tmp_path / "bundle", fake_meta()
+    write_bundle(out, meta, bundle_files(meta) | {meta.pte: b"old program"})
+    out.rename(tmp_path / ".bundle.previous-abc123")  # as a SIGKILL between the renames leaves it
+    with pytest.raises(BundleError, match="previous bundle at .*previous-abc123"):
+        read_meta(out)
+    write_bundle(out, meta, bundle_files(meta))
+    assert (out / meta.pte).read_bytes() == b"new program"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]

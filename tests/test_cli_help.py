@@ -1,8 +1,10 @@
 """Every command's --help: each flag has a one-line meaning and its default, and the help ends with examples."""
 
 import argparse
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,17 +30,47 @@ def parsers():
     }
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
 @pytest.mark.parametrize("name,parser", parsers().items())
 def test_each_flag_says_what_it_does_and_its_default(name, parser):
     assert parser.epilog.startswith("examples:\n  python -m "), name
+    shown = parser._get_formatter()
     for action in parser._actions:
         if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
             continue
         assert action.help and "\n" not in action.help, f"{name} {action.dest}: no one-line help"
         if action.option_strings:
             flag = action.option_strings[0]
-            assert "default" in action.help or action.required, f"{name} {flag}: no default"
+            text = shown._get_help_string(action)
+            assert "default" in text or action.required, f"{name} {flag}: no default"
             assert "(required)" in action.help or not action.required, f"{name} {flag}: say it is required"
+            if action.default is not None and action.default is not False:
+                assert text.endswith(("(default: %(default)s)", "(default: none)")), f"{name} {flag}: not shown"
+
+
+def python_sources():
+    for path in sorted(ROOT.glob("[a-z]*/**/*.py")):
+        if not {".venv", "artifacts", "runs"} & set(path.relative_to(ROOT).parts):
+            yield path, ast.parse(path.read_text())
+
+
+def test_every_parser_shows_its_defaults_and_no_help_restates_one():
+    """Defaults have one home, the parser: help text that restated one by hand would drift from it."""
+    for path, tree in python_sources():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            keywords = {k.arg: k.value for k in node.keywords}
+            if ast.unparse(node.func) == "argparse.ArgumentParser":
+                shows = "formatter_class" in keywords or None in keywords  # **with_examples(...)
+                assert shows, f"{path}:{node.lineno}: a parser without HelpFormatter"
+            if getattr(node.func, "attr", "") == "add_argument" and "help" in keywords and "default" in keywords:
+                default = keywords["default"]
+                if not (isinstance(default, ast.Constant) and (default.value is None or default.value is False)):
+                    help_text = ast.unparse(keywords["help"])
+                    assert "default" not in help_text, f"{path}:{node.lineno}: help restates the default"
 
 
 def test_training_help_shows_each_key_with_its_meaning_and_examples():

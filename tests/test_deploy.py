@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import interrupt_once_copying
+from conftest import interrupt_once_copying, one_error_line, run_module
 
-from deploy.android import MAX_OUTPUT, parse_devices, run_bounded
 from deploy.cli import main as deploy_main
-from deploy.cli import prune, prune_environments, service_unit, smoke_run, stage
+from deploy.environment import Environment, prune_environments
+from deploy.environment.wheelhouse import device_requirements
+from deploy.pi import service_unit, smoke_run, stage
 from deploy.profile import ProfileError, load_device, settings_from
-from deploy.target import DeployError, SSHTarget, connect, explain
-from deploy.wheelhouse import device_requirements
+from deploy.release import Releases, releases, write_manifest
+from deploy.transport import DeployError, explain
+from deploy.transport.adb import MAX_OUTPUT, parse_devices, run_bounded
+from deploy.transport.ssh import SSHTarget, connect
 from device_tests.compare import flatten, table
 from edge.bundle import read_meta
 
@@ -147,10 +150,13 @@ def test_environments_no_kept_release_uses_are_removed(tmp_path):
     for env in ("venv", "venv-aaa", "venv-bbb", "venv-old", "venvish"):
         (tmp_path / env / "bin").mkdir(parents=True)
     target = connect(load_device("local"))
-    prune_environments(target, str(releases), str(base), str(tmp_path / "venv-bbb"))
+    env = Environment(
+        str(tmp_path), str(tmp_path), f"{tmp_path}/venv-bbb/bin/python", f"{tmp_path}/venv-bbb", str(base), None, None
+    )
+    prune_environments(target, str(releases), env)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["releases", "venv", "venv-aaa", "venv-bbb", "venvish"]
     shutil.rmtree(releases / "r1")
-    prune_environments(target, str(releases), str(base), str(tmp_path / "venv-bbb"))
+    prune_environments(target, str(releases), env)
     assert not (tmp_path / "venv").exists() and (tmp_path / "venv-aaa").exists()
 
 
@@ -159,7 +165,10 @@ def test_staged_release_verifies_and_detects_tampering(bundle, tmp_path):
         pytest.skip("sha256sum (coreutils) not found")
     meta = read_meta(bundle)
     device = load_device("local")
-    stage(bundle, device, "/opt/edge", "/opt/edge/venv/bin/python", "v1", meta, tmp_path)
+    env = Environment(
+        "/opt", "/opt/edge", "/opt/edge/venv-1/bin/python", "/opt/edge/venv-1", "/opt/edge/venv", None, None
+    )
+    stage(bundle, device, env, "v1", meta, tmp_path)
     assert {"edge", "device_tests", "bundle", "Makefile", "requirements.txt", "device.json"} <= {
         p.name for p in tmp_path.iterdir()
     }
@@ -193,12 +202,13 @@ def test_a_release_that_fails_its_smoke_run_never_displaces_a_good_one(tmp_path)
         (releases / name).mkdir(parents=True)
     (releases / "20260104-d.partial").mkdir()  # bundle-less: its first run fails
     target = connect(load_device("local"))
+    kept = Releases(target, str(tmp_path))
     with pytest.raises(DeployError, match="failed its first run .*current is unchanged"):
-        smoke_run(target, sys.executable, str(releases / "20260104-d.partial"), str(releases / "20260104-d"))
+        smoke_run(target, sys.executable, str(releases / "20260104-d.partial"), kept, "20260104-d")
     assert (releases / "20260104-d.failed").is_dir() and not (releases / "20260104-d.partial").exists()
     (releases / "20260105-e.failed").mkdir()
     (releases / "20260106-f").mkdir()
-    prune(target, str(releases), "20260106-f")
+    kept.prune("20260106-f")
     assert sorted(p.name for p in releases.iterdir()) == [
         "20260102-b",
         "20260103-c",
@@ -206,6 +216,45 @@ def test_a_release_that_fails_its_smoke_run_never_displaces_a_good_one(tmp_path)
         "20260105-e.failed",
         "20260106-f",
     ], "three good ones stay"
+
+
+def test_the_release_lifecycle_stages_checks_switches_keeps_and_sets_aside(tmp_path):
+    """The one lifecycle both flows use, over this machine's transport: a tampered copy never becomes a
+    release, current switches by symlink, three finished releases are kept, and a full device is refused
+    before anything is copied."""
+    target, root = connect(load_device("local")), tmp_path / "device"
+    versions = [f"2026010{i}-m-abcd" for i in range(1, 6)]
+    for version in versions:
+        staged = tmp_path / "staged" / version
+        (staged / "bundle").mkdir(parents=True)
+        (staged / "bundle" / "model.pte").write_bytes(version.encode())
+        write_manifest(staged)
+        with releases(target, str(root)) as kept:
+            assert kept.push(staged, version) == f"{root}/releases/{version}.partial"
+            assert kept.finish(version)[-1] == version
+        assert os.readlink(root / "current") == f"releases/{version}" and not (root / ".deploy.lock").exists()
+    assert sorted(p.name for p in (root / "releases").iterdir()) == versions[-3:]
+    tampered = tmp_path / "staged" / versions[0]
+    (tampered / "bundle" / "model.pte").write_bytes(b"changed after the manifest")
+    with (
+        pytest.raises(DeployError, match="checking the copy against its manifest failed"),
+        releases(target, str(root)) as kept,
+    ):
+        kept.push(tampered, "20260106-m-abcd")
+    with releases(target, str(root)) as kept:  # what the failed deploy left is cleared by the next one
+        assert not list((root / "releases").glob("*.partial"))
+        kept.push(tmp_path / "staged" / versions[1], "20260107-m-abcd")
+        assert kept.set_aside("20260107-m-abcd").endswith("20260107-m-abcd.failed")
+    assert os.readlink(root / "current") == f"releases/{versions[-1]}"
+
+    class Full(type(target)):
+        def free_space(self, path: str) -> int:
+            return 10
+
+    with pytest.raises(DeployError, match="out of disk space: the release needs .* MB under .*, 0.0 MB are free"):
+        with releases(Full(target.device), str(root)) as kept:
+            kept.push(tmp_path / "staged" / versions[1], "20260108-m-abcd")
+    assert not list((root / "releases").glob("20260108*")) and target.free_space(str(root)) > 0
 
 
 def test_compare_lines_up_every_figure():
@@ -402,7 +451,7 @@ def test_a_phones_big_and_little_cores_are_told_apart_by_frequency_and_part():
     ],
 )
 def test_adbs_failures_are_explained_in_one_line(output, says):
-    from deploy.android import explain_adb
+    from deploy.transport.adb import explain_adb
 
     line = explain_adb(output, "the Android device X")
     assert says in line and "\n" not in line
@@ -468,7 +517,7 @@ class LocalShell:
 
 def test_one_deploy_at_a_time_per_device_and_a_stale_lock_is_taken_over(tmp_path):
     """Two deploys would remove each other's unfinished release and race to switch current."""
-    from deploy.target import LOCK_STALE_S, device_lock
+    from deploy.release import LOCK_STALE_S, device_lock
 
     root, shell = str(tmp_path / "mobilenet-edge"), LocalShell()
     with device_lock(shell, root):
@@ -514,3 +563,25 @@ def test_one_deploy_at_a_time_per_device_and_a_stale_lock_is_taken_over(tmp_path
     with pytest.raises(DeployError, match="cannot create .*deploy.lock on the test device: .*disk space"):
         with device_lock(FullDisk(), str(tmp_path / "other")):
             pass
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"[1, 2]",
+        b"\xff\xfe\x00garbage",
+        b"{}",
+        b'{"figures": {}}' + b"x",
+        b"[" * 100000,
+        b'{"figures": {"a": 1}, "device": 3, "versions": [1]}',
+    ],
+)
+def test_device_report_compare_says_what_is_wrong_in_one_line(tmp_path, content):
+    (tmp_path / "a.json").write_bytes(content)
+    good = tmp_path / "b.json"
+    good.write_text(json.dumps({"figures": {"latency": {"1": {"p50": 2.0}}}}))
+    result = run_module("-m", "device_tests.compare", str(tmp_path / "a.json"), str(good), text=True)
+    if content.endswith(b'"versions": [1]}'):
+        assert result.returncode == 0 and "| latency.1.p50 | - | 2.0 | - |" in result.stdout, result.stderr
+    else:
+        one_error_line(result)

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import FakeClock, fake_meta, headless_chromium, write_video
+from conftest import FakeClock, fake_meta, headless_chromium, one_error_line, run_module, write_video
 
 import edge as edge_api
 from edge.bundle import Bundle
@@ -431,3 +431,38 @@ def test_run_stats_keep_fixed_memory_and_exact_short_run_figures():
     assert stats.frames == 1000 and stats.latency_ms.values.size == 100
     assert stats.summary()["latency_ms"]["p50"] == pytest.approx(949.5), "the last 100 frames"
     assert stats.summary()["fps"] == pytest.approx(10), "over the whole run"
+
+
+def test_edge_bench_checks_its_output_and_source_before_the_work(tiny_bundle, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "broken.jpg").write_bytes(b"not a jpeg")
+    source = ["--source", str(tmp_path / "frames"), "--threads", "1"]
+    start = time.monotonic()
+    assert "is a folder" in one_error_line(
+        run_module("-m", "edge.bench", str(tiny_bundle), *source, "--json", str(tmp_path / "out"), text=True)
+    )
+    assert time.monotonic() - start < 60, "refused at once, not after a 120 s benchmark"
+    assert "no frame" in one_error_line(run_module("-m", "edge.bench", str(tiny_bundle), *source, text=True))
+    assert (
+        "want a number of seconds >= 1"
+        in run_module("-m", "edge.bench", str(tiny_bundle), *source, "--seconds", "0.001", text=True).stderr
+    )
+    assert "--warmup (10 s) must be shorter" in one_error_line(
+        run_module("-m", "edge.bench", str(tiny_bundle), *source, "--seconds", "5", text=True)
+    )
+
+
+def test_edge_commands_check_outputs_and_say_which_command_fits(tiny_bundle, tmp_path):
+    image = tmp_path / "one.jpg"
+    cv2.imwrite(str(image), np.zeros((20, 20, 3), np.uint8))
+    assert "edge predict" in one_error_line(run_module("-m", "edge", "eval", str(tiny_bundle), str(image), text=True))
+    assert "edge predict" in one_error_line(
+        run_module("-m", "edge", "run", str(tiny_bundle), "--source", str(image), text=True)
+    )
+    assert "is a folder" in one_error_line(
+        run_module("-m", "edge", "run", str(tiny_bundle), "--source", "procedural", "--jsonl", str(tmp_path), text=True)
+    )
+    assert "between 1 and" in one_error_line(
+        run_module("-m", "edge", "predict", str(tiny_bundle), str(image), "--threads", str(2**32 + 1), text=True)
+    )

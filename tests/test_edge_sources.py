@@ -1,6 +1,7 @@
 """Frame sources and the newest-frame capture thread (no camera here: Picamera2 is a stand-in)."""
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -8,7 +9,7 @@ import time
 import cv2
 import numpy as np
 import pytest
-from conftest import FakeClock, write_video
+from conftest import FakeClock, run_module, write_video
 
 from edge.capture import Capture
 from edge.serve import Broadcast, Server
@@ -337,3 +338,27 @@ def test_a_stalled_stream_is_warned_about_timed_out_and_its_gap_counted_from_the
     assert any("has sent no frame for" in r.getMessage() for r in caplog.records), "warned while silent"
     assert capture.stats.reconnects >= 1
     assert capture.stats.gap_s >= 2.0, f"counted from the last frame, not from the reconnect: {capture.stats}"
+
+
+def test_edge_run_skips_a_fifo_in_its_folder(tiny_bundle, tmp_path):
+    os.mkfifo(tmp_path / "a.jpg")
+    cv2.imwrite(str(tmp_path / "b.jpg"), np.full((40, 40, 3), 99, np.uint8))
+    result = run_module(
+        "-m",
+        "edge",
+        "run",
+        str(tiny_bundle),
+        "--source",
+        str(tmp_path),
+        "--headless",
+        "--jsonl",
+        "-",
+        "--fps",
+        "0",
+        "--threads",
+        "1",
+        timeout=120,
+        text=True,
+    )
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 1, result.stderr
+    assert "a.jpg is a FIFO" in result.stderr

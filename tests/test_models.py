@@ -1,7 +1,12 @@
 """The MobileNet zoo: shapes, the papers' cost tables, torchvision-format weights, torch.export."""
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
+from conftest import run_module
 from torch.export import Dim
 
 from training.models import MODELS, WeightsError, create_model
@@ -35,9 +40,6 @@ def test_costs_match_the_papers(key):
 
 
 def test_cli_prints_one_json_line():
-    import json
-    import subprocess
-    import sys
 
     out = subprocess.run(
         [sys.executable, "-m", "training.models", "v1", "--width", "0.75", "--resolution", "160"],
@@ -168,3 +170,9 @@ def test_exports_with_dynamic_batch(name):
         x = torch.randn(batch, 3, 96, 96)
         with torch.no_grad():
             torch.testing.assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.parametrize("args", [["--width", "1e300"], ["--width", "50"], ["--resolution", "99999999"]])
+def test_model_counts_refuse_absurd_shapes_in_one_line(args):
+    result = run_module("-m", "training.models", "v1", *args, text=True)
+    assert result.returncode > 0 and "Traceback" not in result.stderr and "error:" in result.stderr

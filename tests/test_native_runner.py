@@ -178,8 +178,8 @@ def test_build_is_keyed_by_source_and_machine():
 
 @pytest.fixture(scope="module")
 def edge_bench(tmp_path_factory):
-    """edge-bench built for this machine, as deploy/runner_package.py builds it for a phone."""
-    from deploy.runner_package import compile_command
+    """edge-bench built for this machine, as deploy/environment/runner_package.py builds it for a phone."""
+    from deploy.environment.runner_package import compile_command
 
     out = tmp_path_factory.mktemp("edge_bench") / "edge-bench"
     compile_command(

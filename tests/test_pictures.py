@@ -6,6 +6,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from conftest import run_module
 
 from deploy import pictures
 from edge.stats import Timeline
@@ -82,6 +83,33 @@ def test_device_report_picture_and_its_link(tmp_path):
     assert path.with_suffix(".md").read_text().count(f"]({pictures.PICTURE})") == 1, "linked once, however often drawn"
 
 
+def test_a_phones_report_shows_latency_by_thread_count_with_its_core_clusters(tmp_path, monkeypatch):
+    """A phone runs no live pipeline: its right panel is what a phone user picks threads by, not an empty box."""
+    rng = np.random.default_rng(0)
+    latency = {
+        str(t): {q: 5.0 / t + k for k, q in enumerate(("p50", "p90", "p99"))} | {"samples_ms": rng.random(50).tolist()}
+        for t in range(1, 9)
+    }
+    cores = {
+        "big": {"cpus": "0-3", "part": "0xd0b", "max_mhz": 2400},
+        "little": {"cpus": "4,5,6,7", "part": "0xd05", "max_mhz": 1800},
+    }
+    drawn = {}
+    real = pictures.draw_threads
+
+    def spy(ax, rows, clusters):
+        real(ax, rows, clusters)
+        drawn.update(
+            title=ax.get_title(), labels=ax.get_legend_handles_labels()[1], texts=[t.get_text() for t in ax.texts]
+        )
+
+    monkeypatch.setattr(pictures, "draw_threads", spy)
+    assert pictures.render(device_report(tmp_path, {"latency": latency, "cores": cores})) is not None
+    assert drawn["title"] == "latency by thread count" and not drawn["texts"], "no 'nothing recorded' text"
+    assert {"p50", "p90", "p99", "big cores: 4, 2400 MHz", "little cores: 4, 1800 MHz"} <= set(drawn["labels"])
+    assert [pictures.cpu_count(s) for s in ("0-3", "4,5,6,7", "0-1,4", "2")] == [4, 4, 3, 1]
+
+
 @pytest.mark.parametrize(
     "content", [b"", b"\xff\xfe random", b"[1, 2]", b'{"figures": {"latency": [1]}}', b'{"figures": {"latency": {}}}']
 )
@@ -91,3 +119,9 @@ def test_unusable_device_reports_draw_nothing_and_say_why(tmp_path, capsys, cont
     assert pictures.render(path) is None
     assert capsys.readouterr().err.startswith("no device report picture: ")
     assert not (tmp_path / pictures.PICTURE).exists()
+
+
+def test_deploy_pictures_on_deep_json_says_so(tmp_path):
+    (tmp_path / "device_report.json").write_text("[" * 100000 + "]" * 100000)
+    result = run_module("-m", "deploy.pictures", str(tmp_path), text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "cannot read" in result.stderr

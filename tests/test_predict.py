@@ -7,16 +7,18 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import fake_meta
+from conftest import fake_meta, one_error_line, run_module
 
 import edge
 from edge.bundle import Bundle, read_golden
 from edge.classify import softmax
 from edge.evaluate import every_class_in_turn
+from edge.images import read_bgr
 from edge.paths import expand
 from edge.predict import predict
 
@@ -213,3 +215,97 @@ def test_eval_limit_takes_every_class_in_turn():
     samples = [(f"{c}{i}", c) for c in range(3) for i in range(4 if c else 1)]
     assert every_class_in_turn(samples)[:4] == [("00", 0), ("10", 1), ("20", 2), ("11", 1)]
     assert sorted(every_class_in_turn(samples)) == sorted(samples), "reordered, none lost"
+
+
+def test_names_that_exist_are_literal_and_loops_are_not_followed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = Path("photos")
+    (root / "a").mkdir(parents=True)
+    for name in ["[x].jpg", "x.jpg", "*.jpg", "a/deep.jpg"]:
+        (root / name).write_bytes(b"jpg")
+    (root / "a" / "loop").symlink_to("..")  # photos/a/loop -> photos: a loop
+    (root / "a" / "loop2").symlink_to("../a")  # and a second one
+    (root / "again.jpg").symlink_to("x.jpg")  # a second name for one file
+    os.mkfifo(root / "pipe.jpg")
+    assert [str(p) for p in expand(["photos/[x].jpg", "photos/*.jpg"]).paths] == ["photos/[x].jpg", "photos/*.jpg"], (
+        "existing names, taken as written"
+    )
+    folder, globbed = expand(["photos"]), expand(["photos/**/*.jpg"])
+    assert (
+        folder.paths == globbed.paths == [root / n for n in ["*.jpg", "[x].jpg", "a/deep.jpg", "again.jpg", "pipe.jpg"]]
+    ), "each file once (x.jpg as again.jpg)"
+    assert len(folder.skipped) == 2 and all("symlink to a folder" in line for line in globbed.skipped)
+    assert expand(["photos/[x]*"]).paths == [root / "x.jpg"], "a glob with a class still globs"
+
+
+def test_a_fifo_and_stdin_are_refused_without_blocking(tiny_bundle, tmp_path):
+    fifo = tmp_path / "frames.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="FIFO"):
+        read_bgr(fifo)
+    result = run_module(
+        "-m",
+        "edge",
+        "predict",
+        str(tiny_bundle),
+        str(fifo),
+        "/dev/stdin",
+        "--jsonl",
+        "--threads",
+        "1",
+        timeout=120,
+        text=True,
+        input="piped bytes",
+    )
+    assert "none of the 2 files" in one_error_line(result)
+    assert [json.loads(line)["error"].split(" is ")[1] for line in result.stdout.splitlines()] == [
+        "a FIFO, not an image file: save what it holds to a file and give that"
+    ] * 2
+
+
+def test_a_name_that_is_not_utf8_and_a_formula_name_under_a_strict_utf8_locale(tiny_bundle, tmp_path):
+    cv2.imwrite(str(tmp_path / "=HYPERLINK(1).png"), np.full((40, 40, 3), 9, np.uint8))
+    os.rename(tmp_path / "=HYPERLINK(1).png", os.fsencode(tmp_path) + b"/=HYPERLINK(\xff).png")
+    env = {"LC_ALL": "C.UTF-8", "PYTHONUTF8": "0", "PYTHONIOENCODING": "utf-8:strict"}
+    for form in ("--csv", "--jsonl", None):
+        result = run_module(
+            "-m",
+            "edge",
+            "predict",
+            str(tiny_bundle),
+            str(tmp_path),
+            "--threads",
+            "1",
+            *([form] if form else []),
+            env=env,
+        )
+        assert result.returncode == 0, result.stderr.decode(errors="replace")
+        out = result.stdout.decode("utf-8")  # strict: the output is valid UTF-8
+        assert "\\xff" in out or "\\udcff" in out, out
+    rows = (
+        run_module(
+            "-m",
+            "edge",
+            "predict",
+            str(tiny_bundle),
+            ".",
+            "--csv",
+            "--top-k",
+            "1000",
+            "--threads",
+            "1",
+            env=env,
+            cwd=tmp_path,
+        )
+        .stdout.decode()
+        .splitlines()
+    )
+    assert rows[1].startswith("\"'="), "a formula is made text, in a quoted cell"
+    assert rows[0].count("label_") == 3, "--top-k is clamped to the model's labels"
+
+
+def test_a_folder_without_images_is_a_skipped_line_not_a_file(tmp_path):
+    (tmp_path / "empty").mkdir()
+    found = expand([str(tmp_path / "empty"), str(tmp_path / "none*")])
+    assert found.paths == [tmp_path / "none*"], "a glob that matches nothing keeps its line: it does not exist"
+    assert found.skipped == [f"skipped {tmp_path / 'empty'}: no images (.bmp, .jpeg, .jpg, .png, .webp) in it"]

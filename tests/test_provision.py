@@ -7,11 +7,12 @@ import sys
 
 import pytest
 
-from deploy import provision
+from deploy.environment import provision
+from deploy.environment.provision import DeviceFacts, plan_runner, probe, too_old
+from deploy.environment.wheelhouse import Platform, WheelhouseError, explain
 from deploy.profile import load_device
-from deploy.provision import DeviceFacts, plan_runner, probe, too_old
-from deploy.target import DeployError, connect
-from deploy.wheelhouse import Platform, WheelhouseError, explain
+from deploy.transport import DeployError
+from deploy.transport.ssh import connect
 from edge.native.build import library_path
 
 
@@ -74,7 +75,7 @@ def test_without_a_build_here_the_device_compiles_or_the_deploy_says_neither_can
 
 
 def test_a_cached_wheelhouse_is_used_without_pip(tmp_path, monkeypatch):
-    from deploy import wheelhouse
+    from deploy.environment import wheelhouse
 
     platform, packages, runtime = Platform("aarch64", "2.36", "3.11"), "numpy\n", "executorch==1\n"
     cached = tmp_path / f"aarch64-py3.11-{wheelhouse.key(platform, packages, runtime)}"

@@ -12,6 +12,7 @@ import torch
 from conftest import DATA, QUIET, RUNS_ARCH, write_colour_images
 
 from edge.bundle import BundleError, load_bundle, read_meta
+from edge.command import run_main
 from edge.parity import check as check_parity
 from edge.parity import logit_tolerance
 from export.cli import main as export_main
@@ -295,8 +296,9 @@ def test_ptq_and_fp32_exports_of_a_float_checkpoint(tiny_float_run, colour_bundl
 
 
 def export_error(*args) -> str:
+    """The line python -m export prints for these arguments."""
     with pytest.raises(SystemExit) as exit:
-        export_main([str(a) for a in args])
+        run_main("export.cli", argv=[str(a) for a in args])
     assert exit.value.code not in (0, None)
     return exit.value.code
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from edge.command import positive_float, positive_int
+from edge.command import HelpFormatter, positive_float, positive_int
 
 from .models import MODELS, create_model
 
@@ -40,7 +40,9 @@ def throughput(name: str, resolution: int, batch_size: int, seconds: float, warm
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.bench", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--resolutions", nargs="+", type=positive_int, default=[64, 128, 224])
     parser.add_argument("--batch-size", type=positive_int, default=32)

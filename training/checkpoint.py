@@ -5,8 +5,10 @@ from pathlib import Path
 
 import torch
 
+from edge.command import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, unreadable or of the wrong kind."""
 
 

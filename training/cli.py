@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_summary import get_human_readable_count
 
+from edge.command import UserError
 from edge.files import blocking_file
 
 from .checkpoint import CheckpointError, read_checkpoint
@@ -90,7 +91,7 @@ def check_epochs(config) -> None:
         raise argparse.ArgumentError(None, f"--trainer.max_epochs={epochs}: give 1 or more epochs")
 
 
-class OutputError(RuntimeError):
+class OutputError(UserError):
     """Where a run writes is taken by something that is not a directory."""
 
 

@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from edge.command import UserError
 from edge.files import atomic_path, class_folders, folder_images
 from edge.images import MAX_PIXELS, file_problem, read_bgr
 from edge.preprocess import InputSpec
@@ -42,7 +43,7 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """A dataset that cannot be used as given; the message says what to do."""
 
 

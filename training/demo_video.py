@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from edge.command import frame_size, positive_float, positive_int
+from edge.command import HelpFormatter, frame_size, positive_float, positive_int
 from edge.files import atomic_path
 
 from .procedural import CLASSES, ProceduralShapes
@@ -57,11 +57,13 @@ def _write_frames(tmp: Path, shapes, rng, seconds: float, fps: int, size: tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.demo_video", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.demo_video", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--seconds", type=positive_float, default=20)
     parser.add_argument("--fps", type=positive_int, default=30)
-    parser.add_argument("--size", type=frame_size, default=(640, 480), help="WIDTHxHEIGHT (default 640x480)")
+    parser.add_argument("--size", type=frame_size, default=(640, 480), help="WIDTHxHEIGHT")
     args = parser.parse_args()
     w, h = args.size
     if w < h or args.seconds < 1:

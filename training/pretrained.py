@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from edge.command import HelpFormatter, UserError
 from edge.files import cache_root
 
 from .models import MODELS, WeightsError
@@ -96,7 +97,7 @@ def fetch(name: str) -> Path:
     return dest
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """The server's answer cannot make a whole file; the message says how."""
 
 
@@ -153,13 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m training.pretrained",
         description="Download torchvision's ImageNet weights of a model into the cache (what WEIGHTS=imagenet does).",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("model", choices=sorted(FILES))
     args = parser.parse_args(argv)
-    try:
-        print(imagenet_weights(args.model, 1.0))
-    except WeightsError as e:
-        sys.exit(f"error: {e}")
+    print(imagenet_weights(args.model, 1.0))
 
 
 if __name__ == "__main__":

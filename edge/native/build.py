@@ -18,15 +18,19 @@ import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
+from edge.command import UserError
+
 from ..files import atomic_path
 
 SOURCE = Path(__file__).resolve().with_name("runner.cpp")
-COMMAND_SOURCE = SOURCE.with_name("bench_main.cpp")  # edge-bench: the runner as a command (deploy/runner_package.py)
+COMMAND_SOURCE = SOURCE.with_name(
+    "bench_main.cpp"
+)  # edge-bench: the runner as a command (deploy/environment/runner_package.py)
 # Linked with --no-as-needed: the XNNPACK backend and the kernels register themselves when loaded.
 LIBRARIES = ("executorch", "executorch_backend_xnnpack", "executorch_threadpool", "executorch_kernels_optimized")
 
 
-class NativeError(RuntimeError):
+class NativeError(UserError):
     """The native runner cannot be built or loaded; the message says what to install or run."""
 
 

@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge.command import UserError
+
 from ..checkpoint import safe_load
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
@@ -21,7 +23,7 @@ MODELS = {
 MAX_WIDTH = 4.0  # the papers go to 1.4; far beyond, channel counts overflow what any device holds
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file that does not fit the requested architecture."""
 
 

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from edge.command import positive_float, positive_int
+from edge.command import HelpFormatter, positive_float, positive_int
 
 from . import MAX_WIDTH, MODELS
 from .cost import count
@@ -16,7 +16,9 @@ MAX_RESOLUTION, MAX_CLASSES = 4096, 100_000  # counted on the meta device: these
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.models", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.models", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("model", choices=list(MODELS))
     parser.add_argument(
         "--width", type=positive_float, default=1.0, help=f"width multiplier alpha, at most {MAX_WIDTH}"

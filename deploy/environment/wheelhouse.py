@@ -16,15 +16,16 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.files import blocking_file
+from edge.command import UserError
+from edge.files import blocking_file, cache_root
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CACHE = Path("~/.cache/mobilenet-edge/wheelhouses").expanduser()
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE = cache_root() / "wheelhouses"
 OLDEST_MANYLINUX = 17  # manylinux_2_17 (manylinux2014): the oldest glibc PyPI's aarch64 wheels are built for
 COMPLETE = "wheelhouse.json"
 
 
-class WheelhouseError(RuntimeError):
+class WheelhouseError(UserError):
     """The wheels cannot be fetched for this device; the message says why and what to do."""
 
 
@@ -61,8 +62,17 @@ def device_requirements() -> tuple[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     pins = [*project["dependencies"], *extras["edge"], *(r for r in extras["dev"] if r.startswith("pytest"))]
-    runtime = [r for r in extras["train"] if r.startswith("executorch")]
-    return "\n".join(dict.fromkeys(pins)) + "\n", "\n".join(runtime) + "\n"
+    return "\n".join(dict.fromkeys(pins)) + "\n", f"executorch=={executorch_pin()}\n"
+
+
+def executorch_pin() -> str:
+    """The executorch version pyproject.toml pins: the host exports with it, the device runs it. Read
+    here only (the Makefile asks ``python -m deploy.environment.wheelhouse``)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    found = [r.split("==", 1)[1] for r in project["optional-dependencies"]["train"] if r.startswith("executorch==")]
+    if len(found) != 1:
+        raise WheelhouseError("pyproject.toml pins no single executorch== in its train extra: pin one")
+    return found[0]
 
 
 def key(platform: Platform, packages: str, runtime: str) -> str:
@@ -150,3 +160,12 @@ def explain(stderr: str, platform: Platform) -> str:
         return "cannot reach the package index from this machine to fetch the device's wheels: check its network"
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     return f"downloading the device's wheels failed: {lines[-1] if lines else 'pip gave no reason'}"
+
+
+def main() -> None:
+    """Print the executorch requirement, for the Makefile's setup on a Pi (the wheel is installed --no-deps)."""
+    print(f"executorch=={executorch_pin()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """The native runner as a self-contained aarch64 Linux package, built on this machine for a device.
 
-    python -m deploy.runner_package [--cache DIR] [--force]
+    python -m deploy.environment.runner_package [--cache DIR] [--force]
 
 The package holds ``edge-bench`` (the app's runner as a command: edge/native/bench_main.cpp over runner.cpp),
 ExecuTorch's runtime libraries from the pinned ``executorch`` manylinux aarch64 wheel, and the C and C++
@@ -24,12 +24,13 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from deploy.wheelhouse import Platform, WheelhouseError, download
-from edge.files import blocking_file
+from edge.command import HelpFormatter, UserError
+from edge.files import blocking_file, cache_root
 from edge.native.build import COMMAND_SOURCE, LIBRARIES, SOURCE, compile_flags, library_name, link_flags
+
+from .wheelhouse import Platform, WheelhouseError, download, executorch_pin
 
 CROSS_COMPILER = "aarch64-linux-gnu-g++"
 CROSS_PACKAGE = "g++-aarch64-linux-gnu"  # Debian and Ubuntu
@@ -39,20 +40,12 @@ GLIBC = {LOADER, "libc.so.6", "libm.so.6", "libdl.so.2", "libpthread.so.0"}  # s
 WHEEL_GLIBC = "2.28"  # the executorch wheel's manylinux: the glibc its libraries need
 WHEEL_PLATFORM = f"manylinux_2_{WHEEL_GLIBC.split('.')[1]}_aarch64"
 COMMAND = "edge-bench"
-DEFAULT_CACHE = Path("~/.cache/mobilenet-edge/runner-packages").expanduser()
+DEFAULT_CACHE = cache_root() / "runner-packages"
 SIZE_GOAL_MB = 20
 
 
-class PackageError(RuntimeError):
+class PackageError(UserError):
     """The package cannot be built here; the message says what to install or do."""
-
-
-def executorch_version() -> str:
-    """The executorch this environment has installed: the host exports with it, so the device runs it too."""
-    try:
-        return version("executorch")
-    except PackageNotFoundError:
-        raise PackageError("executorch is not installed here: run make setup") from None
 
 
 def cross_compiler() -> str:
@@ -171,7 +164,7 @@ def build_library(python: str, cache: Path = DEFAULT_CACHE) -> Path:
     own build and found by it in place of one. It loads ExecuTorch's libraries from the environment's
     executorch wheel, by a path relative to itself (the environment's ``lib/edge-runner/``).
     """
-    compiler, runtime = cross_compiler(), executorch_version()
+    compiler, runtime = cross_compiler(), executorch_pin()
     out = cache / f"library-{package_key(compiler, runtime)}-py{python}" / library_name("aarch64")
     if out.is_file():
         return out
@@ -212,7 +205,7 @@ def compiler_version(compiler: str) -> str:
 
 def build(cache: Path = DEFAULT_CACHE, force: bool = False) -> Path:
     """The package directory for this runner source and runtime, built unless it is in ``cache``."""
-    compiler, runtime = cross_compiler(), executorch_version()
+    compiler, runtime = cross_compiler(), executorch_pin()
     out = cache / f"aarch64-{package_key(compiler, runtime)}"
     if (out / "package.json").is_file() and not force:
         return out
@@ -256,21 +249,22 @@ def glibc_of_sysroot() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.runner_package", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.environment.runner_package",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument(
         "--cache",
         type=Path,
         default=DEFAULT_CACHE,
-        help=f"where packages and the downloaded wheel are kept (default {DEFAULT_CACHE})",
+        help="where packages and the downloaded wheel are kept",
     )
     parser.add_argument("--force", action="store_true", help="build again even when the package is cached")
     args = parser.parse_args(argv)
     if where := blocking_file(args.cache.absolute()):
         parser.error(f"--cache {args.cache}: {where} exists and is not a directory")
-    try:
-        package = build(args.cache, args.force)
-    except PackageError as e:
-        sys.exit(f"error: {e}")
+    package = build(args.cache, args.force)
     info = json.loads((package / "package.json").read_text())
     size = info["bytes"] / 2**20
     goal = "within" if size <= SIZE_GOAL_MB else "over"
@@ -281,4 +275,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from edge.command import run_main
+
+    run_main("deploy.environment.runner_package")

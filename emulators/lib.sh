@@ -1,10 +1,11 @@
-# Sourced by deploy/pi-emu.sh and deploy/android-emu.sh: what both emulators do alike. A binfmt_misc entry,
+# Sourced by emulators/pi.sh and emulators/android.sh: what both emulators do alike, and their one command line
+# (up|down|status, each script defining the three). A binfmt_misc entry,
 # named $ENTRY, under which every aarch64 ELF runs in qemu-user as a Cortex-A76 (each emulator registers its
 # own, so stopping one leaves the other running), qemu inside the root, mounts recorded as they are made,
 # and ending what still runs in the root. Needs QEMU, BINFMT, STATE, ROOT and ENTRY set, and root.
 # What was changed for all of them (Debian's entry turned off, binfmt_misc mounted) is recorded in one shared
 # place and undone by the last one down.
-SHARED=${EMU_SHARED_DIR:-$HOME/.cache/mobilenet-edge}
+SHARED=${EMU_SHARED_DIR:-${MOBILENET_EDGE_CACHE:-$HOME/.cache/mobilenet-edge}}
 
 # binfmt_misc entry whose interpreter runs qemu as a Cortex-A76: qemu's default CPU model gives
 # silently wrong int8 results, and a fake cpuinfo naming another core ends in SIGILL.
@@ -83,4 +84,14 @@ end_root_processes() {
     local pids
     pids=$(for p in /proc/[0-9]*; do [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && basename "$p"; done || true)
     [ -n "$pids" ] && kill $pids 2>/dev/null || true
+}
+
+# The command line of both emulators: up, down or status, as the script defines them.
+emulator_main() {
+    case "${1:-}" in
+        up) up ;;
+        down) down ;;
+        status) status ;;
+        *) die "usage: $0 up|down|status" ;;
+    esac
 }

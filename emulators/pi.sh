@@ -2,9 +2,9 @@
 # An emulated Raspberry Pi 5 on this machine: Debian bookworm arm64 under qemu-user, every process a
 # Cortex-A76 (the Pi 5's core), sshd on a free 127.0.0.1 port, a `pi` user with a throwaway key.
 #
-#   deploy/pi-emu.sh up      build the root once (cached), start it, write the SSH settings
-#   deploy/pi-emu.sh down    stop sshd, unmount, unregister the binfmt entry
-#   deploy/pi-emu.sh status  running or not, and the make deploy line
+#   emulators/pi.sh up      build the root once (cached), start it, write the SSH settings
+#   emulators/pi.sh down    stop sshd, unmount, unregister the binfmt entry
+#   emulators/pi.sh status  running or not, and the make deploy line
 #
 # Needs root (mount, chroot, binfmt_misc). Missing Debian packages are installed with apt-get.
 # State lives outside the clone, in PI_EMU_DIR (default ~/.cache/mobilenet-edge/pi-emu):
@@ -13,7 +13,7 @@
 #   state/       the key pair, the fake cpuinfo, sshd's PID, what was mounted and registered
 set -euo pipefail
 
-DIR=${PI_EMU_DIR:-$HOME/.cache/mobilenet-edge/pi-emu}
+DIR=${PI_EMU_DIR:-${MOBILENET_EDGE_CACHE:-$HOME/.cache/mobilenet-edge}/pi-emu}
 ROOT=$DIR/root
 STATE=$DIR/state
 SUITE=bookworm
@@ -33,7 +33,7 @@ MIDR=0x00000000414fd0b1
 die() { echo "error: $*" >&2; exit 1; }
 say() { echo "pi-emu: $*" >&2; }
 # What both emulators share: the binfmt entry, qemu in the root, mounts, ending the root's processes.
-source "$(dirname "$0")/emu-lib.sh"
+source "$(dirname "$0")/lib.sh"
 
 need_root() {
     [ "$(id -u)" -eq 0 ] || die "the emulated Pi needs root (mount, chroot, binfmt_misc): run it with sudo"
@@ -194,9 +194,4 @@ status() {
     fi
 }
 
-case "${1:-}" in
-    up) up ;;
-    down) down ;;
-    status) status ;;
-    *) die "usage: $0 up|down|status" ;;
-esac
+emulator_main "$@"

@@ -1,8 +1,8 @@
 """How the runtime reaches a Pi: its Python packages and its native runner, both prepared on this machine.
 
 A Pi in the field may have no internet and no compiler. So the device's wheels are downloaded here
-(deploy/wheelhouse.py), copied over and installed with ``pip install --no-index``; and the runner is
-cross-compiled here (deploy/runner_package.py) and put where the device's own build would be. Only when
+(deploy/environment/wheelhouse.py), copied over and installed with ``pip install --no-index``; and the runner is
+cross-compiled here (deploy/environment/runner_package.py) and put where the device's own build would be. Only when
 no cross-compiler is found here (or the device's C library is too old for that build) does the device
 compile the runner itself, and the deploy says which. Each way is recorded on the device beside what it
 made, so its device report says how the runtime got there.
@@ -16,8 +16,9 @@ from pathlib import Path
 
 from edge.native.build import ORIGIN_SUFFIX, PACKAGES_ORIGIN, library_name
 
+from ..profile import Device
+from ..transport import DeployError, Transport
 from . import runner_package, wheelhouse
-from .target import DeployError, Target
 
 # Runs on the device with its own Python: the facts that decide which wheels and which runner build fit it.
 PROBE = r"""
@@ -51,7 +52,7 @@ class RunnerPlan:
     present: bool = False  # the environment has this runner source's build already
 
 
-def probe(target: Target, python: str) -> DeviceFacts:
+def probe(target: Transport, python: str) -> DeviceFacts:
     result = target.run([python, "-c", PROBE], what=f"reading the Python version and C library of {target.where}")
     try:
         return DeviceFacts(**json.loads(result.stdout.strip().splitlines()[-1]))
@@ -70,7 +71,7 @@ def runner_file(facts: DeviceFacts, venv: str) -> str:
     return f"{venv}/lib/edge-runner/{library_name(facts.machine)}"
 
 
-def plan_runner(target: Target, facts: DeviceFacts, venv: str) -> RunnerPlan:
+def plan_runner(target: Transport, facts: DeviceFacts, venv: str) -> RunnerPlan:
     """Nothing when the environment has this runner already. Else cross-compile here when this machine can
     and the device's C and C++ libraries are new enough for what that build needs; else the device's own
     compiler; else one line saying neither will do."""
@@ -110,14 +111,11 @@ def too_old(library: Path, facts: DeviceFacts) -> str | None:
 
 
 def install_packages(
-    target: Target, facts: DeviceFacts, root: str, venv: str, release: str, bwlimit: int | None
+    target: Transport, device: Device, facts: DeviceFacts, root: str, venv: str, release: str, bwlimit: int | None
 ) -> None:
     """Make the environment from wheels fetched here: the device reaches no index (``--no-index``)."""
     packages, runtime = wheelhouse.device_requirements()
-    try:
-        wheels, downloaded = wheelhouse.build(facts.platform(), packages, runtime)
-    except wheelhouse.WheelhouseError as e:
-        raise DeployError(str(e)) from None
+    wheels, downloaded = wheelhouse.build(facts.platform(), packages, runtime)
     info = json.loads((wheels / wheelhouse.COMPLETE).read_text())
     size = f"{len(info['wheels'])} wheels, {info['bytes'] / 2**20:.0f} MB"
     print(
@@ -125,9 +123,9 @@ def install_packages(
         file=sys.stderr,
     )
     remote = f"{root}/wheelhouse"
-    target.push(wheels, remote, bwlimit)
+    target.push(wheels, remote, "copying the wheelhouse", bwlimit=bwlimit)
     target.run(["rm", "-rf", venv], what="removing an unfinished environment")
-    target.run([target.device.python, "-m", "venv", *target.device.venv_flags, venv], what="creating the venv")
+    target.run([device.python, "-m", "venv", *device.venv_flags, venv], what="creating the venv")
     pip = [
         f"{venv}/bin/python",
         "-m",
@@ -154,7 +152,9 @@ def install_packages(
     target.run(["rm", "-rf", remote], what="removing the copied wheelhouse")
 
 
-def install_runner(target: Target, plan: RunnerPlan, facts: DeviceFacts, venv: str, release: str, python: str) -> None:
+def install_runner(
+    target: Transport, plan: RunnerPlan, facts: DeviceFacts, venv: str, release: str, python: str
+) -> None:
     """Put the runner where the environment's ``python -m edge.native`` finds it, once per runner source:
     the one built here, else the device's own build."""
     if plan.present:
@@ -173,7 +173,7 @@ def install_runner(target: Target, plan: RunnerPlan, facts: DeviceFacts, venv: s
     record(target, library + ORIGIN_SUFFIX, plan.origin)
 
 
-def record(target: Target, path: str, line: str) -> None:
+def record(target: Transport, path: str, line: str) -> None:
     target.run(["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", line, path], what=f"writing {path}")
 
 

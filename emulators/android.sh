@@ -3,11 +3,11 @@
 # library at all (as on Android, whose bionic our glibc-built runner cannot use), a static busybox as
 # /system/bin/sh, a getprop, /data/local/tmp, a phone's CPUs (4 Cortex-A76 + 4 Cortex-A55, with their MIDRs
 # and max frequencies) and thermal zones; every process a Cortex-A76 under qemu-user; and an adbd
-# (deploy/adbd.py) on a free 127.0.0.1 port that `adb connect` reaches.
+# (emulators/adbd.py) on a free 127.0.0.1 port that `adb connect` reaches.
 #
-#   deploy/android-emu.sh up      build the root once (cached), start adbd, adb connect, write adb.yaml
-#   deploy/android-emu.sh down    adb disconnect, stop adbd, unmount, unregister the binfmt entry
-#   deploy/android-emu.sh status  running or not, and the make deploy line
+#   emulators/android.sh up      build the root once (cached), start adbd, adb connect, write adb.yaml
+#   emulators/android.sh down    adb disconnect, stop adbd, unmount, unregister the binfmt entry
+#   emulators/android.sh status  running or not, and the make deploy line
 #
 # Needs root (mount, chroot, binfmt_misc). Missing Debian packages are installed with apt-get.
 # State lives outside the clone, in ANDROID_EMU_DIR (default ~/.cache/mobilenet-edge/android-emu):
@@ -16,7 +16,7 @@
 #   state/       adbd's PID, port and log, the fake cpuinfo, what was mounted and registered
 set -euo pipefail
 
-DIR=${ANDROID_EMU_DIR:-$HOME/.cache/mobilenet-edge/android-emu}
+DIR=${ANDROID_EMU_DIR:-${MOBILENET_EDGE_CACHE:-$HOME/.cache/mobilenet-edge}/android-emu}
 ROOT=$DIR/root
 STATE=$DIR/state
 QEMU=/usr/bin/qemu-aarch64-static
@@ -32,7 +32,7 @@ CORES=8  # 4 big, 4 little
 
 die() { echo "error: $*" >&2; exit 1; }
 say() { echo "android-emu: $*" >&2; }
-source "$(dirname "$0")/emu-lib.sh"
+source "$(dirname "$0")/lib.sh"
 
 need_root() {
     [ "$(id -u)" -eq 0 ] || die "the emulated phone needs root (mount, chroot, binfmt_misc): run it with sudo"
@@ -140,7 +140,7 @@ running() {
 
 start_adbd() {
     rm -f "$STATE/adbd.port"
-    (cd "$PROJECT" && exec "$PYTHON" -m deploy.adbd "$ROOT" --port-file "$STATE/adbd.port") \
+    (cd "$PROJECT" && exec "$PYTHON" -m emulators.adbd "$ROOT" --port-file "$STATE/adbd.port") \
         >"$STATE/adbd.log" 2>&1 &
     echo $! > "$STATE/adbd.pid"
     for _ in $(seq 100); do
@@ -210,9 +210,4 @@ status() {
     fi
 }
 
-case "${1:-}" in
-    up) up ;;
-    down) down ;;
-    status) status ;;
-    *) die "usage: $0 up|down|status" ;;
-esac
+emulator_main "$@"

@@ -1,6 +1,6 @@
 """An adbd for the emulated phone: the device side of the ADB protocol over TCP, running commands in a root.
 
-    python -m deploy.adbd ROOT [--port 0] [--port-file F] [--refuse-auth | --mute] [--kbps N]
+    python -m emulators.adbd ROOT [--port 0] [--port-file F] [--refuse-auth | --mute] [--kbps N]
 
 The real ``adb`` client connects to it (``adb connect 127.0.0.1:PORT``), so what ``make test-android`` checks
 is the client's own behaviour. It speaks what that client uses (AOSP's protocol.txt, SYNC.TXT and
@@ -27,6 +27,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from edge.command import HelpFormatter
 
 VERSION = 0x01000001
 MAX_PAYLOAD = 256 * 1024
@@ -400,9 +402,11 @@ def serve(root: Path, port: int, port_file: Path | None, mode: str | None, kbps:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m deploy.adbd", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m emulators.adbd", description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("root", type=Path, help="the emulated phone's root directory")
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default 0: a free one)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--port-file", type=Path, help="write the port here once listening")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
