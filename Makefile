@@ -8,9 +8,8 @@ SHELL := /bin/bash
 # (imagenet, or a torchvision-format file, to fine-tune) or CKPT= (a float checkpoint to start QAT from),
 # RUN= and OUT= (runs/MODEL, artifacts/MODEL), ARGS= (extra LightningCLI arguments, e.g.
 # ARGS="--data.batch_size=64"), EXPORT_ARGS= (extra python -m export options).
+# MODEL names the default bundle (artifacts/MODEL); without MODEL= it is the default recipe's model.
 MODEL ?= $(shell sed -n 's/^model: *\([a-z0-9_]*\).*/\1/p' configs/recipes/default.yaml)
-PRECISION ?= int8
-OUT ?= artifacts/$(MODEL)
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -28,19 +27,20 @@ q = '$(subst ','\'',$(1))'
 qs = $(foreach word,$(1),$(call q,$(word)))
 qm = $(call q,$(subst $$,$$$$,$(1)))# for a sub-make's command line, which expands a value once more
 opt = $(if $(2),$(1)=$(call q,$(2)),)
-# Each pipeline variable as its flag, when given (an empty DATA= is given: the procedural shapes).
-PIPELINE_ARGS = $(call opt,--recipe,$(RECIPE)) --model=$(call q,$(MODEL)) $(if $(call given,DATA),--data=$(call q,$(DATA))) \
-	$(call opt,--epochs,$(EPOCHS)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) $(call opt,--res,$(RES)) $(call opt,--width,$(WIDTH)) \
-	$(call opt,--ckpt,$(CKPT)) $(call opt,--weights,$(WEIGHTS)) $(call opt,--run,$(RUN)) --out=$(call q,$(OUT)) \
-	$(call opt,--args,$(ARGS)) $(call opt,--export-args,$(EXPORT_ARGS))
+# Each variable reaches its program as a flag only when given: every default lives in the program or its
+# recipe, never here (an empty DATA= is given: the procedural shapes).
+PIPELINE_ARGS = $(call opt,--recipe,$(RECIPE)) $(if $(call given,MODEL),--model=$(call q,$(MODEL))) \
+	$(if $(call given,DATA),--data=$(call q,$(DATA))) $(call opt,--epochs,$(EPOCHS)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) \
+	$(call opt,--res,$(RES)) $(call opt,--width,$(WIDTH)) $(call opt,--ckpt,$(CKPT)) $(call opt,--weights,$(WEIGHTS)) \
+	$(call opt,--run,$(RUN)) $(call opt,--out,$(OUT)) $(call opt,--args,$(ARGS)) $(call opt,--export-args,$(EXPORT_ARGS))
 
 # The edge app: BUNDLE to run, SOURCE (empty: a generated video of the procedural shapes; picamera; 0; a file/URL).
 BUNDLE ?= artifacts/$(MODEL)
 SOURCE ?=
-SERVE ?= 127.0.0.1:8080
+SERVE ?=
 WINDOW ?=
 DEMO_VIDEO := artifacts/demo.mp4
-BENCH_SECONDS ?= 120
+BENCH_SECONDS ?=
 THREADS ?=
 
 # Deploy: DEVICE is a profile in configs/devices/; HOST= (user@host) PORT= KEY= REMOTE_DIR= DEVICE_PYTHON= THREADS=
@@ -68,16 +68,16 @@ DEVICE_ARGS := $(call opt,--serial,$(SERIAL)) $(call opt,--host,$(HOST)) $(call 
 	$(call opt,--remote-dir,$(REMOTE_DIR)) $(call opt,--python,$(DEVICE_PYTHON)) $(call opt,--threads,$(THREADS)) \
 	$(call opt,--known-hosts,$(KNOWN_HOSTS))
 DEPLOY_ARGS := $(DEVICE_ARGS) --reports=$(call q,$(REPORTS)) $(call opt,--bwlimit,$(BWLIMIT)) $(if $(NO_TESTS),--no-tests,) \
-	$(if $(SERVICE),--service --serve=$(call q,$(SERVE)),)
+	$(if $(SERVICE),--service $(call opt,--serve,$(SERVE)),)
 
-# make sweep: every MODELS x WIDTHS x RES point built by the pipeline with the sweep recipe (configs/recipes/sweep.yaml;
-# EPOCHS, QAT_EPOCHS, DATA, RES, WEIGHTS, ARGS override it as in make qat) and timed on DEVICE (here: local unless
-# given; rpi5 with HOST=...). BUDGET_MS= copies the best bundle within it (p90) to artifacts/sweep/best; JOBS= points
-# built at once.
-MODELS ?= v3_small v1
-WIDTHS ?= 0.5 1.0
+# make sweep: every MODELS x WIDTHS x RES point built by the pipeline with the sweep recipe (configs/recipes/sweep.yaml
+# holds the grid; EPOCHS, QAT_EPOCHS, DATA, RES, WEIGHTS, ARGS override it as in make qat) and timed on DEVICE (here:
+# local unless given; rpi5 with HOST=...). BUDGET_MS= copies the best bundle within it (p90) to artifacts/sweep/best;
+# JOBS= points built at once.
+MODELS ?=
+WIDTHS ?=
 BUDGET_MS ?=
-JOBS ?= 1
+JOBS ?=
 SWEEP_DEVICE := $(if $(call given,DEVICE),$(DEVICE),local)
 
 .PHONY: help setup bundle train qat export collect lint test test-sweep test-repeat test-fast test-deps demo bench-edge deploy device-report sweep bench-train bench-qat bench-sweep bench-peers bench-peers-profile clean \
@@ -106,7 +106,7 @@ qat: setup  ## float training (fine-tuning with WEIGHTS=imagenet|FILE; none with
 export: setup  ## export a checkpoint: make export CKPT=runs/v3_small/checkpoints/best.ckpt [PRECISION=int8|fp32] [OUT=] [EXPORT_ARGS=]
 	$(if $(CKPT),,$(error give the checkpoint to export: make export CKPT=path/to/best.ckpt))
 	read -r -a extra <<< $(call q,$(EXPORT_ARGS)); \
-	$(PY) -m export $(call q,$(CKPT)) --precision=$(call q,$(PRECISION)) --out=$(call q,$(OUT)) "$${extra[@]}"
+	$(PY) -m export $(call q,$(CKPT)) $(call opt,--precision,$(PRECISION)) $(call opt,--out,$(OUT)) "$${extra[@]}"
 
 lint: setup  ## ruff (checks and format) over the tree, mypy over edge/ (the code that ships to devices)
 	$(PY) -m ruff check .
@@ -116,7 +116,7 @@ lint: setup  ## ruff (checks and format) over the tree, mypy over edge/ (the cod
 test: setup test-deps  ## host tests (browser and SSH tests need test-deps); the emulated Pi: make test-arm
 	$(PY) -m pytest -q -m $(call q,$(HOST_TESTS)) $(PYTEST_WORKERS)
 
-test-sweep: setup test-deps  ## make sweep end to end on a tiny grid (about 4 min; CI runs it after make test)
+test-sweep: setup test-deps  ## make sweep end to end on a tiny grid (CI runs it after make test)
 	$(PY) -m pytest -q -m sweep tests/test_sweep.py
 
 N ?= 3
@@ -141,13 +141,13 @@ bundle: | setup
 $(DEMO_VIDEO): | setup
 	$(PY) -m training.demo_video $@ --seconds 30
 
-demo: setup bundle $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo, page on SERVE=127.0.0.1:8080 (WINDOW=1: a window too)
+demo: setup bundle $(if $(SOURCE),,$(DEMO_VIDEO))  ## live demo, its page on SERVE= (this machine only unless given; WINDOW=1: a window too)
 	@$(MAKE) -s -f deploy/device.mk demo PY=$(PY) BUNDLE=$(call qm,$(BUNDLE)) SOURCE=$(call qm,$(or $(SOURCE),$(DEMO_VIDEO))) \
-		LOOP=$(if $(SOURCE),,1) SERVE=$(call qm,$(SERVE)) THREADS=$(call qm,$(THREADS)) WINDOW=$(call qm,$(WINDOW)) \
+		LOOP=$(if $(SOURCE),,1) $(if $(SERVE),SERVE=$(call qm,$(SERVE))) THREADS=$(call qm,$(THREADS)) WINDOW=$(call qm,$(WINDOW)) \
 		ARGS=$(call qm,$(ARGS))
 
-bench-edge: setup bundle $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS=120)
-	$(PY) -m edge.bench $(call q,$(BUNDLE)) --source=$(call q,$(or $(SOURCE),$(DEMO_VIDEO))) --seconds=$(call q,$(BENCH_SECONDS)) \
+bench-edge: setup bundle $(DEMO_VIDEO)  ## pipeline vs inference-only frames/s, latency, RSS (BENCH_SECONDS= the run's length)
+	$(PY) -m edge.bench $(call q,$(BUNDLE)) --source=$(call q,$(or $(SOURCE),$(DEMO_VIDEO))) $(call opt,--seconds,$(BENCH_SECONDS)) \
 		$(call opt,--threads,$(THREADS)) --json=$(call q,runs/bench/edge-$(notdir $(BUNDLE)).json)
 
 deploy: setup bundle  ## ship bundle + app + device tests to DEVICE=rpi5|rpi5-emu|android|android-emu|local|local-ssh, run the tests there
@@ -165,7 +165,7 @@ android-emu-down:  ## stop the emulated phone: adb disconnect, adbd, its mounts,
 test-android: setup test-deps  ## the emulated phone up, make deploy DEVICE=android-emu of a QAT bundle, bad inputs, down (as root)
 	$(PY) -m pytest -q -s -m android tests/test_android.py
 
-pi-emu:  ## start an emulated Raspberry Pi 5 (arm64 under qemu, as root; builds its root once, ~6 min)
+pi-emu:  ## start an emulated Raspberry Pi 5 (arm64 under qemu, as root; builds its root once)
 	emulators/pi.sh up
 
 pi-emu-down:  ## stop the emulated Pi: sshd, its mounts, its binfmt entry
@@ -188,10 +188,10 @@ device-report: setup  ## compare two device reports: make device-report A=path/d
 	$(PY) -m device_tests.compare $(call q,$(A)) $(call q,$(B))
 
 sweep: setup  ## accuracy/MACs/size/latency over MODELS x WIDTHS x RES, Pareto plots, BUDGET_MS= pick (README)
-	$(PY) -m sweep --models $(call qs,$(MODELS)) --widths $(call qs,$(WIDTHS)) $(if $(RES),--res $(call qs,$(RES))) \
+	$(PY) -m sweep $(if $(MODELS),--models $(call qs,$(MODELS))) $(if $(WIDTHS),--widths $(call qs,$(WIDTHS))) $(if $(RES),--res $(call qs,$(RES))) \
 		$(if $(call given,DATA),--data=$(call q,$(DATA))) $(call opt,--epochs,$(EPOCHS)) $(call opt,--qat-epochs,$(QAT_EPOCHS)) \
 		$(call opt,--weights,$(WEIGHTS)) $(call opt,--args,$(ARGS)) --device=$(call q,$(SWEEP_DEVICE)) \
-		--deploy-args=$(call q,$(strip $(DEVICE_ARGS))) $(call opt,--budget-ms,$(BUDGET_MS)) --jobs=$(call q,$(JOBS)) \
+		--deploy-args=$(call q,$(strip $(DEVICE_ARGS))) $(call opt,--budget-ms,$(BUDGET_MS)) $(call opt,--jobs,$(JOBS)) \
 		$(call opt,--export-args,$(EXPORT_ARGS))
 
 bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
@@ -199,20 +199,19 @@ bench-train: setup  ## training throughput (images/s) per model at 64/128/224 px
 
 # The benchmarks' recipes take CIFAR-10 from its official archive; DATA= a folder per class (CIFAR-10 as JPEGs)
 # is used instead when given.
-SEEDS ?= 0 1
-bench-qat: setup  ## the bench-qat recipe (CIFAR-10, 10,000 held out) once per seed in SEEDS (long: 20 min to 2 h per seed on 2 cores)
-	$(foreach seed,$(SEEDS),$(PY) -m pipeline --recipe bench-qat $(call opt,--data,$(DATA)) --seed=$(call q,$(seed)) \
+SEEDS ?=
+bench-qat: setup  ## the bench-qat recipe once per seed (its seeds, or SEEDS=; long: docs/benchmarks.md has its times)
+	$(foreach seed,$(or $(SEEDS),$(shell $(PY) -m pipeline.recipe bench-qat seeds)),$(PY) -m pipeline --recipe bench-qat $(call opt,--data,$(DATA)) --seed=$(call q,$(seed)) \
 		--run=$(call q,runs/bench-qat/seed$(seed)) --out=$(call q,artifacts/bench-qat-v3_small-seed$(seed)) $(call opt,--args,$(ARGS)) &&) true
 
-bench-sweep: setup  ## make sweep with the bench-sweep recipe: V3-Small/Large x α 0.75/1.0 x ρ 64/96 on CIFAR-10 (hours)
-	$(PY) -m sweep --recipe bench-sweep --models v3_small v3_large --widths 0.75 1.0 --res 64 96 \
-		$(call opt,--data,$(DATA)) $(call opt,--args,$(ARGS)) --device=$(call q,$(SWEEP_DEVICE)) \
+bench-sweep: setup  ## make sweep over the bench-sweep recipe's grid (V3-Small/Large x α x ρ on CIFAR-10; hours)
+	$(PY) -m sweep --recipe bench-sweep $(call opt,--data,$(DATA)) $(call opt,--args,$(ARGS)) --device=$(call q,$(SWEEP_DEVICE)) \
 		--deploy-args=$(call q,$(strip $(DEVICE_ARGS))) --out artifacts/bench-sweep --runs runs/bench-sweep \
-		$(call opt,--budget-ms,$(BUDGET_MS)) --jobs=$(call q,$(JOBS))
+		$(call opt,--budget-ms,$(BUDGET_MS)) $(call opt,--jobs,$(JOBS))
 
 # make bench-peers: our programs against LiteRT, ONNX Runtime and ncnn on the same weights (python -m peers), in
 # its own environment (.venv-peers: the converters pull in jax and transformers, about 3 GB). The model: CKPT= a
-# float checkpoint, else seeded weights at MODEL= WIDTH= RES= (v3_small, 1.0, 224; 1000 classes). DATA= a folder
+# float checkpoint, else seeded weights at MODEL= WIDTH= RES= (1000 classes; python -m peers --help gives the defaults). DATA= a folder
 # of images to check and calibrate on (default: the procedural shapes). THREADS= (default 2). It also measures on
 # DEVICE= when given, and on the emulated Pi when that is up (make pi-emu). Writes artifacts/peers/.
 PEERS_VENV := .venv-peers

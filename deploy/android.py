@@ -287,7 +287,7 @@ def write_report(
         "runtime": {
             "runner": COMMAND,
             "package": package.name,
-            "package_mb": round(info["bytes"] / 2**20, 1),
+            "package_mb": round(info["bytes"] / 1e6, 1),
             "glibc": info["glibc_shipped"],
             "how": "cross-compiled on the host, pushed with adb",
         },

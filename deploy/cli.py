@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from edge.command import positive_int, with_examples
-from edge.serve import parse_address
+from edge.serve import DEFAULT_ADDRESS, parse_address
 
 from . import android, pi
 from .profile import load_device
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--serve",
-        default=pi.DEFAULT_SERVE,
+        default=DEFAULT_ADDRESS,
         metavar="HOST:PORT",
         help="where the service serves its page (127.0.0.1: the device only; 0.0.0.0:8080 for the LAN)",
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edge.collect import parse_classes
 from edge.command import non_negative_float, positive_int, with_examples
-from edge.serve import parse_address
+from edge.serve import DEFAULT_ADDRESS, parse_address
 
 from .profile import load_device
 from .transport import DeployError
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", help="the device's source (default: the profile's camera, else procedural)")
     parser.add_argument(
         "--serve",
-        default="127.0.0.1:8080",
+        default=DEFAULT_ADDRESS,
         help="where the device serves the page",
     )
     parser.add_argument(

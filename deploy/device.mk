@@ -1,5 +1,6 @@
 # The device side of a deployed release (shipped as its Makefile). From the release directory:
-#   make demo [SOURCE=picamera|0|file.mp4] [SERVE=0.0.0.0:8080]   live classification, page on SERVE
+#   make demo [SOURCE=picamera|0|file.mp4] [SERVE=0.0.0.0:8080]   live classification, page on SERVE (edge run's
+#                                                                   own address unless given: the device only)
 #             [WINDOW=1]                                            also a window (needs an OpenCV with GUI)
 #   make test                                                       the device tests, report in device_report.*
 # The host's `make demo` and the systemd unit of `make deploy SERVICE=1` run this demo target too: one demo command.
@@ -9,7 +10,7 @@ BUNDLE ?= bundle
 FACT = $(shell $(PY) -c "import json; print(json.load(open('device.json'))['$(1)'] or '')")
 SOURCE ?= $(or $(call FACT,camera),procedural)
 THREADS ?= $(call FACT,threads)
-SERVE ?= 127.0.0.1:8080
+SERVE ?=
 WINDOW ?=
 ARGS ?=
 LOOP ?=
@@ -19,7 +20,7 @@ q = '$(subst ','\'',$(1))'
 .PHONY: demo test
 demo:
 	read -r -a extra <<< $(call q,$(ARGS)); \
-	$(PY) -m edge run $(call q,$(BUNDLE)) --source=$(call q,$(SOURCE)) $(if $(LOOP),--loop) --serve=$(call q,$(SERVE)) \
+	$(PY) -m edge run $(call q,$(BUNDLE)) --source=$(call q,$(SOURCE)) $(if $(LOOP),--loop) $(if $(SERVE),--serve=$(call q,$(SERVE)),--serve) \
 		$(if $(THREADS),--threads=$(call q,$(THREADS))) $(if $(WINDOW),,--headless) "$${extra[@]}"
 
 test:

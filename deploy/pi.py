@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from edge.bundle import BundleMeta
-from edge.serve import parse_address
+from edge.serve import DEFAULT_ADDRESS, parse_address
 
 from . import pictures
 from .environment import Environment, locate, prune_environments
@@ -31,7 +31,6 @@ from .transport import DeployError, Transport, explain
 from .transport.ssh import connect
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SERVE = "127.0.0.1:8080"
 SERVICE = "mobilenet-edge.service"
 
 
@@ -53,7 +52,7 @@ def stage(
     version: str,
     meta: BundleMeta,
     into: Path,
-    serve: str = DEFAULT_SERVE,
+    serve: str = DEFAULT_ADDRESS,
 ) -> None:
     """Lay out a release in ``into``, with a manifest whose program line is model.json's own hash."""
     shutil.copytree(ROOT / "edge", into / "edge", ignore=shutil.ignore_patterns("__pycache__"))

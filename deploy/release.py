@@ -67,8 +67,8 @@ def check_room(transport: Transport, directory: str, staged: Path) -> None:
     free = transport.free_space(directory)
     if free < need:
         raise DeployError(
-            f"{transport.where} is out of disk space: the release needs {need / 2**20:.1f} MB under {directory}, "
-            f"{free / 2**20:.1f} MB are free: free some (old releases are under releases/)"
+            f"{transport.where} is out of disk space: the release needs {need / 1e6:.1f} MB under {directory}, "
+            f"{free / 1e6:.1f} MB are free: free some (old releases are under releases/)"
         )
 
 

@@ -15,6 +15,7 @@ from .command import frame_size, non_negative_float, positive_float, positive_in
 from .evaluate import evaluate_folder
 from .predict import format_counts, predict
 from .run import RunConfig, run
+from .serve import DEFAULT_ADDRESS
 from .sources import SOURCE_HELP
 from .stats import format_summary
 
@@ -70,9 +71,10 @@ def _add_run(commands) -> None:
     p.add_argument(
         "--serve",
         metavar="HOST:PORT",
-        help="web page with the annotated stream and live stats "
-        "(PORT alone binds 127.0.0.1; 0.0.0.0:PORT for the LAN; "
-        "default: none)",
+        nargs="?",
+        const=DEFAULT_ADDRESS,
+        help=f"web page with the annotated stream and live stats (PORT alone binds 127.0.0.1; 0.0.0.0:PORT for the "
+        f"LAN; --serve alone: {DEFAULT_ADDRESS}; default: none)",
     )
     p.add_argument(
         "--camera-size",
@@ -175,7 +177,7 @@ def _add_collect(commands) -> None:
     p.add_argument("--out", type=Path, required=True, help="the folder that gets a folder per class (required)")
     p.add_argument(
         "--serve",
-        help="HOST:PORT of the collecting page (default 127.0.0.1:8080 without --label; 0.0.0.0:8080 for the LAN)",
+        help=f"HOST:PORT of the collecting page (default {DEFAULT_ADDRESS} without --label; 0.0.0.0:8080 for the LAN)",
     )
     p.add_argument("--label", help="capture this class without a page (default: the page)")
     p.add_argument("--count", type=positive_int, default=100, help="captures with --label")
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
             if counts["labelled"] == 0:
                 sys.exit(f"error: none of the {counts['files']} files could be read as an image")
         elif args.command == "collect":
-            serve = args.serve or (None if args.label else "127.0.0.1:8080")
+            serve = args.serve or (None if args.label else DEFAULT_ADDRESS)
             classes = parse_classes(args.classes)
             saved = collect(
                 args.source, classes, args.out, serve, args.label, args.count, args.every, args.loop, args.quality

@@ -96,6 +96,9 @@ frames();
 """
 
 
+DEFAULT_ADDRESS = "127.0.0.1:8080"  # the page's address when none is given: this machine only
+
+
 def parse_address(text: str) -> tuple[str, int]:
     """``PORT``, ``:PORT``, ``HOST:PORT`` or ``[IPv6]:PORT``; the host defaults to loopback so nothing is
     exposed by accident."""

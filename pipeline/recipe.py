@@ -34,6 +34,10 @@ class Recipe:
     weights: str = ""  # torchvision-format weights (a file, or imagenet) the float run fine-tunes
     ckpt: str = ""  # a float checkpoint to start QAT from (no float training)
     seed: int | None = None  # --seed_everything for both runs (None: the configs' own)
+    seeds: tuple[int, ...] = ()  # the seeds a benchmark repeats the recipe with (make bench-qat)
+    sweep_models: tuple[str, ...] = ()  # make sweep's grid over this recipe (empty: the recipe's model)
+    sweep_widths: tuple[float, ...] = ()  # (empty: the recipe's width)
+    sweep_resolutions: tuple[int, ...] = ()  # (empty: the recipe's resolution)
 
     def __post_init__(self) -> None:
         for name in ("model", "data", "weights", "ckpt"):
@@ -51,6 +55,18 @@ class Recipe:
             raise RecipeError("give a float checkpoint or torchvision weights to start from, not both")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise RecipeError(f"seed must be a whole number, got {short(self.seed)}")
+        checks = {
+            "seeds": (lambda v: isinstance(v, int) and not isinstance(v, bool), "whole numbers"),
+            "sweep_models": (lambda v: v in MODELS, f"of {', '.join(MODELS)}"),
+            "sweep_widths": (
+                lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= MAX_WIDTH,
+                f"in (0, {MAX_WIDTH}]",
+            ),
+            "sweep_resolutions": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "whole >= 1"),
+        }
+        for name, (valid, want) in checks.items():
+            if not all(valid(v) for v in getattr(self, name)):
+                raise RecipeError(f"{name} must be a list {want}, got {short(list(getattr(self, name)))}")
 
     def replace(self, **changes) -> "Recipe":
         """This recipe with ``changes`` (None leaves a value as it is)."""
@@ -121,4 +137,34 @@ def _values(name: str, seen: tuple[str, ...]) -> dict:
             if not isinstance(raw[key], list) or not all(isinstance(a, str) for a in raw[key]):
                 raise RecipeError(f"{path}: {key} must be a list of strings")
             raw[key] = tuple(raw[key])
+    for key in ("seeds", "sweep_models", "sweep_widths", "sweep_resolutions"):
+        if key in raw:
+            if not isinstance(raw[key], list):
+                raise RecipeError(f"{path}: {key} must be a list")
+            raw[key] = tuple(raw[key])
     return values | raw
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipeline.recipe NAME KEY``: one value of a recipe, a list as words, for the Makefile
+    (make bench-qat's seeds), which then restates none of them."""
+    import argparse
+    import sys
+
+    from edge.command import HelpFormatter
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.recipe", description=main.__doc__.split(":")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument("name", help=f"one of {', '.join(names())}")
+    parser.add_argument("key", choices=[f.name for f in fields(Recipe)])
+    args = parser.parse_args(argv)
+    try:
+        value = getattr(load_recipe(args.name), args.key)
+    except RecipeError as e:
+        sys.exit(f"error: {e}")
+    print(" ".join(map(str, value)) if isinstance(value, tuple) else value)
+
+
+if __name__ == "__main__":
+    main()

@@ -54,17 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         nargs="+",
         choices=list(MODELS),
-        default=["v3_small", "v1"],
         metavar="MODEL",
-        help=f"architectures, of {', '.join(MODELS)}",
+        help=f"architectures, of {', '.join(MODELS)} (default: the recipe's grid)",
     )
     parser.add_argument(
         "--widths",
         nargs="+",
         type=positive_float,
-        default=[0.5, 1.0],
         metavar="ALPHA",
-        help="width multipliers α",
+        help="width multipliers α (default: the recipe's grid)",
     )
     parser.add_argument(
         "--recipe",
@@ -76,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=positive_int,
         metavar="PIXELS",
-        help="input resolutions ρ in pixels (default: the recipe's)",
+        help="input resolutions ρ in pixels (default: the recipe's grid)",
     )
     parser.add_argument(
         "--data", help="an ImageFolder directory, cifar10, or empty for procedural shapes (default: the recipe's)"
@@ -265,7 +263,9 @@ def main(argv: list[str] | None = None) -> None:
     recipe = Recipe(
         data, args.epochs or base.epochs, args.qat_epochs or base.qat_epochs, weights, args.args, args.recipe, base.args
     )
-    args.res = args.res or [base.resolution]
+    args.models = args.models or list(base.sweep_models or [base.model])
+    args.widths = args.widths or list(base.sweep_widths or [base.width])
+    args.res = args.res or list(base.sweep_resolutions or [base.resolution])
     layout, points = Layout(args.out.resolve(), args.runs.resolve()), grid(args.models, args.widths, args.res)
     failed: dict[str, str] = {}
     print(

@@ -216,7 +216,7 @@ def colour_bundle(tiny_float_run):
 def tiny_bundle(tmp_path_factory):
     """A real program in seconds: an untrained V1 (width 0.25, 32 px, 3 labels) lowered to fp32. For tests of
     the app's loop, sources and errors, where what the model answers does not matter."""
-    from export.cli import golden
+    from export.flow import golden
     from export.lower import METHODS, to_pte
     from training.models import create_model
 

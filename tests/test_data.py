@@ -99,6 +99,7 @@ def test_cli_exits_non_zero_with_one_line_for_a_missing_dataset(tmp_path):
             "--config",
             "configs/model/v3_small.yaml",
             f"--data.source={tmp_path / 'nope'}",
+            "--trainer.max_epochs=1",
         ],
         capture_output=True,
         text=True,

@@ -100,7 +100,8 @@ def make_n(*variables: str) -> str:
 
 
 def test_make_passes_only_the_variables_given():
-    assert shlex.split(make_n().split("-m pipeline")[1]) == ["--model=v3_small", "--out=artifacts/v3_small"]
+    assert shlex.split(make_n().split("-m pipeline")[1]) == [], "every default is the recipe's"
+    assert shlex.split(make_n("MODEL=v1", "OUT=x").split("-m pipeline")[1]) == ["--model=v1", "--out=x"]
     words = shlex.split(make_n("EPOCHS=3", "DATA=", "ARGS=--a=1 --b=2", "RES=96").split("-m pipeline")[1])
     assert {"--epochs=3", "--data=", "--args=--a=1 --b=2", "--res=96"} <= set(words)
 

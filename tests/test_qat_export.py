@@ -16,6 +16,7 @@ from edge.command import run_main
 from edge.parity import check as check_parity
 from edge.parity import logit_tolerance
 from export.cli import main as export_main
+from export.verify import VerificationError
 from training.cli import main as train_main
 from training.qat import QATClassifier, default_freeze_epoch
 
@@ -132,6 +133,7 @@ def test_qat_from_a_checkpoint_of_another_architecture_is_one_error_line(runs, c
             f"--data.source={colour_folder}",
             "--model.init_args.arch=v2",
             "--model.init_args.width_mult=0.25",
+            "--trainer.max_epochs=1",
             f"--model.init_args.float_checkpoint={runs / 'float' / 'best.ckpt'}",
             f"--trainer.logger.init_args.save_dir={tmp_path}",
         ],
@@ -330,7 +332,7 @@ def test_export_never_replaces_what_is_not_a_bundle(runs, tmp_path):
 
 def test_failed_verification_leaves_the_previous_bundle(runs, bundle, tmp_path, monkeypatch):
     """A program whose runtime output disagrees; conversion and lowering (a minute here) are stood in for."""
-    import export.cli as export_cli
+    import export.flow as export_cli
     from export.lower import Delegation
 
     out = tmp_path / "kept"
@@ -340,7 +342,7 @@ def test_failed_verification_leaves_the_previous_bundle(runs, bundle, tmp_path, 
     program = (bundle / "model.pte").read_bytes()
     monkeypatch.setattr(export_cli, "to_pte", lambda model, size, methods: (program, Delegation(1, {})))
     monkeypatch.setattr(export_cli, "run_pte", lambda method, x: torch.randn(len(x), 3) * 100)
-    with pytest.raises(SystemExit, match="runtime disagrees with PyTorch"):
+    with pytest.raises(VerificationError, match="runtime disagrees with PyTorch"):
         export_main([str(runs / "qat" / "last.ckpt"), "--out", str(out), "--no-baselines"])
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
@@ -350,7 +352,7 @@ def test_a_candidate_failing_parity_is_left_out_and_qat_shipped(runs, bundle, tm
     """A PTQ program rounding too far from its PyTorch model (seen in a sweep: V3-Small α1 on shapes, 97.2% of
     images agreeing) must not fail make qat; an earlier run's PTQ candidate goes. Conversion, lowering and
     parity are stood in for."""
-    import export.cli as export_cli
+    import export.flow as export_cli
     from export.lower import Delegation
     from export.verify import VerificationError
 
@@ -443,5 +445,5 @@ def test_two_bundles_compare_on_the_same_images_with_a_paired_interval(bundle, c
     shutil.copytree(bundle, other)
     meta = json.loads((other / "model.json").read_text())
     (other / "model.json").write_text(json.dumps(meta | {"labels": meta["labels"][::-1]}))
-    with pytest.raises(SystemExit, match="have other labels"):
+    with pytest.raises(BundleError, match="have other labels"):
         compare([str(bundle), str(other), str(colour_folder)])

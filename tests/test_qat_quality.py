@@ -6,7 +6,7 @@ import torch
 from torchao.quantization.pt2e import FakeQuantizeBase
 from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-from export.cli import choose
+from export.flow import choose
 from export.paired import paired_difference
 from training.models import create_model
 from training.qat import QATClassifier, calibrate, distillation_loss, export_float, xnnpack_quantizer
@@ -232,31 +232,31 @@ def test_convert_folds_batchnorm_with_the_models_own_eps(monkeypatch):
 def test_a_program_xnnpack_will_not_load_is_explained_with_its_scales(monkeypatch):
     """A lowered int8 program XNNPACK refuses at load (seen with a barely trained QAT model) is one error that
     gives the activation scales' span and what to do, not the runtime's bare "Init failed"."""
-    import export.cli
+    import export.flow
     from edge.native import NativeError
     from export.lower import Delegation
     from export.verify import VerificationError
     from training.qat import ptq
 
     model = ptq(create_model("v1", 3, 0.25).eval(), 32, [(torch.randn(4, 3, 32, 32), None)])
-    monkeypatch.setattr(export.cli, "to_pte", lambda *_: (b"", Delegation(1, {})))
+    monkeypatch.setattr(export.flow, "to_pte", lambda *_: (b"", Delegation(1, {})))
 
     def refuse(*_):
         raise NativeError("cannot load method forward: error 0x1 (Init failed for backend XnnpackBackend: 0x1)")
 
-    monkeypatch.setattr(export.cli, "load_program", refuse)
+    monkeypatch.setattr(export.flow, "load_program", refuse)
     with pytest.raises(
         VerificationError,
         match=r"would not load the ptq-int8 program .*Init failed.*scales span "
         r"[0-9.e-]+ to [0-9.e-]+\. .*Train longer",
     ):
-        export.cli.lower(model, "ptq-int8", 32, ("forward_channels_last",))
+        export.flow.lower(model, "ptq-int8", 32, ("forward_channels_last",))
 
 
 def test_one_validation_image_makes_no_comparison_and_says_so(capsys):
     """A few photos split into one held-out image: no interval means anything there, so none is made (and the
     shipping rule keeps QAT), in one line rather than a traceback."""
-    from export.cli import choose
+    from export.flow import choose
     from export.report import add_comparisons
 
     accuracy = {name: {"top1": 1.0, "n": 1} for name in ("qat_pte", "ptq_pte", "fp32_pte")}

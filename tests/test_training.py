@@ -34,6 +34,7 @@ TINY = [
     "--data.procedural_val_size=16",
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
+    "--trainer.max_epochs=1",
 ]
 
 

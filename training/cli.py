@@ -84,10 +84,15 @@ class TrainingCLI(LightningCLI):
 
 
 def check_epochs(config) -> None:
-    """A fit has a finite number of epochs: the learning-rate schedule and QAT's freeze epochs are fractions of
-    it, so Lightning's -1 (no limit) ends in a traceback at the first step and 0 in a run with no checkpoint."""
+    """A fit has a number of epochs, given: the learning-rate schedule and QAT's freeze epochs are fractions of
+    it, so Lightning's -1 (no limit) ends in a traceback at the first step and 0 in a run with no checkpoint.
+    The configs hold none, so that the pipeline's recipe is the one place epochs are set."""
     epochs = config.get("trainer.max_epochs")
-    if epochs is not None and epochs < 1:
+    if epochs is None:  # Lightning's own default, 1000, is nobody's plan
+        raise argparse.ArgumentError(
+            None, "give the number of epochs: --trainer.max_epochs=N (make qat takes it from its recipe)"
+        )
+    if epochs < 1:
         raise argparse.ArgumentError(None, f"--trainer.max_epochs={epochs}: give 1 or more epochs")
 
 

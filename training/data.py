@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from edge.command import UserError
-from edge.files import atomic_path, class_folders, folder_images
+from edge.files import atomic_path, cache_root, class_folders, folder_images
 from edge.images import MAX_PIXELS, file_problem, read_bgr
 from edge.preprocess import InputSpec
 
@@ -216,11 +216,12 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: images per training step.
         num_workers: data-loading processes (0: load in the training process).
         val_fraction: share of an ImageFolder held out for validation when it has no val/ folder.
-        val_size: images held out instead of val_fraction (10,000 tells models 0.5 pt apart).
+        val_size: images of a folder held out instead of val_fraction (10,000 tells models 0.5 pt apart);
+            cifar10 always validates on its official 10,000 test images.
         seed: the held-out split's seed: the same images for every run with the same seed.
         procedural_train_size: generated training images.
         procedural_val_size: generated validation images.
-        cache_dir: where cifar10 is downloaded and decoded.
+        cache_dir: where cifar10 is downloaded and decoded (None: the project's cache folder).
     """
 
     def __init__(
@@ -237,7 +238,7 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         procedural_train_size: PositiveInt = 4000,
         procedural_val_size: PositiveInt = 800,
-        cache_dir: NotEmptyStr = "~/.cache/mobilenet-edge",
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -293,7 +294,8 @@ class ImageDataModule(L.LightningDataModule):
             )
             self.val_set = ProceduralShapes(self.hparams.procedural_val_size, self.hparams.seed, "val", size, eval_tf)
         elif self.hparams.source == "cifar10":
-            arrays = load_cifar10(Path(self.hparams.cache_dir).expanduser() / "cifar10")
+            cache = Path(self.hparams.cache_dir).expanduser() if self.hparams.cache_dir else cache_root()
+            arrays = load_cifar10(cache / "cifar10")
             self.train_set = ArrayImages(*arrays["train"], transform=train_tf)
             self.val_set = ArrayImages(*arrays["test"], transform=eval_tf)
         else:

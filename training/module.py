@@ -70,7 +70,7 @@ class ImageClassifier(L.LightningModule):
 
     def __init__(
         self,
-        arch: Arch = "v3_small",
+        arch: Arch,
         num_classes: PositiveInt = 1000,
         width_mult: PositiveFloat = 1.0,
         resolution: PositiveInt = RESOLUTION,

@@ -117,7 +117,7 @@ def install_packages(
     packages, runtime = wheelhouse.device_requirements()
     wheels, downloaded = wheelhouse.build(facts.platform(), packages, runtime)
     info = json.loads((wheels / wheelhouse.COMPLETE).read_text())
-    size = f"{len(info['wheels'])} wheels, {info['bytes'] / 2**20:.0f} MB"
+    size = f"{len(info['wheels'])} wheels, {info['bytes'] / 1e6:.0f} MB"
     print(
         f"copying the wheelhouse ({size}, {'downloaded now' if downloaded else 'cached here'}) to {target.where}",
         file=sys.stderr,
