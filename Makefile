@@ -91,7 +91,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV_FLAGS) $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e ".[$(EXTRAS)]"
-	$(if $(ON_PI),$(VENV)/bin/pip install -q --no-deps "$$($(PY) -m deploy.environment.wheelhouse)")
+	$(if $(ON_PI),$(VENV)/bin/pip install -q --no-deps "$$($(PY) -m deploy.pins)")
 	touch $@
 
 setup: $(VENV)/.installed  ## create .venv, install the project with its extras, build the native runner

@@ -29,6 +29,7 @@ from edge import device_report as report_file
 from edge import parity
 from edge.bundle import BundleMeta, read_golden
 from edge.native import Runner
+from edge.threads import choose as choose_threads
 
 from . import pictures
 from .environment.runner_package import COMMAND, LOADER
@@ -234,6 +235,9 @@ def deploy(device: Device, bundle: Path, meta: BundleMeta, version: str, reports
                     f"is unchanged: see {local}/device_report.md"
                 )
             step("switching")
+            if choice := json.loads((local / "device_report.json").read_text()).get("threads"):
+                record = ["sh", "-c", 'printf "%s\\n" "$2" > "$1/threads.json"', "sh", partial, json.dumps(choice)]
+                adb.run(record, "recording the chosen thread count")
             prune_runners(adb, kept.dir, kept.finish(version), f"{root}/runners")
             step("done")
     print((local / "device_report.md").read_text())
@@ -292,9 +296,26 @@ def write_report(
             "how": "cross-compiled on the host, pushed with adb",
         },
     }
+    if choice := choose_threads(figures["latency"]):
+        report["threads"] = choice | {"cluster": cluster_of(choice["threads"], figures["cores"])}
     report_file.write(local / "device_report.json", report)
     pictures.render(local / "device_report.json")
     return local
+
+
+def cluster_of(count: int, cores: dict) -> str:
+    """Which cores ``count`` threads fill when the faster clusters are filled first, as the phone's scheduler
+    tends to for a busy process (edge-bench does not pin them): "on the big cores (0-3, 2400 MHz)"."""
+    left, used = count, []
+    for name, cluster in cores.items():
+        if left <= 0:
+            break
+        size = pictures.cpu_count(cluster.get("cpus", ""))
+        used.append(
+            f"{name} ({cluster.get('cpus')}{', ' + str(cluster['max_mhz']) + ' MHz' if cluster.get('max_mhz') else ''})"
+        )
+        left -= size
+    return "on the " + " and ".join(used) + " cores" if used else ""
 
 
 def prune_runners(adb: Adb, releases: str, kept: list[str], runners: str) -> None:

@@ -4,12 +4,13 @@
 #             [WINDOW=1]                                            also a window (needs an OpenCV with GUI)
 #   make test                                                       the device tests, report in device_report.*
 # The host's `make demo` and the systemd unit of `make deploy SERVICE=1` run this demo target too: one demo command.
+# THREADS: the count the deploy's device tests chose by measurement (threads.json), else the profile's.
 SHELL := /bin/bash
 PY ?= $(shell cat python)
 BUNDLE ?= bundle
 FACT = $(shell $(PY) -c "import json; print(json.load(open('device.json'))['$(1)'] or '')")
 SOURCE ?= $(or $(call FACT,camera),procedural)
-THREADS ?= $(call FACT,threads)
+THREADS ?= $(or $(shell $(PY) -m edge.threads),$(call FACT,threads))# chosen by the device tests, else the profile's
 SERVE ?=
 WINDOW ?=
 ARGS ?=

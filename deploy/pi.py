@@ -180,6 +180,8 @@ def run_device_tests(target: Transport, device: Device, root: str, python: str, 
         target.pull(f"{root}/current/{name}", local / name)
     picture = pictures.render(local / "device_report.json")
     print((local / "device_report.md").read_text())
+    if choice := json.loads((local / "device_report.json").read_text()).get("threads"):
+        print(f"threads: {choice['threads']} chosen for the release's app ({choice['why']})", file=sys.stderr)
     print(f"report: {local}/device_report.json{f' and {picture.name}' if picture else ''}", file=sys.stderr)
     if result.returncode != 0:
         raise DeployError(

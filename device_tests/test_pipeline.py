@@ -14,7 +14,7 @@ def record(figures, name: str, summary: dict) -> dict:
     return summary
 
 
-def test_pipeline_on_the_camera(bundle_dir, device, figures):
+def test_pipeline_on_the_camera(bundle_dir, device, app_threads, figures):
     if not device["camera"]:
         pytest.skip(f"the {device['name']} profile has no camera")
     try:
@@ -24,15 +24,15 @@ def test_pipeline_on_the_camera(bundle_dir, device, figures):
     summary = record(
         figures,
         "camera",
-        run(RunConfig(bundle_dir, device["camera"], threads=device["threads"], headless=True, duration=SECONDS)),
+        run(RunConfig(bundle_dir, device["camera"], threads=app_threads, headless=True, duration=SECONDS)),
     )
     assert summary["frames"] > SECONDS and summary["reconnects"] == 0
 
 
-def test_pipeline_on_generated_frames(bundle_dir, device, figures):
+def test_pipeline_on_generated_frames(bundle_dir, app_threads, figures):
     summary = record(
         figures,
         "procedural",
-        run(RunConfig(bundle_dir, "procedural", fps=0, threads=device["threads"], headless=True, duration=SECONDS / 2)),
+        run(RunConfig(bundle_dir, "procedural", fps=0, threads=app_threads, headless=True, duration=SECONDS / 2)),
     )
     assert summary["frames"] > 0 and summary["capture_to_result_ms"]["p50"] > 0

@@ -79,6 +79,9 @@ def markdown(report: dict) -> str:
             budget = " / ".join(f"{q} {ms}" for q, ms in row.get("budget", {}).items()) or "-"
             lines.append(f"| {threads} | {_ms(row)} | {budget} |")
         lines.append("")
+    if choice := report.get("threads"):
+        where = f" {choice['cluster']}" if choice.get("cluster") else ""
+        lines += [f"threads chosen: {choice['threads']}{where}: {choice['why']}", ""]
     for key, what in (("parity", "golden inputs"), ("preprocessing_parity", "raw frames, preprocessed here")):
         if key in f:
             p = f[key]

@@ -12,11 +12,11 @@ follow, ``python -m peers.measure`` runs there, and its JSON comes back.
 import json
 import shutil
 import tempfile
-import tomllib
 from pathlib import Path
 
 from deploy.environment import Environment, locate, wheelhouse
 from deploy.environment.wheelhouse import Platform
+from deploy.pins import extra
 from deploy.profile import Device
 from deploy.transport.ssh import connect
 
@@ -29,8 +29,8 @@ SHIPPED = (".pte", ".tflite", ".onnx", ".param", ".bin", ".npy", ".json")
 
 
 def requirements() -> list[str]:
-    """The runtimes' pins: pyproject's ``peers-runtimes`` extra, the one place they are written."""
-    return tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["peers-runtimes"]
+    """The runtimes' pins: pyproject's ``peers-runtimes`` extra."""
+    return extra("peers-runtimes")
 
 
 def wheels_for(platform: Platform) -> Path:

@@ -143,6 +143,13 @@ def test_deploy_measures_latency_per_thread_count_and_exact_parity(phone, bundle
         "little": {"cpus": "4-7", "part": "0xd05", "max_mhz": 1800},
     }
     assert (report_dir / "device_report.png").is_file() and report["device"]["abi"] == "arm64-v8a"
+    choice, p90 = report["threads"], {int(t): row["p90"] for t, row in figures["latency"].items()}
+    assert p90[choice["threads"]] <= 1.05 * min(p90.values()) and choice["cluster"].startswith("on the big (0-3"), (
+        choice
+    )
+    recorded = json.loads((DEVICE_ROOT / "releases" / version / "threads.json").read_text())
+    assert recorded["threads"] == choice["threads"], "the release records the count it runs best with"
+    assert f"threads chosen: {choice['threads']} on the big" in (report_dir / "device_report.md").read_text()
     assert report["runtime"]["package_mb"] <= 20 and all(t["outcome"] == "passed" for t in report["tests"].values())
     compared = subprocess.run(
         [sys.executable, "-m", "device_tests.compare", str(report_dir), str(report_dir)],

@@ -150,6 +150,17 @@ def test_deploy_runs_the_device_tests_on_arm_then_an_interrupted_deploy_keeps_th
     assert (REPORTS / "rpi5-emu" / current.name / "device_report.png").is_file()
     requirements = (release / "requirements.txt").read_text() + (release / "requirements-nodeps.txt").read_text()
     assert "torch" not in requirements.replace("executorch", "")
+    # The release runs with the thread count its own device tests measured best, and says why.
+    choice = report["threads"]
+    p90 = {int(t): row["p90"] for t, row in report["figures"]["latency"].items()}
+    assert choice["threads"] in p90 and p90[choice["threads"]] <= 1.05 * min(p90.values()), (choice, p90)
+    assert json.loads((release / "threads.json").read_text())["threads"] == choice["threads"]
+    print_threads = "cd mobilenet-edge/current && make -s --eval 'threads: ; @echo $(THREADS)' threads"
+    assert ssh(pi, ["sh", "-c", print_threads]).stdout.strip() == str(choice["threads"]), "make demo's count"
+    assert (
+        f"threads chosen: {choice['threads']}" in (REPORTS / "rpi5-emu" / current.name / "device_report.md").read_text()
+    )
+    assert f"threads: {choice['threads']} chosen" in first.stderr
 
     # A slow second copy, interrupted like Ctrl-C once it is under way: the first release stays current.
     second = interrupt_once_copying(make_deploy(bundle, "BWLIMIT=20", "NO_TESTS=1"), device_root / "releases")

@@ -16,8 +16,8 @@ from conftest import interrupt_once_copying, one_error_line, run_module
 
 from deploy.cli import main as deploy_main
 from deploy.environment import Environment, prune_environments
-from deploy.environment.wheelhouse import device_requirements
 from deploy.pi import service_unit, smoke_run, stage
+from deploy.pins import device_requirements
 from deploy.profile import ProfileError, load_device, settings_from
 from deploy.release import Releases, releases, write_manifest
 from deploy.transport import DeployError, explain
@@ -187,9 +187,7 @@ def test_service_unit_runs_the_current_release_on_the_address_asked_for():
     assert "WorkingDirectory=/home/me/mobilenet-edge/current" in unit and "WantedBy=default.target" in unit
     assert "ExecStart=/usr/bin/make -s demo SERVE=127.0.0.1:8080\n" in unit, "the release's own demo command"
     make = ["make", "-s", "--eval", "deploy-args: ; @echo $(DEPLOY_ARGS)", "deploy-args", "SERVICE=1"]
-    assert (
-        "--service --serve=127.0.0.1:8080" in subprocess.run(make, capture_output=True, text=True).stdout
-    )  # echo drops the quotes
+    assert "--service\n" in subprocess.run(make, capture_output=True, text=True).stdout, "deploy's own --serve default"
     assert (
         "--serve=0.0.0.0:9000" in subprocess.run([*make, "SERVE=0.0.0.0:9000"], capture_output=True, text=True).stdout
     )
@@ -406,16 +404,34 @@ def test_one_demo_command_here_and_on_the_device(tmp_path):
     bundle.mkdir()
     (bundle / "model.json").write_text("{}")
     host = printed("demo", f"BUNDLE={bundle}", "SOURCE=clip.mp4", "THREADS=2", cwd=Path(__file__).parent.parent)
-    assert f"-m edge run {bundle} --source=clip.mp4 --serve=127.0.0.1:8080 --threads=2 --headless ${{extra[@]}}" in host
+    assert f"-m edge run {bundle} --source=clip.mp4 --serve --threads=2 --headless ${{extra[@]}}" in host
     release = tmp_path / "release"
     release.mkdir()
     (release / "python").write_text("/usr/bin/python3\n")
     (release / "device.json").write_text(json.dumps({"camera": "picamera", "threads": 4}))
     device = printed("-f", str(Path(__file__).parent.parent / "deploy" / "device.mk"), "demo", cwd=release)
-    assert device == (
-        "/usr/bin/python3 -m edge run bundle --source=picamera --serve=127.0.0.1:8080 --threads=4 --headless "
-        "${extra[@]}"
-    )
+    assert device == "/usr/bin/python3 -m edge run bundle --source=picamera --serve --threads=4 --headless ${extra[@]}"
+
+
+def test_the_thread_count_is_the_fewest_whose_p90_is_within_the_margin_of_the_best(tmp_path):
+    from deploy.android import cluster_of
+    from edge.threads import CHOSEN, choose, chosen, record
+
+    choice = choose({"1": {"p90": 2.0}, "2": {"p90": 1.04}, "3": {"p90": 1.0}, "4": {"p90": 1.3}})
+    assert (choice["threads"], choice["best_threads"]) == (2, 3) and "within 5% of the best (1.000 ms at 3)" in choice[
+        "why"
+    ]
+    assert choose({"1": {"p90": 1.0}, "2": {"p90": 1.2}})["why"] == "the fastest p90 (1.000 ms)"
+    assert choose({"2": {"p90": 1.0}, "1": {"p90": 1.0}})["threads"] == 1, "a tie goes to fewer threads"
+    assert choose({}) is None and chosen(tmp_path) is None
+    record(choice, tmp_path)
+    assert chosen(tmp_path) == 2
+    for junk in ("", "[1]", '{"threads": true}', '{"threads": 0}', '{"threads": "2"}', "\xff"):
+        (tmp_path / CHOSEN).write_text(junk)
+        assert chosen(tmp_path) is None, junk
+    cores = {"big": {"cpus": "0-3", "max_mhz": 2400}, "little": {"cpus": "4-7", "max_mhz": 1800}}
+    assert cluster_of(4, cores) == "on the big (0-3, 2400 MHz) cores"
+    assert cluster_of(5, cores) == "on the big (0-3, 2400 MHz) and little (4-7, 1800 MHz) cores"
 
 
 def test_a_phones_big_and_little_cores_are_told_apart_by_frequency_and_part():

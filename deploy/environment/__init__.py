@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..pins import device_requirements
 from ..profile import Device
 from ..transport import Transport
 from . import provision
-from .wheelhouse import device_requirements
 
 
 def environment_dir(venv: str) -> str:

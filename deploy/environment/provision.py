@@ -16,9 +16,12 @@ from pathlib import Path
 
 from edge.native.build import ORIGIN_SUFFIX, PACKAGES_ORIGIN, library_name
 
+from ..pins import device_requirements
 from ..profile import Device
 from ..transport import DeployError, Transport
-from . import runner_package, wheelhouse
+from .runner_package import PackageError, build_library, compiler_version, cross_compiler, glibc_needed
+from .wheelhouse import COMPLETE, Platform
+from .wheelhouse import build as build_wheelhouse
 
 # Runs on the device with its own Python: the facts that decide which wheels and which runner build fit it.
 PROBE = r"""
@@ -41,8 +44,8 @@ class DeviceFacts:
     glibcxx: str  # "3.4.30": the newest GLIBCXX version its libstdc++ has ("" when none was found)
     compiler: bool  # a C++ compiler is on its PATH
 
-    def platform(self) -> wheelhouse.Platform:
-        return wheelhouse.Platform(self.machine, self.glibc, self.python)
+    def platform(self) -> Platform:
+        return Platform(self.machine, self.glibc, self.python)
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,12 @@ def plan_runner(target: Transport, facts: DeviceFacts, venv: str) -> RunnerPlan:
         why = f"this machine cross-compiles for aarch64 only, the device is {facts.machine}"
     else:
         try:
-            library = runner_package.build_library(facts.python)
-        except runner_package.PackageError as e:
+            library = build_library(facts.python)
+        except PackageError as e:
             why = str(e)
         else:
             if not (why := too_old(library, facts)):
-                compiler = runner_package.compiler_version(runner_package.cross_compiler())
+                compiler = compiler_version(cross_compiler())
                 return RunnerPlan(library, f"cross-compiled on the deploying host with {compiler}")
     if not facts.compiler:
         raise DeployError(
@@ -101,7 +104,7 @@ def plan_runner(target: Transport, facts: DeviceFacts, venv: str) -> RunnerPlan:
 def too_old(library: Path, facts: DeviceFacts) -> str | None:
     """Why ``library`` would not load on the device (its glibc or libstdc++ older than it needs), or None."""
     for name, have in (("GLIBC", facts.glibc), ("GLIBCXX", facts.glibcxx)):
-        needs = runner_package.glibc_needed(library, name)
+        needs = glibc_needed(library, name)
         if have and version(have) < needs:
             return (
                 f"the runner built here needs {name} {'.'.join(map(str, needs))} and the device has {have} "
@@ -114,9 +117,9 @@ def install_packages(
     target: Transport, device: Device, facts: DeviceFacts, root: str, venv: str, release: str, bwlimit: int | None
 ) -> None:
     """Make the environment from wheels fetched here: the device reaches no index (``--no-index``)."""
-    packages, runtime = wheelhouse.device_requirements()
-    wheels, downloaded = wheelhouse.build(facts.platform(), packages, runtime)
-    info = json.loads((wheels / wheelhouse.COMPLETE).read_text())
+    packages, runtime = device_requirements()
+    wheels, downloaded = build_wheelhouse(facts.platform(), packages, runtime)
+    info = json.loads((wheels / COMPLETE).read_text())
     size = f"{len(info['wheels'])} wheels, {info['bytes'] / 1e6:.0f} MB"
     print(
         f"copying the wheelhouse ({size}, {'downloaded now' if downloaded else 'cached here'}) to {target.where}",

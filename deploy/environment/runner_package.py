@@ -30,7 +30,8 @@ from edge.command import HelpFormatter, UserError
 from edge.files import blocking_file, cache_root
 from edge.native.build import COMMAND_SOURCE, LIBRARIES, SOURCE, compile_flags, library_name, link_flags
 
-from .wheelhouse import Platform, WheelhouseError, download, executorch_pin
+from ..pins import executorch_pin
+from .wheelhouse import Platform, WheelhouseError, download
 
 CROSS_COMPILER = "aarch64-linux-gnu-g++"
 CROSS_PACKAGE = "g++-aarch64-linux-gnu"  # Debian and Ubuntu

@@ -12,14 +12,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.command import UserError
 from edge.files import blocking_file, cache_root
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = cache_root() / "wheelhouses"
 OLDEST_MANYLINUX = 17  # manylinux_2_17 (manylinux2014): the oldest glibc PyPI's aarch64 wheels are built for
 COMPLETE = "wheelhouse.json"
@@ -51,28 +49,6 @@ class Platform:
 
     def describe(self) -> str:
         return f"Python {self.python} on {self.machine} with glibc {self.glibc}"
-
-
-def device_requirements() -> tuple[str, str]:
-    """The device's pip requirements, from pyproject.toml (the one place versions are pinned).
-
-    Two sets: the ordinary ones, and the ExecuTorch wheel, installed with --no-deps because the
-    device uses only its lib/ and include/ (the native runner), never its torch dependency.
-    """
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = project["optional-dependencies"]
-    pins = [*project["dependencies"], *extras["edge"], *(r for r in extras["dev"] if r.startswith("pytest"))]
-    return "\n".join(dict.fromkeys(pins)) + "\n", f"executorch=={executorch_pin()}\n"
-
-
-def executorch_pin() -> str:
-    """The executorch version pyproject.toml pins: the host exports with it, the device runs it. Read
-    here only (the Makefile asks ``python -m deploy.environment.wheelhouse``)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    found = [r.split("==", 1)[1] for r in project["optional-dependencies"]["train"] if r.startswith("executorch==")]
-    if len(found) != 1:
-        raise WheelhouseError("pyproject.toml pins no single executorch== in its train extra: pin one")
-    return found[0]
 
 
 def key(platform: Platform, packages: str, runtime: str) -> str:
@@ -160,12 +136,3 @@ def explain(stderr: str, platform: Platform) -> str:
         return "cannot reach the package index from this machine to fetch the device's wheels: check its network"
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     return f"downloading the device's wheels failed: {lines[-1] if lines else 'pip gave no reason'}"
-
-
-def main() -> None:
-    """Print the executorch requirement, for the Makefile's setup on a Pi (the wheel is installed --no-deps)."""
-    print(f"executorch=={executorch_pin()}")
-
-
-if __name__ == "__main__":
-    main()
