@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     from .command import HelpFormatter
 
     parser = argparse.ArgumentParser(
-        prog="python -m edge.threads", description=main.__doc__.split(": ", 1)[1], formatter_class=HelpFormatter
+        prog="python -m edge.threads",
+        description="the thread count recorded in a release, or nothing (for its Makefile)",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("directory", nargs="?", type=Path, default=Path("."), help="the release directory")
     if found := chosen(parser.parse_args(argv).directory):
