@@ -210,16 +210,19 @@ bench-sweep: setup  ## make sweep over the bench-sweep recipe's grid (V3-Small/L
 		$(call opt,--budget-ms,$(BUDGET_MS)) $(call opt,--jobs,$(JOBS))
 
 # make bench-peers: our programs against LiteRT, ONNX Runtime and ncnn on the same weights (python -m peers), in
-# its own environment (.venv-peers: the converters pull in jax and transformers, about 3 GB). The model: CKPT= a
-# float checkpoint, else seeded weights at MODEL= WIDTH= RES= (1000 classes; python -m peers --help gives the defaults). DATA= a folder
-# of images to check and calibrate on (default: the procedural shapes). THREADS= (default 2). It also measures on
-# DEVICE= when given, and on the emulated Pi when that is up (make pi-emu). Writes artifacts/peers/.
+# its own environment (.venv-peers: the converters pull in jax and transformers, about 3 GB). Two tables: seeded
+# weights at MODEL= WIDTH= RES= (1000 classes; python -m peers --help gives the defaults) in artifacts/peers/, and
+# the trained model make qat ships (its float checkpoint, runs/MODEL/checkpoints/best.ckpt, or CKPT=) when there
+# is one, in artifacts/peers-trained/. DATA= a folder of images to check and calibrate on (default: the
+# procedural shapes). THREADS=; ALONE=1 times each program in a process of its own. It also measures
+# on DEVICE= when given, and on the emulated Pi when that is up (make pi-emu).
 PEERS_VENV := .venv-peers
 PEERS_PY := $(PEERS_VENV)/bin/python
 PEERS_DEVICE = $(if $(call given,DEVICE),$(DEVICE),$(shell emulators/pi.sh status >/dev/null 2>&1 && echo rpi5-emu))
-PEERS_ARGS = $(call opt,--checkpoint,$(CKPT)) $(if $(call given,MODEL),--model=$(call q,$(MODEL))) $(call opt,--width,$(WIDTH)) \
-	$(call opt,--res,$(RES)) $(call opt,--data,$(DATA)) $(call opt,--threads,$(THREADS)) \
+PEERS_ARGS = $(call opt,--data,$(DATA)) $(call opt,--threads,$(THREADS)) $(if $(ALONE),--alone) \
 	$(call opt,--device,$(PEERS_DEVICE)) $(call opt,--host,$(HOST))
+PEERS_SEEDED = $(if $(call given,MODEL),--model=$(call q,$(MODEL))) $(call opt,--width,$(WIDTH)) $(call opt,--res,$(RES))
+PEERS_TRAINED = $(or $(CKPT),$(wildcard runs/$(MODEL)/checkpoints/best.ckpt))
 
 $(PEERS_VENV)/.installed: pyproject.toml
 	@echo "== bench-peers: $(PEERS_VENV) with the converters and the peer runtimes (the first time: a few minutes, about 3 GB)" >&2
@@ -230,7 +233,8 @@ $(PEERS_VENV)/.installed: pyproject.toml
 
 bench-peers: $(PEERS_VENV)/.installed  ## ours vs LiteRT, ONNX Runtime, ncnn on the same weights: one table (and the emulated Pi's ratios when it is up)
 	@$(PEERS_PY) -m edge.native >/dev/null
-	$(PEERS_PY) -m peers $(PEERS_ARGS)
+	$(PEERS_PY) -m peers $(PEERS_SEEDED) $(PEERS_ARGS)
+	$(if $(PEERS_TRAINED),$(PEERS_PY) -m peers --checkpoint=$(call q,$(PEERS_TRAINED)) --out=artifacts/peers-trained $(PEERS_ARGS))
 
 bench-peers-profile: $(PEERS_VENV)/.installed  ## where the time goes after make bench-peers: ours per operator (ETDump), LiteRT per microkernel (perf)
 	@command -v perf >/dev/null || { [ "$$(id -u)" -eq 0 ] && apt-get install -y -q linux-perf >/dev/null; } || \

@@ -30,25 +30,16 @@ BIG=(0xd0b 0x4 1 0x00000000414fd0b1 2400000)
 LITTLE=(0xd05 0x2 0 0x00000000412fd050 1800000)
 CORES=8  # 4 big, 4 little
 
-die() { echo "error: $*" >&2; exit 1; }
-say() { echo "android-emu: $*" >&2; }
+NAME=android-emu
+WHAT="the emulated phone"
 source "$(dirname "$0")/lib.sh"
-
-need_root() {
-    [ "$(id -u)" -eq 0 ] || die "the emulated phone needs root (mount, chroot, binfmt_misc): run it with sudo"
-}
 
 install_tools() {
     local need=()
     [ -x "$QEMU" ] || need+=(qemu-user-static)
     command -v cc >/dev/null || need+=(gcc libc6-dev)
     command -v adb >/dev/null || need+=(adb)
-    if [ ${#need[@]} -gt 0 ]; then
-        command -v apt-get >/dev/null || die "install ${need[*]} (Debian package names) and run again"
-        say "installing ${need[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-    fi
+    apt_install "${need[@]}"
     [ -x "$PYTHON" ] || die "no Python at $PYTHON for adbd: run make setup first"
 }
 
@@ -162,13 +153,7 @@ start_adbd() {
 }
 
 up() {
-    need_root
-    mkdir -p "$STATE"
-    if running; then
-        say "already running"
-        status
-        return
-    fi
+    already_up && return
     install_tools
     register_binfmt
     build_root
@@ -188,26 +173,12 @@ down() {
     if [ -f "$STATE/adbd.port" ] && command -v adb >/dev/null; then
         adb disconnect "127.0.0.1:$(cat "$STATE/adbd.port")" >/dev/null 2>&1 || true
     fi
-    if running; then
-        kill "$(cat "$STATE/adbd.pid")"
-        for _ in $(seq 20); do running || break; sleep 0.25; done
-        running && kill -9 "$(cat "$STATE/adbd.pid")" 2>/dev/null || true
-    fi
-    end_root_processes
+    stop_daemon "$STATE/adbd.pid"
     rm -f "$STATE/adbd.pid" "$STATE/adbd.port" "$DIR/adb.yaml"
-    unmount_root
-    unregister_binfmt
-    say "down"
+    release_root
 }
 
-status() {
-    if running; then
-        echo "android-emu: running, adbd on $(sed -n 's/^serial: //p' "$DIR/adb.yaml") (PID $(cat "$STATE/adbd.pid"))"
-        echo "now: make deploy DEVICE=android-emu"
-    else
-        echo "android-emu: not running (make android-emu starts it)"
-        return 3
-    fi
-}
+adbd_address() { echo "adbd on $(sed -n 's/^serial: //p' "$DIR/adb.yaml")"; }
+status() { show_status android-emu adbd_address "$STATE/adbd.pid" android-emu; }
 
 emulator_main "$@"

@@ -2,10 +2,27 @@
 # (up|down|status, each script defining the three). A binfmt_misc entry,
 # named $ENTRY, under which every aarch64 ELF runs in qemu-user as a Cortex-A76 (each emulator registers its
 # own, so stopping one leaves the other running), qemu inside the root, mounts recorded as they are made,
-# and ending what still runs in the root. Needs QEMU, BINFMT, STATE, ROOT and ENTRY set, and root.
+# and ending what still runs in the root. Needs NAME, WHAT, QEMU, BINFMT, STATE, ROOT and ENTRY set, and root.
 # What was changed for all of them (Debian's entry turned off, binfmt_misc mounted) is recorded in one shared
 # place and undone by the last one down.
 SHARED=${EMU_SHARED_DIR:-${MOBILENET_EDGE_CACHE:-$HOME/.cache/mobilenet-edge}}
+
+# Messages name the emulator ($NAME, e.g. pi-emu; $WHAT, e.g. "the emulated Pi"), errors end the script.
+die() { echo "error: $*" >&2; exit 1; }
+say() { echo "$NAME: $*" >&2; }
+
+need_root() {
+    [ "$(id -u)" -eq 0 ] || die "$WHAT needs root (mount, chroot, binfmt_misc): run it with sudo"
+}
+
+# The Debian packages named (none: nothing to do), with apt-get.
+apt_install() {
+    [ $# -eq 0 ] && return 0
+    command -v apt-get >/dev/null || die "install $* (Debian package names) and run again"
+    say "installing $*"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
 
 # binfmt_misc entry whose interpreter runs qemu as a Cortex-A76: qemu's default CPU model gives
 # silently wrong int8 results, and a fake cpuinfo naming another core ends in SIGILL.
@@ -84,6 +101,44 @@ end_root_processes() {
     local pids
     pids=$(for p in /proc/[0-9]*; do [ "$(readlink "$p/root" 2>/dev/null)" = "$ROOT" ] && basename "$p"; done || true)
     [ -n "$pids" ] && kill $pids 2>/dev/null || true
+}
+
+# up's start: as root, with its state folder; true (and its status shown) when it is running already.
+already_up() {
+    need_root
+    mkdir -p "$STATE"
+    running || return 1
+    say "already running"
+    status
+}
+
+# The emulator's daemon (sshd, adbd), whose PID is in $1, stopped: TERM, up to 5 s, then KILL.
+stop_daemon() {
+    local pidfile=$1
+    running || return 0
+    kill "$(cat "$pidfile")"
+    for _ in $(seq 20); do running || break; sleep 0.25; done
+    running && kill -9 "$(cat "$pidfile")" 2>/dev/null || true
+}
+
+# What is left once the daemon is stopped: the root's processes, its mounts, the binfmt entry.
+release_root() {
+    end_root_processes
+    unmount_root
+    unregister_binfmt
+    say "down"
+}
+
+# status: NAME (pi-emu), a function printing what it serves, the daemon's PID file, the profile that deploys to it.
+show_status() {
+    local name=$1 serves=$2 pidfile=$3 profile=$4
+    if running; then
+        echo "$name: running, $($serves) (PID $(cat "$pidfile"))"
+        echo "now: make deploy DEVICE=$profile"
+    else
+        echo "$name: not running (make $name starts it)"
+        return 3
+    fi
 }
 
 # The command line of both emulators: up, down or status, as the script defines them.

@@ -30,14 +30,10 @@ DEAD_INDEX=http://127.0.0.1:9/simple/  # the discard port: nothing listens, a co
 FEATURES="fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
 MIDR=0x00000000414fd0b1
 
-die() { echo "error: $*" >&2; exit 1; }
-say() { echo "pi-emu: $*" >&2; }
-# What both emulators share: the binfmt entry, qemu in the root, mounts, ending the root's processes.
+NAME=pi-emu
+WHAT="the emulated Pi"
+# What both emulators share: messages, root, packages, the binfmt entry, qemu in the root, mounts, up/down/status.
 source "$(dirname "$0")/lib.sh"
-
-need_root() {
-    [ "$(id -u)" -eq 0 ] || die "the emulated Pi needs root (mount, chroot, binfmt_misc): run it with sudo"
-}
 
 install_tools() {
     local need=()
@@ -47,11 +43,7 @@ install_tools() {
     command -v cc >/dev/null || need+=(gcc libc6-dev)
     command -v ssh-keygen >/dev/null || need+=(openssh-client)
     command -v rsync >/dev/null || need+=(rsync)
-    [ ${#need[@]} -eq 0 ] && return
-    command -v apt-get >/dev/null || die "install ${need[*]} (Debian package names) and run again"
-    say "installing ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    apt_install "${need[@]}"
 }
 
 build_root() {
@@ -149,13 +141,7 @@ start_sshd() {
 }
 
 up() {
-    need_root
-    mkdir -p "$STATE"
-    if running; then
-        say "already running"
-        status
-        return
-    fi
+    already_up && return
     install_tools
     register_binfmt
     build_root
@@ -172,26 +158,12 @@ up() {
 down() {
     need_root
     mkdir -p "$STATE"
-    if running; then
-        kill "$(cat "$STATE/sshd.pid")"
-        for _ in $(seq 20); do running || break; sleep 0.25; done
-        running && kill -9 "$(cat "$STATE/sshd.pid")" 2>/dev/null || true
-    fi
-    end_root_processes
+    stop_daemon "$STATE/sshd.pid"
     rm -f "$STATE/sshd.pid" "$DIR/ssh.yaml"
-    unmount_root
-    unregister_binfmt
-    say "down"
+    release_root
 }
 
-status() {
-    if running; then
-        echo "pi-emu: running, sshd on 127.0.0.1:$(sed -n 's/^port: //p' "$DIR/ssh.yaml") (PID $(cat "$STATE/sshd.pid"))"
-        echo "now: make deploy DEVICE=rpi5-emu"
-    else
-        echo "pi-emu: not running (make pi-emu starts it)"
-        return 3
-    fi
-}
+sshd_address() { echo "sshd on 127.0.0.1:$(sed -n 's/^port: //p' "$DIR/ssh.yaml")"; }
+status() { show_status pi-emu sshd_address "$STATE/sshd.pid" rpi5-emu; }
 
 emulator_main "$@"

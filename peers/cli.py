@@ -1,17 +1,20 @@
 """Our int8 and fp32 programs against LiteRT, ONNX Runtime and ncnn on the same weights: one table.
 
     python -m peers [--checkpoint CKPT | --model v3_small --width 1.0 --res 224 --classes 1000]
-                    [--data DIR] [--threads 2] [--device rpi5-emu]
+                    [--data DIR] [--threads 2] [--alone] [--device rpi5-emu]
 
 Converts one float model to every runtime (``peers.convert``), checks each program's top-1 against the
-eager model on the same images, times them all in this process, taking turns (``peers.timing``), and
-prints the table; ``--device`` measures the same folder on a device too and prints the ratios there.
-Writes ``report.json`` and ``report.md`` beside the programs (``--out``).
+eager model on the same images, times them all in one process, taking turns (``peers.timing``), or with
+``--alone`` each in a process of its own, and prints the table with p50, p90 and p99, the commit and the
+machine; ``--device`` measures the same folder on a device too and prints the ratios there. Writes
+``report.json`` (every sample), ``report.md`` and ``latency.png`` (ours and LiteRT's distributions) beside
+the programs (``--out``).
 """
 
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -19,7 +22,8 @@ from pathlib import Path
 
 from edge.command import positive_int, with_examples
 
-from .measure import command
+from . import pictures
+from .measure import PROGRAMS, command, with_agreement
 from .runtimes import PeerError
 from .timing import Plan
 
@@ -51,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=positive_int, default=2, help="threads for every runtime")
     parser.add_argument("--rounds", type=positive_int, default=Plan.rounds, help="turns per program")
     parser.add_argument("--calls", type=positive_int, default=Plan.calls, help="timed calls per turn")
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="time each program in a process of its own, one after another (default: all in one, taking turns)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -119,14 +128,14 @@ def table(result: dict) -> str:
     rows = result["programs"]
     ours = next(r for r in rows if r["ours"] and r["precision"] == "int8")
     lines = [
-        "| program | runtime | p50 ms | p90 ms | vs ours int8 (p50) | size MB | top-1 = eager | parity with eager "
-        "| top-1 = ours int8 |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| program | runtime | p50 ms | p90 ms | p99 ms | vs ours int8 (p50) | size MB | top-1 = eager "
+        "| parity with eager | top-1 = ours int8 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         name, eager = f"**{r['name']}**" if r["ours"] else r["name"], r["vs_eager"]
         lines.append(
-            f"| {name} | {r['runtime_label']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+            f"| {name} | {r['runtime_label']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {r['p99_ms']:.3f} | "
             f"{r['p50_ms'] / ours['p50_ms']:.2f}x | {r['bytes'] / 1e6:.2f} | {fmt(eager['top1_agreement'])} | "
             f"{fmt(eager['agreement'])} | {fmt(r['top1_vs_ours_int8'])} |"
         )
@@ -192,10 +201,18 @@ def run(args: argparse.Namespace) -> int:
         (out / "source.json").write_text(json.dumps({"model": describe_source(args)}) + "\n")
         say(f"converted in {time.monotonic() - started:.0f} s into {out}")
     source = json.loads((out / "source.json").read_text())["model"] if (out / "source.json").is_file() else "?"
-    report = {"host": measure_here(out, args.threads, Plan(args.rounds, args.calls))}
-    report["model"] = source
+    plan = Plan(args.rounds, args.calls)
+    report = {
+        "host": measure_alone(out, args.threads, plan) if args.alone else measure_here(out, args.threads, plan),
+        "model": source,
+        "mode": "alone" if args.alone else "taking turns",
+        "commit": commit(),
+        "cpu": cpu_model(),
+    }
+    how = "each program alone in its own process" if args.alone else "all in one process, taking turns"
     text = [
-        f"{source}; this machine, {args.threads} threads, {report['host']['images']} images:",
+        f"{source}; {report['cpu']}, {args.threads} threads, {how}, {report['host']['images']} images; "
+        f"commit {report['commit']}:",
         "",
         table(report["host"]),
     ]
@@ -204,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
         emulated = " (emulated: only the ratios between runtimes mean anything)" if device.emulated else ""
         text += ["", f"{device.name}{emulated}, {args.threads} threads:", "", ratios(report["host"], report["device"])]
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    picture = pictures.draw(report["host"], text[0].rstrip(":"), out / pictures.PICTURE)
+    if picture:
+        text += ["", f"![latency distributions, ours and LiteRT]({picture.name})"]
     (out / "report.md").write_text("\n".join(text) + "\n")
     print("\n".join(text))
     failures = check_fp32(report["host"]) + check_fp32(report.get("device", {"programs": []}))
@@ -212,12 +232,39 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def measure_here(out: Path, threads: int, plan: Plan) -> dict:
+def measure_here(out: Path, threads: int, plan: Plan, only: str | None = None) -> dict:
     """In a fresh process, as on a device: the converters' threads and memory are gone, torch is not loaded."""
-    result = subprocess.run(command(sys.executable, str(out), threads, plan), stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(command(sys.executable, str(out), threads, plan, only), stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise PeerError("measuring on this machine failed (its error is above)")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure_alone(out: Path, threads: int, plan: Plan) -> dict:
+    """Each program in a fresh process of its own, one after another: no other runtime's threads or memory
+    in the process, so nothing of the turn-taking can colour its figures."""
+    names = [p["name"] for p in json.loads((out / PROGRAMS).read_text())]
+    results = [measure_here(out, threads, plan, only=name) for name in names]
+    return results[0] | {"programs": with_agreement([r["programs"][0] for r in results])}
+
+
+def commit() -> str:
+    """The commit measured (``+ changes`` when the tree differs from it), or "unknown" outside a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    found = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if found.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
+    return found.stdout.strip() + (" + changes" if dirty.stdout.strip() else "")
+
+
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it, with the cores this process may use."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
+    return f"{names[0] if names else platform.machine()}, {len(os.sched_getaffinity(0))} cores"
 
 
 def measure_on_device(device, out: Path, args: argparse.Namespace) -> dict:

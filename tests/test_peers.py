@@ -4,11 +4,13 @@ so what needs them (the conversions, the timings) runs in make bench-peers, not 
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from peers import cli, remote
+from peers import pictures as peers_pictures
 from peers.convert import decompose_hard_activations
 from peers.measure import measure
 from peers.runtimes import PeerError, load, quantize
@@ -45,7 +47,9 @@ def test_timed_calls_measure_only_themselves_after_the_untimed_settling_calls():
     assert samples["fast"] == pytest.approx([1.0] * 20) and samples["slow"] == pytest.approx([4.0] * 20)
     # Settling: calls until 10 ms of this clock passed, at least one: 10 for fast, 3 for slow, per turn.
     assert clock.calls == {"fast": 5 * (10 + 4), "slow": 5 * (3 + 4)}
-    assert summary(samples["slow"]) == {"p50_ms": pytest.approx(4.0), "p90_ms": pytest.approx(4.0), "runs": 20}
+    slow = summary(samples["slow"])
+    assert (slow["p50_ms"], slow["p90_ms"], slow["p99_ms"], slow["runs"]) == pytest.approx((4.0, 4.0, 4.0, 20))
+    assert slow["samples_ms"] == pytest.approx([4.0] * 20), "every sample kept"
 
 
 @pytest.mark.parametrize("bad", [{"rounds": 0}, {"calls": 0}, {"settle_s": -1.0}, {"settle_s": float("nan")}])
@@ -123,6 +127,26 @@ def test_measuring_checks_each_program_against_eager_and_times_it(ours_only):
     ]
 
 
+def test_alone_each_program_is_timed_in_a_process_of_its_own_and_drawn(ours_only, tmp_path, monkeypatch):
+    """--alone: one process per program, their rows joined (the agreement with ours int8 computed across
+    processes from each row's top-1), and the distributions drawn."""
+    programs = json.loads((ours_only / "programs.json").read_text())
+    shutil.copy(ours_only / "ours-fp32.pte", ours_only / "ours-int8.pte")
+    programs.append(programs[0] | {"name": "ours int8", "file": "ours-int8.pte", "precision": "int8"})
+    (ours_only / "programs.json").write_text(json.dumps(programs))
+    started = []
+    real = cli.measure_here
+    monkeypatch.setattr(cli, "measure_here", lambda *a, only=None: started.append(only) or real(*a, only=only))
+    result = cli.measure_alone(ours_only, 1, Plan(rounds=2, calls=3, settle_s=0.0))
+    assert started == ["ours fp32", "ours int8"], "a process per program"
+    assert [r["name"] for r in result["programs"]] == ["ours fp32", "ours int8"]
+    assert all(r["top1_vs_ours_int8"] == 1.0 and len(r["samples_ms"]) == 6 for r in result["programs"])
+    picture = peers_pictures.draw(result, "test", tmp_path / "latency.png")
+    assert picture is not None and cv2.imread(str(picture)).std() > 10
+    with pytest.raises(PeerError, match="no program named 'nope'"):
+        measure(ours_only, 1, Plan(rounds=1, calls=1, settle_s=0.0), only="nope")
+
+
 def test_the_tables_compare_every_program_with_our_int8_one():
     def row(name, ms, ours=False, precision="int8"):
         vs = {"top1_agreement": 1.0, "agreement": 1.0}
@@ -133,6 +157,7 @@ def test_the_tables_compare_every_program_with_our_int8_one():
             "runtime_label": "X",
             "p50_ms": ms,
             "p90_ms": ms,
+            "p99_ms": ms,
             "bytes": 2e6,
             "vs_eager": vs,
             "top1_vs_ours_int8": 0.5,
@@ -140,7 +165,7 @@ def test_the_tables_compare_every_program_with_our_int8_one():
 
     host = {"programs": [row("ours int8", 2.0, True), row("LiteRT int8", 1.0)]}
     device = {"programs": [row("ours int8", 50.0, True), row("LiteRT int8", 75.0)]}
-    assert "| LiteRT int8 | X | 1.000 | 1.000 | 0.50x | 2.00 | 100.0% | 100.0% | 50.0% |" in cli.table(host)
+    assert "| LiteRT int8 | X | 1.000 | 1.000 | 1.000 | 0.50x | 2.00 | 100.0% | 100.0% | 50.0% |" in cli.table(host)
     assert "| LiteRT int8 | 0.50x | 1.50x | 75.00 | 100.0% |" in cli.ratios(host, device)
 
 
