@@ -25,7 +25,7 @@ from edge.command import positive_int, with_examples
 from . import pictures
 from .measure import PROGRAMS, command, with_agreement
 from .runtimes import PeerError
-from .timing import Plan
+from .timing import Plan, summary, turns
 
 CHECK_IMAGES = 64  # top-1 agreement on these; the first half also calibrates every int8 program
 
@@ -216,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         "",
         table(report["host"]),
     ]
+    if args.alone:
+        text += ["", f"p50 of each of its {ALONE_PROCESSES} processes:", *process_lines(report["host"])]
     if device:
         report["device"] = measure_on_device(device, out, args)
         emulated = " (emulated: only the ratios between runtimes mean anything)" if device.emulated else ""
@@ -240,12 +242,34 @@ def measure_here(out: Path, threads: int, plan: Plan, only: str | None = None) -
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+ALONE_PROCESSES = 3  # processes per program with --alone: one process can settle in a slow mode for its life
+
+
 def measure_alone(out: Path, threads: int, plan: Plan) -> dict:
-    """Each program in a fresh process of its own, one after another: no other runtime's threads or memory
-    in the process, so nothing of the turn-taking can colour its figures."""
+    """Each program in fresh processes of its own, ALONE_PROCESSES each, the programs taking turns: no other
+    runtime's threads or memory in the process, so nothing of the turn-taking colours its figures. A
+    process's timing can settle in a fast or a slow mode for its whole life, so each program's samples
+    pool its processes, and its row gives each process's p50 too."""
     names = [p["name"] for p in json.loads((out / PROGRAMS).read_text())]
-    results = [measure_here(out, threads, plan, only=name) for name in names]
-    return results[0] | {"programs": with_agreement([r["programs"][0] for r in results])}
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for name in turns(names, ALONE_PROCESSES):
+        say(f"alone: {name} ({len(results[name]) + 1} of {ALONE_PROCESSES})")
+        results[name].append(measure_here(out, threads, plan, only=name))
+    rows = []
+    for name in names:
+        processes = [result["programs"][0] for result in results[name]]
+        pooled = [s for row in processes for s in row["samples_ms"]]
+        rows.append(processes[0] | summary(pooled) | {"process_p50_ms": [row["p50_ms"] for row in processes]})
+    return results[names[0]][0] | {"programs": with_agreement(rows)}
+
+
+def process_lines(result: dict) -> list[str]:
+    """With --alone: each program's p50 in each of its processes, so a process in a slow mode shows."""
+    return [
+        f"- {r['name']}: " + ", ".join(f"{ms:.3f}" for ms in r["process_p50_ms"]) + " ms"
+        for r in result["programs"]
+        if r.get("process_p50_ms")
+    ]
 
 
 def commit() -> str:

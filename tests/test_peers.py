@@ -138,9 +138,11 @@ def test_alone_each_program_is_timed_in_a_process_of_its_own_and_drawn(ours_only
     real = cli.measure_here
     monkeypatch.setattr(cli, "measure_here", lambda *a, only=None: started.append(only) or real(*a, only=only))
     result = cli.measure_alone(ours_only, 1, Plan(rounds=2, calls=3, settle_s=0.0))
-    assert started == ["ours fp32", "ours int8"], "a process per program"
+    assert sorted(started) == ["ours fp32"] * 3 + ["ours int8"] * 3, "a process per program and round"
+    assert started[:2] == ["ours fp32", "ours int8"] and started[2:4] == ["ours int8", "ours fp32"], "taking turns"
     assert [r["name"] for r in result["programs"]] == ["ours fp32", "ours int8"]
-    assert all(r["top1_vs_ours_int8"] == 1.0 and len(r["samples_ms"]) == 6 for r in result["programs"])
+    assert all(r["top1_vs_ours_int8"] == 1.0 and len(r["samples_ms"]) == 18 for r in result["programs"])
+    assert all(len(r["process_p50_ms"]) == 3 for r in result["programs"]) and cli.process_lines(result)
     picture = peers_pictures.draw(result, "test", tmp_path / "latency.png")
     assert picture is not None and cv2.imread(str(picture)).std() > 10
     with pytest.raises(PeerError, match="no program named 'nope'"):
