@@ -154,10 +154,7 @@ start_adbd() {
 
 up() {
     already_up && return
-    install_tools
-    register_binfmt
-    build_root
-    install_qemu
+    prepare_root
     write_build_prop
     fake_cpu
     mount_root

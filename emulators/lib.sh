@@ -112,6 +112,15 @@ already_up() {
     status
 }
 
+# The first steps of every emulator's up: its tools, qemu's binfmt handler, its root file system
+# (build_root, the emulator's own) and qemu inside that root.
+prepare_root() {
+    install_tools
+    register_binfmt
+    build_root
+    install_qemu
+}
+
 # The emulator's daemon (sshd, adbd), whose PID is in $1, stopped: TERM, up to 5 s, then KILL.
 stop_daemon() {
     local pidfile=$1

@@ -142,10 +142,7 @@ start_sshd() {
 
 up() {
     already_up && return
-    install_tools
-    register_binfmt
-    build_root
-    install_qemu
+    prepare_root
     offline
     fake_cpu "$(nproc)"
     mount_root

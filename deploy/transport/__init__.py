@@ -7,6 +7,7 @@ remote side runs, so a hostile file name stays one argument.
 """
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from edge.command import UserError
@@ -55,7 +56,29 @@ class Transport:
     ) -> subprocess.CompletedProcess:
         """Run ``argv`` on the device (in ``cwd`` there); with ``check``, a failure is a DeployError naming
         ``what`` was being done."""
+        return self.checked(lambda: self.execute(argv, cwd, capture, timeout), what or argv[0], check)
+
+    def checked(
+        self, start: Callable[[], subprocess.CompletedProcess], what: str, check: bool
+    ) -> subprocess.CompletedProcess:
+        """``start()``'s result; a timeout, or with ``check`` a non-zero exit, as one DeployError line."""
+        try:
+            result = start()
+        except subprocess.TimeoutExpired as e:
+            raise DeployError(f"{what}: {self.where} did not answer within {e.timeout:.0f} s") from None
+        if check and result.returncode != 0:
+            raise DeployError(f"{what} failed: {self.explain_failure(result)}")
+        return result
+
+    def execute(
+        self, argv: list[str], cwd: str | None, capture: bool, timeout: float | None
+    ) -> subprocess.CompletedProcess:
+        """Start ``argv`` on the device and wait for it; TimeoutExpired after ``timeout`` seconds."""
         raise NotImplementedError
+
+    def explain_failure(self, result: subprocess.CompletedProcess) -> str:
+        """One line for why a command failed."""
+        return explain(result.stderr, self.where)
 
     def push(self, local: Path, remote: str, what: str | None = None, *, bwlimit: int | None = None) -> None:
         """Copy the directory ``local`` to ``remote`` (created), contents and all."""

@@ -31,27 +31,18 @@ class Adb(Transport):
     def adb(
         self, args: list[str], what: str, timeout: float = TIMEOUT_S, check: bool = True
     ) -> subprocess.CompletedProcess:
-        try:
-            result = run_bounded([self.binary, "-s", self.serial, *args], timeout)
-        except subprocess.TimeoutExpired:
-            raise DeployError(f"{what}: {self.where} did not answer within {timeout:.0f} s") from None
-        if check and result.returncode != 0:  # adb push and pull print their errors among the progress
-            raise DeployError(f"{what} failed: {explain_adb(result.stderr + chr(10) + result.stdout, self.where)}")
-        return result
+        return self.checked(lambda: run_bounded([self.binary, "-s", self.serial, *args], timeout), what, check)
 
-    def run(
-        self,
-        argv: list[str],
-        what: str | None = None,
-        *,
-        cwd: str | None = None,
-        check: bool = True,
-        capture: bool = True,
-        timeout: float | None = None,
+    def execute(
+        self, argv: list[str], cwd: str | None, capture: bool, timeout: float | None
     ) -> subprocess.CompletedProcess:
         """``capture`` is moot: adb's output is always read, bounded, and returned."""
         line = shlex.join(argv) if cwd is None else f"cd {shlex.quote(cwd)} && {shlex.join(argv)}"
-        return self.adb(["shell", line], what or argv[0], timeout or TIMEOUT_S, check)
+        return run_bounded([self.binary, "-s", self.serial, "shell", line], timeout or TIMEOUT_S)
+
+    def explain_failure(self, result: subprocess.CompletedProcess) -> str:
+        """adb push and pull print their errors among the progress."""
+        return explain_adb(result.stderr + "\n" + result.stdout, self.where)
 
     def push(self, local: Path, remote: str, what: str | None = None, *, bwlimit: int | None = None) -> None:
         """``bwlimit`` is moot: adb has no bandwidth limit (USB is rarely the slow link)."""

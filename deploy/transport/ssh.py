@@ -23,31 +23,17 @@ class Target(Transport):
     def command(self, argv: list[str], cwd: str | None = None) -> list[str]:
         return argv
 
-    def run(
-        self,
-        argv: list[str],
-        what: str | None = None,
-        *,
-        cwd: str | None = None,
-        check: bool = True,
-        capture: bool = True,
-        timeout: float | None = None,
+    def execute(
+        self, argv: list[str], cwd: str | None, capture: bool, timeout: float | None
     ) -> subprocess.CompletedProcess:
-        local_cwd = cwd if not self.device.ssh else None
-        try:
-            result = subprocess.run(
-                self.command(argv, cwd),
-                cwd=local_cwd,
-                text=True,
-                stdout=subprocess.PIPE if capture else None,
-                stderr=subprocess.PIPE,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise DeployError(f"{what or argv[0]}: {self.where} did not answer within {timeout:.0f} s") from None
-        if check and result.returncode != 0:
-            raise DeployError(f"{what or argv[0]} failed: {explain(result.stderr, self.where)}")
-        return result
+        return subprocess.run(
+            self.command(argv, cwd),
+            cwd=cwd if not self.device.ssh else None,
+            text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+        )
 
     def push(self, local: Path, remote: str, what: str | None = None, *, bwlimit: int | None = None) -> None:
         argv = [
