@@ -310,7 +310,7 @@ def test_closing_while_other_threads_run_is_a_clean_error_not_a_crash(tiny_bundl
 
 def test_programs_of_either_memory_order_give_the_same_answers_for_any_nchw_array():
     """A format-1 program reads NCHW memory, export's programs NHWC: the runner takes the order from the
-    program and lays out whatever array it is given, contiguous or a strided view."""
+    program and lays out whatever array it is given, contiguous or a strided view, writable or not."""
     import torch
 
     from export.lower import to_pte
@@ -327,8 +327,10 @@ def test_programs_of_either_memory_order_give_the_same_answers_for_any_nchw_arra
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     strided = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # the preprocessor's layout
+    read_only = nhwc.laid_out(x)
+    read_only.flags.writeable = False  # memory the runner cannot take a writable view of (np.frombuffer's)
     for runner in (nhwc, nchw):
-        for given in (x, strided, nhwc.laid_out(x)):
+        for given in (x, strided, nhwc.laid_out(x), read_only):
             np.testing.assert_allclose(runner(given), expected, rtol=1e-4, atol=1e-4)
     assert np.shares_memory(nhwc.in_memory_order(strided), strided), "NHWC memory goes to the program uncopied"
     nhwc.close()
