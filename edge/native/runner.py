@@ -81,7 +81,7 @@ def first_byte(array: np.ndarray):
     call: at 64 px those microseconds are a visible part of a frame's inference. Read-only arrays take
     the slow way."""
     if array.flags.writeable:
-        return ctypes.byref(ctypes.c_char.from_buffer(array))
+        return ctypes.byref(ctypes.c_char.from_buffer(array))  # type: ignore[arg-type]  # numpy's stubs declare __buffer__ on 3.12+ only
     return array.__array_interface__["data"][0]
 
 
