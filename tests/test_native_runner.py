@@ -132,6 +132,31 @@ def test_runners_with_different_thread_counts_take_turns(bundle):
     assert result.returncode == 0 and result.stdout.split() == ["ok", "2"], result.stderr[-2000:]
 
 
+def test_the_graph_is_planned_once_and_its_plan_reused_with_the_same_answers(bundle):
+    """XNNPACK plans a graph for its shapes; the runner has it do so only when they change (runner.cpp). A
+    second runner of the same program is a new graph, planned again. In a subprocess: counts are per process."""
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from edge.bundle import APP_METHOD
+        from edge.native import Runner
+        golden = np.load({str(bundle / "golden.npz")!r})
+        pte = open({str(bundle / "model.pte")!r}, "rb").read()
+        first = Runner(pte, 1, APP_METHOD)
+        x = golden["inputs"][:1]
+        answers = [first(x) for _ in range(20)]
+        made, reused = Runner.plan_counts()
+        second = Runner(pte, 1, APP_METHOD)
+        again = second(x)
+        made2, reused2 = Runner.plan_counts()
+        assert all(np.array_equal(a, golden["logits"][:1]) for a in answers + [again])
+        print(made, reused, made2 - made, reused2 - reused)
+    """)
+    result = run(["-c", script], cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    made, reused, made_by_second, reused_by_second = map(int, result.stdout.split())
+    assert made >= 1 and reused >= 19 and made_by_second >= 1 and reused_by_second >= 0, result.stdout
+
+
 def test_wrong_input_shape_is_an_error_not_a_crash(bundle):
     loaded = load_bundle(bundle)
     size = loaded.input.size
@@ -227,6 +252,9 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
     assert [row["threads"] for row in figures["latency_ms"]] == [1, 2]
     assert all(len(row["samples_ms"]) == 7 and row["p50"] <= row["p90"] <= row["p99"] for row in figures["latency_ms"])
     assert figures["peak_rss_kb"] > 0 and figures["load_ms"] > 0 and figures["cpus"]["cores"]
+    # Each thread count loads the method again (a new XNNPACK graph, planned once); every other run reuses it.
+    runs = len(golden["inputs"]) + 2 * (1 + 7)
+    assert figures["xnnpack_plans"]["reused"] >= runs - 2 * 2, figures["xnnpack_plans"]
     assert not (tmp_path / "out.f32.partial").exists()
 
     golden["inputs"].tofile(tmp_path / "nchw.f32")  # forward, edge-bench's default, reads plain NCHW bytes

@@ -149,7 +149,9 @@ def check_complete(package: Path) -> None:
 def compile_command(compiler: str, include: Path, lib: Path, out: Path) -> None:
     """Build edge-bench with ``compiler`` against a runtime's headers and libraries (stripped: smaller)."""
     result = subprocess.run(
-        [compiler, *compile_flags(include), str(SOURCE), str(COMMAND_SOURCE), "-s", "-o", str(out), *link_flags(lib)],
+        # -rdynamic: the runner's XNNPACK definitions come before the wheel's only if the command exports them.
+        [compiler, *compile_flags(include), str(SOURCE), str(COMMAND_SOURCE), "-s", "-rdynamic", "-o", str(out)]
+        + link_flags(lib),
         capture_output=True,
         text=True,
     )

@@ -11,7 +11,8 @@
 // applies the parity rule (edge/parity.py), which keeps one home. It then times the first input per
 // thread count after a warm-up, and prints one JSON object: every sample, p50/p90/p99, load time, peak
 // RSS (VmHWM), the CPUs (/proc/cpuinfo and each core's cpuinfo_max_freq, so big and little cores are told
-// apart) and the thermal zones before and after. Errors are one "error: ..." line and exit code 1 (2 for
+// apart), the thermal zones before and after, and how often XNNPACK planned the graph and reused its plan
+// (runner.cpp). Errors are one "error: ..." line and exit code 1 (2 for
 // bad arguments), a program that crashes the runtime included (it is first run in a forked child).
 #include <algorithm>
 #include <cerrno>
@@ -40,6 +41,7 @@ int edge_runner_shape(const EdgeRunner* r, int which, int64_t* dims, int max_dim
 int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float* output, size_t output_numel,
                     char* err, size_t errlen);
 void edge_runner_close(EdgeRunner* r);
+void edge_runner_plan_counts(uint64_t* made, uint64_t* reused);
 }
 
 namespace {
@@ -373,12 +375,15 @@ int main(int argc, char** argv) {
             ", \"runs\": " + std::to_string(samples.size()) + ", \"samples_ms\": [" + list + "]}";
   }
   edge_runner_close(runner);
+  uint64_t plans_made = 0, plans_reused = 0;  // whether XNNPACK's plan of the graph was reused (runner.cpp)
+  edge_runner_plan_counts(&plans_made, &plans_reused);
   std::printf(
       "{\"program\": %s, \"method\": %s, \"program_bytes\": %zu, \"input_shape\": %s, \"output_shape\": %s, \"images\": %zu, "
       "\"load_ms\": %s, \"warmup\": %ld, \"latency_ms\": [%s], \"peak_rss_kb\": %ld, \"cpus\": %s, "
-      "\"thermal_before\": %s, \"thermal_after\": %s}\n",
+      "\"thermal_before\": %s, \"thermal_after\": %s, \"xnnpack_plans\": {\"made\": %llu, \"reused\": %llu}}\n",
       quoted(args.program).c_str(), quoted(args.method).c_str(), pte.size(), input_shape.c_str(), output_shape.c_str(), images,
       number(load_ms).c_str(), args.warmup, rows.c_str(), status_kb("VmHWM"), cpus_json().c_str(),
-      thermal_before.c_str(), thermal_json().c_str());
+      thermal_before.c_str(), thermal_json().c_str(), static_cast<unsigned long long>(plans_made),
+      static_cast<unsigned long long>(plans_reused));
   return 0;
 }

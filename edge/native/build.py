@@ -100,7 +100,8 @@ def compile_flags(include: Path) -> list[str]:
 
 
 def link_flags(lib: Path) -> list[str]:
-    return [f"-L{lib}", "-Wl,--no-as-needed", *(f"-l{name}" for name in LIBRARIES), "-Wl,--as-needed"]
+    # -ldl: dlsym, with which the runner passes XNNPACK's calls on (runner.cpp; in libc itself since glibc 2.34).
+    return [f"-L{lib}", "-Wl,--no-as-needed", *(f"-l{name}" for name in LIBRARIES), "-Wl,--as-needed", "-ldl"]
 
 
 def compile_command(out: Path) -> list[str]:

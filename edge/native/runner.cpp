@@ -6,6 +6,9 @@
 //
 // Every failure returns a code and one line of text; nothing here aborts on a bad file: the header
 // is checked first and the program is loaded with full flatbuffer verification.
+#include <dlfcn.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -13,6 +16,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <executorch/extension/data_loader/buffer_data_loader.h>
@@ -115,6 +119,94 @@ struct TensorSpec {
   std::vector<uint8_t> dim_order;  // the order of the dimensions in memory, outermost first
   size_t numel = 1;
 };
+
+// Reusing XNNPACK's plan of a graph between calls.
+//
+// Before every execution, ExecuTorch's XNNPACK delegate gives the runtime its inputs' shapes and calls
+// xnn_reshape_runtime, which reshapes every operator of the graph and checks its memory plan again:
+// 13-18 us a call on a 2-core x86 whatever the image size, a tenth of a call at 64 px. LiteRT's delegate
+// does it when an input changes shape. A program's shapes rarely change between calls (ours never
+// do), so the runner does that work only when they change: the wheel calls these XNNPACK functions
+// through the dynamic linker, where the runner's definitions below come first (edge-bench exports
+// them), and each passes on to XNNPACK's own. A runtime is planned again when it is new (XNNPACK also
+// makes small ones inside itself) or when one of its inputs changed shape since its last plan; a
+// failed call forgets the plan.
+using XnnStatus = int;  // enum xnn_status: 0 is xnn_status_success
+constexpr XnnStatus kXnnSuccess = 0;
+
+struct GraphPlan {
+  bool current = false;  // planned for the shapes below, and nothing failed since
+  std::unordered_map<uint32_t, std::vector<size_t>> input_shapes;  // by external value id
+};
+
+std::mutex g_plans_lock;
+std::unordered_map<void*, GraphPlan> g_plans;  // by xnn_runtime_t
+uint64_t g_plans_made = 0, g_plans_reused = 0;
+
+template <typename Function>
+Function xnnpack(const char* name) {
+  // Looked up once per function, after this library in the search order: the XNNPACK the wheel ships.
+  return reinterpret_cast<Function>(dlsym(RTLD_NEXT, name));
+}
+
+}  // namespace
+
+extern "C" {
+
+XnnStatus xnn_create_runtime_v4(void* subgraph, void* weights_cache, void* workspace, void* threadpool,
+                                uint32_t flags, void** runtime_out) {
+  static auto create = xnnpack<XnnStatus (*)(void*, void*, void*, void*, uint32_t, void**)>("xnn_create_runtime_v4");
+  XnnStatus status = create(subgraph, weights_cache, workspace, threadpool, flags, runtime_out);
+  if (status == kXnnSuccess) {
+    std::lock_guard<std::mutex> guard(g_plans_lock);
+    g_plans.erase(*runtime_out);  // an address a deleted runtime had: nothing is known of this one
+  }
+  return status;
+}
+
+XnnStatus xnn_delete_runtime(void* runtime) {
+  static auto destroy = xnnpack<XnnStatus (*)(void*)>("xnn_delete_runtime");
+  {
+    std::lock_guard<std::mutex> guard(g_plans_lock);
+    g_plans.erase(runtime);
+  }
+  return destroy(runtime);
+}
+
+XnnStatus xnn_reshape_external_value(void* runtime, uint32_t id, size_t num_dims, const size_t* dims) {
+  static auto reshape = xnnpack<XnnStatus (*)(void*, uint32_t, size_t, const size_t*)>("xnn_reshape_external_value");
+  XnnStatus status = reshape(runtime, id, num_dims, dims);
+  std::lock_guard<std::mutex> guard(g_plans_lock);
+  GraphPlan& plan = g_plans[runtime];
+  auto known = plan.input_shapes.find(id);
+  if (status != kXnnSuccess || known == plan.input_shapes.end() ||
+      !std::equal(known->second.begin(), known->second.end(), dims, dims + num_dims)) {
+    plan.current = false;
+    plan.input_shapes[id].assign(dims, dims + num_dims);
+  }
+  return status;
+}
+
+XnnStatus xnn_reshape_runtime(void* runtime) {
+  static auto reshape = xnnpack<XnnStatus (*)(void*)>("xnn_reshape_runtime");
+  {
+    std::lock_guard<std::mutex> guard(g_plans_lock);
+    auto plan = g_plans.find(runtime);
+    if (plan != g_plans.end() && plan->second.current) {
+      ++g_plans_reused;
+      return kXnnSuccess;
+    }
+  }
+  XnnStatus status = reshape(runtime);
+  std::lock_guard<std::mutex> guard(g_plans_lock);
+  g_plans[runtime].current = status == kXnnSuccess;
+  ++g_plans_made;
+  return status;
+}
+
+}  // extern "C"
+
+namespace {
 
 }  // namespace
 
@@ -303,6 +395,13 @@ int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float
   }
   std::memcpy(output, result.toTensor().const_data_ptr<float>(), r->output.numel * sizeof(float));
   return kOk;
+}
+
+// How many times XNNPACK planned a graph (made) and how many executions reused a plan (reused).
+void edge_runner_plan_counts(uint64_t* made, uint64_t* reused) {
+  std::lock_guard<std::mutex> guard(g_plans_lock);
+  *made = g_plans_made;
+  *reused = g_plans_reused;
 }
 
 // The XNNPACK pool's current thread count.

@@ -70,6 +70,8 @@ def library() -> ctypes.CDLL:
         *error,
     )
     lib.edge_runner_pool_threads.restype = ctypes.c_uint32
+    lib.edge_runner_plan_counts.argtypes = (ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64))
+    lib.edge_runner_plan_counts.restype = None
     lib.edge_runner_close.argtypes = (ctypes.c_void_p,)
     lib.edge_runner_close.restype = None
     return lib
@@ -164,6 +166,14 @@ class Runner:
     @staticmethod
     def pool_threads() -> int:
         return library().edge_runner_pool_threads()
+
+    @staticmethod
+    def plan_counts() -> tuple[int, int]:
+        """(made, reused) in this process: how often XNNPACK planned a graph for its shapes, and how many
+        executions ran on the plan of an earlier one (runner.cpp plans again only when shapes change)."""
+        made, reused = ctypes.c_uint64(), ctypes.c_uint64()
+        library().edge_runner_plan_counts(ctypes.byref(made), ctypes.byref(reused))
+        return made.value, reused.value
 
     def close(self) -> None:
         """Free the program once no call is under way; later calls raise NativeError."""
