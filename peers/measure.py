@@ -1,6 +1,6 @@
 """Check and time every program of a converted folder, here: on the host or on a device.
 
-    python -m peers.measure FOLDER [--threads 2] [--rounds 60] [--calls 10] [--settle 0.03] [--only NAME]
+    python -m peers.measure FOLDER [--threads 2] [--rounds 60] [--calls 10] [--settle 0.1] [--only NAME]
 
 Prints one JSON object: per program its size, its p50/p90/p99 and every sample in ms, its top-1 on the
 folder's images, how often that equals the eager model's (and how often its logits agree with eager's by

@@ -1,14 +1,17 @@
 """Time several runtimes in one process, taking turns, so that drift of the machine hits all of them.
 
-Each round gives every runtime one turn, in an order that rotates from round to round: untimed calls
-for ``settle_s`` seconds, then ``calls`` timed ones. The untimed calls matter: after a call a runtime's
-worker threads spin before they sleep (ncnn's OpenMP threads for 20 ms, ONNX Runtime's and XNNPACK's
-pools for less), and on a machine with as many cores as threads the next runtime would compete with
-them for the cores. Meanwhile the untimed calls wake the next runtime's own threads and bring its
-weights back into the caches. An idle pause instead would let the cores drop into power saving (or a
-virtual machine's cores be descheduled), and the first calls after it run slow.
+Each round gives every runtime one turn, in a seeded random order drawn afresh each round: untimed
+calls for ``settle_s`` seconds, then ``calls`` timed ones. The untimed calls matter: after a call a
+runtime's worker threads spin before they sleep (ncnn's OpenMP threads and ONNX Runtime's int8 pool for
+up to 100 ms on a 2-core x86, XNNPACK's for less), and on a machine with as many cores as threads the
+next runtime competes with them for the cores. Meanwhile the untimed calls wake the next runtime's own
+threads and bring its weights back into the caches. An idle pause instead would let the cores drop into
+power saving (or a virtual machine's cores be descheduled), and the first calls after it run slow. The
+order changes so that what spin outlasts the settling falls on every runtime alike: with the order
+merely rotated, each runtime would nearly always follow the same one.
 """
 
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,18 +23,19 @@ import numpy as np
 class Plan:
     rounds: int = 60
     calls: int = 10  # timed calls per turn
-    settle_s: float = 0.03  # untimed calls for this long at the start of each turn (at least one)
+    settle_s: float = 0.1  # untimed calls for this long at the start of each turn (at least one)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.calls < 1 or not 0 <= self.settle_s <= 10:
             raise ValueError(f"rounds and calls must be 1 or more and settle 0 or more, got {self}")
 
 
-def turns(names: list[str], rounds: int) -> Iterator[str]:
-    """Every name once per round, the starting one moving on by one each round."""
-    for r in range(rounds):
-        for i in range(len(names)):
-            yield names[(r + i) % len(names)]
+def turns(names: list[str], rounds: int, seed: int = 0) -> Iterator[str]:
+    """Every name once per round, in an order drawn afresh each round from ``seed``: each name follows
+    every other about equally often, and the same seed gives the same order."""
+    draw = random.Random(seed)
+    for _ in range(rounds):
+        yield from draw.sample(names, len(names))
 
 
 def alternate(
