@@ -1,6 +1,7 @@
 """make bench-peers' own logic, in the project's environment: the peer runtimes live in .venv-peers only,
 so what needs them (the conversions, the timings) runs in make bench-peers, not here."""
 
+import itertools
 import json
 import shutil
 
@@ -22,7 +23,7 @@ def test_every_runtime_gets_one_turn_per_round_and_no_runtime_always_follows_the
     names = ["a", "b", "c", "d"]
     order = list(turns(names, 40))
     assert all(sorted(order[r * 4 : r * 4 + 4]) == names for r in range(40)), "one turn each per round"
-    follows = {(before, after) for before, after in zip(order, order[1:]) if before != after}
+    follows = {(before, after) for before, after in itertools.pairwise(order) if before != after}
     assert follows == {(x, y) for x in names for y in names if x != y}, "each follows every other"
     assert list(turns(names, 40)) == order and list(turns(names, 40, seed=1)) != order, "seeded"
 
