@@ -206,10 +206,6 @@ XnnStatus xnn_reshape_runtime(void* runtime) {
 
 }  // extern "C"
 
-namespace {
-
-}  // namespace
-
 struct EdgeRunner {
   std::vector<uint8_t> pte;  // owned: the program reads its data from here for its whole life
   std::unique_ptr<BufferDataLoader> loader;
