@@ -290,8 +290,17 @@ def wait_for_partial(releases: Path, process: subprocess.Popen, timeout: float =
     """Until the deploy's push has put a file under a new release's ``.partial`` directory (one an
     interrupted deploy left is removed by the next deploy first)."""
     deadline = time.monotonic() + timeout
-    old = {p for p in releases.glob("*.partial")}
-    while not any(p.is_file() for p in releases.glob("*.partial/*") if p.parent not in old):
+    old = set(releases.glob("*.partial"))
+    while not any(has_files(d) for d in releases.glob("*.partial") if d not in old):
         assert process.poll() is None, process.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "no push under way"
         time.sleep(0.02)
+
+
+def has_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a file, False when it is gone: a deploy renames or removes its
+    ``.partial`` directories while this looks."""
+    try:
+        return any(p.is_file() for p in folder.iterdir())
+    except FileNotFoundError:
+        return False
