@@ -123,9 +123,9 @@ struct TensorSpec {
 // Reusing XNNPACK's plan of a graph between calls.
 //
 // Before every execution, ExecuTorch's XNNPACK delegate gives the runtime its inputs' shapes and calls
-// xnn_reshape_runtime, which reshapes every operator of the graph and checks its memory plan again:
-// 13-18 us a call on a 2-core x86 whatever the image size, a tenth of a call at 64 px. LiteRT's delegate
-// does it when an input changes shape. A program's shapes rarely change between calls (ours never
+// xnn_reshape_runtime, which reshapes every operator of the graph and checks its memory plan again, a
+// fixed cost whatever the image size (docs/benchmarks.md measures it). LiteRT's delegate does it when
+// an input changes shape. A program's shapes rarely change between calls (ours never
 // do), so the runner does that work only when they change: the wheel calls these XNNPACK functions
 // through the dynamic linker, where the runner's definitions below come first (edge-bench exports
 // them), and each passes on to XNNPACK's own. A runtime is planned again when it is new (XNNPACK also
