@@ -144,8 +144,9 @@ def test_calibrated_qat_starts_from_ptqs_scales_on_the_same_images(tmp_path):
 
 
 def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
-    """V3's hard-swish and squeeze-excite, quantized, all go into one XNNPACK subgraph, and the runtime agrees
-    with the PyTorch int8 model by the export gate's rule (the trained-model tests use V1: this is V3's)."""
+    """V3's hard-swish and squeeze-excite, quantized, all go into one XNNPACK subgraph with nothing left outside
+    it (not even the hard-sigmoid's constants), and the runtime agrees with the PyTorch int8 model by the export
+    gate's rule (the trained-model tests use V1: this is V3's)."""
     from edge.bundle import APP_METHOD
     from edge.native import Runner
     from edge.parity import check, logit_tolerance
@@ -159,6 +160,7 @@ def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
     pte, delegation = to_pte(int8, 32)
     check_delegation(delegation)
     assert delegation.subgraphs == 1 and not delegation.undelegated_weighted_ops
+    assert {op for op, (_, outside) in delegation.by_op.items() if outside} == {"getitem"}, delegation.summary()
     runner = Runner(pte, threads=1, method=APP_METHOD)
     logits = np.concatenate([runner(x[None].numpy()) for x in images])
     runner.close()
