@@ -53,6 +53,31 @@ def global_pools_as_means(program: torch.export.ExportedProgram) -> None:
     program.graph_module.recompile()
 
 
+def gates_folded_into_convolutions(program: torch.export.ExportedProgram) -> None:
+    """Rewrite each ``hardsigmoid(conv(x, W, b))`` as ``clamp(conv(x, W / 6, b / 6 + 1/2), 0, 1)``, the same function.
+
+    The squeeze-excitation gate of a float MobileNetV3. Its hard-sigmoid, ``clamp(y + 3, 0, 6) / 6``, would
+    lower to an add and a divide by constant tensors that XNNPACK's layout pass runs in NCHW, so each gate
+    costs two transposes too: five operators that at 64 px weigh more than their arithmetic. Folded into
+    the weights, the clamp is the convolution's own output bound and the gate is one operator. Only
+    float convolutions whose weights nothing else uses are rewritten (new tensors: the model is left
+    as it was); in an int8 graph the convolution's output is quantized first, and the gate stays as it is.
+    """
+    parameters = program.graph_signature.inputs_to_parameters
+    for node in program.graph.nodes:
+        conv = node.args[0] if node.target == torch.ops.aten.hardsigmoid.default else None
+        if conv is None or conv.target != torch.ops.aten.conv2d.default or len(conv.users) != 1:
+            continue
+        weight, bias = conv.args[1], conv.args[2] if len(conv.args) > 2 else None
+        if not all(p is not None and p.name in parameters and len(p.users) == 1 for p in (weight, bias)):
+            continue
+        w, b = parameters[weight.name], parameters[bias.name]
+        program.state_dict[w] = torch.nn.Parameter(program.state_dict[w].detach() / 6, requires_grad=False)
+        program.state_dict[b] = torch.nn.Parameter(program.state_dict[b].detach() / 6 + 0.5, requires_grad=False)
+        node.target, node.args = torch.ops.aten.hardtanh.default, (conv, 0.0, 1.0)
+    program.graph_module.recompile()
+
+
 def _hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.clamp(x + 3.0, 0.0, 6.0) / 6.0
 
@@ -60,9 +85,9 @@ def _hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
 def hard_sigmoids_in_float(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Decompose each hard-sigmoid with float constants: the same function, all of it inside XNNPACK.
 
-    torch's own decomposition, ``clamp(x + 3, 0, 6) / 6``, writes its constants as integers. The lowering
-    keeps them as int64 tensors and converts each to float outside the delegate on every call: two
-    kernel calls per squeeze-excitation gate, 18 in a V3-Small, for nothing.
+    For the gates :func:`gates_folded_into_convolutions` leaves, an int8 graph's. torch's own decomposition,
+    ``clamp(x + 3, 0, 6) / 6``, writes its constants as integers. The lowering keeps them as int64 tensors and
+    converts each to float outside the delegate on every call: 18 kernel calls in a V3-Small, for nothing.
     """
     return program.run_decompositions({torch.ops.aten.hardsigmoid.default: _hard_sigmoid})
 
@@ -88,6 +113,7 @@ def to_pte(
     }
     for program in programs.values():
         global_pools_as_means(program)
+        gates_folded_into_convolutions(program)
     programs = {name: hard_sigmoids_in_float(program) for name, program in programs.items()}
     edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
     delegations = []

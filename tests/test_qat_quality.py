@@ -169,6 +169,29 @@ def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
     check(logits, reference, logit_tolerance(reference, "int8"), min_agreement=0.99)
 
 
+def test_v3_small_fp32_gates_fold_into_their_convolutions_and_leave_the_model_as_it_was():
+    """Each float squeeze-excitation gate lowers to its convolution with a clamp (no add, divide or the
+    transposes they bring), computes what the model does, and the model's own weights are not touched."""
+    from edge.bundle import APP_METHOD
+    from edge.native import Runner
+    from export.lower import to_pte
+
+    torch.manual_seed(0)
+    model = create_model("v3_small", 4, 0.5).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pte, delegation = to_pte(model, 32)
+    gates = sum(isinstance(m, torch.nn.Hardsigmoid) for m in model.modules())
+    assert gates == 9 and delegation.by_op["aten_hardtanh_default"] == (gates, 0), delegation.by_op
+    assert not any("div" in op or "clamp" in op for op in delegation.by_op), delegation.by_op
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    images = torch.randn(8, 3, 32, 32)
+    runner = Runner(pte, threads=1, method=APP_METHOD)
+    logits = np.concatenate([runner(x[None].numpy()) for x in images])
+    runner.close()
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(images).numpy(), atol=1e-4, rtol=1e-4)
+
+
 def test_qat_fake_quantizes_weights_with_the_scales_convert_will_use():
     """convert_pt2e takes each weight fake-quant's scale and zero point from its observer; a training
     step must have used exactly those (the quantizer's fused module did not: scales 0.4% off, and
