@@ -53,28 +53,70 @@ def global_pools_as_means(program: torch.export.ExportedProgram) -> None:
     program.graph_module.recompile()
 
 
+def _input_name(program: torch.export.ExportedProgram, node: torch.fx.Node) -> str | None:
+    """The state-dict name of the weight, bias or quantization scale ``node`` reads, if nothing else reads it."""
+    signature = program.graph_signature
+    name = signature.inputs_to_parameters.get(node.name) or signature.inputs_to_buffers.get(node.name)
+    return name if name is not None and len(node.users) == 1 else None
+
+
+def _scale_and_shift(program: torch.export.ExportedProgram, name: str, scale: float, shift: float) -> None:
+    """Replace a state-dict entry by ``tensor * scale + shift``: a new tensor, for the old one is the model's own
+    and the other methods export it too."""
+    old = program.state_dict[name]
+    new = old.detach() * scale + shift
+    is_parameter = isinstance(old, torch.nn.Parameter)
+    program.state_dict[name] = torch.nn.Parameter(new, requires_grad=False) if is_parameter else new
+
+
+def _gated_convolution(gate: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node] | None:
+    """For ``hardsigmoid(conv(x, W, b))`` the convolution, the input holding W's scale and the bias.
+
+    A float graph's W is a parameter and its scale is W itself. An int8 graph's convolution computes on
+    ``dequantize_per_channel(W8, S, ...)`` and quantizes its output before the gate: S is the scale.
+    """
+    producer = gate.args[0]
+    if producer.target == torch.ops.quantized_decomposed.dequantize_per_tensor.default:
+        quantize = producer.args[0]
+        if len(producer.users) != 1 or quantize.target != torch.ops.quantized_decomposed.quantize_per_tensor.default:
+            return None
+        producer = quantize.args[0] if len(quantize.users) == 1 else None
+    if producer is None or producer.target != torch.ops.aten.conv2d.default or len(producer.users) != 1:
+        return None
+    weight, bias = producer.args[1], producer.args[2] if len(producer.args) > 2 else None
+    if weight.target == torch.ops.quantized_decomposed.dequantize_per_channel.default:
+        weight = weight.args[1]
+    return (producer, weight, bias) if isinstance(bias, torch.fx.Node) and weight.op == "placeholder" else None
+
+
 def gates_folded_into_convolutions(program: torch.export.ExportedProgram) -> None:
     """Rewrite each ``hardsigmoid(conv(x, W, b))`` as ``clamp(conv(x, W / 6, b / 6 + 1/2), 0, 1)``, the same function.
 
-    The squeeze-excitation gate of a float MobileNetV3. Its hard-sigmoid, ``clamp(y + 3, 0, 6) / 6``, would
-    lower to an add and a divide by constant tensors that XNNPACK's layout pass runs in NCHW, so each gate
-    costs two transposes too: five operators that at 64 px weigh more than their arithmetic. Folded into
-    the weights, the clamp is the convolution's own output bound and the gate is one operator. Only
-    float convolutions whose weights nothing else uses are rewritten (new tensors: the model is left
-    as it was); in an int8 graph the convolution's output is quantized first, and the gate stays as it is.
+    The squeeze-excitation gate of MobileNetV3. Its hard-sigmoid, ``clamp(y + 3, 0, 6) / 6``, would lower
+    to an add and a divide by constant tensors that XNNPACK's layout pass runs in NCHW, so each gate costs
+    two transposes too (and in int8 two conversions to float and back): five to seven operators that at
+    64 px weigh more than their arithmetic. Folded into the weights, the clamp is the convolution's own
+    output bound and the gate is one operator.
+
+    In an int8 graph W is folded through its per-channel scale (the int8 weights stay the same) and the
+    convolution's output goes straight to the gate's quantization. The step that rounded it to a grid of
+    its own before the gate is gone, so the program's gate differs from the PyTorch int8 model's by that
+    rounding, within the int8 parity rule (docs/benchmarks.md measures what it changes).
     """
-    parameters = program.graph_signature.inputs_to_parameters
-    for node in program.graph.nodes:
-        conv = node.args[0] if node.target == torch.ops.aten.hardsigmoid.default else None
-        if conv is None or conv.target != torch.ops.aten.conv2d.default or len(conv.users) != 1:
+    for gate in list(program.graph.nodes):
+        found = _gated_convolution(gate) if gate.target == torch.ops.aten.hardsigmoid.default else None
+        names = found and (_input_name(program, found[1]), _input_name(program, found[2]))
+        if not found or not all(names):
             continue
-        weight, bias = conv.args[1], conv.args[2] if len(conv.args) > 2 else None
-        if not all(p is not None and p.name in parameters and len(p.users) == 1 for p in (weight, bias)):
-            continue
-        w, b = parameters[weight.name], parameters[bias.name]
-        program.state_dict[w] = torch.nn.Parameter(program.state_dict[w].detach() / 6, requires_grad=False)
-        program.state_dict[b] = torch.nn.Parameter(program.state_dict[b].detach() / 6 + 0.5, requires_grad=False)
-        node.target, node.args = torch.ops.aten.hardtanh.default, (conv, 0.0, 1.0)
+        _scale_and_shift(program, names[0], 1 / 6, 0.0)
+        _scale_and_shift(program, names[1], 1 / 6, 0.5)
+        conv = found[0]
+        dropped = gate.args[0] if gate.args[0] is not conv else None
+        gate.target, gate.args = torch.ops.aten.hardtanh.default, (conv, 0.0, 1.0)
+        while dropped is not None:  # the int8 graph's quantize and dequantize between them, now unread
+            above = dropped.args[0]
+            program.graph.erase_node(dropped)
+            dropped = above if above is not conv else None
     program.graph_module.recompile()
 
 
