@@ -27,9 +27,13 @@ class Delegation:
         return {op: n for op, (_, n) in self.by_op.items() if n and any(w in op for w in WEIGHTED_OPS)}
 
     def summary(self) -> str:
-        """One line: what XNNPACK took and what stayed outside (the full table is in report.json)."""
-        inside = sum(d for d, _ in self.by_op.values())
-        outside = ", ".join(f"{op} x{n}" for op, (_, n) in sorted(self.by_op.items()) if n) or "nothing"
+        """One line: what XNNPACK took and what stayed outside (the full table is in report.json).
+
+        ``getitem`` is how the graph takes the delegate's output, not an operator that runs: not counted.
+        """
+        inside = sum(d for op, (d, _) in self.by_op.items() if op != "getitem")
+        ops = sorted(self.by_op.items())
+        outside = ", ".join(f"{op} x{n}" for op, (_, n) in ops if n and op != "getitem") or "nothing"
         return f"XNNPACK: {inside} nodes in {self.subgraphs} delegated subgraph(s); outside: {outside}"
 
     def to_json(self) -> dict:
@@ -53,70 +57,37 @@ def global_pools_as_means(program: torch.export.ExportedProgram) -> None:
     program.graph_module.recompile()
 
 
-def _input_name(program: torch.export.ExportedProgram, node: torch.fx.Node) -> str | None:
-    """The state-dict name of the weight, bias or quantization scale ``node`` reads, if nothing else reads it."""
-    signature = program.graph_signature
-    name = signature.inputs_to_parameters.get(node.name) or signature.inputs_to_buffers.get(node.name)
-    return name if name is not None and len(node.users) == 1 else None
-
-
-def _scale_and_shift(program: torch.export.ExportedProgram, name: str, scale: float, shift: float) -> None:
-    """Replace a state-dict entry by ``tensor * scale + shift``: a new tensor, for the old one is the model's own
-    and the other methods export it too."""
-    old = program.state_dict[name]
-    new = old.detach() * scale + shift
-    is_parameter = isinstance(old, torch.nn.Parameter)
-    program.state_dict[name] = torch.nn.Parameter(new, requires_grad=False) if is_parameter else new
-
-
-def _gated_convolution(gate: torch.fx.Node) -> tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node] | None:
-    """For ``hardsigmoid(conv(x, W, b))`` the convolution, the input holding W's scale and the bias.
-
-    A float graph's W is a parameter and its scale is W itself. An int8 graph's convolution computes on
-    ``dequantize_per_channel(W8, S, ...)`` and quantizes its output before the gate: S is the scale.
-    """
-    producer = gate.args[0]
-    if producer.target == torch.ops.quantized_decomposed.dequantize_per_tensor.default:
-        quantize = producer.args[0]
-        if len(producer.users) != 1 or quantize.target != torch.ops.quantized_decomposed.quantize_per_tensor.default:
-            return None
-        producer = quantize.args[0] if len(quantize.users) == 1 else None
-    if producer is None or producer.target != torch.ops.aten.conv2d.default or len(producer.users) != 1:
+def _parameter(program: torch.export.ExportedProgram, node: object) -> str | None:
+    """The state-dict name of the parameter ``node`` reads, if it is one and nothing else reads it."""
+    if not isinstance(node, torch.fx.Node) or len(node.users) != 1:
         return None
-    weight, bias = producer.args[1], producer.args[2] if len(producer.args) > 2 else None
-    if weight.target == torch.ops.quantized_decomposed.dequantize_per_channel.default:
-        weight = weight.args[1]
-    return (producer, weight, bias) if isinstance(bias, torch.fx.Node) and weight.op == "placeholder" else None
+    return program.graph_signature.inputs_to_parameters.get(node.name)
 
 
 def gates_folded_into_convolutions(program: torch.export.ExportedProgram) -> None:
     """Rewrite each ``hardsigmoid(conv(x, W, b))`` as ``clamp(conv(x, W / 6, b / 6 + 1/2), 0, 1)``, the same function.
 
-    The squeeze-excitation gate of MobileNetV3. Its hard-sigmoid, ``clamp(y + 3, 0, 6) / 6``, would lower
-    to an add and a divide by constant tensors that XNNPACK's layout pass runs in NCHW, so each gate costs
-    two transposes too (and in int8 two conversions to float and back): five to seven operators that at
-    64 px weigh more than their arithmetic. Folded into the weights, the clamp is the convolution's own
-    output bound and the gate is one operator.
+    The squeeze-excitation gate of a float MobileNetV3. Its hard-sigmoid, ``clamp(y + 3, 0, 6) / 6``, would
+    lower to an add and a divide by constant tensors that XNNPACK's layout pass runs in NCHW, so each gate
+    costs two transposes too: five operators that at 64 px weigh more than their arithmetic. Folded into
+    the weights, the clamp is the convolution's own output bound and the gate is one operator. The new
+    weights are new tensors: the old ones are the model's own, and the other methods export them too.
 
-    In an int8 graph W is folded through its per-channel scale (the int8 weights stay the same) and the
-    convolution's output goes straight to the gate's quantization. The step that rounded it to a grid of
-    its own before the gate is gone, so the program's gate differs from the PyTorch int8 model's by that
-    rounding, within the int8 parity rule (docs/benchmarks.md measures what it changes).
+    An int8 graph's gate stays as it is: its convolution's output is quantized before the gate, a rounding
+    QAT trained with, which a fold would take away (docs/benchmarks.md measures what that did).
     """
-    for gate in list(program.graph.nodes):
-        found = _gated_convolution(gate) if gate.target == torch.ops.aten.hardsigmoid.default else None
-        names = found and (_input_name(program, found[1]), _input_name(program, found[2]))
-        if not found or not all(names):
+    for gate in program.graph.nodes:
+        conv = gate.args[0] if gate.target == torch.ops.aten.hardsigmoid.default else None
+        if conv is None or conv.target != torch.ops.aten.conv2d.default or len(conv.users) != 1:
             continue
-        _scale_and_shift(program, names[0], 1 / 6, 0.0)
-        _scale_and_shift(program, names[1], 1 / 6, 0.5)
-        conv = found[0]
-        dropped = gate.args[0] if gate.args[0] is not conv else None
+        bias_arg = conv.args[2] if len(conv.args) > 2 else None
+        weight, bias = _parameter(program, conv.args[1]), _parameter(program, bias_arg)
+        if weight is None or bias is None:
+            continue
+        state = program.state_dict
+        state[weight] = torch.nn.Parameter(state[weight].detach() / 6, requires_grad=False)
+        state[bias] = torch.nn.Parameter(state[bias].detach() / 6 + 0.5, requires_grad=False)
         gate.target, gate.args = torch.ops.aten.hardtanh.default, (conv, 0.0, 1.0)
-        while dropped is not None:  # the int8 graph's quantize and dequantize between them, now unread
-            above = dropped.args[0]
-            program.graph.erase_node(dropped)
-            dropped = above if above is not conv else None
     program.graph_module.recompile()
 
 
@@ -127,7 +98,7 @@ def _hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
 def hard_sigmoids_in_float(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Decompose each hard-sigmoid with float constants: the same function, all of it inside XNNPACK.
 
-    For the gates :func:`gates_folded_into_convolutions` leaves, an int8 graph's. torch's own decomposition,
+    For the gates :func:`gates_folded_into_convolutions` leaves: an int8 graph's. torch's own decomposition,
     ``clamp(x + 3, 0, 6) / 6``, writes its constants as integers. The lowering keeps them as int64 tensors and
     converts each to float outside the delegate on every call: 18 kernel calls in a V3-Small, for nothing.
     """

@@ -145,7 +145,7 @@ def test_calibrated_qat_starts_from_ptqs_scales_on_the_same_images(tmp_path):
 
 def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
     """V3's hard-swish and squeeze-excite, quantized, all go into one XNNPACK subgraph with nothing left outside
-    it, each gate folded into its convolution, and the runtime agrees with the PyTorch int8 model by the export
+    it (not even the hard-sigmoid's constants), and the runtime agrees with the PyTorch int8 model by the export
     gate's rule (the trained-model tests use V1: this is V3's)."""
     from edge.bundle import APP_METHOD
     from edge.native import Runner
@@ -161,7 +161,6 @@ def test_v3_small_int8_lowers_whole_into_xnnpack_and_agrees_with_pytorch():
     check_delegation(delegation)
     assert delegation.subgraphs == 1 and not delegation.undelegated_weighted_ops
     assert {op for op, (_, outside) in delegation.by_op.items() if outside} == {"getitem"}, delegation.summary()
-    assert delegation.by_op["aten_hardtanh_default"] == (9, 0) and "aten_div_tensor" not in delegation.by_op
     runner = Runner(pte, threads=1, method=APP_METHOD)
     logits = np.concatenate([runner(x[None].numpy()) for x in images])
     runner.close()
@@ -193,34 +192,20 @@ def test_v3_small_fp32_gates_fold_into_their_convolutions_and_leave_the_model_as
         np.testing.assert_allclose(logits, model(images).numpy(), atol=1e-4, rtol=1e-4)
 
 
-def test_an_int8_gate_folds_into_its_convolution_and_moves_the_output_by_at_most_its_grids():
-    """Folded, an int8 squeeze-excitation gate loses only the rounding of its convolution's output: each
-    gate value moves by at most one step of the gate's grid, so each output by at most |x| times that plus
-    one step of the output's (it moves one step, on 2.5% of the outputs; a fold whose bias is 2% off moves
-    them two steps, on 29%)."""
+def test_an_int8_gate_is_left_as_quantization_made_it():
+    """An int8 squeeze-excitation gate keeps the rounding of its convolution's output that QAT trained with:
+    the fold leaves the graph, its weights and its answers as they were."""
     from export.lower import gates_folded_into_convolutions
     from training.models.blocks import SqueezeExcitation
     from training.qat import ptq
 
     torch.manual_seed(0)
-    gate = SqueezeExcitation(3, 8)
-    with torch.no_grad():
-        gate.fc2.weight.mul_(20)  # gate values over all of [0, 1]: both bounds of the clamp and its slope
-    images = torch.randn(32, 3, 8, 8)
-    program = torch.export.export(ptq(gate, 8, [(images[:16], None)]), (images[:1],))
-    quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
-    step = {n.args[0].target: n.args[1] for n in program.graph.nodes if n.target == quantize}
-
-    def outputs() -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([program.module()(x[None]) for x in images])
-
-    before = outputs()
+    images = torch.randn(8, 3, 8, 8)
+    program = torch.export.export(ptq(SqueezeExcitation(3, 8), 8, [(images, None)]), (images[:1],))
+    code, state = program.graph_module.code, {k: v.clone() for k, v in program.state_dict.items()}
     gates_folded_into_convolutions(program)
-    moved = (outputs() - before).abs()
-    assert not any(n.target == torch.ops.aten.hardsigmoid.default for n in program.graph.nodes)
-    bound = images.abs().max() * step[torch.ops.aten.hardsigmoid.default] + step[torch.ops.aten.mul.Tensor]
-    assert moved.max() <= bound and (moved > 0).float().mean() < 0.1
+    assert program.graph_module.code == code
+    assert all(torch.equal(state[k], v) for k, v in program.state_dict.items())
 
 
 def test_qat_fake_quantizes_weights_with_the_scales_convert_will_use():
