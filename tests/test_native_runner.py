@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +156,44 @@ def test_the_graph_is_planned_once_and_its_plan_reused_with_the_same_answers(bun
     assert result.returncode == 0, result.stderr[-2000:]
     made, reused, made_by_second, reused_by_second = map(int, result.stdout.split())
     assert made >= 1 and reused >= 19 and made_by_second >= 1 and reused_by_second >= 0, result.stdout
+
+
+def test_each_call_returns_logits_of_its_own_that_later_calls_and_other_threads_leave_alone(bundle):
+    """The runner writes into one buffer per calling thread and hands back a copy: a frame's logits stay as
+    they were after the next call, and a thread whose call returns while another thread's call runs to its
+    end (the native call releases the GIL) still gets its own input's answer. The second case is forced:
+    thread a's native call returns only after thread b's has written its logits."""
+    golden = np.load(bundle / "golden.npz")
+    (xa, xb), (la, lb) = golden["inputs"][:2, None], golden["logits"][:2]
+    assert not np.array_equal(la, lb), "the check needs two inputs with different answers"
+    runner = load_bundle(bundle, threads=1).runner
+    first = runner(xa)
+    runner(xb)
+    assert np.array_equal(first[0], la), "the first answer was overwritten by the second call"
+
+    native, a_ran, b_done, got = runner._run, threading.Event(), threading.Event(), {}
+
+    def a_waits_for_b(*args):
+        code = native(*args)
+        if threading.current_thread().name == "a":
+            a_ran.set()
+            b_done.wait(60)
+        return code
+
+    def call(name, x):
+        if name == "b":
+            a_ran.wait(60)
+        got[name] = runner(x)[0]
+        if name == "b":
+            b_done.set()
+
+    runner._run = a_waits_for_b
+    threads = [threading.Thread(target=call, args=(name, x), name=name) for name, x in (("a", xa), ("b", xb))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert np.array_equal(got["b"], lb) and np.array_equal(got["a"], la), "a thread got another thread's logits"
 
 
 def test_wrong_input_shape_is_an_error_not_a_crash(bundle):

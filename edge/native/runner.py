@@ -102,7 +102,9 @@ class Runner:
 
     def __init__(self, pte: bytes, threads: int | None = None, method: str = "forward") -> None:
         self._lib, self._handle = library(), ctypes.c_void_p()
-        self._calls, self._closing, self._idle = 0, False, threading.Condition()
+        # A plain lock counts the calls under way (a Condition's Python-level notify costs a microsecond a
+        # call); ``close`` alone waits, on an Event the last call out sets once closing has begun.
+        self._calls, self._closing, self._lock, self._drained = 0, False, threading.Lock(), threading.Event()
         if threads is not None and not 1 <= threads <= MAX_THREADS:
             raise NativeError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
         if not method or "\0" in method:
@@ -115,7 +117,7 @@ class Runner:
         self._run = self._lib.edge_runner_run
         self._out_memory_shape = tuple(self.output_shape[d] for d in self.output_order)
         self._out_to_logical = tuple(int(d) for d in np.argsort(self.output_order))
-        self._errors = threading.local()  # one message buffer per calling thread, not one per call
+        self._buffers = threading.local()  # per calling thread: made once, not per call
 
     def _shape(self, which: int, what: str = "shape") -> tuple[int, ...]:
         dims = (ctypes.c_int64 * MAX_DIMS)()
@@ -129,26 +131,34 @@ class Runner:
             raise NativeError(err.value.decode(errors="replace") or CODES.get(code, f"native runner error {code}"))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if tuple(x.shape) != self.input_shape:
+        if x.shape != self.input_shape:
             raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
         x = self.in_memory_order(x)
-        out = np.empty(self._out_memory_shape, np.float32)
-        err = getattr(self._errors, "buffer", None)
-        if err is None:
-            err = self._errors.buffer = ctypes.create_string_buffer(512)
-        with self._idle:
-            if self._closing or self._handle.value is None:
+        out, out_address, err = self._thread_buffers()
+        with self._lock:
+            if self._closing:
                 raise NativeError("the runner is closed")
             self._calls += 1
         try:
-            code = self._run(self._handle, first_byte(x), x.size, first_byte(out), out.size, err, len(err))
+            code = self._run(self._handle, first_byte(x), x.size, out_address, out.size, err, len(err))
         finally:
-            with self._idle:
+            with self._lock:
                 self._calls -= 1
-                self._idle.notify_all()
+                if self._closing and not self._calls:
+                    self._drained.set()
         if code != 0:
             raise NativeError(err.value.decode(errors="replace") or CODES.get(code, f"native runner error {code}"))
-        return out.transpose(self._out_to_logical)
+        return out.transpose(self._out_to_logical).copy()
+
+    def _thread_buffers(self) -> tuple[np.ndarray, int, ctypes.Array]:
+        """This thread's output array, its address and its error buffer, made on its first call: the runner
+        writes the logits there and the caller gets a copy, so threads never share one and a frame's logits
+        outlive the next call, while nothing is allocated or looked up per call but the copy."""
+        buffers = getattr(self._buffers, "value", None)
+        if buffers is None:
+            out = np.empty(self._out_memory_shape, np.float32)
+            buffers = self._buffers.value = (out, out.__array_interface__["data"][0], ctypes.create_string_buffer(512))
+        return buffers
 
     def in_memory_order(self, x: np.ndarray) -> np.ndarray:
         """NCHW ``x`` (a batch of them too) as the program reads its memory: C-contiguous in ``input_order``.
@@ -177,13 +187,16 @@ class Runner:
 
     def close(self) -> None:
         """Free the program once no call is under way; later calls raise NativeError."""
-        with self._idle:
+        with self._lock:
             self._closing = True
-            self._idle.wait_for(lambda: self._calls == 0)
+            busy = self._calls > 0
+        if busy:
+            self._drained.wait()
+        with self._lock:
             if self._handle.value is not None:
                 self._lib.edge_runner_close(self._handle)
                 self._handle = ctypes.c_void_p()
 
     def __del__(self) -> None:
-        if getattr(self, "_idle", None) is not None:
+        if getattr(self, "_lock", None) is not None:
             self.close()
