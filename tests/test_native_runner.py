@@ -196,6 +196,55 @@ def test_each_call_returns_logits_of_its_own_that_later_calls_and_other_threads_
     assert np.array_equal(got["b"], lb) and np.array_equal(got["a"], la), "a thread got another thread's logits"
 
 
+CLOCK_COUNTER = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdatomic.h>
+#include <time.h>
+static atomic_long reads;
+long clock_reads(void) { return atomic_load(&reads); }
+int clock_gettime(clockid_t id, struct timespec* ts) {
+  static int (*real)(clockid_t, struct timespec*);
+  if (!real) real = (int (*)(clockid_t, struct timespec*))dlsym(RTLD_NEXT, "clock_gettime");
+  atomic_fetch_add(&reads, 1);
+  return real(id, ts);
+}
+"""
+
+
+def test_xnnpack_does_not_time_each_operator_and_the_delegate_logs_no_error(bundle, tmp_path):
+    """The wheel's delegate has XNNPACK read the clock after every operator of every call; the runner creates
+    its runtimes without that (runner.cpp). Counted with a clock_gettime that counts its callers (preloaded),
+    a call of this program reads the clock 3 times untimed and 35 times timed. The delegate's questions about
+    the profile get answers it accepts: the runtime logs no error."""
+    counter = tmp_path / "libclockcount.so"
+    subprocess.run(
+        [os.environ.get("CC") or "gcc", "-O2", "-shared", "-fPIC", "-x", "c", "-", "-o", str(counter), "-ldl"],
+        input=CLOCK_COUNTER,
+        text=True,
+        check=True,
+    )
+    script = textwrap.dedent(f"""
+        import ctypes, numpy as np
+        from edge.bundle import APP_METHOD
+        from edge.native import Runner
+        reads = ctypes.CDLL(None).clock_reads
+        runner = Runner(open({str(bundle / "model.pte")!r}, "rb").read(), 1, APP_METHOD)
+        x = np.load({str(bundle / "golden.npz")!r})["inputs"][:1]
+        runner(x)
+        before = reads()
+        for _ in range(50):
+            runner(x)
+        print((reads() - before) / 50)
+    """)
+    env = os.environ | {"LD_PRELOAD": str(counter), "EDGE_RUNTIME_LOG": "1"}
+    result = run(["-c", script], env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout) < 8, f"{result.stdout.strip()} clock reads per call: XNNPACK times each operator"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("executorch E")]
+    assert not errors, errors
+
+
 def test_wrong_input_shape_is_an_error_not_a_crash(bundle):
     loaded = load_bundle(bundle)
     size = loaded.input.size

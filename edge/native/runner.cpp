@@ -131,11 +131,21 @@ struct TensorSpec {
 // them), and each passes on to XNNPACK's own. A runtime is planned again when it is new (XNNPACK also
 // makes small ones inside itself) or when one of its inputs changed shape since its last plan; a
 // failed call forgets the plan.
+//
+// Timing every operator, switched off. The wheel's delegate asks XNNPACK for basic profiling
+// (XNN_FLAG_BASIC_PROFILING) on every runtime it creates, so that ETDump can report operators: XNNPACK
+// then reads the clock after each operator of every call, and the delegate copies the timings out after
+// it, with or without an event tracer to give them to. The runner never has one, so it creates runtimes
+// without the flag, and answers the delegate's questions about their profile (how many operators,
+// their names, their times) with "none", which the delegate takes as a graph with nothing to report.
+// ETDump profiles (python -m peers.profile) run ExecuTorch's own Module, not this library.
 using XnnStatus = int;  // enum xnn_status: 0 is xnn_status_success
 constexpr XnnStatus kXnnSuccess = 0;
+constexpr uint32_t kXnnFlagBasicProfiling = 0x00000008;  // XNN_FLAG_BASIC_PROFILING, xnnpack.h
 
 struct GraphPlan {
   bool current = false;  // planned for the shapes below, and nothing failed since
+  bool unprofiled = false;  // created here without the profiling the delegate asked for
   std::unordered_map<uint32_t, std::vector<size_t>> input_shapes;  // by external value id
 };
 
@@ -156,12 +166,31 @@ extern "C" {
 XnnStatus xnn_create_runtime_v4(void* subgraph, void* weights_cache, void* workspace, void* threadpool,
                                 uint32_t flags, void** runtime_out) {
   static auto create = xnnpack<XnnStatus (*)(void*, void*, void*, void*, uint32_t, void**)>("xnn_create_runtime_v4");
-  XnnStatus status = create(subgraph, weights_cache, workspace, threadpool, flags, runtime_out);
+  XnnStatus status =
+      create(subgraph, weights_cache, workspace, threadpool, flags & ~kXnnFlagBasicProfiling, runtime_out);
   if (status == kXnnSuccess) {
     std::lock_guard<std::mutex> guard(g_plans_lock);
     g_plans.erase(*runtime_out);  // an address a deleted runtime had: nothing is known of this one
+    g_plans[*runtime_out].unprofiled = (flags & kXnnFlagBasicProfiling) != 0;
   }
   return status;
+}
+
+XnnStatus xnn_get_runtime_profiling_info(void* runtime, int what, size_t size, void* value, size_t* size_out) {
+  static auto info = xnnpack<XnnStatus (*)(void*, int, size_t, void*, size_t*)>("xnn_get_runtime_profiling_info");
+  {
+    std::lock_guard<std::mutex> guard(g_plans_lock);
+    auto plan = g_plans.find(runtime);
+    if (plan != g_plans.end() && plan->second.unprofiled) {
+      // No operators: a count of 0, no names, no times (every answer is zero bytes or a zero).
+      if (value != nullptr) {
+        std::memset(value, 0, size);
+      }
+      *size_out = 0;
+      return kXnnSuccess;
+    }
+  }
+  return info(runtime, what, size, value, size_out);
 }
 
 XnnStatus xnn_delete_runtime(void* runtime) {
