@@ -1,29 +1,33 @@
-"""Where the time goes: our programs per operator (ETDump), LiteRT's per microkernel (perf), side by side.
+"""Where the time goes: our programs per operator (ETDump), ours and LiteRT's per thread and microkernel (perf).
 
     python -m peers.profile FOLDER [--threads 1] [--runs 300]
 
 - Ours: ``peers/etdump_main.cpp`` (built here against the executorch wheel, as the native runner is)
   runs each ExecuTorch program with ETDump; the wheel's XNNPACK delegate reports every one of its
   operators, which ``executorch.devtools.Inspector`` reads: the median time per operator, summed by kind.
-- LiteRT: its Python wheel has no profiler, so ``perf record`` samples a process running the program
-  and ``perf report`` names the microkernels (its library keeps their symbols). The wheel's XNNPACK
-  library does not, so for ours perf gives addresses; ``kernels`` names them by what their code does
-  (``vpdpbusd``: VNNI int8 dot products; ``vpmulld``: the int8 depthwise kernels' 32-bit multiplies) and
-  counts the vector registers spilled to the stack, which is how the two builds of one kernel differ.
+- Both runtimes: ``perf record`` samples a process running the program, and each function's samples,
+  on the thread that calls the runtime and on its pool's workers, become CPU microseconds per run: the
+  microkernels, the thread pool (handing out work and waiting for it), Python and the binding, the OS.
+  LiteRT's library keeps its kernels' names. The wheel's XNNPACK library does not, so ours are found by
+  their unwind-table ranges and named by what their code does (``vpdpbusd``: VNNI int8 dot products;
+  ``vpmulld``: the int8 depthwise kernels' 32-bit multiplies; a float kernel's count of FMAs gives its
+  tile), with the vector registers spilled to the stack, which is how two builds of one kernel differ.
 
-Writes ``profile.md`` into FOLDER and prints it. Needs ``perf`` (Debian: linux-perf) for the LiteRT half.
+Writes ``profile.md`` into FOLDER and prints it. Needs ``perf`` (Debian: linux-perf) for the perf half.
 """
 
 import argparse
 import bisect
 import collections
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edge.bundle import APP_METHOD
@@ -98,75 +102,132 @@ def operators(pte: Path, threads: int, runs: int) -> list[tuple[str, int, float]
     return sorted(((k, n, ms) for k, (n, ms) in kinds.items()), key=lambda row: -row[2])
 
 
-def perf_samples(program: Path, threads: int, seconds: float) -> tuple[str, float]:
-    """``perf report`` text for a process that runs ``program`` for about ``seconds``, and the process's
-    wall time per run: at one thread a function's share of the samples times this is its time per run
-    (loading the program is in the samples too, a few percent of them)."""
+PERF_HZ = 2000  # samples per second per thread
+
+
+@dataclass
+class Samples:
+    """What ``perf`` saw of one process running a program: (on the calling thread, library, function,
+    samples) rows, and how many runs the process made. A row's samples / PERF_HZ / runs is the CPU time
+    that function took per run on that thread, at any thread count."""
+
+    rows: list[tuple[bool, str, str, int]]
+    runs: int
+    wall_ms: float  # per run, loading and perf's own cost included
+
+    def us(self, samples: int) -> float:
+        return 1e6 * samples / PERF_HZ / self.runs
+
+
+def perf_samples(program: Path, threads: int, seconds: float) -> Samples:
+    """``perf record`` of a process that runs ``program`` for about ``seconds``, per thread and function."""
     if shutil.which("perf") is None:
         raise PeerError("perf is not installed: apt install linux-perf (make bench-peers-profile does, as root)")
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "perf.data"
-        child = [
-            sys.executable,
-            "-m",
-            "peers.profile",
-            "--child",
-            str(program),
-            "--threads",
-            str(threads),
-            "--seconds",
-            str(seconds),
-        ]
+        child = [sys.executable, "-m", "peers.profile", "--child", str(program), "--threads", str(threads)]
         started = time.monotonic()
         record = subprocess.run(
-            ["perf", "record", "-q", "-F", "2000", "-o", str(data), "--", *child], capture_output=True, text=True
+            ["perf", "record", "-q", "-F", str(PERF_HZ), "-o", str(data), "--", *child, "--seconds", str(seconds)],
+            capture_output=True,
+            text=True,
         )
         wall = time.monotonic() - started
         if record.returncode != 0:
             raise PeerError(f"perf record failed: {(record.stderr.strip().splitlines() or ['?'])[-1]}")
         report = subprocess.run(
-            ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso,sym", "-q"],
-            capture_output=True,
-            text=True,
-        )
-    return report.stdout, 1000 * wall / int(record.stdout.strip().splitlines()[-1])
-
-
-def named_kernels(report: str, top: int = 12) -> list[tuple[str, float]]:
-    """(symbol, % of samples) of the hottest named functions."""
-    rows = []
-    for line in report.splitlines():
-        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[\.\]\s+(\S.*)$", line)
-        if m and not m.group(3).startswith("0x"):
-            rows.append((m.group(3).strip(), float(m.group(1))))
-    return rows[:top]
-
-
-def kernels(report: str, library: Path, top: int = 10) -> list[tuple[str, float, int]]:
-    """The hottest functions of a stripped library, found by its unwind table's ranges and named by the
-    instructions their code uses: (description, % of samples, vector registers spilled to the stack)."""
-    frames = subprocess.run(["readelf", "-wf", str(library)], capture_output=True, text=True).stdout
-    ranges = sorted(
-        tuple(int(x, 16) for x in line.split("pc=")[1].split("..")) for line in frames.splitlines() if " FDE " in line
-    )
-    starts = [a for a, _ in ranges]
-    share: dict[tuple[int, int], float] = collections.Counter()
-    for line in report.splitlines():
-        m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[\.\]\s+0x([0-9a-f]+)", line)
-        if not m or Path(m.group(2)).name != library.name:
-            continue
-        address, i = int(m.group(3), 16), bisect.bisect_right(starts, int(m.group(3), 16)) - 1
-        if i >= 0 and ranges[i][0] <= address < ranges[i][1]:
-            share[ranges[i]] += float(m.group(1))
-    rows = []
-    for (lo, hi), pct in sorted(share.items(), key=lambda kv: -kv[1])[:top]:
-        code = subprocess.run(
-            ["objdump", "-d", "--no-show-raw-insn", f"--start-address={lo}", f"--stop-address={hi}", str(library)],
+            ["perf", "report", "-i", str(data), "--no-children", "-n", "--sort", "pid,dso,sym", "-q"],
             capture_output=True,
             text=True,
         ).stdout
-        rows.append((describe(code), pct, sum(1 for line in code.splitlines() if "zmm" in line and "(%rsp)" in line)))
+    runs, caller = map(int, record.stdout.split()[-2:])
+    return Samples(parse_report(report, caller), runs, 1000 * wall / runs)
+
+
+def parse_report(report: str, caller: int) -> list[tuple[bool, str, str, int]]:
+    """``perf report -n --sort pid,dso,sym`` lines -> (on thread ``caller``, library, function, samples)."""
+    rows = []
+    for line in report.splitlines():
+        m = re.match(r"\s*[\d.]+%\s+(\d+)\s+(\d+):\S*\s+(\S+)\s+\[.\]\s+(\S.*?)\s*$", line)
+        if m:
+            rows.append((int(m.group(2)) == caller, Path(m.group(3)).name, m.group(4), int(m.group(1))))
     return rows
+
+
+# Where a function's time counts, by library (ours) or by name (LiteRT's library holds everything).
+POOL = re.compile(r"libexecutorch_threadpool|^pthreadpool_|^thread_main$|^thread_parallelize")
+BINDING = re.compile(r"^libpython|^_ctypes|^libffi|^_multiarray_umath|^_pywrap|^ld-linux")
+OS = re.compile(r"^\[kernel|^\[vdso\]$|^libc\.so")
+
+
+def category(library: str, function: str, kernel: bool) -> str:
+    """What a sampled function is part of: a microkernel, the thread pool (handing out work, waiting for
+    it), Python and the runtime's binding, the OS, or the runtime itself around the kernels."""
+    if kernel:
+        return "microkernels"
+    if POOL.search(library) or POOL.search(function):
+        return "thread pool: handing out work and waiting"
+    if BINDING.search(library):
+        return "Python and the binding"
+    if OS.search(library):
+        return "the OS and libc"
+    return "the runtime around the kernels"
+
+
+def function_ranges(library: Path) -> list[tuple[int, int]]:
+    """The address ranges of a stripped library's functions, from its unwind table."""
+    frames = subprocess.run(["readelf", "-wf", str(library)], capture_output=True, text=True).stdout
+    ranges = []
+    for line in frames.splitlines():
+        if " FDE " in line:
+            lo, hi = line.split("pc=")[1].split("..")
+            ranges.append((int(lo, 16), int(hi, 16)))
+    return sorted(ranges)
+
+
+@dataclass
+class Function:
+    """One sampled function: samples on the calling thread and on the others, its library, and, for a
+    microkernel, what it is and how many vector registers it spills to the stack (ours: read off its code)."""
+
+    library: str
+    calling: int = 0
+    others: int = 0
+    kernel: str = ""
+    spills: int | None = None
+
+
+def functions(samples: Samples, library: Path | None) -> dict[str, Function]:
+    """The sampled functions by name. LiteRT's have names (its kernels ``xnn_*ukernel*``); in our stripped
+    XNNPACK ``library`` a function is its address range, named by the instructions its code uses."""
+    ranges = function_ranges(library) if library else []
+    starts = [lo for lo, _ in ranges]
+    out: dict[str, Function] = {}
+    for on_caller, lib, name, n in samples.rows:
+        if library is not None and lib == library.name and name.startswith("0x"):
+            i = bisect.bisect_right(starts, int(name, 16)) - 1
+            inside = i >= 0 and ranges[i][0] <= int(name, 16) < ranges[i][1]
+            name = f"{ranges[i][0]:#x}" if inside else lib
+        elif name.startswith("0x"):
+            name = lib
+        f = out.setdefault(name, Function(lib))
+        f.calling, f.others = f.calling + n * on_caller, f.others + n * (not on_caller)
+    for name, f in out.items():
+        if name.startswith("xnn_") and "ukernel" in name:
+            f.kernel = f"`{name}`"
+        elif library is not None and f.library == library.name and name.startswith("0x"):
+            code = disassemble(library, int(name, 16), dict(ranges)[int(name, 16)])
+            f.spills = sum(1 for line in code.splitlines() if "zmm" in line and "(%rsp)" in line)
+            f.kernel = describe(code) and f"{describe(code)} at {name}"
+    return out
+
+
+def disassemble(library: Path, lo: int, hi: int) -> str:
+    return subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", f"--start-address={lo}", f"--stop-address={hi}", str(library)],
+        capture_output=True,
+        text=True,
+    ).stdout
 
 
 SIGNATURES = (  # the first of these instructions a function uses -> what XNNPACK x86 microkernel it is
@@ -180,13 +241,41 @@ SIGNATURES = (  # the first of these instructions a function uses -> what XNNPAC
 
 
 def describe(code: str) -> str:
+    """A microkernel by its instructions. A float kernel's count of FMAs and broadcasts tells its tile:
+    a 7x32 GEMM has 14 FMAs (7 rows, 2 registers of 16), a 25-tap depthwise kernel 25 per register."""
     width = "zmm" if "zmm" in code else ("ymm" if "ymm" in code else "xmm")
-    found = next((what for insn, what in SIGNATURES if re.search(rf"\s{insn}", code)), "other")
+    found = next((what for insn, what in SIGNATURES if re.search(rf"\s{insn}", code)), None)
+    if found is None:
+        return ""
+    if found.startswith("fp32"):
+        fmas = len(re.findall(rf"\svfmadd\S*\s[^\n]*{width}", code))
+        found = f"fp32 FMA kernel, {fmas} FMA{'s' * (fmas != 1)}"
     return f"{found} [{width}]"
 
 
+def time_tables(samples: Samples, library: Path | None, top: int = 12) -> list[str]:
+    """Markdown: µs per run on the calling thread and the others, by category, then the hottest microkernels."""
+    sampled = functions(samples, library)
+    totals: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    for name, f in sampled.items():
+        where = category(f.library, name, bool(f.kernel))
+        totals[where][0] += f.calling
+        totals[where][1] += f.others
+    lines = ["| work | calling thread µs | other threads µs |", "|---|---:|---:|"]
+    for where, (calling, others) in sorted(totals.items(), key=lambda kv: -sum(kv[1])):
+        lines.append(f"| {where} | {samples.us(calling):.1f} | {samples.us(others):.1f} |")
+    lines += ["", "| microkernel | calling thread µs | other threads µs | vector registers spilled |"]
+    lines.append("|---|---:|---:|---:|")
+    kernels = sorted((f for f in sampled.values() if f.kernel), key=lambda f: -(f.calling + f.others))
+    for f in kernels[:top]:
+        spills = "" if f.spills is None else str(f.spills)
+        lines.append(f"| {f.kernel} | {samples.us(f.calling):.1f} | {samples.us(f.others):.1f} | {spills} |")
+    return lines
+
+
 def child(program: Path, threads: int, seconds: float) -> None:
-    """The profiled process: one program, its input prepared once, run for ``seconds``."""
+    """The profiled process: one program, its input prepared once, run for ``seconds``; prints its count of
+    runs and its calling thread's id (the process id: Python calls from the main thread)."""
     import numpy as np
 
     session = load(program, threads)
@@ -196,12 +285,12 @@ def child(program: Path, threads: int, seconds: float) -> None:
     while time.monotonic() < end:
         session.run(x)
         runs += 1
-    print(runs)
+    print(runs, os.getpid())
 
 
 def markdown(folder: Path, threads: int, runs: int, seconds: float) -> str:
     programs = {p["file"]: p for p in json.loads((folder / "programs.json").read_text())}
-    lines = [f"Per-operator profile, {threads} thread(s), on `{folder}`.", ""]
+    lines = [f"Profile, {threads} thread(s), on `{folder}`.", ""]
     for file in ("ours-int8.pte", "ours-fp32.pte"):
         if file in programs:
             lines += [
@@ -216,25 +305,14 @@ def markdown(folder: Path, threads: int, runs: int, seconds: float) -> str:
     for file in ("ours-int8.pte", "litert-int8.tflite", "ours-fp32.pte", "litert-fp32.tflite"):
         if file not in programs:
             continue
-        report, per_run = perf_samples(folder / file, threads, seconds)
-        name = programs[file]["name"]
+        samples = perf_samples(folder / file, threads, seconds)
         lines += [
-            f"**{name}** (perf: % of the process's samples; ms = % x its wall time per run, {per_run:.3f} ms, which "
-            "includes loading and perf's own cost: compare the rows of two runtimes, not with the ETDump figures):",
+            f"**{programs[file]['name']}** (perf, CPU µs per run on each thread; {samples.runs} runs, "
+            f"{1000 * samples.wall_ms:.1f} µs of wall time each with loading and perf's own cost):",
+            "",
+            *time_tables(samples, library if file.endswith(".pte") else None),
             "",
         ]
-        if file.endswith(".pte"):
-            lines += [
-                "| microkernel (by its instructions) | % | ms | vector registers spilled to the stack |",
-                "|---|---:|---:|---:|",
-            ]
-            rows = kernels(report, library)
-            lines += [f"| {what} | {pct:.1f} | {pct * per_run / 100:.3f} | {spills} |" for what, pct, spills in rows]
-        else:
-            lines += ["| microkernel | % | ms |", "|---|---:|---:|"]
-            rows = named_kernels(report)
-            lines += [f"| `{kernel}` | {pct:.1f} | {pct * per_run / 100:.3f} |" for kernel, pct in rows]
-        lines.append("")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from peers import cli, remote
+from peers import cli, profile, remote
 from peers import pictures as peers_pictures
 from peers.convert import decompose_hard_activations
 from peers.measure import measure
@@ -174,6 +174,44 @@ def test_the_tables_compare_every_program_with_our_int8_one():
     device = {"programs": [row("ours int8", 50.0, True), row("LiteRT int8", 75.0)]}
     assert "| LiteRT int8 | X | 1.000 | 1.000 | 1.000 | 0.50x | 2.00 | 100.0% | 100.0% | 50.0% |" in cli.table(host)
     assert "| LiteRT int8 | 0.50x | 1.50x | 75.00 | 100.0% |" in cli.ratios(host, device)
+
+
+def test_the_profile_splits_each_threads_samples_into_microseconds_per_run_by_what_they_are():
+    """``perf report -n --sort pid,dso,sym`` lines as LiteRT's process gives them: the calling thread (the
+    process id) and a pool worker; samples / PERF_HZ / runs is each function's CPU time per run."""
+    gemm = "xnn_f32_gemm_minmax_ukernel_7x32__avx512f_broadcast"
+    report = "\n".join(
+        [
+            f"    40.00%   800   4242:python   libpywrap_litert_common.so  [.] {gemm}",
+            f"    30.00%   600   4250:python   libpywrap_litert_common.so  [.] {gemm}",
+            "    15.00%   300   4250:python   libpywrap_litert_common.so  [.] thread_main",
+            "     5.00%   100   4242:python   libpywrap_litert_common.so  [.] pthreadpool_parallelize",
+            "     5.00%   100   4242:python   libpython3.11.so.1.0        [.] _PyEval_EvalFrameDefault",
+            "     4.00%    80   4242:python   [kernel.kallsyms]           [k] __schedule",
+            "     1.00%    20   4242:python   libpywrap_litert_common.so  [.] xnn_invoke_runtime",
+            "not a sample line",
+        ]
+    )
+    rows = profile.parse_report(report, caller=4242)
+    assert len(rows) == 7 and rows[0] == (True, "libpywrap_litert_common.so", rows[0][2], 800)
+    samples = profile.Samples(rows, runs=1000, wall_ms=1.0)  # one sample: 1 / PERF_HZ s over 1,000 runs
+    lines = profile.time_tables(samples, library=None)
+    assert "| microkernels | 400.0 | 300.0 |" in lines
+    assert "| thread pool: handing out work and waiting | 50.0 | 150.0 |" in lines
+    assert "| Python and the binding | 50.0 | 0.0 |" in lines
+    assert "| the OS and libc | 40.0 | 0.0 |" in lines
+    assert "| the runtime around the kernels | 10.0 | 0.0 |" in lines
+    kernel_rows = [line for line in lines if "ukernel" in line]
+    assert kernel_rows == [f"| `{gemm}` | 400.0 | 300.0 |  |"]
+
+
+def test_a_stripped_kernel_is_named_by_its_instructions_and_a_float_tile_by_its_fmas():
+    gemm_7x32 = "".join(f"  {i:x}:\tvfmadd231ps %zmm{i % 7},%zmm{7 + i % 2},%zmm{14 + i}\n" for i in range(14))
+    assert profile.describe(gemm_7x32) == "fp32 FMA kernel, 14 FMAs [zmm]"
+    assert profile.describe("  10:\tvpdpbusd %zmm1,%zmm2,%zmm3\n  14:\tvfmadd231ps %zmm1,%zmm2,%zmm3\n") == (
+        "int8 GEMM (AVX-512 VNNI) [zmm]"
+    )
+    assert profile.describe("  10:\tmov %rax,%rbx\n") == "", "code that is no kernel is not called one"
 
 
 def test_the_device_gets_the_programs_the_code_and_every_runtime_wheel_but_numpy(ours_only, tmp_path):
