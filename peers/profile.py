@@ -237,20 +237,23 @@ SIGNATURES = (  # the first of these instructions a function uses -> what XNNPAC
     ("vpshufb", "int8 lookup table (hard-swish)"),
     ("vpunpck", "transpose"),
     ("vfmadd", "fp32 GEMM or depthwise conv (FMA)"),
+    ("vmulps", "fp32 multiply"),
+    ("vaddps", "fp32 add or sum"),
 )
 
 
 def describe(code: str) -> str:
-    """A microkernel by its instructions. A float kernel's count of FMAs and broadcasts tells its tile:
-    a 7x32 GEMM has 14 FMAs (7 rows, 2 registers of 16), a 25-tap depthwise kernel 25 per register."""
+    """A microkernel by its instructions. A float GEMM's count of FMAs tells its tile: a 7x32 one has 14
+    (7 rows, 2 registers of 16 floats); a 25-tap depthwise kernel has 25 per register of channels."""
     width = "zmm" if "zmm" in code else ("ymm" if "ymm" in code else "xmm")
-    found = next((what for insn, what in SIGNATURES if re.search(rf"\s{insn}", code)), None)
+    found = next(((insn, what) for insn, what in SIGNATURES if re.search(rf"\s{insn}", code)), None)
     if found is None:
         return ""
-    if found.startswith("fp32"):
+    insn, what = found
+    if insn == "vfmadd":
         fmas = len(re.findall(rf"\svfmadd\S*\s[^\n]*{width}", code))
-        found = f"fp32 FMA kernel, {fmas} FMA{'s' * (fmas != 1)}"
-    return f"{found} [{width}]"
+        what = f"fp32 FMA kernel, {fmas} FMA{'s' * (fmas != 1)}"
+    return f"{what} [{width}]"
 
 
 def time_tables(samples: Samples, library: Path | None, top: int = 12) -> list[str]:
