@@ -186,7 +186,9 @@ XnnStatus xnn_get_runtime_profiling_info(void* runtime, int what, size_t size, v
       if (value != nullptr) {
         std::memset(value, 0, size);
       }
-      *size_out = 0;
+      if (size_out != nullptr) {
+        *size_out = 0;
+      }
       return kXnnSuccess;
     }
   }
