@@ -212,12 +212,14 @@ def test_bundle_is_complete_verified_and_loads_in_plain_executorch(bundle):
 )
 def test_each_method_gives_the_golden_logits_in_executorchs_own_runtime(bundle, method, memory):
     """A user's ExecuTorch (Python, Android's Tensor.fromBlob, iOS) hands ``forward`` a plain contiguous NCHW
-    tensor; the app's method takes NHWC memory. Each, fed its layout, answers as golden.npz says."""
+    tensor; the app's method takes NHWC memory. Each, fed its layout, answers as golden.npz says. The input
+    is read where the caller put it (not memory-planned: no copy of the frame per call), a new tensor each call."""
     from executorch.runtime import Runtime
 
     meta = json.loads((bundle / "model.json").read_text())
     program = Runtime.get().load_program(str(bundle / "model.pte"))
     run = program.load_method(method)
+    assert not run.metadata.input_tensor_meta(0).is_memory_planned()
     golden = np.load(bundle / "golden.npz")
     logits = np.concatenate(
         [
