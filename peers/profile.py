@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.bundle import APP_METHOD
-from edge.command import HelpFormatter, positive_int
+from edge.command import HelpFormatter, positive_float, positive_int
 from edge.files import atomic_path
 from edge.native.build import compile_flags, executorch_dir, link_flags, runtime_lib_dir
 
@@ -141,6 +141,8 @@ def perf_samples(program: Path, threads: int, seconds: float) -> Samples:
             text=True,
         ).stdout
     runs, caller = map(int, record.stdout.split()[-2:])
+    if runs == 0:
+        raise PeerError(f"{program.name} made no run in {seconds} s under perf: give it more --seconds")
     return Samples(parse_report(report, caller), runs, 1000 * wall / runs)
 
 
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         "--threads", type=positive_int, default=1, help="threads (one: the kernels, not the scheduling)"
     )
     parser.add_argument("--runs", type=positive_int, default=300, help="ETDump runs per program")
-    parser.add_argument("--seconds", type=float, default=5.0, help="perf sampling per program")
+    parser.add_argument("--seconds", type=positive_float, default=5.0, help="perf sampling per program")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:

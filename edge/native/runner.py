@@ -153,7 +153,7 @@ class Runner:
     def _thread_buffers(self) -> tuple[np.ndarray, int, ctypes.Array]:
         """This thread's output array, its address and its error buffer, made on its first call: the runner
         writes the logits there and the caller gets a copy, so threads never share one and a frame's logits
-        outlive the next call, while nothing is allocated or looked up per call but the copy."""
+        outlive the next call, while nothing but the copy is allocated per call."""
         buffers = getattr(self._buffers, "value", None)
         if buffers is None:
             out = np.empty(self._out_memory_shape, np.float32)
