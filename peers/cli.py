@@ -284,11 +284,21 @@ def commit() -> str:
     return found.stdout.strip() + (" + changes" if dirty.stdout.strip() else "")
 
 
-def cpu_model() -> str:
-    """The CPU as /proc/cpuinfo names it, with the cores this process may use."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+def cpu_model(info: str | None = None) -> str:
+    """The CPU as /proc/cpuinfo names it, with its x86 family and model, and the cores this process may use.
+
+    A virtual machine's name can be as vague as "AMD EPYC", which several generations share; the family and
+    model tell them apart (AMD's 25 is Zen 3 and 4, 26 is Zen 5), so two reports say whether they compare."""
+    if info is None:
+        info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields: dict[str, str] = {}
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name") or platform.machine()
+    if fields.get("cpu family") and fields.get("model"):
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 def measure_on_device(device, out: Path, args: argparse.Namespace) -> dict:

@@ -3,6 +3,7 @@ so what needs them (the conversions, the timings) runs in make bench-peers, not 
 
 import itertools
 import json
+import platform
 import shutil
 
 import cv2
@@ -174,6 +175,13 @@ def test_the_tables_compare_every_program_with_our_int8_one():
     device = {"programs": [row("ours int8", 50.0, True), row("LiteRT int8", 75.0)]}
     assert "| LiteRT int8 | X | 1.000 | 1.000 | 1.000 | 0.50x | 2.00 | 100.0% | 100.0% | 50.0% |" in cli.table(host)
     assert "| LiteRT int8 | 0.50x | 1.50x | 75.00 | 100.0% |" in cli.ratios(host, device)
+
+
+def test_the_report_names_the_cpu_generation_that_a_vague_virtual_machine_name_hides():
+    zen5 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+    assert cli.cpu_model(zen5 + zen5.replace("0\n", "1\n", 1)).startswith("AMD EPYC (family 26, model 2), ")
+    arm = "processor\t: 0\nBogoMIPS\t: 108.00\nCPU part\t: 0xd0b\n"
+    assert cli.cpu_model(arm).split(",")[0] == platform.machine(), "no name or family on ARM: the machine alone"
 
 
 def test_the_profile_splits_each_threads_samples_into_microseconds_per_run_by_what_they_are():

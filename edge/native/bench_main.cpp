@@ -38,9 +38,9 @@ struct EdgeRunner;
 int edge_runner_open(const uint8_t* data, size_t size, const char* method, uint32_t threads, EdgeRunner** out,
                      char* err, size_t errlen);
 int edge_runner_shape(const EdgeRunner* r, int which, int64_t* dims, int max_dims);
-int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float* output, size_t output_numel,
-                    char* err, size_t errlen);
-void edge_runner_close(EdgeRunner* r);
+int edge_runner_run(EdgeRunner* r, const float* input, float* output);
+size_t edge_runner_error(char* err, size_t errlen);
+void edge_runner_free(EdgeRunner* r);
 void edge_runner_plan_counts(uint64_t* made, uint64_t* reused);
 }
 
@@ -266,9 +266,17 @@ size_t numel(const EdgeRunner* runner, int which, std::string* shape) {
   return count;
 }
 
-void run_one(EdgeRunner* runner, const float* input, size_t in_numel, float* output, size_t out_numel) {
+// The run's failure as text, or "" when it ran.
+std::string run(EdgeRunner* runner, const float* input, float* output) {
+  if (edge_runner_run(runner, input, output) == 0) return "";
   char err[512] = {0};
-  if (edge_runner_run(runner, input, in_numel, output, out_numel, err, sizeof err) != 0) die(1, err);
+  edge_runner_error(err, sizeof err);
+  return err;
+}
+
+void run_one(EdgeRunner* runner, const float* input, float* output) {
+  std::string error = run(runner, input, output);
+  if (!error.empty()) die(1, error);
 }
 
 // ExecuTorch 1.5 does not verify an XNNPACK delegate's payload: a corrupt one can crash the loading process. The
@@ -285,8 +293,8 @@ void vet_in_child(const std::string& pte, const std::string& method) {
                          sizeof err) == 0) {
       std::string shape;
       std::vector<float> input(numel(runner, 0, &shape), 0.0f), output(numel(runner, 1, &shape));
-      edge_runner_run(runner, input.data(), input.size(), output.data(), output.size(), err, sizeof err);
-      edge_runner_close(runner);
+      edge_runner_run(runner, input.data(), output.data());
+      edge_runner_free(runner);
     }
     _exit(0);
   }
@@ -335,12 +343,11 @@ int main(int argc, char** argv) {
       die(1, "cannot write " + what + ": " + std::strerror(error));
     };
     for (size_t i = 0; i < images; ++i) {
-      char err[512] = {0};
-      if (edge_runner_run(runner, inputs.data() + i * in_numel, in_numel, output.data(), out_numel, err,
-                          sizeof err) != 0) {
+      std::string error = run(runner, inputs.data() + i * in_numel, output.data());
+      if (!error.empty()) {
         std::fclose(out);
         std::remove(partial.c_str());
-        die(1, err);
+        die(1, error);
       }
       if (std::fwrite(output.data(), sizeof(float), out_numel, out) != out_numel) {
         std::fclose(out);
@@ -353,14 +360,14 @@ int main(int argc, char** argv) {
   std::string rows;
   for (size_t t = 0; t < args.threads.size(); ++t) {
     if (t > 0) {
-      edge_runner_close(runner);
+      edge_runner_free(runner);
       runner = open_runner(pte, args.method, args.threads[t]);
     }
-    for (long i = 0; i < args.warmup; ++i) run_one(runner, inputs.data(), in_numel, output.data(), out_numel);
+    for (long i = 0; i < args.warmup; ++i) run_one(runner, inputs.data(), output.data());
     std::vector<double> samples;
     for (long i = 0; i < args.runs; ++i) {
       auto start = std::chrono::steady_clock::now();
-      run_one(runner, inputs.data(), in_numel, output.data(), out_numel);
+      run_one(runner, inputs.data(), output.data());
       samples.push_back(ms_since(start));
     }
     std::string list;
@@ -374,7 +381,7 @@ int main(int argc, char** argv) {
             ", \"p99\": " + number(percentile(samples, 99)) + ", \"mean\": " + number(sum / samples.size()) +
             ", \"runs\": " + std::to_string(samples.size()) + ", \"samples_ms\": [" + list + "]}";
   }
-  edge_runner_close(runner);
+  edge_runner_free(runner);
   uint64_t plans_made = 0, plans_reused = 0;  // whether XNNPACK's plan of the graph was reused (runner.cpp)
   edge_runner_plan_counts(&plans_made, &plans_reused);
   std::printf(

@@ -62,6 +62,7 @@ enum Code : int {
   kUnsupported = 3,
   kBadInput = 4,
   kExecuteFailed = 5,
+  kClosed = 6,
 };
 
 constexpr int kMaxDims = 8;
@@ -74,6 +75,8 @@ uint64_t g_pool_generation = 0;
 
 // The runtime's last error-level log line, kept to explain a failure in the returned message.
 thread_local std::string g_last_log;
+// This thread's last failure, whole: edge_runner_run returns only its code, and edge_runner_error the text.
+thread_local std::string g_last_error;
 bool g_echo_log = false;
 
 void capture_log(et_timestamp_t, et_pal_log_level_t level, const char* file, const char*, size_t line,
@@ -102,6 +105,7 @@ int fail(int code, const std::string& what, char* err, size_t errlen) {
     text += " (" + g_last_log + ")";
     g_last_log.clear();
   }
+  g_last_error = text;
   if (err != nullptr && errlen > 0) {
     std::snprintf(err, errlen, "%s", text.c_str());
   }
@@ -116,8 +120,11 @@ std::string error_name(Error e) {
 
 struct TensorSpec {
   std::vector<int64_t> sizes;
-  std::vector<uint8_t> dim_order;  // the order of the dimensions in memory, outermost first
+  std::vector<TensorImpl::DimOrderType> dim_order;  // the order of the dimensions in memory, outermost first
   size_t numel = 1;
+  // The sizes as a TensorImpl takes them, and the strides the dim order implies: worked out once, not per call.
+  std::vector<TensorImpl::SizesType> impl_sizes;
+  std::vector<TensorImpl::StridesType> strides;
 };
 
 // Reusing XNNPACK's plan of a graph between calls.
@@ -252,6 +259,22 @@ struct EdgeRunner {
   uint32_t threads = 0;  // 0: whatever the pool has
   std::string method_name;  // a program can hold several methods (export writes forward and forward_channels_last)
   TensorSpec input, output;
+  bool closed = false;
+
+  // What edge_runner_close frees, in the order the destructor would: the method first, the bytes it reads last.
+  void unload() {
+    closed = true;
+    method.reset();
+    memory.reset();
+    temp_allocator.reset();
+    method_allocator.reset();
+    planned.reset();
+    planned_spans.clear();
+    planned_buffers.clear();
+    program.reset();
+    loader.reset();
+    std::vector<uint8_t>().swap(pte);
+  }
 };
 
 namespace {
@@ -272,6 +295,13 @@ bool float_tensor(const MethodMeta& meta, bool is_input, TensorSpec* spec) {
     for (size_t i = 0; i < spec->dim_order.size(); ++i) {
       spec->dim_order[i] = static_cast<uint8_t>(i);
     }
+  }
+  spec->impl_sizes.assign(spec->sizes.begin(), spec->sizes.end());
+  spec->strides.resize(spec->sizes.size());
+  TensorImpl::StridesType stride = 1;
+  for (size_t i = spec->dim_order.size(); i-- > 0;) {  // innermost dimension in memory first
+    spec->strides[spec->dim_order[i]] = stride;
+    stride *= spec->impl_sizes[spec->dim_order[i]];
   }
   return true;
 }
@@ -344,7 +374,8 @@ int open_program(EdgeRunner* r, char* err, size_t errlen) {
 extern "C" {
 
 // Copies ``size`` bytes of a .pte and loads its method ``method`` (a C string) with ``threads`` XNNPACK
-// threads (0: keep the pool as it is). On success *out owns the runner; free it with edge_runner_close.
+// threads (0: keep the pool as it is). On success *out owns the runner: edge_runner_close unloads it and
+// edge_runner_free frees it.
 int edge_runner_open(const uint8_t* data, size_t size, const char* method, uint32_t threads, EdgeRunner** out,
                      char* err, size_t errlen) {
   init_runtime_once();
@@ -386,42 +417,44 @@ int edge_runner_dim_order(const EdgeRunner* r, int which, int64_t* order, int ma
   return rank;
 }
 
-// Runs the method on a float input of input_numel values laid out in the program's dim order (see
-// edge_runner_dim_order: C-contiguous for NCHW programs); writes the first output.
-int edge_runner_run(EdgeRunner* r, const float* input, size_t input_numel, float* output, size_t output_numel,
-                    char* err, size_t errlen) {
-  if (input_numel != r->input.numel || output_numel != r->output.numel) {
-    return fail(kBadInput, "input or output buffer does not match the program's shapes", err, errlen);
-  }
+// Runs the method on a float input laid out in the program's dim order (see edge_runner_dim_order:
+// C-contiguous for NCHW programs) and writes the first output; both buffers hold the program's numel.
+// Returns a code; edge_runner_error gives the failure's text. Three arguments and no text buffer: ctypes
+// converts each argument on every call, and at 64 px the call is the app's per-frame cost outside the model.
+int edge_runner_run(EdgeRunner* r, const float* input, float* output) {
   std::lock_guard<std::mutex> guard(g_lock);
-  int code = ensure_method(r, err, errlen);
+  if (r->closed) {
+    return fail(kClosed, "the runner is closed", nullptr, 0);
+  }
+  int code = ensure_method(r, nullptr, 0);
   if (code != kOk) {
     return code;
   }
-  std::vector<TensorImpl::SizesType> sizes(r->input.sizes.begin(), r->input.sizes.end());
-  std::vector<TensorImpl::DimOrderType> dim_order(r->input.dim_order.begin(), r->input.dim_order.end());
-  std::vector<TensorImpl::StridesType> strides(sizes.size());
-  TensorImpl::StridesType stride = 1;
-  for (size_t i = dim_order.size(); i-- > 0;) {  // innermost dimension in memory first
-    strides[dim_order[i]] = stride;
-    stride *= sizes[dim_order[i]];
-  }
-  TensorImpl impl(ScalarType::Float, static_cast<ssize_t>(sizes.size()), sizes.data(), const_cast<float*>(input),
-                  dim_order.data(), strides.data());
+  TensorSpec& in = r->input;
+  TensorImpl impl(ScalarType::Float, static_cast<ssize_t>(in.impl_sizes.size()), in.impl_sizes.data(),
+                  const_cast<float*>(input), in.dim_order.data(), in.strides.data());
   Error status = r->method->set_input(EValue(executorch::aten::Tensor(&impl)), 0);
   if (status != Error::Ok) {
-    return fail(kBadInput, "the program refused the input: " + error_name(status), err, errlen);
+    return fail(kBadInput, "the program refused the input: " + error_name(status), nullptr, 0);
   }
   status = r->method->execute();
   if (status != Error::Ok) {
-    return fail(kExecuteFailed, "execute failed: " + error_name(status), err, errlen);
+    return fail(kExecuteFailed, "execute failed: " + error_name(status), nullptr, 0);
   }
   const EValue& result = r->method->get_output(0);
   if (!result.isTensor() || static_cast<size_t>(result.toTensor().numel()) != r->output.numel) {
-    return fail(kExecuteFailed, "the program's output is not the tensor its metadata describes", err, errlen);
+    return fail(kExecuteFailed, "the program's output is not the tensor its metadata describes", nullptr, 0);
   }
   std::memcpy(output, result.toTensor().const_data_ptr<float>(), r->output.numel * sizeof(float));
   return kOk;
+}
+
+// Copies the calling thread's last failure into err (a C string); returns its length.
+size_t edge_runner_error(char* err, size_t errlen) {
+  if (errlen > 0) {
+    std::snprintf(err, errlen, "%s", g_last_error.c_str());
+  }
+  return g_last_error.size();
 }
 
 // How many times XNNPACK planned a graph (made) and how many executions reused a plan (reused).
@@ -438,7 +471,15 @@ uint32_t edge_runner_pool_threads() {
   return pool == nullptr ? 0 : static_cast<uint32_t>(pool->get_thread_count());
 }
 
+// Frees the program and its memory once the call under way (if any) is over; later calls fail with kClosed.
+// The handle itself stays valid until edge_runner_free, so a thread that took it before the close gets
+// "the runner is closed", never freed memory: the binding frees it only when no thread can hold it.
 void edge_runner_close(EdgeRunner* r) {
+  std::lock_guard<std::mutex> guard(g_lock);
+  r->unload();
+}
+
+void edge_runner_free(EdgeRunner* r) {
   std::lock_guard<std::mutex> guard(g_lock);
   delete r;
 }

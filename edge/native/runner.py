@@ -18,7 +18,14 @@ MAX_DIMS = 8
 MAX_THREADS = 1024  # the C ABI takes a uint32; a count past any CPU's cores is a typo, not a wish
 # ELF e_machine -> platform.machine(): a build for another CPU gets a clear message, not dlopen's.
 ELF_MACHINES = {62: "x86_64", 183: "aarch64", 40: "armv7l", 243: "riscv64"}
-CODES = {1: "not a program", 2: "load failed", 3: "unsupported program", 4: "bad input", 5: "execute failed"}
+CODES = {
+    1: "not a program",
+    2: "load failed",
+    3: "unsupported program",
+    4: "bad input",
+    5: "execute failed",
+    6: "the runner is closed",
+}
 
 
 def check_elf(path: Path) -> None:
@@ -61,19 +68,14 @@ def library() -> ctypes.CDLL:
     )
     lib.edge_runner_shape.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int)
     lib.edge_runner_dim_order.argtypes = lib.edge_runner_shape.argtypes
-    lib.edge_runner_run.argtypes = (
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        *error,
-    )
+    lib.edge_runner_run.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    lib.edge_runner_error.argtypes = error
+    lib.edge_runner_error.restype = ctypes.c_size_t
     lib.edge_runner_pool_threads.restype = ctypes.c_uint32
     lib.edge_runner_plan_counts.argtypes = (ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64))
     lib.edge_runner_plan_counts.restype = None
-    lib.edge_runner_close.argtypes = (ctypes.c_void_p,)
-    lib.edge_runner_close.restype = None
+    for name in ("edge_runner_close", "edge_runner_free"):
+        getattr(lib, name).argtypes, getattr(lib, name).restype = (ctypes.c_void_p,), None
     return lib
 
 
@@ -95,16 +97,13 @@ class Runner:
     by default). The pool is shared by the process: runners with different counts take turns,
     each re-loading its method when the pool was resized under it.
 
-    Calls from several threads are counted: ``close()`` refuses new calls at once, waits for the ones
-    under way, and only then frees the native handle, so a model closed while other threads are inside
-    it (a server reloading its model) gives them "the runner is closed", not a crash.
+    Any thread may call it, and ``close()`` from any thread frees the program after the call under way:
+    the native side serialises calls and closing, and a later call (a server's request racing its model's
+    reload) gets "the runner is closed", not a crash. The handle itself is freed only when the runner is.
     """
 
     def __init__(self, pte: bytes, threads: int | None = None, method: str = "forward") -> None:
         self._lib, self._handle = library(), ctypes.c_void_p()
-        # A plain lock counts the calls under way (a Condition's Python-level notify costs a microsecond a
-        # call); ``close`` alone waits, on an Event the last call out sets once closing has begun.
-        self._calls, self._closing, self._lock, self._drained = 0, False, threading.Lock(), threading.Event()
         if threads is not None and not 1 <= threads <= MAX_THREADS:
             raise NativeError(f"threads must be between 1 and {MAX_THREADS}, got {threads}")
         if not method or "\0" in method:
@@ -117,7 +116,7 @@ class Runner:
         self._run = self._lib.edge_runner_run
         self._out_memory_shape = tuple(self.output_shape[d] for d in self.output_order)
         self._out_to_logical = tuple(int(d) for d in np.argsort(self.output_order))
-        self._buffers = threading.local()  # per calling thread: made once, not per call
+        self._outputs = threading.local()  # per calling thread: made once, not per call
 
     def _shape(self, which: int, what: str = "shape") -> tuple[int, ...]:
         dims = (ctypes.c_int64 * MAX_DIMS)()
@@ -134,31 +133,26 @@ class Runner:
         if x.shape != self.input_shape:
             raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
         x = self.in_memory_order(x)
-        out, out_address, err = self._thread_buffers()
-        with self._lock:
-            if self._closing:
-                raise NativeError("the runner is closed")
-            self._calls += 1
-        try:
-            code = self._run(self._handle, first_byte(x), x.size, out_address, out.size, err, len(err))
-        finally:
-            with self._lock:
-                self._calls -= 1
-                if self._closing and not self._calls:
-                    self._drained.set()
-        if code != 0:
-            raise NativeError(err.value.decode(errors="replace") or CODES.get(code, f"native runner error {code}"))
+        out, out_address = self._thread_output()
+        if self._run(self._handle, first_byte(x), out_address) != 0:
+            raise NativeError(self._error())
         return out.transpose(self._out_to_logical).copy()
 
-    def _thread_buffers(self) -> tuple[np.ndarray, int, ctypes.Array]:
-        """This thread's output array, its address and its error buffer, made on its first call: the runner
-        writes the logits there and the caller gets a copy, so threads never share one and a frame's logits
-        outlive the next call, while nothing but the copy is allocated per call."""
-        buffers = getattr(self._buffers, "value", None)
-        if buffers is None:
+    def _error(self) -> str:
+        """This thread's last failure, as the native side wrote it."""
+        err = ctypes.create_string_buffer(512)
+        self._lib.edge_runner_error(err, len(err))
+        return err.value.decode(errors="replace") or "native runner error"
+
+    def _thread_output(self) -> tuple[np.ndarray, int]:
+        """This thread's output array and its address, made on its first call: the runner writes the logits
+        there and the caller gets a copy, so threads never share one and a frame's logits outlive the next
+        call, while nothing but the copy is allocated per call."""
+        output = getattr(self._outputs, "value", None)
+        if output is None:
             out = np.empty(self._out_memory_shape, np.float32)
-            buffers = self._buffers.value = (out, out.__array_interface__["data"][0], ctypes.create_string_buffer(512))
-        return buffers
+            output = self._outputs.value = (out, out.__array_interface__["data"][0])
+        return output
 
     def in_memory_order(self, x: np.ndarray) -> np.ndarray:
         """NCHW ``x`` (a batch of them too) as the program reads its memory: C-contiguous in ``input_order``.
@@ -186,17 +180,11 @@ class Runner:
         return made.value, reused.value
 
     def close(self) -> None:
-        """Free the program once no call is under way; later calls raise NativeError."""
-        with self._lock:
-            self._closing = True
-            busy = self._calls > 0
-        if busy:
-            self._drained.wait()
-        with self._lock:
-            if self._handle.value is not None:
-                self._lib.edge_runner_close(self._handle)
-                self._handle = ctypes.c_void_p()
+        """Free the program once the call under way (if any) is over; later calls raise NativeError."""
+        if self._handle.value is not None:
+            self._lib.edge_runner_close(self._handle)
 
     def __del__(self) -> None:
-        if getattr(self, "_lock", None) is not None:
-            self.close()
+        handle = getattr(self, "_handle", None)
+        if handle is not None and handle.value is not None:
+            self._lib.edge_runner_free(handle)
