@@ -134,15 +134,16 @@ class Runner:
             raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
         x = self.in_memory_order(x)
         out, out_address = self._thread_output()
-        if self._run(self._handle, first_byte(x), out_address) != 0:
-            raise NativeError(self._error())
+        code = self._run(self._handle, first_byte(x), out_address)
+        if code != 0:
+            raise NativeError(self._error(code))
         return out.transpose(self._out_to_logical).copy()
 
-    def _error(self) -> str:
+    def _error(self, code: int) -> str:
         """This thread's last failure, as the native side wrote it."""
         err = ctypes.create_string_buffer(512)
         self._lib.edge_runner_error(err, len(err))
-        return err.value.decode(errors="replace") or "native runner error"
+        return err.value.decode(errors="replace") or CODES.get(code, f"native runner error {code}")
 
     def _thread_output(self) -> tuple[np.ndarray, int]:
         """This thread's output array and its address, made on its first call: the runner writes the logits
