@@ -138,6 +138,7 @@ def test_deploy_measures_latency_per_thread_count_and_exact_parity(phone, bundle
     assert report["bundle"]["method"] == release["method"] == "forward_channels_last", "the phone runs the app's method"
     assert sorted(figures["latency"], key=int) == [str(t) for t in range(1, 9)], "1 to the phone's 8 cores"
     assert figures["xnnpack_plans"]["reused"] >= 8 * 20, "the phone's edge-bench reuses XNNPACK's plan"
+    assert figures["xnnpack_setups"]["reused"] >= 8 * 19, "and its setup while the input stays where it is"
     assert all(len(row["samples_ms"]) == 20 and row["p50"] <= row["p90"] for row in figures["latency"].values())
     assert figures["cores"] == {
         "big": {"cpus": "0-3", "part": "0xd0b", "max_mhz": 2400},

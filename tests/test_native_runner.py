@@ -145,10 +145,10 @@ def test_the_graph_is_planned_once_and_its_plan_reused_with_the_same_answers(bun
         first = Runner(pte, 1, APP_METHOD)
         x = golden["inputs"][:1]
         answers = [first(x) for _ in range(20)]
-        made, reused = Runner.plan_counts()
+        made, reused, _, _ = Runner.plan_counts()
         second = Runner(pte, 1, APP_METHOD)
         again = second(x)
-        made2, reused2 = Runner.plan_counts()
+        made2, reused2, _, _ = Runner.plan_counts()
         assert all(np.array_equal(a, golden["logits"][:1]) for a in answers + [again])
         print(made, reused, made2 - made, reused2 - reused)
     """)
@@ -156,6 +156,41 @@ def test_the_graph_is_planned_once_and_its_plan_reused_with_the_same_answers(bun
     assert result.returncode == 0, result.stderr[-2000:]
     made, reused, made_by_second, reused_by_second = map(int, result.stdout.split())
     assert made >= 1 and reused >= 19 and made_by_second >= 1 and reused_by_second >= 0, result.stdout
+
+
+def test_the_graph_is_set_up_again_when_its_input_moves_and_only_then(bundle):
+    """The program reads the caller's input in place, so XNNPACK must be given its address again when it moves;
+    the runner passes that setup on only then (runner.cpp). A frame buffer refilled in place keeps its setup and
+    still gives each frame its own answer; two buffers taking turns are set up on every turn, and each answer is
+    its own input's. In a subprocess: counts are per process."""
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from edge.bundle import APP_METHOD
+        from edge.native import Runner
+        golden = np.load({str(bundle / "golden.npz")!r})
+        pte = open({str(bundle / "model.pte")!r}, "rb").read()
+        runner = Runner(pte, 1, APP_METHOD)
+        inputs, logits = golden["inputs"][:2], golden["logits"][:2]
+        assert not np.array_equal(logits[0], logits[1])
+        buffers = [runner.laid_out(inputs[i : i + 1]) for i in (0, 1)]
+        frame = runner.laid_out(inputs[:1])
+        runner(frame)
+        start = Runner.plan_counts()
+        for i in range(6):
+            frame[...] = inputs[i % 2]
+            assert np.array_equal(runner(frame), logits[i % 2 : i % 2 + 1]), ("refilled", i)
+        refilled = Runner.plan_counts()
+        for i in range(6):
+            assert np.array_equal(runner(buffers[i % 2]), logits[i % 2 : i % 2 + 1]), ("turns", i)
+        turns = Runner.plan_counts()
+        print(refilled.setups_made - start.setups_made, refilled.setups_reused - start.setups_reused,
+              turns.setups_made - refilled.setups_made, turns.setups_reused - refilled.setups_reused)
+    """)
+    result = run(["-c", script], cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    made_refilled, reused_refilled, made_turns, reused_turns = map(int, result.stdout.split())
+    assert (made_refilled, reused_refilled) == (0, 6), result.stdout
+    assert made_turns == 6 and reused_turns == 0, result.stdout
 
 
 def test_each_call_returns_logits_of_its_own_that_later_calls_and_other_threads_leave_alone(bundle):
@@ -343,6 +378,8 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
     # Each thread count loads the method again (a new XNNPACK graph, planned once); every other run reuses it.
     runs = len(golden["inputs"]) + 2 * (1 + 7)
     assert figures["xnnpack_plans"]["reused"] >= runs - 2 * 2, figures["xnnpack_plans"]
+    # The timed runs read one input in place: set up on the first of them, reused by the rest.
+    assert figures["xnnpack_setups"]["reused"] >= 2 * (7 - 1), figures["xnnpack_setups"]
     assert not (tmp_path / "out.f32.partial").exists()
 
     golden["inputs"].tofile(tmp_path / "nchw.f32")  # forward, edge-bench's default, reads plain NCHW bytes

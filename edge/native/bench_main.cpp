@@ -41,7 +41,7 @@ int edge_runner_shape(const EdgeRunner* r, int which, int64_t* dims, int max_dim
 int edge_runner_run(EdgeRunner* r, const float* input, float* output);
 size_t edge_runner_error(char* err, size_t errlen);
 void edge_runner_free(EdgeRunner* r);
-void edge_runner_plan_counts(uint64_t* made, uint64_t* reused);
+void edge_runner_plan_counts(uint64_t* made, uint64_t* reused, uint64_t* setups_made, uint64_t* setups_reused);
 }
 
 namespace {
@@ -382,15 +382,18 @@ int main(int argc, char** argv) {
             ", \"runs\": " + std::to_string(samples.size()) + ", \"samples_ms\": [" + list + "]}";
   }
   edge_runner_free(runner);
-  uint64_t plans_made = 0, plans_reused = 0;  // whether XNNPACK's plan of the graph was reused (runner.cpp)
-  edge_runner_plan_counts(&plans_made, &plans_reused);
+  // Whether XNNPACK's plan of the graph and its setup were reused (runner.cpp).
+  uint64_t plans_made = 0, plans_reused = 0, setups_made = 0, setups_reused = 0;
+  edge_runner_plan_counts(&plans_made, &plans_reused, &setups_made, &setups_reused);
   std::printf(
       "{\"program\": %s, \"method\": %s, \"program_bytes\": %zu, \"input_shape\": %s, \"output_shape\": %s, \"images\": %zu, "
       "\"load_ms\": %s, \"warmup\": %ld, \"latency_ms\": [%s], \"peak_rss_kb\": %ld, \"cpus\": %s, "
-      "\"thermal_before\": %s, \"thermal_after\": %s, \"xnnpack_plans\": {\"made\": %llu, \"reused\": %llu}}\n",
+      "\"thermal_before\": %s, \"thermal_after\": %s, \"xnnpack_plans\": {\"made\": %llu, \"reused\": %llu}, "
+      "\"xnnpack_setups\": {\"made\": %llu, \"reused\": %llu}}\n",
       quoted(args.program).c_str(), quoted(args.method).c_str(), pte.size(), input_shape.c_str(), output_shape.c_str(), images,
       number(load_ms).c_str(), args.warmup, rows.c_str(), status_kb("VmHWM"), cpus_json().c_str(),
       thermal_before.c_str(), thermal_json().c_str(), static_cast<unsigned long long>(plans_made),
-      static_cast<unsigned long long>(plans_reused));
+      static_cast<unsigned long long>(plans_reused), static_cast<unsigned long long>(setups_made),
+      static_cast<unsigned long long>(setups_reused));
   return 0;
 }

@@ -139,6 +139,14 @@ struct TensorSpec {
 // makes small ones inside itself) or when one of its inputs changed shape since its last plan; a
 // failed call forgets the plan.
 //
+// Setting a plan's pointers up, likewise. The delegate also calls xnn_setup_runtime_v2 before every
+// execution, which hands every operator of the graph its input and output addresses again. Those only
+// change when an external value (the delegate's inputs and outputs) moves or when XNNPACK lays its
+// workspace out again, which only a reshape does (a workspace can be shared by several runtimes, so a
+// reshape of any of them counts). So the runner passes a setup on only when the external values differ
+// from the last successful one of that runtime or a reshape, creation or deletion of any runtime came
+// after it; LiteRT's delegate sets a runtime up again only when an external pointer changed.
+//
 // Timing every operator, switched off. The wheel's delegate asks XNNPACK for basic profiling
 // (XNN_FLAG_BASIC_PROFILING) on every runtime it creates, so that ETDump can report operators: XNNPACK
 // then reads the clock after each operator of every call, and the delegate copies the timings out after
@@ -150,15 +158,25 @@ using XnnStatus = int;  // enum xnn_status: 0 is xnn_status_success
 constexpr XnnStatus kXnnSuccess = 0;
 constexpr uint32_t kXnnFlagBasicProfiling = 0x00000008;  // XNN_FLAG_BASIC_PROFILING, xnnpack.h
 
+struct XnnExternalValue {  // struct xnn_external_value, xnnpack.h
+  uint32_t id;
+  void* data;
+  bool operator==(const XnnExternalValue& other) const { return id == other.id && data == other.data; }
+};
+
 struct GraphPlan {
   bool current = false;  // planned for the shapes below, and nothing failed since
   bool unprofiled = false;  // created here without the profiling the delegate asked for
   std::unordered_map<uint32_t, std::vector<size_t>> input_shapes;  // by external value id
+  bool set_up = false;  // the last setup succeeded with the values below, at layout g_layouts
+  std::vector<XnnExternalValue> set_up_with;
+  uint64_t set_up_at = 0;
 };
 
 std::mutex g_plans_lock;
 std::unordered_map<void*, GraphPlan> g_plans;  // by xnn_runtime_t
-uint64_t g_plans_made = 0, g_plans_reused = 0;
+uint64_t g_plans_made = 0, g_plans_reused = 0, g_setups_made = 0, g_setups_reused = 0;
+uint64_t g_layouts = 0;  // how many reshapes, creations and deletions of runtimes XNNPACK has done
 
 template <typename Function>
 Function xnnpack(const char* name) {
@@ -175,8 +193,9 @@ XnnStatus xnn_create_runtime_v4(void* subgraph, void* weights_cache, void* works
   static auto create = xnnpack<XnnStatus (*)(void*, void*, void*, void*, uint32_t, void**)>("xnn_create_runtime_v4");
   XnnStatus status =
       create(subgraph, weights_cache, workspace, threadpool, flags & ~kXnnFlagBasicProfiling, runtime_out);
+  std::lock_guard<std::mutex> guard(g_plans_lock);
+  ++g_layouts;
   if (status == kXnnSuccess) {
-    std::lock_guard<std::mutex> guard(g_plans_lock);
     g_plans.erase(*runtime_out);  // an address a deleted runtime had: nothing is known of this one
     g_plans[*runtime_out].unprofiled = (flags & kXnnFlagBasicProfiling) != 0;
   }
@@ -207,6 +226,7 @@ XnnStatus xnn_delete_runtime(void* runtime) {
   {
     std::lock_guard<std::mutex> guard(g_plans_lock);
     g_plans.erase(runtime);
+    ++g_layouts;
   }
   return destroy(runtime);
 }
@@ -239,6 +259,28 @@ XnnStatus xnn_reshape_runtime(void* runtime) {
   std::lock_guard<std::mutex> guard(g_plans_lock);
   g_plans[runtime].current = status == kXnnSuccess;
   ++g_plans_made;
+  ++g_layouts;
+  return status;
+}
+
+XnnStatus xnn_setup_runtime_v2(void* runtime, size_t count, const XnnExternalValue* values) {
+  static auto setup = xnnpack<XnnStatus (*)(void*, size_t, const XnnExternalValue*)>("xnn_setup_runtime_v2");
+  {
+    std::lock_guard<std::mutex> guard(g_plans_lock);
+    auto plan = g_plans.find(runtime);
+    if (plan != g_plans.end() && plan->second.set_up && plan->second.set_up_at == g_layouts &&
+        std::equal(values, values + count, plan->second.set_up_with.begin(), plan->second.set_up_with.end())) {
+      ++g_setups_reused;
+      return kXnnSuccess;
+    }
+  }
+  XnnStatus status = setup(runtime, count, values);
+  std::lock_guard<std::mutex> guard(g_plans_lock);
+  GraphPlan& plan = g_plans[runtime];
+  plan.set_up = status == kXnnSuccess;
+  plan.set_up_with.assign(values, values + count);
+  plan.set_up_at = g_layouts;
+  ++g_setups_made;
   return status;
 }
 
@@ -457,11 +499,14 @@ size_t edge_runner_error(char* err, size_t errlen) {
   return g_last_error.size();
 }
 
-// How many times XNNPACK planned a graph (made) and how many executions reused a plan (reused).
-void edge_runner_plan_counts(uint64_t* made, uint64_t* reused) {
+// How many times XNNPACK planned a graph (made) and how many executions reused a plan (reused); the
+// same for setting a graph's pointers up (setups_made, setups_reused).
+void edge_runner_plan_counts(uint64_t* made, uint64_t* reused, uint64_t* setups_made, uint64_t* setups_reused) {
   std::lock_guard<std::mutex> guard(g_plans_lock);
   *made = g_plans_made;
   *reused = g_plans_reused;
+  *setups_made = g_setups_made;
+  *setups_reused = g_setups_reused;
 }
 
 // The XNNPACK pool's current thread count.

@@ -9,6 +9,7 @@ import platform
 import threading
 from functools import cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def library() -> ctypes.CDLL:
     lib.edge_runner_error.argtypes = error
     lib.edge_runner_error.restype = ctypes.c_size_t
     lib.edge_runner_pool_threads.restype = ctypes.c_uint32
-    lib.edge_runner_plan_counts.argtypes = (ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64))
+    lib.edge_runner_plan_counts.argtypes = (ctypes.POINTER(ctypes.c_uint64),) * 4
     lib.edge_runner_plan_counts.restype = None
     for name in ("edge_runner_close", "edge_runner_free"):
         getattr(lib, name).argtypes, getattr(lib, name).restype = (ctypes.c_void_p,), None
@@ -87,6 +88,15 @@ def first_byte(array: np.ndarray):
     if array.flags.writeable:
         return ctypes.byref(ctypes.c_char.from_buffer(array))  # type: ignore[arg-type]  # numpy's stubs declare __buffer__ on 3.12+ only
     return array.__array_interface__["data"][0]
+
+
+class PlanCounts(NamedTuple):
+    """XNNPACK's plans of graphs (reshapes) and setups, made and reused, in this process (runner.cpp)."""
+
+    made: int
+    reused: int
+    setups_made: int
+    setups_reused: int
 
 
 class Runner:
@@ -173,12 +183,12 @@ class Runner:
         return library().edge_runner_pool_threads()
 
     @staticmethod
-    def plan_counts() -> tuple[int, int]:
-        """(made, reused) in this process: how often XNNPACK planned a graph for its shapes, and how many
-        executions ran on the plan of an earlier one (runner.cpp plans again only when shapes change)."""
-        made, reused = ctypes.c_uint64(), ctypes.c_uint64()
-        library().edge_runner_plan_counts(ctypes.byref(made), ctypes.byref(reused))
-        return made.value, reused.value
+    def plan_counts() -> PlanCounts:
+        """How often, in this process, XNNPACK planned a graph for its shapes and set its pointers up, and how
+        many executions reused an earlier plan and setup (runner.cpp does each again only when needed)."""
+        counts = [ctypes.c_uint64() for _ in PlanCounts._fields]
+        library().edge_runner_plan_counts(*map(ctypes.byref, counts))
+        return PlanCounts(*(count.value for count in counts))
 
     def close(self) -> None:
         """Free the program once the call under way (if any) is over; later calls raise NativeError."""
