@@ -167,7 +167,7 @@ def figures_of(bench: dict, outputs: np.ndarray, golden: dict, meta: BundleMeta)
         "parity": parity.compare(outputs, golden["logits"], meta.golden_logit_tolerance),
         "memory": {"peak_rss_mb": round(bench["peak_rss_kb"] / 1024, 1)},
         "thermal": {"before": bench["thermal_before"], "after": bench["thermal_after"]},
-        # Made once per thread count and for each new input address, reused by the other runs.
+        # Plans made once per thread count, setups also when the input moves; the other runs reuse them.
         "xnnpack_plans": bench["xnnpack_plans"],
         "xnnpack_setups": bench["xnnpack_setups"],
     }

@@ -378,7 +378,7 @@ def test_the_runner_as_a_command_gives_the_librarys_outputs_and_times_each_threa
     # Each thread count loads the method again (a new XNNPACK graph, planned once); every other run reuses it.
     runs = len(golden["inputs"]) + 2 * (1 + 7)
     assert figures["xnnpack_plans"]["reused"] >= runs - 2 * 2, figures["xnnpack_plans"]
-    # The timed runs read one input in place: set up on the first of them, reused by the rest.
+    # Warm-up and timed runs read one input in place: set up on the first of them, reused by the rest.
     assert figures["xnnpack_setups"]["reused"] >= 2 * (7 - 1), figures["xnnpack_setups"]
     assert not (tmp_path / "out.f32.partial").exists()
 
