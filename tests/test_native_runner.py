@@ -173,7 +173,7 @@ def test_the_graph_is_set_up_again_when_its_input_moves_and_only_then(bundle):
         inputs, logits = golden["inputs"][:2], golden["logits"][:2]
         assert not np.array_equal(logits[0], logits[1])
         buffers = [runner.laid_out(inputs[i : i + 1]) for i in (0, 1)]
-        frame = runner.laid_out(inputs[:1])
+        frame = inputs[0].transpose(1, 2, 0).copy().transpose(2, 0, 1)[None]  # as the preprocessor makes it
         runner(frame)
         start = Runner.plan_counts()
         for i in range(6):
@@ -191,6 +191,32 @@ def test_the_graph_is_set_up_again_when_its_input_moves_and_only_then(bundle):
     made_refilled, reused_refilled, made_turns, reused_turns = map(int, result.stdout.split())
     assert (made_refilled, reused_refilled) == (0, 6), result.stdout
     assert made_turns == 6 and reused_turns == 0, result.stdout
+
+
+def test_an_array_refilled_between_calls_is_read_afresh_whatever_its_layout(bundle):
+    """The runner remembers the address of the array a thread last passed in place; one it had to copy is
+    copied again on every call, and one whose dtype was reassigned is converted again, so no call reads a
+    stale copy or reinterprets the old bytes."""
+    golden = np.load(bundle / "golden.npz")
+    (x0, x1), (l0, l1) = golden["inputs"][:2, None], golden["logits"][:2]
+    runner = load_bundle(bundle, threads=1).runner
+    layouts = {
+        "NCHW, copied into the program's order": np.copy,
+        "laid out, read in place": runner.laid_out,
+        "the preprocessor's HWC memory, read in place": lambda x: (
+            x[0].transpose(1, 2, 0).copy().transpose(2, 0, 1)[None]
+        ),
+    }
+    for name, make in layouts.items():
+        frame = make(x0)
+        assert np.array_equal(runner(frame), l0[None]), name
+        frame[...] = x1
+        assert np.array_equal(runner(frame), l1[None]), name
+    frame = runner.laid_out(x0)
+    runner(frame)
+    frame.dtype = np.int32
+    assert not np.allclose(runner(frame), l0[None]), "the old float32 bytes were read as before"
+    assert np.array_equal(runner(frame), runner(frame.astype(np.float32)))
 
 
 def test_each_call_returns_logits_of_its_own_that_later_calls_and_other_threads_leave_alone(bundle):

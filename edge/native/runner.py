@@ -80,16 +80,6 @@ def library() -> ctypes.CDLL:
     return lib
 
 
-def first_byte(array: np.ndarray):
-    """A C-contiguous array's memory as ctypes passes it to a ``void*``. A ctypes view of a writable
-    buffer costs under half of reading the address from ``__array_interface__``, which builds a dict per
-    call; a call at 64 px lasts about 0.17 ms, so the Python around it counts. Read-only arrays take the
-    slow way."""
-    if array.flags.writeable:
-        return ctypes.byref(ctypes.c_char.from_buffer(array))  # type: ignore[arg-type]  # numpy's stubs declare __buffer__ on 3.12+ only
-    return array.__array_interface__["data"][0]
-
-
 class PlanCounts(NamedTuple):
     """XNNPACK's plans of graphs (reshapes) and setups, made and reused, in this process (runner.cpp)."""
 
@@ -97,6 +87,21 @@ class PlanCounts(NamedTuple):
     reused: int
     setups_made: int
     setups_reused: int
+
+
+F32 = np.dtype(np.float32)  # numpy's own instance: `x.dtype is F32` is a test of identity, not a conversion
+
+
+class _ThreadState:
+    """One calling thread's output buffer and the input it last passed in place (``Runner.__call__``)."""
+
+    __slots__ = ("address", "frame", "keep", "out", "out_address", "strides")
+
+    def __init__(self, out: np.ndarray) -> None:
+        self.out, self.out_address = out, out.__array_interface__["data"][0]
+        self.frame: np.ndarray | None = None
+        self.strides: tuple[int, ...] | None = None
+        self.address, self.keep = 0, out
 
 
 class Runner:
@@ -125,8 +130,12 @@ class Runner:
         # Worked out once: __call__ is on every frame's path, where each microsecond of Python shows at 64 px.
         self._run = self._lib.edge_runner_run
         self._out_memory_shape = tuple(self.output_shape[d] for d in self.output_order)
-        self._out_to_logical = tuple(int(d) for d in np.argsort(self.output_order))
-        self._outputs = threading.local()  # per calling thread: made once, not per call
+        out_to_logical = tuple(int(d) for d in np.argsort(self.output_order))
+        self._out_to_logical = None if out_to_logical == tuple(range(len(out_to_logical))) else out_to_logical
+        laid_strides = self.laid_out(np.zeros(self.input_shape, np.float32)).strides
+        # The strides an array read in place has, on the axes longer than 1 (numpy gives others any stride).
+        self._laid_strides = {i: stride for i, stride in enumerate(laid_strides) if self.input_shape[i] > 1}
+        self._threads = threading.local()  # per calling thread: its output buffer and its last input
 
     def _shape(self, which: int, what: str = "shape") -> tuple[int, ...]:
         dims = (ctypes.c_int64 * MAX_DIMS)()
@@ -140,14 +149,29 @@ class Runner:
             raise NativeError(err.value.decode(errors="replace") or CODES.get(code, f"native runner error {code}"))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if x.shape != self.input_shape:
-            raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
-        x = self.in_memory_order(x)
-        out, out_address = self._thread_output()
-        code = self._run(self._handle, first_byte(x), out_address)
+        state = self._thread_state()
+        if x is not state.frame or x.strides != state.strides or x.shape != self.input_shape or x.dtype is not F32:
+            state.address, state.keep = self._address(x, state)
+        code = self._run(self._handle, state.address, state.out_address)
         if code != 0:
             raise NativeError(self._error(code))
-        return out.transpose(self._out_to_logical).copy()
+        return state.out.copy() if self._out_to_logical is None else state.out.transpose(self._out_to_logical).copy()
+
+    def _address(self, x: np.ndarray, state: _ThreadState) -> tuple[int, np.ndarray]:
+        """Where the program reads ``x`` from, and the array that memory belongs to.
+
+        An array already in the program's memory order is read in place, and this thread remembers it, its
+        strides and its address: calling again with the same array (a frame buffer refilled in place) skips
+        this. Numpy moves an array's memory only in ``resize``, which refuses while another reference (this
+        one) is held; shape, strides and dtype can be reassigned, so every call compares them. Any other
+        array is copied into the program's order for this call only, so its later contents are never read
+        from a stale copy."""
+        if x.shape != self.input_shape:
+            raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
+        in_place = x.dtype is F32 and all(x.strides[i] == stride for i, stride in self._laid_strides.items())
+        laid = x if in_place else self.in_memory_order(x)
+        state.frame, state.strides = (x, x.strides) if in_place else (None, None)
+        return laid.__array_interface__["data"][0], laid
 
     def _error(self, code: int) -> str:
         """This thread's last failure, as the native side wrote it."""
@@ -155,15 +179,14 @@ class Runner:
         self._lib.edge_runner_error(err, len(err))
         return err.value.decode(errors="replace") or CODES.get(code, f"native runner error {code}")
 
-    def _thread_output(self) -> tuple[np.ndarray, int]:
-        """This thread's output array and its address, made on its first call: the runner writes the logits
+    def _thread_state(self) -> _ThreadState:
+        """This thread's output array and last input, made on its first call: the runner writes the logits
         there and the caller gets a copy, so threads never share one and a frame's logits outlive the next
         call, while nothing but the copy is allocated per call."""
-        output = getattr(self._outputs, "value", None)
-        if output is None:
-            out = np.empty(self._out_memory_shape, np.float32)
-            output = self._outputs.value = (out, out.__array_interface__["data"][0])
-        return output
+        state = getattr(self._threads, "state", None)
+        if state is None:
+            state = self._threads.state = _ThreadState(np.empty(self._out_memory_shape, np.float32))
+        return state
 
     def in_memory_order(self, x: np.ndarray) -> np.ndarray:
         """NCHW ``x`` (a batch of them too) as the program reads its memory: C-contiguous in ``input_order``.
