@@ -1,3 +1,3 @@
-from .cli import main
+from edge.command import run_main
 
-main()
+run_main("peers.cli")

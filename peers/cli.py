@@ -5,10 +5,10 @@
 
 Converts one float model to every runtime (``peers.convert``), checks each program's top-1 against the
 eager model on the same images, times them all in one process, taking turns (``peers.timing``), or with
-``--alone`` each in a process of its own, and prints the table with p50, p90 and p99, the commit and the
-machine; ``--device`` measures the same folder on a device too and prints the ratios there. Writes
-``report.json`` (every sample), ``report.md`` and ``latency.png`` (ours and LiteRT's distributions) beside
-the programs (``--out``).
+``--alone`` each in a process of its own, the processes taking turns, and prints the table with p50, p90
+and p99, the commit and the machine; ``--device`` measures the same folder on a device too and prints the
+ratios there. Writes ``report.json`` (every sample), ``report.md`` and ``latency.png`` (ours and LiteRT's
+distributions) beside the programs (``--out``).
 """
 
 import argparse
@@ -18,14 +18,15 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from edge.command import positive_int, with_examples
 
 from . import pictures
-from .measure import PROGRAMS, command, with_agreement
+from .measure import PROGRAMS, TurnTaker, command, with_agreement
 from .runtimes import PeerError
-from .timing import Plan, summary, turns
+from .timing import Plan, summary, take_turns
 
 CHECK_IMAGES = 64  # top-1 agreement on these; the first half also calibrates every int8 program
 
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--alone",
         action="store_true",
-        help="time each program in a process of its own, one after another (default: all in one, taking turns)",
+        help="time each program in a process of its own, the processes taking turns (default: all in one process)",
     )
     parser.add_argument(
         "--out",
@@ -209,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         "commit": commit(),
         "cpu": cpu_model(),
     }
-    how = "each program alone in its own process" if args.alone else "all in one process, taking turns"
+    how = "each program alone in its own process, taking turns" if args.alone else "all in one process, taking turns"
     text = [
         f"{source}; {report['cpu']}, {args.threads} threads, {how}, {report['host']['images']} images; "
         f"commit {report['commit']}:",
@@ -234,9 +235,9 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def measure_here(out: Path, threads: int, plan: Plan, only: str | None = None) -> dict:
+def measure_here(out: Path, threads: int, plan: Plan) -> dict:
     """In a fresh process, as on a device: the converters' threads and memory are gone, torch is not loaded."""
-    result = subprocess.run(command(sys.executable, str(out), threads, plan, only), stdout=subprocess.PIPE, text=True)
+    result = subprocess.run(command(sys.executable, str(out), threads, plan), stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise PeerError("measuring on this machine failed (its error is above)")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -246,21 +247,35 @@ ALONE_PROCESSES = 3  # processes per program with --alone: one process can settl
 
 
 def measure_alone(out: Path, threads: int, plan: Plan) -> dict:
-    """Each program in fresh processes of its own, ALONE_PROCESSES each, the programs taking turns: no other
-    runtime's threads or memory in the process, so nothing of the turn-taking colours its figures. A
-    process's timing can settle in a fast or a slow mode for its whole life, so each program's samples
-    pool its processes, and its row gives each process's p50 too."""
+    """Each program in processes of its own, ALONE_PROCESSES in a row, the rounds split among them: no other
+    runtime's threads or memory in a program's process, so nothing of sharing one colours its figures.
+
+    The processes of a generation (one per program) are all started, then take turns as in one process:
+    this process hands out the turns, and the others wait on their pipes, idle. So a drift of the machine
+    (a virtual machine's cores running at another speed for minutes) falls on every program alike, not on
+    whichever ran then. A process can also settle in a fast or a slow mode for its whole life, so each
+    program's samples pool its processes, and its row gives each process's p50 too."""
     names = [p["name"] for p in json.loads((out / PROGRAMS).read_text())]
+    each = Plan(-(-plan.rounds // ALONE_PROCESSES), plan.calls, plan.settle_s)
     results: dict[str, list[dict]] = {name: [] for name in names}
-    for name in turns(names, ALONE_PROCESSES):
-        say(f"alone: {name} ({len(results[name]) + 1} of {ALONE_PROCESSES})")
-        results[name].append(measure_here(out, threads, plan, only=name))
+    for generation in range(ALONE_PROCESSES):
+        say(f"alone: {len(names)} processes, {each.rounds} turns each ({generation + 1} of {ALONE_PROCESSES})")
+        takers: dict[str, TurnTaker] = {}
+        try:
+            for name in names:
+                takers[name] = TurnTaker(sys.executable, out, threads, each, name)
+            take_turns({name: taker.turn for name, taker in takers.items()}, each.rounds, seed=generation)
+            for name in names:
+                results[name].append(takers[name].finish())
+        finally:
+            for taker in takers.values():
+                taker.stop()
     rows = []
     for name in names:
         processes = [result["programs"][0] for result in results[name]]
         pooled = [s for row in processes for s in row["samples_ms"]]
         rows.append(processes[0] | summary(pooled) | {"process_p50_ms": [row["p50_ms"] for row in processes]})
-    return results[names[0]][0] | {"programs": with_agreement(rows)}
+    return results[names[0]][0] | {"plan": asdict(plan), "programs": with_agreement(rows)}
 
 
 def process_lines(result: dict) -> list[str]:

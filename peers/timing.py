@@ -1,4 +1,5 @@
-"""Time several runtimes in one process, taking turns, so that drift of the machine hits all of them.
+"""Time several runtimes taking turns, so that drift of the machine hits all of them alike: in one
+process (``alternate``), or each in a process of its own whose turns the parent hands out (``take_turns``).
 
 Each round gives every runtime one turn, in a seeded random order drawn afresh each round: untimed
 calls for ``settle_s`` seconds, then ``calls`` timed ones. The untimed calls matter: after a call a
@@ -38,27 +39,48 @@ def turns(names: list[str], rounds: int, seed: int = 0) -> Iterator[str]:
         yield from draw.sample(names, len(names))
 
 
+def take_turns(
+    takers: dict[str, Callable[[], object]],
+    rounds: int,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Call each taker once per round, in the order ``turns`` draws; ``progress(done, total)`` after each."""
+    total = rounds * len(takers)
+    for done, name in enumerate(turns(list(takers), rounds, seed), 1):
+        takers[name]()
+        if progress is not None:
+            progress(done, total)
+
+
+def turn(call: Callable[[], object], plan: Plan, clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """One turn of ``call``: untimed calls for ``plan.settle_s`` (at least one), then milliseconds of each
+    of ``plan.calls`` timed ones."""
+    settled = clock() + plan.settle_s
+    call()
+    while clock() < settled:
+        call()
+    samples = []
+    for _ in range(plan.calls):
+        start = clock()
+        call()
+        samples.append(1000 * (clock() - start))
+    return samples
+
+
 def alternate(
     calls: dict[str, Callable[[], object]],
     plan: Plan,
     clock: Callable[[], float] = time.perf_counter,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
-    """Milliseconds per timed call, per name, ``plan.rounds * plan.calls`` each."""
+    """Milliseconds per timed call, per name, ``plan.rounds * plan.calls`` each: the calls taking turns."""
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    total = plan.rounds * len(calls)
-    for done, name in enumerate(turns(list(calls), plan.rounds), 1):
-        call = calls[name]
-        settled = clock() + plan.settle_s
-        call()
-        while clock() < settled:
-            call()
-        for _ in range(plan.calls):
-            start = clock()
-            call()
-            samples[name].append(1000 * (clock() - start))
-        if progress is not None:
-            progress(done, total)
+    take_turns(
+        {name: lambda name=name: samples[name].extend(turn(calls[name], plan, clock)) for name in calls},
+        plan.rounds,
+        progress=progress,
+    )
     return samples
 
 

@@ -1,6 +1,7 @@
 """make bench-peers' own logic, in the project's environment: the peer runtimes live in .venv-peers only,
 so what needs them (the conversions, the timings) runs in make bench-peers, not here."""
 
+import io
 import itertools
 import json
 import platform
@@ -14,7 +15,7 @@ import torch
 from peers import cli, profile, remote
 from peers import pictures as peers_pictures
 from peers.convert import decompose_hard_activations
-from peers.measure import measure
+from peers.measure import measure, measure_on_request
 from peers.runtimes import PeerError, load, quantize
 from peers.timing import Plan, alternate, summary, turns
 from training.models import create_model
@@ -133,26 +134,70 @@ def test_measuring_checks_each_program_against_eager_and_times_it(ours_only):
     ]
 
 
-def test_alone_each_program_is_timed_in_a_process_of_its_own_and_drawn(ours_only, tmp_path, monkeypatch):
-    """--alone: one process per program, their rows joined (the agreement with ours int8 computed across
-    processes from each row's top-1), and the distributions drawn."""
-    programs = json.loads((ours_only / "programs.json").read_text())
-    shutil.copy(ours_only / "ours-fp32.pte", ours_only / "ours-int8.pte")
+def test_a_program_on_request_takes_one_turn_per_line_and_answers_each(ours_only):
+    requests, replies = io.StringIO("turn\nturn\n"), io.StringIO()
+    result = measure_on_request(ours_only, 1, Plan(rounds=1, calls=3, settle_s=0.0), "ours fp32", requests, replies)
+    assert replies.getvalue() == "ready\ndone\ndone\n"
+    (row,) = result["programs"]
+    assert row["runs"] == 6 and row["vs_eager"]["images"] == 6
+
+
+def with_ours_int8(folder):
+    programs = json.loads((folder / "programs.json").read_text())
+    shutil.copy(folder / "ours-fp32.pte", folder / "ours-int8.pte")
     programs.append(programs[0] | {"name": "ours int8", "file": "ours-int8.pte", "precision": "int8"})
-    (ours_only / "programs.json").write_text(json.dumps(programs))
-    started = []
-    real = cli.measure_here
-    monkeypatch.setattr(cli, "measure_here", lambda *a, only=None: started.append(only) or real(*a, only=only))
-    result = cli.measure_alone(ours_only, 1, Plan(rounds=2, calls=3, settle_s=0.0))
-    assert sorted(started) == ["ours fp32"] * 3 + ["ours int8"] * 3, "a process per program and round"
-    assert all(sorted(started[i : i + 2]) == ["ours fp32", "ours int8"] for i in (0, 2, 4)), "taking turns"
+    (folder / "programs.json").write_text(json.dumps(programs))
+
+
+def recording_turn_takers(monkeypatch) -> list:
+    """cli's TurnTaker, each one kept, with (name, pid) of every turn it was given."""
+    takers, turns_given = [], []
+
+    class Recording(cli.TurnTaker):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            takers.append(self)
+
+        def turn(self) -> None:
+            turns_given.append((self.name, self.process.pid))
+            super().turn()
+
+    monkeypatch.setattr(cli, "TurnTaker", Recording)
+    return takers, turns_given
+
+
+def test_alone_each_program_is_timed_in_processes_of_its_own_that_take_turns(ours_only, tmp_path, monkeypatch):
+    """--alone: three processes per program, one generation at a time, whose turns interleave as in one
+    process; their rows joined (the agreement with ours int8 computed across processes from each row's
+    top-1), and the distributions drawn."""
+    with_ours_int8(ours_only)
+    takers, turns_given = recording_turn_takers(monkeypatch)
+    result = cli.measure_alone(ours_only, 1, Plan(rounds=4, calls=3, settle_s=0.0))
+    assert sorted(t.name for t in takers) == ["ours fp32"] * 3 + ["ours int8"] * 3
+    assert len({t.process.pid for t in takers}) == 6 and all(t.process.returncode == 0 for t in takers)
+    assert len(turns_given) == 3 * 2 * 2, "the 4 rounds split into 2 per process, each a turn per program"
+    for i in range(0, len(turns_given), 4):
+        generation = turns_given[i : i + 4]
+        assert sorted(name for name, _ in generation[:2]) == ["ours fp32", "ours int8"], "taking turns"
+        assert len({pid for _, pid in generation}) == 2, "both processes of a generation alive at once"
     assert [r["name"] for r in result["programs"]] == ["ours fp32", "ours int8"]
     assert all(r["top1_vs_ours_int8"] == 1.0 and len(r["samples_ms"]) == 18 for r in result["programs"])
     assert all(len(r["process_p50_ms"]) == 3 for r in result["programs"]) and cli.process_lines(result)
+    assert result["plan"]["rounds"] == 4
     picture = peers_pictures.draw(result, "test", tmp_path / "latency.png")
     assert picture is not None and cv2.imread(str(picture)).std() > 10
     with pytest.raises(PeerError, match="no program named 'nope'"):
         measure(ours_only, 1, Plan(rounds=1, calls=1, settle_s=0.0), only="nope")
+
+
+def test_a_program_that_fails_in_its_own_process_is_one_error_and_no_process_is_left(ours_only, monkeypatch):
+    with_ours_int8(ours_only)
+    (ours_only / "ours-int8.pte").write_bytes(np.random.default_rng(0).bytes(4096))
+    takers, _ = recording_turn_takers(monkeypatch)
+    with pytest.raises(PeerError, match="timing ours int8 in its own process failed"):
+        cli.measure_alone(ours_only, 1, Plan(rounds=3, calls=1, settle_s=0.0))
+    assert [t.name for t in takers] == ["ours fp32"], "the program that loaded"
+    assert takers[0].process.poll() is not None, "and its process is gone"
 
 
 def test_the_tables_compare_every_program_with_our_int8_one():
