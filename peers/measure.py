@@ -169,8 +169,11 @@ class TurnTaker:
 
     def turn(self) -> None:
         assert self.process.stdin is not None
-        self.process.stdin.write("turn\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write("turn\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has ended: _expect says so
         self._expect("done")
 
     def finish(self) -> dict:
