@@ -187,14 +187,24 @@ def device_of(args: argparse.Namespace):
     return device
 
 
+MARK = ".peers"  # in every folder this command converts into
+
+
+def ours(folder: Path) -> bool:
+    """Whether ``folder`` is one this command converted into (or began to): it may write over it."""
+    return (folder / MARK).is_file() or (folder / "programs.json").is_file()
+
+
 def run(args: argparse.Namespace) -> int:
     out, device = args.out, device_of(args)
     if args.reuse:
         if not (out / "programs.json").is_file():
             raise PeerError(f"nothing to reuse in {out}: run without --reuse first")
     else:
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "programs.json").is_file())):
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not ours(out))):
             raise PeerError(f"{out} exists and is not a folder of this benchmark: give another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARK).touch()  # first: a conversion cut short leaves a folder the next run still knows as its own
         for stale in ("programs.json", "source.json"):  # written last: a folder half converted is never measured
             (out / stale).unlink(missing_ok=True)
         started = time.monotonic()

@@ -294,6 +294,8 @@ def test_an_output_folder_of_something_else_is_left_alone(tmp_path, capsys):
     with pytest.raises(PeerError, match="is not a folder of this benchmark"):
         cli.main(["--out", str(tmp_path)])
     assert (tmp_path / "mine.txt").read_text() == "keep"
+    (tmp_path / cli.MARK).touch()
+    assert cli.ours(tmp_path), "a conversion into it that was cut short: its next run may write over it"
     with pytest.raises(PeerError) as error:
         cli.main(["--reuse", "--out", str(tmp_path / "none")])
     assert str(error.value) == f"nothing to reuse in {tmp_path / 'none'}: run without --reuse first"
