@@ -80,6 +80,15 @@ def library() -> ctypes.CDLL:
     return lib
 
 
+def first_byte(array: np.ndarray):
+    """A C-contiguous array's memory as ctypes passes it to a ``void*``. A ctypes view of a writable
+    buffer costs under half of reading the address from ``__array_interface__``, which builds a dict, and
+    holds the buffer exported: numpy will not resize the array under it. Read-only arrays take the slow way."""
+    if array.flags.writeable:
+        return ctypes.byref(ctypes.c_char.from_buffer(array))  # type: ignore[arg-type]  # numpy's stubs declare __buffer__ on 3.12+ only
+    return array.__array_interface__["data"][0]
+
+
 class PlanCounts(NamedTuple):
     """XNNPACK's plans of graphs (reshapes) and setups, made and reused, in this process (runner.cpp)."""
 
@@ -101,7 +110,8 @@ class _ThreadState:
         self.out, self.out_address = out, out.__array_interface__["data"][0]
         self.frame: np.ndarray | None = None
         self.strides: tuple[int, ...] | None = None
-        self.address, self.keep = 0, out
+        self.address: object = 0  # what ctypes passes for the frame (first_byte)
+        self.keep = out
 
 
 class Runner:
@@ -132,9 +142,6 @@ class Runner:
         self._out_memory_shape = tuple(self.output_shape[d] for d in self.output_order)
         out_to_logical = tuple(int(d) for d in np.argsort(self.output_order))
         self._out_to_logical = None if out_to_logical == tuple(range(len(out_to_logical))) else out_to_logical
-        laid_strides = self.laid_out(np.zeros(self.input_shape, np.float32)).strides
-        # The strides an array read in place has, on the axes longer than 1 (numpy gives others any stride).
-        self._laid_strides = {i: stride for i, stride in enumerate(laid_strides) if self.input_shape[i] > 1}
         self._threads = threading.local()  # per calling thread: its output buffer and its last input
 
     def _shape(self, which: int, what: str = "shape") -> tuple[int, ...]:
@@ -157,21 +164,23 @@ class Runner:
             raise NativeError(self._error(code))
         return state.out.copy() if self._out_to_logical is None else state.out.transpose(self._out_to_logical).copy()
 
-    def _address(self, x: np.ndarray, state: _ThreadState) -> tuple[int, np.ndarray]:
+    def _address(self, x: np.ndarray, state: _ThreadState) -> tuple[object, np.ndarray]:
         """Where the program reads ``x`` from, and the array that memory belongs to.
 
         An array already in the program's memory order is read in place, and this thread remembers it, its
         strides and its address: calling again with the same array (a frame buffer refilled in place) skips
-        this. Numpy moves an array's memory only in ``resize``, which refuses while another reference (this
-        one) is held; shape, strides and dtype can be reassigned, so every call compares them. Any other
-        array is copied into the program's order for this call only, so its later contents are never read
-        from a stale copy."""
+        this. Numpy moves an array's memory only in ``resize``, which refuses while a reference to it is held
+        (this one) or its buffer exported (``first_byte``'s); shape, strides and dtype can be reassigned, so
+        every call compares them. Any other array is copied into the program's order for this call only, so
+        its later contents are never read from a stale copy."""
         if x.shape != self.input_shape:
             raise NativeError(f"input shape {tuple(x.shape)} differs from the program's {self.input_shape}")
-        in_place = x.dtype is F32 and all(x.strides[i] == stride for i, stride in self._laid_strides.items())
-        laid = x if in_place else self.in_memory_order(x)
+        laid = x.transpose(self.input_order)
+        in_place = x.dtype is F32 and laid.flags.c_contiguous
+        if not in_place:
+            laid = np.ascontiguousarray(laid, np.float32)
         state.frame, state.strides = (x, x.strides) if in_place else (None, None)
-        return laid.__array_interface__["data"][0], laid
+        return first_byte(laid), laid
 
     def _error(self, code: int) -> str:
         """This thread's last failure, as the native side wrote it."""
